@@ -1,0 +1,356 @@
+//! Reading Envoy v3 messages from YAML/JSON documents.
+//!
+//! A document is deserialized into a [`DynamicMessage`] of the requested Envoy type with protobuf's
+//! JSON mapping (Envoy's own rules: either field-name spelling, `"1.5s"` durations, enum names,
+//! `"@type"` in `Any`, unknown fields rejected), checked by [`field_support`], then transcoded into
+//! the `envoy-types` struct that the rest of Sluice compiles.
+
+use std::path::Path;
+
+use prost::Message;
+use prost_reflect::{DynamicMessage, ReflectMessage};
+use serde_json::Value;
+use sluice_proto::envoy::envoy::config::bootstrap::v3::Bootstrap;
+
+use crate::error::{ConfigError, FieldError};
+use crate::field_support::check_message;
+use crate::source::{self, snake_case, Document};
+
+/// Full protobuf name of the bootstrap message.
+pub const BOOTSTRAP: &str = "envoy.config.bootstrap.v3.Bootstrap";
+/// Full protobuf name of a route configuration.
+pub const ROUTE_CONFIGURATION: &str = "envoy.config.route.v3.RouteConfiguration";
+
+/// A bootstrap read from a file, with the document it came from.
+#[derive(Debug, Clone)]
+pub struct LoadedBootstrap {
+    /// The typed bootstrap.
+    pub bootstrap: Bootstrap,
+    /// The source document (for line numbers and `/config_dump`).
+    pub document: Document,
+}
+
+/// Read a file's text.
+pub fn read_file(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Read and validate a bootstrap file (YAML or JSON).
+pub fn load_bootstrap_file(path: &Path) -> Result<LoadedBootstrap, ConfigError> {
+    let text = read_file(path)?;
+    load_bootstrap_text(&path.display().to_string(), &text)
+}
+
+/// Read and validate a bootstrap from text.
+pub fn load_bootstrap_text(origin: &str, text: &str) -> Result<LoadedBootstrap, ConfigError> {
+    let document = source::parse_document(origin, text)?;
+    let bootstrap = decode_document::<Bootstrap>(&document, BOOTSTRAP)?;
+    Ok(LoadedBootstrap {
+        bootstrap,
+        document,
+    })
+}
+
+/// Deserialize a document as the message `full_name`, check field support, transcode to `T`.
+pub fn decode_document<T: Message + Default>(
+    document: &Document,
+    full_name: &str,
+) -> Result<T, ConfigError> {
+    let dynamic = dynamic_from_json(document, full_name, &document.value)?;
+    let mut errors = Vec::new();
+    check_message(&dynamic, "", &mut errors);
+    finish(document, &dynamic, errors)
+}
+
+fn finish<T: Message + Default>(
+    document: &Document,
+    dynamic: &DynamicMessage,
+    mut errors: Vec<FieldError>,
+) -> Result<T, ConfigError> {
+    if !errors.is_empty() {
+        document.locate(&mut errors);
+        return Err(ConfigError::Invalid {
+            origin: document.origin.clone(),
+            errors,
+        });
+    }
+    dynamic.transcode_to::<T>().map_err(|e| ConfigError::Schema {
+        origin: document.origin.clone(),
+        message: e.to_string(),
+    })
+}
+
+/// Deserialize a JSON tree as a dynamic message of type `full_name`.
+pub fn dynamic_from_json(
+    document: &Document,
+    full_name: &str,
+    value: &Value,
+) -> Result<DynamicMessage, ConfigError> {
+    let pool = sluice_proto::descriptor_pool()?;
+    let desc = pool
+        .get_message_by_name(full_name)
+        .ok_or_else(|| ConfigError::Schema {
+            origin: document.origin.clone(),
+            message: format!("unknown message type {full_name}"),
+        })?;
+    let mut track = serde_path_to_error::Track::new();
+    let de = serde_path_to_error::Deserializer::new(value, &mut track);
+    DynamicMessage::deserialize(desc, de).map_err(|e| {
+        let path = normalise_path(&track.path().to_string());
+        let line = document.line_of(&path);
+        ConfigError::Invalid {
+            origin: document.origin.clone(),
+            errors: vec![FieldError {
+                path: if path == "." { String::new() } else { path },
+                reason: e.to_string(),
+                line,
+            }],
+        }
+    })
+}
+
+/// serde_path_to_error paths as written (`staticResources.listeners[0]`) to snake_case paths.
+fn normalise_path(path: &str) -> String {
+    path.split('.')
+        .map(|seg| match seg.find('[') {
+            Some(i) => format!("{}{}", snake_case(&seg[..i]), &seg[i..]),
+            None => snake_case(seg),
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// Validate a resource received in binary form (xDS) and decode it as `T`.
+pub fn decode_resource<T: Message + Default>(
+    full_name: &str,
+    bytes: &[u8],
+) -> Result<T, Vec<FieldError>> {
+    let pool = sluice_proto::descriptor_pool().map_err(|e| vec![FieldError::new("", e.to_string())])?;
+    let desc = pool
+        .get_message_by_name(full_name)
+        .ok_or_else(|| vec![FieldError::new("", format!("unknown message type {full_name}"))])?;
+    let dynamic = DynamicMessage::decode(desc, bytes).map_err(|e| vec![FieldError::new("", e.to_string())])?;
+    let mut errors = Vec::new();
+    check_message(&dynamic, "", &mut errors);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    T::decode(bytes).map_err(|e| vec![FieldError::new("", e.to_string())])
+}
+
+/// What kind of Envoy document a file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DocumentKind {
+    /// A bootstrap (the default).
+    Bootstrap,
+    /// One route configuration (a top-level `virtual_hosts`).
+    RouteConfiguration,
+    /// A list of route configurations.
+    RouteConfigurationList,
+    /// An xDS resources file (`resources:` of `"@type"`-tagged messages).
+    Resources,
+}
+
+/// Guess the kind of an Envoy document from its top-level shape.
+pub fn document_kind(value: &Value) -> DocumentKind {
+    match value {
+        Value::Array(_) => DocumentKind::RouteConfigurationList,
+        Value::Object(m) if m.contains_key("resources") => DocumentKind::Resources,
+        Value::Object(m) if m.contains_key("virtual_hosts") || m.contains_key("virtualHosts") => {
+            DocumentKind::RouteConfiguration
+        }
+        _ => DocumentKind::Bootstrap,
+    }
+}
+
+/// Validate any Envoy document (bootstrap, route configuration(s), xDS resource file).
+/// Returns its kind when Sluice can serve everything in it.
+pub fn validate_text(origin: &str, text: &str) -> Result<DocumentKind, ConfigError> {
+    let document = source::parse_document(origin, text)?;
+    let kind = document_kind(&document.value);
+    match kind {
+        DocumentKind::Bootstrap => {
+            decode_document::<Bootstrap>(&document, BOOTSTRAP)?;
+        }
+        DocumentKind::RouteConfiguration => {
+            let dynamic = dynamic_from_json(&document, ROUTE_CONFIGURATION, &document.value)?;
+            let mut errors = Vec::new();
+            check_message(&dynamic, "", &mut errors);
+            finish::<sluice_proto::envoy::envoy::config::route::v3::RouteConfiguration>(
+                &document, &dynamic, errors,
+            )?;
+        }
+        DocumentKind::RouteConfigurationList | DocumentKind::Resources => {
+            let (items, prefix, type_name): (&[Value], &str, Option<&str>) = match &document.value {
+                Value::Array(items) => (items, "", Some(ROUTE_CONFIGURATION)),
+                Value::Object(m) => match m.get("resources") {
+                    Some(Value::Array(items)) => (items, "resources", None),
+                    _ => (&[], "resources", None),
+                },
+                _ => (&[], "", None),
+            };
+            let mut errors = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                let path = format!("{prefix}[{i}]");
+                let full = type_name.unwrap_or("google.protobuf.Any");
+                let dynamic = dynamic_from_json(&document, full, item).map_err(|e| prefix_error(e, &path))?;
+                let mut errs = Vec::new();
+                check_message(&dynamic, "", &mut errs);
+                for mut e in errs {
+                    e.path = if e.path.is_empty() { path.clone() } else { format!("{path}.{}", e.path) };
+                    errors.push(e);
+                }
+            }
+            if !errors.is_empty() {
+                document.locate(&mut errors);
+                return Err(ConfigError::Invalid {
+                    origin: document.origin.clone(),
+                    errors,
+                });
+            }
+        }
+    }
+    Ok(kind)
+}
+
+fn prefix_error(err: ConfigError, path: &str) -> ConfigError {
+    match err {
+        ConfigError::Invalid { origin, errors } => ConfigError::Invalid {
+            origin,
+            errors: errors
+                .into_iter()
+                .map(|mut e| {
+                    e.path = if e.path.is_empty() { path.to_string() } else { format!("{path}.{}", e.path) };
+                    e
+                })
+                .collect(),
+        },
+        other => other,
+    }
+}
+
+/// The type name inside a `typed_config` Any, for messages already decoded into `envoy-types`.
+pub fn any_type_name(any: &prost_types::Any) -> &str {
+    any.type_url.rsplit('/').next().unwrap_or("")
+}
+
+/// Decode and field-check the payload of an `Any` (an extension's `typed_config`).
+pub fn decode_any<T: Message + Default>(any: &prost_types::Any, path: &str) -> Result<T, Vec<FieldError>> {
+    decode_resource::<T>(any_type_name(any), &any.value).map_err(|errs| {
+        errs.into_iter()
+            .map(|mut e| {
+                e.path = if e.path.is_empty() { path.to_string() } else { format!("{path}.{}", e.path) };
+                e
+            })
+            .collect()
+    })
+}
+
+/// Render a message as Envoy-style JSON (for `/config_dump`).
+pub fn to_json<T: Message>(full_name: &str, msg: &T) -> Option<Value> {
+    let pool = sluice_proto::descriptor_pool().ok()?;
+    let desc = pool.get_message_by_name(full_name)?;
+    let dynamic = DynamicMessage::decode(desc, msg.encode_to_vec().as_slice()).ok()?;
+    let _ = dynamic.descriptor();
+    serde_json::to_value(&dynamic).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+static_resources:
+  listeners:
+  - name: main
+    address:
+      socket_address: { address: 127.0.0.1, port_value: 10000 }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/" }
+                route: { cluster: a, timeout: 1.5s }
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: a
+    type: STATIC
+    connect_timeout: 0.25s
+    lbPolicy: ROUND_ROBIN
+    load_assignment:
+      cluster_name: a
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: { address: 127.0.0.1, port_value: 8080 }
+"#;
+
+    #[test]
+    fn minimal_bootstrap_loads() {
+        let b = load_bootstrap_text("t.yaml", MINIMAL).unwrap().bootstrap;
+        let sr = b.static_resources.unwrap();
+        assert_eq!(sr.listeners.len(), 1);
+        assert_eq!(sr.clusters[0].name, "a");
+        assert_eq!(sr.clusters[0].connect_timeout.unwrap().nanos, 250_000_000);
+    }
+
+    #[test]
+    fn unsupported_field_is_named_with_its_path_and_line() {
+        let text = MINIMAL.replace(
+            "route: { cluster: a, timeout: 1.5s }",
+            "route: { cluster: a, timeout: 1.5s, retry_policy: { num_retries: 3 } }",
+        );
+        let err = load_bootstrap_text("t.yaml", &text).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("t.yaml:19: static_resources.listeners[0].filter_chains[0].filters[0].typed_config.route_config.virtual_hosts[0].routes[0].route.retry_policy: not supported"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn unknown_field_is_a_schema_error_with_path() {
+        let text = MINIMAL.replace("lbPolicy: ROUND_ROBIN", "lbPolicy: ROUND_ROBIN\n    bogus_field: 1");
+        let err = load_bootstrap_text("t.yaml", &text).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("static_resources.clusters[0]"), "{msg}");
+        assert!(msg.contains("bogus_field"), "{msg}");
+    }
+
+    #[test]
+    fn unsupported_enum_value_is_named() {
+        let text = MINIMAL.replace("lbPolicy: ROUND_ROBIN", "lbPolicy: RING_HASH");
+        let err = load_bootstrap_text("t.yaml", &text).unwrap_err();
+        assert!(
+            err.to_string().contains("static_resources.clusters[0].lb_policy: value RING_HASH not supported"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unsupported_extension_type_is_named() {
+        let text = MINIMAL.replace(
+            "          - name: envoy.filters.http.router\n",
+            "          - name: envoy.filters.http.cors\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors\n          - name: envoy.filters.http.router\n",
+        );
+        let err = load_bootstrap_text("t.yaml", &text).unwrap_err();
+        assert!(
+            err.to_string().contains("http_filters[0].typed_config: type envoy.extensions.filters.http.cors.v3.Cors not supported"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,259 @@
+//! Which Envoy fields Sluice implements, and the walker that refuses everything else.
+//!
+//! [`SUPPORTED`] lists, per protobuf message, the fields Sluice honours. An enum field may restrict
+//! its values (`lb_policy=ROUND_ROBIN|LEAST_REQUEST|RANDOM`). [`check_message`] walks every field
+//! that is *set* in a message (proto3: present, or different from its default), descends into
+//! sub-messages, lists and `google.protobuf.Any` payloads, and reports each field that is set but not
+//! in the table as `path: not supported`. Messages of the `google.protobuf` package (durations,
+//! wrappers, `Struct`) are leaves.
+//!
+//! Fields that are accepted but have no effect in Sluice are marked with a leading `~` in the
+//! table. They only concern observability or tuning, never which upstream a request reaches or what
+//! it sees; README lists them.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use prost_reflect::{DynamicMessage, ReflectMessage, Value};
+
+use crate::error::FieldError;
+
+/// Supported fields per message: `"message.FullName: field field=ENUM|VALUES ~ignored_field"`.
+pub const SUPPORTED: &[&str] = &[
+    // Bootstrap
+    "envoy.config.bootstrap.v3.Bootstrap: node static_resources admin ~stats_config ~stats_flush_interval ~layered_runtime",
+    "envoy.config.bootstrap.v3.Bootstrap.StaticResources: listeners clusters",
+    "envoy.config.bootstrap.v3.Admin: address ~access_log_path ~access_log ~profile_path",
+    "envoy.config.core.v3.Node: id cluster metadata locality user_agent_name user_agent_version user_agent_build_version extensions client_features",
+    "envoy.config.core.v3.Locality: region zone sub_zone",
+    "envoy.config.core.v3.Address: socket_address",
+    "envoy.config.core.v3.SocketAddress: protocol=TCP address port_value ipv4_compat",
+    "envoy.config.core.v3.Metadata: filter_metadata",
+    // Listeners
+    "envoy.config.listener.v3.Listener: name address filter_chains ~stat_prefix ~per_connection_buffer_limit_bytes ~traffic_direction ~access_log",
+    "envoy.config.listener.v3.FilterChain: filters name",
+    "envoy.config.listener.v3.Filter: name typed_config",
+    // HTTP connection manager
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager: \
+        codec_type=AUTO|HTTP1|HTTP2 stat_prefix route_config http_filters generate_request_id \
+        use_remote_address xff_num_trusted_hops skip_xff_append strip_matching_host_port strip_any_host_port \
+        request_timeout request_headers_timeout common_http_protocol_options max_request_headers_kb \
+        upgrade_configs server_name server_header_transformation=OVERWRITE|APPEND_IF_ABSENT|PASS_THROUGH \
+        ~access_log ~http2_protocol_options",
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter: name typed_config",
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig: upgrade_type enabled",
+    "envoy.extensions.filters.http.router.v3.Router: suppress_envoy_headers ~dynamic_stats ~start_child_span",
+    "envoy.config.core.v3.HttpProtocolOptions: idle_timeout ~max_headers_count",
+    "envoy.config.core.v3.Http1ProtocolOptions: ",
+    "envoy.config.core.v3.Http2ProtocolOptions: ~max_concurrent_streams ~initial_stream_window_size ~initial_connection_window_size",
+    // Routes
+    "envoy.config.route.v3.RouteConfiguration: name virtual_hosts request_headers_to_add request_headers_to_remove response_headers_to_add response_headers_to_remove ~validate_clusters",
+    "envoy.config.route.v3.VirtualHost: name domains routes request_headers_to_add request_headers_to_remove response_headers_to_add response_headers_to_remove",
+    "envoy.config.route.v3.Route: name match route redirect direct_response request_headers_to_add request_headers_to_remove response_headers_to_add response_headers_to_remove ~metadata ~decorator",
+    "envoy.config.route.v3.RouteMatch: prefix path safe_regex path_separated_prefix case_sensitive headers query_parameters runtime_fraction grpc",
+    "envoy.config.route.v3.RouteMatch.GrpcRouteMatchOptions: ",
+    "envoy.config.route.v3.HeaderMatcher: name exact_match safe_regex_match present_match prefix_match suffix_match contains_match string_match invert_match treat_missing_header_as_empty",
+    "envoy.type.matcher.v3.StringMatcher: exact prefix suffix safe_regex contains ignore_case",
+    "envoy.type.matcher.v3.RegexMatcher: google_re2 regex",
+    "envoy.type.matcher.v3.RegexMatcher.GoogleRE2: ~max_program_size",
+    "envoy.config.route.v3.QueryParameterMatcher: name string_match present_match",
+    "envoy.config.core.v3.RuntimeFractionalPercent: default_value runtime_key",
+    "envoy.type.v3.FractionalPercent: numerator denominator",
+    "envoy.config.route.v3.RouteAction: cluster cluster_header weighted_clusters timeout prefix_rewrite regex_rewrite \
+        host_rewrite_literal request_mirror_policies hash_policy cluster_not_found_response_code=SERVICE_UNAVAILABLE|NOT_FOUND|INTERNAL_SERVER_ERROR",
+    "envoy.config.route.v3.WeightedCluster: clusters total_weight ~runtime_key_prefix",
+    "envoy.config.route.v3.WeightedCluster.ClusterWeight: name weight request_headers_to_add request_headers_to_remove response_headers_to_add response_headers_to_remove host_rewrite_literal",
+    "envoy.type.matcher.v3.RegexMatchAndSubstitute: pattern substitution",
+    "envoy.config.route.v3.RouteAction.HashPolicy: header cookie connection_properties query_parameter terminal",
+    "envoy.config.route.v3.RouteAction.HashPolicy.Header: header_name",
+    "envoy.config.route.v3.RouteAction.HashPolicy.Cookie: name",
+    "envoy.config.route.v3.RouteAction.HashPolicy.ConnectionProperties: source_ip",
+    "envoy.config.route.v3.RouteAction.HashPolicy.QueryParameter: name",
+    "envoy.config.route.v3.RouteAction.RequestMirrorPolicy: cluster runtime_fraction disable_shadow_host_suffix_append ~trace_sampled",
+    "envoy.config.core.v3.HeaderValueOption: header append append_action=APPEND_IF_EXISTS_OR_ADD|ADD_IF_ABSENT|OVERWRITE_IF_EXISTS_OR_ADD|OVERWRITE_IF_EXISTS keep_empty_value",
+    "envoy.config.core.v3.HeaderValue: key value",
+    "envoy.config.route.v3.DirectResponseAction: status body",
+    "envoy.config.core.v3.DataSource: inline_string inline_bytes filename",
+    "envoy.config.route.v3.RedirectAction: https_redirect scheme_redirect host_redirect port_redirect path_redirect prefix_rewrite regex_rewrite \
+        response_code=MOVED_PERMANENTLY|FOUND|SEE_OTHER|TEMPORARY_REDIRECT|PERMANENT_REDIRECT strip_query",
+    // Clusters
+    "envoy.config.cluster.v3.Cluster: name type=STATIC|STRICT_DNS|LOGICAL_DNS connect_timeout lb_policy=ROUND_ROBIN|LEAST_REQUEST|RANDOM \
+        load_assignment typed_extension_protocol_options http2_protocol_options circuit_breakers max_requests_per_connection \
+        dns_refresh_rate metadata ~dns_lookup_family ~alt_stat_name ~per_connection_buffer_limit_bytes ~respect_dns_ttl",
+    "envoy.config.endpoint.v3.ClusterLoadAssignment: cluster_name endpoints",
+    "envoy.config.endpoint.v3.LocalityLbEndpoints: lb_endpoints load_balancing_weight priority ~locality",
+    "envoy.config.endpoint.v3.LbEndpoint: endpoint load_balancing_weight health_status ~metadata",
+    "envoy.config.endpoint.v3.Endpoint: address ~hostname",
+    "envoy.config.cluster.v3.CircuitBreakers: thresholds",
+    "envoy.config.cluster.v3.CircuitBreakers.Thresholds: priority=DEFAULT max_connections max_pending_requests max_requests ~max_retries ~track_remaining",
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions: explicit_http_config common_http_protocol_options use_downstream_protocol_config",
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig: http_protocol_options http2_protocol_options",
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.UseDownstreamHttpConfig: http_protocol_options http2_protocol_options",
+];
+
+/// Support of one field: accepted, and (for enums) the allowed value names.
+#[derive(Debug)]
+struct FieldSupport {
+    enum_values: Option<Vec<&'static str>>,
+}
+
+type Table = HashMap<&'static str, HashMap<&'static str, FieldSupport>>;
+
+fn table() -> &'static Table {
+    static TABLE: OnceLock<Table> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut t: Table = HashMap::new();
+        for line in SUPPORTED {
+            let Some((msg, fields)) = line.split_once(':') else {
+                continue;
+            };
+            let entry = t.entry(msg.trim()).or_default();
+            for f in fields.split_whitespace() {
+                let f = f.trim_start_matches('~');
+                let (name, values) = match f.split_once('=') {
+                    Some((n, v)) => (n, Some(v.split('|').collect())),
+                    None => (f, None),
+                };
+                entry.insert(name, FieldSupport { enum_values: values });
+            }
+        }
+        t
+    })
+}
+
+/// Is this message type known to Sluice at all (listed in [`SUPPORTED`])?
+pub fn message_supported(full_name: &str) -> bool {
+    table().contains_key(full_name)
+}
+
+fn join(path: &str, field: &str) -> String {
+    if path.is_empty() {
+        field.to_string()
+    } else {
+        format!("{path}.{field}")
+    }
+}
+
+/// Report every field set in `msg` (recursively) that Sluice does not support.
+pub fn check_message(msg: &DynamicMessage, path: &str, errors: &mut Vec<FieldError>) {
+    let desc = msg.descriptor();
+    let full_name = desc.full_name();
+    if full_name.starts_with("google.protobuf.") && full_name != "google.protobuf.Any" {
+        return;
+    }
+    if full_name == "google.protobuf.Any" {
+        check_any(msg, path, errors);
+        return;
+    }
+    let support = table().get(full_name);
+    for (field, value) in msg.fields() {
+        let fpath = join(path, field.name());
+        let Some(fs) = support.and_then(|s| s.get(field.name())) else {
+            errors.push(FieldError::unsupported(fpath));
+            continue;
+        };
+        if let (Some(allowed), Some(kind)) = (&fs.enum_values, field.kind().as_enum()) {
+            let check = |n: i32, p: &str, errors: &mut Vec<FieldError>| {
+                let name = kind
+                    .get_value(n)
+                    .map(|v| v.name().to_string())
+                    .unwrap_or_else(|| n.to_string());
+                if !allowed.contains(&name.as_str()) {
+                    errors.push(FieldError::new(p, format!("value {name} not supported (supported: {})", allowed.join(", "))));
+                }
+            };
+            match &*value {
+                Value::EnumNumber(n) => check(*n, &fpath, errors),
+                Value::List(items) => {
+                    for (i, v) in items.iter().enumerate() {
+                        if let Value::EnumNumber(n) = v {
+                            check(*n, &format!("{fpath}[{i}]"), errors);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        check_value(&value, &fpath, errors);
+    }
+}
+
+fn check_value(value: &Value, path: &str, errors: &mut Vec<FieldError>) {
+    match value {
+        Value::Message(m) => check_message(m, path, errors),
+        Value::List(items) => {
+            for (i, v) in items.iter().enumerate() {
+                check_value(v, &format!("{path}[{i}]"), errors);
+            }
+        }
+        Value::Map(entries) => {
+            for (k, v) in entries {
+                let key = match k {
+                    prost_reflect::MapKey::String(s) => s.clone(),
+                    other => format!("{other:?}"),
+                };
+                check_value(v, &format!("{path}[\"{key}\"]"), errors);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Unpack a `google.protobuf.Any` and check its payload, or name its type as unsupported.
+fn check_any(msg: &DynamicMessage, path: &str, errors: &mut Vec<FieldError>) {
+    match unpack_any(msg) {
+        Ok(inner) => {
+            let name = inner.descriptor().full_name().to_string();
+            if !message_supported(&name) {
+                errors.push(FieldError::new(path, format!("type {name} not supported")));
+            } else {
+                check_message(&inner, path, errors);
+            }
+        }
+        Err(reason) => errors.push(FieldError::new(path, reason)),
+    }
+}
+
+/// Decode the payload of a `google.protobuf.Any` held as a dynamic message.
+pub fn unpack_any(msg: &DynamicMessage) -> Result<DynamicMessage, String> {
+    let type_url = msg
+        .get_field_by_name("type_url")
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let bytes = msg
+        .get_field_by_name("value")
+        .and_then(|v| v.as_bytes().cloned())
+        .unwrap_or_default();
+    let type_name = type_url.rsplit('/').next().unwrap_or("");
+    let pool = msg.descriptor().parent_pool().clone();
+    let Some(desc) = pool.get_message_by_name(type_name) else {
+        return Err(format!("unknown type `{type_url}`"));
+    };
+    DynamicMessage::decode(desc, bytes).map_err(|e| format!("cannot decode `{type_url}`: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_table_entry_names_a_real_message_and_field() {
+        let pool = sluice_proto::descriptor_pool().unwrap();
+        for (msg, fields) in table() {
+            let desc = pool
+                .get_message_by_name(msg)
+                .unwrap_or_else(|| panic!("unknown message {msg}"));
+            for (f, fs) in fields {
+                let fd = desc
+                    .get_field_by_name(f)
+                    .unwrap_or_else(|| panic!("{msg} has no field {f}"));
+                if let Some(values) = &fs.enum_values {
+                    let e = fd.kind().as_enum().cloned().unwrap_or_else(|| panic!("{msg}.{f} is not an enum"));
+                    for v in values {
+                        assert!(e.get_value_by_name(v).is_some(), "{msg}.{f} has no value {v}");
+                    }
+                }
+            }
+        }
+    }
+}
