@@ -26,8 +26,11 @@ pub const ROUTE_CONFIGURATION: &str = "envoy.config.route.v3.RouteConfiguration"
 pub struct LoadedBootstrap {
     /// The typed bootstrap.
     pub bootstrap: Bootstrap,
-    /// The source document (for line numbers and `/config_dump`).
+    /// The source document (for line numbers).
     pub document: Document,
+    /// The validated bootstrap as canonical proto JSON: proto field names, defaults omitted,
+    /// `Any` payloads expanded with `"@type"`. Sluice compiles from this form, whatever the source.
+    pub canonical: Value,
 }
 
 /// Read a file's text.
@@ -47,10 +50,18 @@ pub fn load_bootstrap_file(path: &Path) -> Result<LoadedBootstrap, ConfigError> 
 /// Read and validate a bootstrap from text.
 pub fn load_bootstrap_text(origin: &str, text: &str) -> Result<LoadedBootstrap, ConfigError> {
     let document = source::parse_document(origin, text)?;
-    let bootstrap = decode_document::<Bootstrap>(&document, BOOTSTRAP)?;
+    let dynamic = dynamic_from_json(&document, BOOTSTRAP, &document.value)?;
+    let mut errors = Vec::new();
+    check_message(&dynamic, "", &mut errors);
+    let bootstrap = finish::<Bootstrap>(&document, &dynamic, errors)?;
+    let canonical = canonical_json(&dynamic).map_err(|message| ConfigError::Schema {
+        origin: document.origin.clone(),
+        message,
+    })?;
     Ok(LoadedBootstrap {
         bootstrap,
         document,
+        canonical,
     })
 }
 
@@ -121,6 +132,30 @@ fn normalise_path(path: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(".")
+}
+
+/// Canonical proto JSON of a message: proto field names, defaults omitted, `Any` expanded.
+pub fn canonical_json(msg: &DynamicMessage) -> Result<Value, String> {
+    let options = prost_reflect::SerializeOptions::new()
+        .use_proto_field_name(true)
+        .stringify_64_bit_integers(false);
+    msg.serialize_with_options(serde_json::value::Serializer, &options)
+        .map_err(|e| e.to_string())
+}
+
+/// Validate a binary resource (xDS) and return its canonical JSON.
+pub fn canonical_resource(full_name: &str, bytes: &[u8]) -> Result<Value, Vec<FieldError>> {
+    let pool = sluice_proto::descriptor_pool().map_err(|e| vec![FieldError::new("", e.to_string())])?;
+    let desc = pool
+        .get_message_by_name(full_name)
+        .ok_or_else(|| vec![FieldError::new("", format!("unknown message type {full_name}"))])?;
+    let dynamic = DynamicMessage::decode(desc, bytes).map_err(|e| vec![FieldError::new("", e.to_string())])?;
+    let mut errors = Vec::new();
+    check_message(&dynamic, "", &mut errors);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    canonical_json(&dynamic).map_err(|e| vec![FieldError::new("", e)])
 }
 
 /// Validate a resource received in binary form (xDS) and decode it as `T`.
@@ -306,6 +341,17 @@ static_resources:
         assert_eq!(sr.listeners.len(), 1);
         assert_eq!(sr.clusters[0].name, "a");
         assert_eq!(sr.clusters[0].connect_timeout.unwrap().nanos, 250_000_000);
+    }
+
+    #[test]
+    fn canonical_form_uses_proto_names_and_expands_any() {
+        let c = load_bootstrap_text("t.yaml", MINIMAL).unwrap().canonical;
+        let cluster = &c["static_resources"]["clusters"][0];
+        assert!(cluster.get("lb_policy").is_none(), "defaults are omitted");
+        assert_eq!(cluster["connect_timeout"], "0.250s");
+        let hcm = &c["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+        assert!(hcm["@type"].as_str().unwrap().ends_with("HttpConnectionManager"));
+        assert_eq!(hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["timeout"], "1.500s");
     }
 
     #[test]

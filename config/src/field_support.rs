@@ -86,7 +86,7 @@ pub const SUPPORTED: &[&str] = &[
     "envoy.config.endpoint.v3.Endpoint: address ~hostname",
     "envoy.config.cluster.v3.CircuitBreakers: thresholds",
     "envoy.config.cluster.v3.CircuitBreakers.Thresholds: priority=DEFAULT max_connections max_pending_requests max_requests ~max_retries ~track_remaining",
-    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions: explicit_http_config common_http_protocol_options use_downstream_protocol_config",
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions: explicit_http_config common_http_protocol_options",
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig: http_protocol_options http2_protocol_options",
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.UseDownstreamHttpConfig: http_protocol_options http2_protocol_options",
 ];

@@ -1,1 +1,31 @@
-//! proxy
+//! # sluice-proxy
+//!
+//! The Sluice data plane: an HTTP/1.1 and HTTP/2 (h2c) reverse proxy configured by an Envoy v3
+//! bootstrap.
+//!
+//! A configuration is compiled ([`compile`]) into an immutable [`snapshot::Snapshot`]: listeners,
+//! their [`route_table::RouteTable`]s and the [`cluster::Cluster`]s they send to, with metric
+//! handles already resolved. Each listener reads the current snapshot through `arc-swap`, so a
+//! request never takes a lock and a reload (SIGHUP, file change, later xDS) swaps the whole snapshot
+//! atomically while requests in flight finish on the one they started with.
+//!
+//! Request path ([`server`]): accept → HTTP codec (hyper) → [`vhost_select`] by `:authority` →
+//! first matching route ([`matcher`]) → action: direct response, redirect, or forward to a cluster
+//! (chosen by [`weighted_pick`], sticky with [`hash_policy`]) → endpoint by the cluster's load
+//! balancer → pooled upstream connection ([`upstream_pool`]) → response streamed back.
+
+pub mod admin;
+pub mod body;
+pub mod cluster;
+pub mod compile;
+pub mod hash_policy;
+pub mod header_ops;
+pub mod matcher;
+pub mod metrics;
+pub mod route_table;
+pub mod runtime;
+pub mod server;
+pub mod snapshot;
+pub mod upstream_pool;
+pub mod vhost_select;
+pub mod weighted_pick;

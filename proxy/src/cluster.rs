@@ -1,0 +1,371 @@
+//! Upstream clusters: endpoints by priority, load balancing, circuit breakers, DNS refresh.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::metrics::{ClusterStats, IstioStats};
+use crate::upstream_pool::{EndpointPool, PoolSettings};
+use crate::weighted_pick::{fast_random, WeightedPick};
+
+/// `lb_policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbPolicy {
+    RoundRobin,
+    LeastRequest,
+    Random,
+}
+
+/// How endpoints are discovered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Discovery {
+    Static,
+    /// Every address a name resolves to (`STRICT_DNS`), or only the first (`LOGICAL_DNS`).
+    Dns { logical: bool, refresh: Duration },
+}
+
+/// One configured endpoint (before DNS resolution).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointSpec {
+    pub host: String,
+    pub port: u16,
+    pub weight: u32,
+    pub priority: u32,
+    pub healthy: bool,
+}
+
+/// A resolved endpoint.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub pool: Arc<EndpointPool>,
+    pub weight: u32,
+    pub healthy: bool,
+    pub active_requests: AtomicU64,
+    pub total_requests: AtomicU64,
+    /// `host:port` as configured (for `/clusters`).
+    pub hostname: String,
+}
+
+/// The endpoints of one priority level.
+#[derive(Debug)]
+pub struct PriorityLevel {
+    pub priority: u32,
+    pub endpoints: Vec<Arc<Endpoint>>,
+    pick: Option<WeightedPick>,
+}
+
+/// All endpoints of a cluster.
+#[derive(Debug, Default)]
+pub struct EndpointSet {
+    /// Ascending priority.
+    pub levels: Vec<PriorityLevel>,
+}
+
+/// Circuit breaker thresholds (`DEFAULT` priority).
+#[derive(Debug, Clone, Copy)]
+pub struct Breakers {
+    pub max_connections: u64,
+    pub max_pending_requests: u64,
+    pub max_requests: u64,
+}
+
+impl Default for Breakers {
+    fn default() -> Self {
+        // Envoy's defaults.
+        Breakers {
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+        }
+    }
+}
+
+/// A cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    pub name: String,
+    pub lb: LbPolicy,
+    pub discovery: Discovery,
+    pub specs: Vec<EndpointSpec>,
+    pub endpoints: ArcSwap<EndpointSet>,
+    pub settings: PoolSettings,
+    pub breakers: Breakers,
+    pub active_requests: AtomicU64,
+    rr: AtomicUsize,
+    pub stats: ClusterStats,
+    pub istio: IstioStats,
+    /// Encoded configuration, to reuse the cluster (and its pools) across reloads when unchanged.
+    pub fingerprint: Vec<u8>,
+}
+
+/// Guard counting one active request on a cluster and an endpoint.
+#[derive(Debug)]
+pub struct ActiveRequest {
+    cluster: Arc<Cluster>,
+    endpoint: Arc<Endpoint>,
+}
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        self.cluster.active_requests.fetch_sub(1, Ordering::Relaxed);
+        self.endpoint.active_requests.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Why no endpoint could be chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PickError {
+    /// No healthy endpoint (`UH`).
+    NoHealthyUpstream,
+    /// `max_requests` reached (`UO`).
+    Overflow,
+}
+
+impl Cluster {
+    /// Choose an endpoint and count the request as active.
+    pub fn acquire(self: &Arc<Self>) -> Result<(Arc<Endpoint>, ActiveRequest), PickError> {
+        let set = self.endpoints.load();
+        let level = set
+            .levels
+            .iter()
+            .find(|l| l.pick.is_some())
+            .ok_or(PickError::NoHealthyUpstream)?;
+        let Some(pick) = &level.pick else {
+            return Err(PickError::NoHealthyUpstream);
+        };
+        let idx = match self.lb {
+            LbPolicy::Random => pick.pick_random(fast_random()),
+            LbPolicy::RoundRobin => {
+                let n = self.rr.fetch_add(1, Ordering::Relaxed) as u64;
+                // Spread n over [0, total) in order: deterministic weighted round robin.
+                let pos = n % pick.total();
+                pick.pick_random(((pos as u128) << 64).checked_div(pick.total() as u128).unwrap_or(0) as u64)
+            }
+            LbPolicy::LeastRequest => {
+                let a = pick.pick_random(fast_random());
+                let b = pick.pick_random(fast_random());
+                let ra = level.endpoints[a].active_requests.load(Ordering::Relaxed);
+                let rb = level.endpoints[b].active_requests.load(Ordering::Relaxed);
+                if rb < ra {
+                    b
+                } else {
+                    a
+                }
+            }
+        };
+        let endpoint = level.endpoints[idx].clone();
+        let prev = self.active_requests.fetch_add(1, Ordering::Relaxed);
+        if prev >= self.breakers.max_requests {
+            self.active_requests.fetch_sub(1, Ordering::Relaxed);
+            return Err(PickError::Overflow);
+        }
+        endpoint.active_requests.fetch_add(1, Ordering::Relaxed);
+        endpoint.total_requests.fetch_add(1, Ordering::Relaxed);
+        Ok((
+            endpoint.clone(),
+            ActiveRequest {
+                cluster: self.clone(),
+                endpoint,
+            },
+        ))
+    }
+
+    /// Resolve the endpoint specs and build the endpoint set, reusing pools of `previous`.
+    pub fn build_endpoints(
+        specs: &[EndpointSpec],
+        discovery: &Discovery,
+        settings: &PoolSettings,
+        previous: Option<&EndpointSet>,
+    ) -> EndpointSet {
+        let mut by_priority: std::collections::BTreeMap<u32, Vec<Arc<Endpoint>>> = Default::default();
+        for spec in specs {
+            let addrs: Vec<SocketAddr> = match spec.host.parse::<std::net::IpAddr>() {
+                Ok(ip) => vec![SocketAddr::new(ip, spec.port)],
+                Err(_) => match (spec.host.as_str(), spec.port).to_socket_addrs() {
+                    Ok(it) => {
+                        let all: Vec<SocketAddr> = it.collect();
+                        match discovery {
+                            Discovery::Dns { logical: true, .. } => all.into_iter().take(1).collect(),
+                            _ => all,
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(host = %spec.host, error = %e, "DNS resolution failed");
+                        Vec::new()
+                    }
+                },
+            };
+            for addr in addrs {
+                let pool = previous
+                    .and_then(|p| {
+                        p.levels
+                            .iter()
+                            .flat_map(|l| l.endpoints.iter())
+                            .find(|e| e.pool.addr == addr)
+                            .map(|e| e.pool.clone())
+                    })
+                    .unwrap_or_else(|| EndpointPool::new(addr, settings.clone()));
+                by_priority.entry(spec.priority).or_default().push(Arc::new(Endpoint {
+                    pool,
+                    weight: spec.weight.max(1),
+                    healthy: spec.healthy,
+                    active_requests: AtomicU64::new(0),
+                    total_requests: AtomicU64::new(0),
+                    hostname: format!("{}:{}", spec.host, spec.port),
+                }));
+            }
+        }
+        EndpointSet {
+            levels: by_priority
+                .into_iter()
+                .map(|(priority, endpoints)| {
+                    let pick = WeightedPick::new(
+                        endpoints
+                            .iter()
+                            .map(|e| if e.healthy { e.weight as u64 } else { 0 }),
+                    );
+                    PriorityLevel {
+                        priority,
+                        endpoints,
+                        pick,
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// Construct a cluster and resolve its endpoints.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: String,
+        lb: LbPolicy,
+        discovery: Discovery,
+        specs: Vec<EndpointSpec>,
+        settings: PoolSettings,
+        breakers: Breakers,
+        stats: ClusterStats,
+        istio: IstioStats,
+        fingerprint: Vec<u8>,
+    ) -> Arc<Self> {
+        let set = Self::build_endpoints(&specs, &discovery, &settings, None);
+        Arc::new(Cluster {
+            name,
+            lb,
+            discovery,
+            specs,
+            endpoints: ArcSwap::from_pointee(set),
+            settings,
+            breakers,
+            active_requests: AtomicU64::new(0),
+            rr: AtomicUsize::new(0),
+            stats,
+            istio,
+            fingerprint,
+        })
+    }
+
+    /// Re-resolve DNS names (for `STRICT_DNS` / `LOGICAL_DNS`), keeping pools of unchanged addresses.
+    pub fn refresh_dns(&self) {
+        let prev = self.endpoints.load();
+        let next = Self::build_endpoints(&self.specs, &self.discovery, &self.settings, Some(&prev));
+        self.endpoints.store(Arc::new(next));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::upstream_pool::UpstreamProtocol;
+
+    fn cluster(lb: LbPolicy, specs: Vec<EndpointSpec>) -> Arc<Cluster> {
+        let m = Metrics::new().unwrap();
+        Cluster::new(
+            "c".into(),
+            lb,
+            Discovery::Static,
+            specs,
+            PoolSettings {
+                protocol: UpstreamProtocol::Http1,
+                connect_timeout: Duration::from_secs(1),
+                max_requests_per_connection: None,
+                idle_timeout: None,
+            },
+            Breakers::default(),
+            ClusterStats::new(&m, "c"),
+            IstioStats::new(&m, vec!["x".into(); 7]),
+            vec![],
+        )
+    }
+
+    fn spec(port: u16, weight: u32, priority: u32, healthy: bool) -> EndpointSpec {
+        EndpointSpec {
+            host: "127.0.0.1".into(),
+            port,
+            weight,
+            priority,
+            healthy,
+        }
+    }
+
+    #[test]
+    fn round_robin_follows_weights_exactly() {
+        let c = cluster(LbPolicy::RoundRobin, vec![spec(1, 3, 0, true), spec(2, 1, 0, true)]);
+        let mut counts = [0; 2];
+        for _ in 0..400 {
+            let (e, _g) = c.acquire().unwrap();
+            counts[(e.pool.addr.port() - 1) as usize] += 1;
+        }
+        assert_eq!(counts, [300, 100]);
+    }
+
+    #[test]
+    fn lower_priority_is_used_only_without_healthy_higher_one() {
+        let c = cluster(LbPolicy::Random, vec![spec(1, 1, 0, false), spec(2, 1, 1, true)]);
+        for _ in 0..50 {
+            assert_eq!(c.acquire().unwrap().0.pool.addr.port(), 2);
+        }
+        let c = cluster(LbPolicy::Random, vec![spec(1, 1, 0, true), spec(2, 1, 1, true)]);
+        for _ in 0..50 {
+            assert_eq!(c.acquire().unwrap().0.pool.addr.port(), 1);
+        }
+    }
+
+    #[test]
+    fn no_endpoints_is_no_healthy_upstream() {
+        let c = cluster(LbPolicy::RoundRobin, vec![]);
+        assert_eq!(c.acquire().unwrap_err(), PickError::NoHealthyUpstream);
+    }
+
+    #[test]
+    fn max_requests_overflows_and_guard_releases() {
+        let m = Metrics::new().unwrap();
+        let c = Cluster::new(
+            "c".into(),
+            LbPolicy::RoundRobin,
+            Discovery::Static,
+            vec![spec(1, 1, 0, true)],
+            PoolSettings {
+                protocol: UpstreamProtocol::Http1,
+                connect_timeout: Duration::from_secs(1),
+                max_requests_per_connection: None,
+                idle_timeout: None,
+            },
+            Breakers {
+                max_requests: 2,
+                ..Breakers::default()
+            },
+            ClusterStats::new(&m, "c"),
+            IstioStats::new(&m, vec!["x".into(); 7]),
+            vec![],
+        );
+        let a = c.acquire().unwrap();
+        let _b = c.acquire().unwrap();
+        assert_eq!(c.acquire().unwrap_err(), PickError::Overflow);
+        drop(a);
+        assert!(c.acquire().is_ok());
+    }
+}

@@ -1,0 +1,1051 @@
+//! Compiling validated Envoy configuration (canonical proto JSON, see
+//! `sluice_config::envoy::canonical_json`) into a runtime [`Snapshot`].
+//!
+//! Static bootstraps and resources received over xDS go through these same functions, so a route
+//! behaves the same wherever it was defined. Every error names the field path it comes from.
+//! Field *support* was already checked by `sluice_config::field_support`; this step checks values
+//! (addresses, regexes, weights, references) and builds matchers, pickers and metric handles.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderName, HeaderValue, StatusCode};
+use serde_json::Value;
+use sluice_config::FieldError;
+
+use crate::cluster::{Breakers, Cluster, Discovery, EndpointSpec, LbPolicy};
+use crate::hash_policy::{HashPolicy, HashSource};
+use crate::header_ops::{AppendAction, HeaderAdd, HeaderOps, HeaderTemplate};
+use crate::matcher::{HeaderCheck, HeaderMatcher, HeaderSource, PathMatch, QueryMatcher, StringMatch, StringMatcher};
+use crate::metrics::{ClusterStats, HcmStats, IstioStats, Metrics};
+use crate::route_table::{
+    ClusterRef, DirectResponse, ForwardAction, MirrorPolicy, RedirectAction, Route, RouteAction, RouteMatch,
+    RouteTable, Target, VirtualHost, WeightedEntry, WeightedTarget,
+};
+use crate::snapshot::{Codec, HcmConfig, ListenerConfig, NodeInfo, ServerHeader, Snapshot};
+use crate::upstream_pool::{PoolSettings, UpstreamProtocol};
+use crate::vhost_select::VhostSelector;
+use crate::weighted_pick::WeightedPick;
+
+const HCM_TYPE: &str = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const ROUTER_TYPE: &str = "envoy.extensions.filters.http.router.v3.Router";
+const UPSTREAM_HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+/// Envoy's default route timeout.
+pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
+
+type Errors = Vec<FieldError>;
+
+// ---- canonical JSON accessors ---------------------------------------------------------------
+
+fn get<'a>(v: &'a Value, k: &str) -> Option<&'a Value> {
+    v.get(k)
+}
+fn s<'a>(v: &'a Value, k: &str) -> Option<&'a str> {
+    v.get(k).and_then(Value::as_str)
+}
+fn b(v: &Value, k: &str) -> bool {
+    v.get(k).and_then(Value::as_bool).unwrap_or(false)
+}
+fn u(v: &Value, k: &str) -> Option<u64> {
+    match v.get(k)? {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+fn arr<'a>(v: &'a Value, k: &str) -> &'a [Value] {
+    v.get(k).and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
+}
+fn p(path: &str, k: &str) -> String {
+    if path.is_empty() {
+        k.to_string()
+    } else {
+        format!("{path}.{k}")
+    }
+}
+
+/// Parse a proto JSON duration (`"1.500s"`).
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let secs = text.strip_suffix('s')?;
+    let f: f64 = secs.parse().ok()?;
+    (f >= 0.0 && f.is_finite()).then(|| Duration::from_secs_f64(f))
+}
+
+fn dur(v: &Value, k: &str) -> Option<Duration> {
+    s(v, k).and_then(parse_duration)
+}
+
+fn socket_address(v: &Value, path: &str, errors: &mut Errors) -> Option<(String, u16)> {
+    let Some(sa) = get(v, "socket_address") else {
+        errors.push(FieldError::new(p(path, "socket_address"), "required"));
+        return None;
+    };
+    let host = s(sa, "address").unwrap_or("").to_string();
+    let port = u(sa, "port_value").unwrap_or(0);
+    if port > u16::MAX as u64 {
+        errors.push(FieldError::new(p(path, "socket_address.port_value"), "port out of range"));
+        return None;
+    }
+    Some((host, port as u16))
+}
+
+fn ip_socket_address(v: &Value, path: &str, errors: &mut Errors) -> Option<SocketAddr> {
+    let (host, port) = socket_address(v, path, errors)?;
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => Some(SocketAddr::new(ip, port)),
+        Err(_) => {
+            errors.push(FieldError::new(
+                p(path, "socket_address.address"),
+                format!("`{host}` is not an IP address"),
+            ));
+            None
+        }
+    }
+}
+
+// ---- string and header matchers -------------------------------------------------------------
+
+fn regex(v: &Value, path: &str, errors: &mut Errors) -> Option<regex::Regex> {
+    let pattern = s(v, "regex").unwrap_or("");
+    match StringMatcher::full_regex(pattern) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            errors.push(FieldError::new(p(path, "regex"), format!("invalid regex: {e}")));
+            None
+        }
+    }
+}
+
+fn string_matcher(v: &Value, path: &str, errors: &mut Errors) -> Option<StringMatcher> {
+    let ignore_case = b(v, "ignore_case");
+    let kind = if let Some(x) = s(v, "exact") {
+        StringMatch::Exact(x.into())
+    } else if let Some(x) = s(v, "prefix") {
+        StringMatch::Prefix(x.into())
+    } else if let Some(x) = s(v, "suffix") {
+        StringMatch::Suffix(x.into())
+    } else if let Some(x) = s(v, "contains") {
+        StringMatch::Contains(x.into())
+    } else if let Some(r) = get(v, "safe_regex") {
+        StringMatch::Regex(regex(r, &p(path, "safe_regex"), errors)?)
+    } else {
+        // An empty `exact` is the proto default and is omitted in canonical JSON.
+        StringMatch::Exact(String::new())
+    };
+    Some(StringMatcher { kind, ignore_case })
+}
+
+fn header_matcher(v: &Value, path: &str, errors: &mut Errors) -> Option<HeaderMatcher> {
+    let name = s(v, "name").unwrap_or("");
+    let source = match name {
+        ":method" => HeaderSource::Method,
+        ":authority" | "host" => HeaderSource::Authority,
+        ":path" => HeaderSource::Path,
+        ":scheme" => HeaderSource::Scheme,
+        _ => match HeaderName::from_bytes(name.as_bytes()) {
+            Ok(h) => HeaderSource::Header(h),
+            Err(_) => {
+                errors.push(FieldError::new(p(path, "name"), format!("invalid header name `{name}`")));
+                return None;
+            }
+        },
+    };
+    let sm = |kind| HeaderCheck::Value(StringMatcher::new(kind));
+    let check = if let Some(x) = s(v, "exact_match") {
+        sm(StringMatch::Exact(x.into()))
+    } else if let Some(x) = s(v, "prefix_match") {
+        sm(StringMatch::Prefix(x.into()))
+    } else if let Some(x) = s(v, "suffix_match") {
+        sm(StringMatch::Suffix(x.into()))
+    } else if let Some(x) = s(v, "contains_match") {
+        sm(StringMatch::Contains(x.into()))
+    } else if let Some(r) = get(v, "safe_regex_match") {
+        sm(StringMatch::Regex(regex(r, &p(path, "safe_regex_match"), errors)?))
+    } else if let Some(m) = get(v, "string_match") {
+        HeaderCheck::Value(string_matcher(m, &p(path, "string_match"), errors)?)
+    } else if let Some(Value::Bool(want)) = get(v, "present_match") {
+        HeaderCheck::Present(*want)
+    } else {
+        HeaderCheck::Present(true)
+    };
+    Some(HeaderMatcher {
+        source,
+        check,
+        invert: b(v, "invert_match"),
+        treat_missing_as_empty: b(v, "treat_missing_header_as_empty"),
+    })
+}
+
+fn fraction_ppm(v: &Value) -> u64 {
+    let num = u(v, "numerator").unwrap_or(0);
+    let per = match s(v, "denominator").unwrap_or("HUNDRED") {
+        "TEN_THOUSAND" => 10_000,
+        "MILLION" => 1_000_000,
+        _ => 100,
+    };
+    (num.min(per) * (1_000_000 / per)).min(1_000_000)
+}
+
+fn route_match(v: &Value, path: &str, errors: &mut Errors) -> Option<RouteMatch> {
+    let case_sensitive = v.get("case_sensitive").and_then(Value::as_bool).unwrap_or(true);
+    let pm = if let Some(x) = s(v, "prefix") {
+        PathMatch::Prefix(x.into())
+    } else if let Some(x) = s(v, "path") {
+        PathMatch::Exact(x.into())
+    } else if let Some(r) = get(v, "safe_regex") {
+        PathMatch::Regex(regex(r, &p(path, "safe_regex"), errors)?)
+    } else if let Some(x) = s(v, "path_separated_prefix") {
+        if x.ends_with('/') || x.contains(['?', '#']) {
+            errors.push(FieldError::new(
+                p(path, "path_separated_prefix"),
+                "must not end with `/` or contain `?` or `#`",
+            ));
+            return None;
+        }
+        PathMatch::SeparatedPrefix(x.into())
+    } else {
+        errors.push(FieldError::new(path, "a path specifier (prefix, path, safe_regex, path_separated_prefix) is required"));
+        return None;
+    };
+    let mut headers = Vec::new();
+    for (i, h) in arr(v, "headers").iter().enumerate() {
+        headers.extend(header_matcher(h, &format!("{path}.headers[{i}]"), errors));
+    }
+    let mut query = Vec::new();
+    for (i, q) in arr(v, "query_parameters").iter().enumerate() {
+        let qpath = format!("{path}.query_parameters[{i}]");
+        let value = match get(q, "string_match") {
+            Some(m) => Some(string_matcher(m, &p(&qpath, "string_match"), errors)?),
+            None => None,
+        };
+        query.push(QueryMatcher {
+            name: s(q, "name").unwrap_or("").to_string(),
+            value,
+            present: true,
+        });
+    }
+    let runtime_fraction_ppm = get(v, "runtime_fraction")
+        .map(|rf| get(rf, "default_value").map(fraction_ppm).unwrap_or(0));
+    Some(RouteMatch {
+        path: pm,
+        case_sensitive,
+        headers,
+        query,
+        runtime_fraction_ppm,
+        grpc: get(v, "grpc").is_some(),
+    })
+}
+
+// ---- header operations ----------------------------------------------------------------------
+
+fn header_ops(v: &Value, add_key: &str, remove_key: &str, path: &str, errors: &mut Errors) -> HeaderOps {
+    let mut ops = HeaderOps::default();
+    for (i, opt) in arr(v, add_key).iter().enumerate() {
+        let hpath = format!("{}[{i}]", p(path, add_key));
+        let header = get(opt, "header").cloned().unwrap_or(Value::Null);
+        let key = s(&header, "key").unwrap_or("");
+        let value = s(&header, "value").unwrap_or("");
+        if key.starts_with(':') || key.eq_ignore_ascii_case("host") {
+            errors.push(FieldError::new(p(&hpath, "header.key"), format!("`{key}` may not be modified")));
+            continue;
+        }
+        let name = match HeaderName::from_bytes(key.as_bytes()) {
+            Ok(n) => n,
+            Err(_) => {
+                errors.push(FieldError::new(p(&hpath, "header.key"), format!("invalid header name `{key}`")));
+                continue;
+            }
+        };
+        let template = match HeaderTemplate::parse(value) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(FieldError::new(p(&hpath, "header.value"), e));
+                continue;
+            }
+        };
+        let action = match (opt.get("append").and_then(Value::as_bool), s(opt, "append_action")) {
+            (Some(false), _) => AppendAction::OverwriteIfExistsOrAdd,
+            (Some(true), _) => AppendAction::AppendIfExistsOrAdd,
+            (None, Some("ADD_IF_ABSENT")) => AppendAction::AddIfAbsent,
+            (None, Some("OVERWRITE_IF_EXISTS_OR_ADD")) => AppendAction::OverwriteIfExistsOrAdd,
+            (None, Some("OVERWRITE_IF_EXISTS")) => AppendAction::OverwriteIfExists,
+            _ => AppendAction::AppendIfExistsOrAdd,
+        };
+        ops.add.push(HeaderAdd {
+            name,
+            value: template,
+            action,
+            keep_empty: b(opt, "keep_empty_value"),
+        });
+    }
+    for (i, name) in arr(v, remove_key).iter().enumerate() {
+        let n = name.as_str().unwrap_or("");
+        match HeaderName::from_bytes(n.as_bytes()) {
+            Ok(h) if !n.eq_ignore_ascii_case("host") => ops.remove.push(h),
+            _ => errors.push(FieldError::new(
+                format!("{}[{i}]", p(path, remove_key)),
+                format!("`{n}` cannot be removed"),
+            )),
+        }
+    }
+    ops
+}
+
+fn request_ops(v: &Value, path: &str, errors: &mut Errors) -> HeaderOps {
+    header_ops(v, "request_headers_to_add", "request_headers_to_remove", path, errors)
+}
+fn response_ops(v: &Value, path: &str, errors: &mut Errors) -> HeaderOps {
+    header_ops(v, "response_headers_to_add", "response_headers_to_remove", path, errors)
+}
+
+// ---- routes ---------------------------------------------------------------------------------
+
+/// How cluster names in routes are resolved.
+pub struct ClusterResolver<'a> {
+    pub clusters: &'a HashMap<String, Arc<Cluster>>,
+    /// Reject routes naming unknown clusters (Envoy's `validate_clusters`, default for static
+    /// route configurations).
+    pub validate: bool,
+}
+
+impl ClusterResolver<'_> {
+    fn resolve(&self, name: &str, path: &str, errors: &mut Errors) -> ClusterRef {
+        let cluster = self.clusters.get(name).cloned();
+        if cluster.is_none() && self.validate {
+            errors.push(FieldError::new(path, format!("unknown cluster `{name}`")));
+        }
+        ClusterRef {
+            name: Arc::from(name),
+            cluster,
+        }
+    }
+}
+
+fn rewrite(v: &Value, path: &str, errors: &mut Errors) -> Option<(regex::Regex, String)> {
+    let pattern = get(v, "pattern")?;
+    // Rewrites replace matches anywhere, so this regex is not anchored.
+    let re = match regex::Regex::new(s(pattern, "regex").unwrap_or("")) {
+        Ok(r) => r,
+        Err(e) => {
+            errors.push(FieldError::new(p(path, "pattern.regex"), format!("invalid regex: {e}")));
+            return None;
+        }
+    };
+    // RE2 substitutions use \1; the regex crate uses ${1}.
+    let sub = s(v, "substitution").unwrap_or("");
+    let mut out = String::new();
+    let mut chars = sub.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.peek() {
+                Some(d) if d.is_ascii_digit() => {
+                    out.push_str(&format!("${{{d}}}"));
+                    chars.next();
+                }
+                Some('\\') => {
+                    out.push('\\');
+                    chars.next();
+                }
+                _ => out.push('\\'),
+            },
+            '$' => out.push_str("$$"),
+            c => out.push(c),
+        }
+    }
+    Some((re, out))
+}
+
+fn header_value(text: &str, path: &str, errors: &mut Errors) -> Option<HeaderValue> {
+    match HeaderValue::from_str(text) {
+        Ok(v) => Some(v),
+        Err(_) => {
+            errors.push(FieldError::new(path, format!("invalid header value `{text}`")));
+            None
+        }
+    }
+}
+
+fn forward_action(v: &Value, path: &str, res: &ClusterResolver<'_>, errors: &mut Errors) -> Option<ForwardAction> {
+    let target = if let Some(c) = s(v, "cluster") {
+        Target::Cluster(res.resolve(c, &p(path, "cluster"), errors))
+    } else if let Some(h) = s(v, "cluster_header") {
+        match HeaderName::from_bytes(h.as_bytes()) {
+            Ok(name) => Target::Header(name),
+            Err(_) => {
+                errors.push(FieldError::new(p(path, "cluster_header"), "invalid header name"));
+                return None;
+            }
+        }
+    } else if let Some(wc) = get(v, "weighted_clusters") {
+        let wpath = p(path, "weighted_clusters");
+        let mut entries = Vec::new();
+        let mut weights = Vec::new();
+        for (i, c) in arr(wc, "clusters").iter().enumerate() {
+            let cpath = format!("{wpath}.clusters[{i}]");
+            let name = s(c, "name").unwrap_or("");
+            weights.push(u(c, "weight").unwrap_or(0));
+            entries.push(WeightedEntry {
+                cluster: res.resolve(name, &p(&cpath, "name"), errors),
+                request_headers: request_ops(c, &cpath, errors),
+                response_headers: response_ops(c, &cpath, errors),
+                host_rewrite: s(c, "host_rewrite_literal")
+                    .and_then(|h| header_value(h, &p(&cpath, "host_rewrite_literal"), errors)),
+            });
+        }
+        let sum: u64 = weights.iter().sum();
+        if let Some(total) = u(wc, "total_weight") {
+            if total != sum {
+                errors.push(FieldError::new(
+                    p(&wpath, "total_weight"),
+                    format!("sum of cluster weights ({sum}) must equal total_weight ({total})"),
+                ));
+            }
+        }
+        let Some(pick) = WeightedPick::new(weights) else {
+            errors.push(FieldError::new(p(&wpath, "clusters"), "the sum of weights must be greater than 0"));
+            return None;
+        };
+        Target::Weighted(WeightedTarget {
+            pick,
+            entries,
+            use_hash_policy: false,
+        })
+    } else {
+        errors.push(FieldError::new(path, "one of cluster, cluster_header, weighted_clusters is required"));
+        return None;
+    };
+    let timeout = match s(v, "timeout") {
+        Some(t) => parse_duration(t).filter(|d| !d.is_zero()),
+        None => Some(DEFAULT_ROUTE_TIMEOUT),
+    };
+    let mut mirrors = Vec::new();
+    for (i, m) in arr(v, "request_mirror_policies").iter().enumerate() {
+        let mpath = format!("{}[{i}]", p(path, "request_mirror_policies"));
+        let name = s(m, "cluster").unwrap_or("");
+        mirrors.push(MirrorPolicy {
+            cluster: res.resolve(name, &p(&mpath, "cluster"), errors),
+            fraction_ppm: get(m, "runtime_fraction")
+                .map(|rf| get(rf, "default_value").map(fraction_ppm).unwrap_or(0))
+                .unwrap_or(1_000_000),
+            append_shadow_suffix: !b(m, "disable_shadow_host_suffix_append"),
+        });
+    }
+    let mut hash_policy = Vec::new();
+    for (i, h) in arr(v, "hash_policy").iter().enumerate() {
+        let hpath = format!("{}[{i}]", p(path, "hash_policy"));
+        let source = if let Some(hd) = get(h, "header") {
+            match HeaderName::from_bytes(s(hd, "header_name").unwrap_or("").as_bytes()) {
+                Ok(n) => HashSource::Header(n),
+                Err(_) => {
+                    errors.push(FieldError::new(p(&hpath, "header.header_name"), "invalid header name"));
+                    continue;
+                }
+            }
+        } else if let Some(c) = get(h, "cookie") {
+            HashSource::Cookie(s(c, "name").unwrap_or("").to_string())
+        } else if let Some(q) = get(h, "query_parameter") {
+            HashSource::QueryParameter(s(q, "name").unwrap_or("").to_string())
+        } else if get(h, "connection_properties").is_some_and(|c| b(c, "source_ip")) {
+            HashSource::SourceIp
+        } else {
+            errors.push(FieldError::new(hpath, "a hash policy kind is required"));
+            continue;
+        };
+        hash_policy.push(HashPolicy {
+            source,
+            terminal: b(h, "terminal"),
+        });
+    }
+    let target = match target {
+        Target::Weighted(mut w) => {
+            w.use_hash_policy = !hash_policy.is_empty();
+            Target::Weighted(w)
+        }
+        t => t,
+    };
+    let cluster_not_found_status = match s(v, "cluster_not_found_response_code") {
+        Some("NOT_FOUND") => StatusCode::NOT_FOUND,
+        Some("INTERNAL_SERVER_ERROR") => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    Some(ForwardAction {
+        target,
+        timeout,
+        prefix_rewrite: s(v, "prefix_rewrite").map(str::to_string),
+        regex_rewrite: get(v, "regex_rewrite").and_then(|r| rewrite(r, &p(path, "regex_rewrite"), errors)),
+        host_rewrite: s(v, "host_rewrite_literal").and_then(|h| header_value(h, &p(path, "host_rewrite_literal"), errors)),
+        mirrors,
+        hash_policy,
+        cluster_not_found_status,
+    })
+}
+
+fn redirect_action(v: &Value, path: &str, errors: &mut Errors) -> Option<RedirectAction> {
+    let scheme = if b(v, "https_redirect") {
+        Some("https".to_string())
+    } else {
+        s(v, "scheme_redirect").map(str::to_ascii_lowercase)
+    };
+    let status = match s(v, "response_code") {
+        Some("FOUND") => StatusCode::FOUND,
+        Some("SEE_OTHER") => StatusCode::SEE_OTHER,
+        Some("TEMPORARY_REDIRECT") => StatusCode::TEMPORARY_REDIRECT,
+        Some("PERMANENT_REDIRECT") => StatusCode::PERMANENT_REDIRECT,
+        _ => StatusCode::MOVED_PERMANENTLY,
+    };
+    let port = u(v, "port_redirect").map(|p| p as u16);
+    Some(RedirectAction {
+        scheme,
+        host: s(v, "host_redirect").map(str::to_string),
+        port,
+        path: s(v, "path_redirect").map(str::to_string),
+        prefix_rewrite: s(v, "prefix_rewrite").map(str::to_string),
+        regex_rewrite: get(v, "regex_rewrite").and_then(|r| rewrite(r, &p(path, "regex_rewrite"), errors)),
+        status,
+        strip_query: b(v, "strip_query"),
+    })
+}
+
+fn direct_response(v: &Value, path: &str, errors: &mut Errors) -> Option<DirectResponse> {
+    let code = u(v, "status").unwrap_or(0);
+    let Some(status) = (200..600).contains(&code).then(|| StatusCode::from_u16(code as u16).ok()).flatten() else {
+        errors.push(FieldError::new(p(path, "status"), format!("status {code} must be in [200, 600)")));
+        return None;
+    };
+    let body = match get(v, "body") {
+        None => None,
+        Some(ds) => {
+            if let Some(text) = s(ds, "inline_string") {
+                Some(bytes::Bytes::from(text.to_string()))
+            } else if let Some(b64) = s(ds, "inline_bytes") {
+                match decode_base64(b64) {
+                    Some(b) => Some(bytes::Bytes::from(b)),
+                    None => {
+                        errors.push(FieldError::new(p(path, "body.inline_bytes"), "invalid base64"));
+                        return None;
+                    }
+                }
+            } else if let Some(file) = s(ds, "filename") {
+                match std::fs::read(file) {
+                    Ok(b) => Some(bytes::Bytes::from(b)),
+                    Err(e) => {
+                        errors.push(FieldError::new(p(path, "body.filename"), format!("{file}: {e}")));
+                        return None;
+                    }
+                }
+            } else {
+                None
+            }
+        }
+    };
+    Some(DirectResponse { status, body })
+}
+
+fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = 0u32;
+    let mut bits = 0;
+    for c in text.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            b'=' => break,
+            _ => return None,
+        } as u32;
+        buf = (buf << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buf >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
+fn route(v: &Value, path: &str, res: &ClusterResolver<'_>, errors: &mut Errors) -> Option<Route> {
+    let before = errors.len();
+    let matcher = route_match(get(v, "match").unwrap_or(&Value::Null), &p(path, "match"), errors);
+    let action = if let Some(r) = get(v, "route") {
+        forward_action(r, &p(path, "route"), res, errors).map(|a| RouteAction::Forward(Box::new(a)))
+    } else if let Some(r) = get(v, "redirect") {
+        redirect_action(r, &p(path, "redirect"), errors).map(|a| RouteAction::Redirect(Box::new(a)))
+    } else if let Some(r) = get(v, "direct_response") {
+        direct_response(r, &p(path, "direct_response"), errors).map(RouteAction::Direct)
+    } else {
+        errors.push(FieldError::new(path, "one of route, redirect, direct_response is required"));
+        None
+    };
+    let request_headers = request_ops(v, path, errors);
+    let response_headers = response_ops(v, path, errors);
+    if errors.len() > before {
+        return None;
+    }
+    Some(Route {
+        name: s(v, "name").unwrap_or("").to_string(),
+        matcher: matcher?,
+        action: action?,
+        request_headers,
+        response_headers,
+    })
+}
+
+/// Compile a `RouteConfiguration`.
+pub fn route_table(v: &Value, path: &str, res: &ClusterResolver<'_>) -> Result<RouteTable, Errors> {
+    let mut errors = Vec::new();
+    let mut vhosts = Vec::new();
+    let mut domains: Vec<(String, usize)> = Vec::new();
+    for (i, vh) in arr(v, "virtual_hosts").iter().enumerate() {
+        let vpath = format!("{}[{i}]", p(path, "virtual_hosts"));
+        let mut routes = Vec::new();
+        for (j, r) in arr(vh, "routes").iter().enumerate() {
+            routes.extend(route(r, &format!("{vpath}.routes[{j}]"), res, &mut errors));
+        }
+        for d in arr(vh, "domains") {
+            domains.push((d.as_str().unwrap_or("").to_string(), i));
+        }
+        if arr(vh, "domains").is_empty() {
+            errors.push(FieldError::new(p(&vpath, "domains"), "at least one domain is required"));
+        }
+        vhosts.push(VirtualHost {
+            name: s(vh, "name").unwrap_or("").to_string(),
+            routes,
+            request_headers: request_ops(vh, &vpath, &mut errors),
+            response_headers: response_ops(vh, &vpath, &mut errors),
+        });
+    }
+    let selector = match VhostSelector::new(domains.iter().map(|(d, i)| (d.as_str(), *i))) {
+        Ok(s) => s,
+        Err(e) => {
+            errors.push(FieldError::new(p(path, "virtual_hosts"), e.to_string()));
+            VhostSelector::default()
+        }
+    };
+    let request_headers = request_ops(v, path, &mut errors);
+    let response_headers = response_ops(v, path, &mut errors);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(RouteTable {
+        name: s(v, "name").unwrap_or("").to_string(),
+        vhosts,
+        selector,
+        request_headers,
+        response_headers,
+    })
+}
+
+// ---- clusters -------------------------------------------------------------------------------
+
+/// Identity values used in Istio metric labels.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub reporter: String,
+    pub source_workload: String,
+    pub source_app: String,
+}
+
+impl Identity {
+    /// Derive from the bootstrap's `node` (Istio node metadata when present).
+    pub fn from_node(node: &Value, cli_cluster: Option<&str>) -> Self {
+        let meta = get(node, "metadata");
+        let workload = meta
+            .and_then(|m| s(m, "WORKLOAD_NAME"))
+            .or(cli_cluster)
+            .or_else(|| s(node, "cluster"))
+            .unwrap_or("unknown");
+        let app = meta
+            .and_then(|m| get(m, "LABELS"))
+            .and_then(|l| s(l, "app"))
+            .or(cli_cluster)
+            .or_else(|| s(node, "cluster"))
+            .unwrap_or("unknown");
+        Identity {
+            reporter: "source".into(),
+            source_workload: workload.to_string(),
+            source_app: app.to_string(),
+        }
+    }
+}
+
+/// Istio destination labels from an `outbound|PORT|SUBSET|FQDN` cluster name or `istio` metadata.
+pub fn istio_destination(name: &str, metadata: Option<&Value>) -> (String, String, String, String) {
+    let mut service = name.to_string();
+    let mut version = "unknown".to_string();
+    let parts: Vec<&str> = name.split('|').collect();
+    if parts.len() == 4 && (parts[0] == "outbound" || parts[0] == "inbound") {
+        service = parts[3].to_string();
+        if !parts[2].is_empty() {
+            version = parts[2].to_string();
+        }
+    }
+    if let Some(istio) = metadata.and_then(|m| get(m, "filter_metadata")).and_then(|f| get(f, "istio")) {
+        if let Some(host) = arr(istio, "services").first().and_then(|svc| s(svc, "host")) {
+            service = host.to_string();
+        }
+        if let Some(subset) = s(istio, "subset") {
+            version = subset.to_string();
+        }
+    }
+    let labels: Vec<&str> = service.split('.').collect();
+    let short = labels.first().copied().unwrap_or("").to_string();
+    let namespace = if labels.len() >= 3 && service.ends_with(".svc.cluster.local") {
+        labels[1].to_string()
+    } else {
+        "unknown".to_string()
+    };
+    (service, short, namespace, version)
+}
+
+fn cluster(
+    v: &Value,
+    path: &str,
+    metrics: &Metrics,
+    identity: &Identity,
+    previous: Option<&HashMap<String, Arc<Cluster>>>,
+    errors: &mut Errors,
+) -> Option<Arc<Cluster>> {
+    let name = s(v, "name").unwrap_or("").to_string();
+    if name.is_empty() {
+        errors.push(FieldError::new(p(path, "name"), "required"));
+        return None;
+    }
+    let fingerprint = serde_json::to_vec(v).unwrap_or_default();
+    if let Some(prev) = previous.and_then(|m| m.get(&name)) {
+        if prev.fingerprint == fingerprint {
+            return Some(prev.clone());
+        }
+    }
+    let discovery = match s(v, "type").unwrap_or("STATIC") {
+        "STRICT_DNS" => Discovery::Dns {
+            logical: false,
+            refresh: dur(v, "dns_refresh_rate").unwrap_or(Duration::from_secs(5)),
+        },
+        "LOGICAL_DNS" => Discovery::Dns {
+            logical: true,
+            refresh: dur(v, "dns_refresh_rate").unwrap_or(Duration::from_secs(5)),
+        },
+        _ => Discovery::Static,
+    };
+    let lb = match s(v, "lb_policy") {
+        Some("LEAST_REQUEST") => LbPolicy::LeastRequest,
+        Some("RANDOM") => LbPolicy::Random,
+        _ => LbPolicy::RoundRobin,
+    };
+    let mut specs = Vec::new();
+    if let Some(la) = get(v, "load_assignment") {
+        for (i, loc) in arr(la, "endpoints").iter().enumerate() {
+            let lpath = format!("{path}.load_assignment.endpoints[{i}]");
+            let locality_weight = u(loc, "load_balancing_weight").unwrap_or(1).max(1);
+            let priority = u(loc, "priority").unwrap_or(0) as u32;
+            for (j, ep) in arr(loc, "lb_endpoints").iter().enumerate() {
+                let epath = format!("{lpath}.lb_endpoints[{j}]");
+                let Some(addr) = get(ep, "endpoint").and_then(|e| get(e, "address")) else {
+                    errors.push(FieldError::new(p(&epath, "endpoint.address"), "required"));
+                    continue;
+                };
+                let Some((host, port)) = socket_address(addr, &p(&epath, "endpoint.address"), errors) else {
+                    continue;
+                };
+                if discovery == Discovery::Static && host.parse::<std::net::IpAddr>().is_err() {
+                    errors.push(FieldError::new(
+                        p(&epath, "endpoint.address.socket_address.address"),
+                        format!("`{host}` is not an IP address (STATIC clusters need IP addresses)"),
+                    ));
+                    continue;
+                }
+                let weight = u(ep, "load_balancing_weight").unwrap_or(1).max(1) * locality_weight;
+                let healthy = !matches!(s(ep, "health_status"), Some("UNHEALTHY" | "DRAINING" | "TIMEOUT"));
+                specs.push(EndpointSpec {
+                    host,
+                    port,
+                    weight: weight.min(u32::MAX as u64) as u32,
+                    priority,
+                    healthy,
+                });
+            }
+        }
+    }
+    let mut protocol = if get(v, "http2_protocol_options").is_some() {
+        UpstreamProtocol::Http2
+    } else {
+        UpstreamProtocol::Http1
+    };
+    let mut idle_timeout = None;
+    if let Some(opts) = get(v, "typed_extension_protocol_options").and_then(Value::as_object) {
+        for (key, any) in opts {
+            let opath = format!("{path}.typed_extension_protocol_options[\"{key}\"]");
+            if s(any, "@type").map(|t| t.rsplit('/').next().unwrap_or("")) != Some(UPSTREAM_HTTP_OPTIONS) {
+                errors.push(FieldError::new(opath, "only envoy.extensions.upstreams.http.v3.HttpProtocolOptions is supported"));
+                continue;
+            }
+            if let Some(explicit) = get(any, "explicit_http_config") {
+                if get(explicit, "http2_protocol_options").is_some() {
+                    protocol = UpstreamProtocol::Http2;
+                }
+            }
+            if get(any, "use_downstream_protocol_config").is_some() {
+                errors.push(FieldError::unsupported(p(&opath, "use_downstream_protocol_config")));
+            }
+            idle_timeout = get(any, "common_http_protocol_options").and_then(|c| dur(c, "idle_timeout"));
+        }
+    }
+    let mut breakers = crate::cluster::Breakers::default();
+    if let Some(t) = get(v, "circuit_breakers").and_then(|cb| arr(cb, "thresholds").first()) {
+        breakers = Breakers {
+            max_connections: u(t, "max_connections").unwrap_or(breakers.max_connections),
+            max_pending_requests: u(t, "max_pending_requests").unwrap_or(breakers.max_pending_requests),
+            max_requests: u(t, "max_requests").unwrap_or(breakers.max_requests),
+        };
+    }
+    let settings = PoolSettings {
+        protocol,
+        connect_timeout: dur(v, "connect_timeout").unwrap_or(Duration::from_secs(5)),
+        max_requests_per_connection: u(v, "max_requests_per_connection").map(|n| n as u32),
+        idle_timeout: idle_timeout.or(Some(Duration::from_secs(3600))),
+    };
+    let (service, short, namespace, version) = istio_destination(&name, get(v, "metadata"));
+    let istio = IstioStats::new(
+        metrics,
+        vec![
+            identity.reporter.clone(),
+            identity.source_workload.clone(),
+            identity.source_app.clone(),
+            service,
+            short,
+            namespace,
+            version,
+        ],
+    );
+    Some(Cluster::new(
+        name.clone(),
+        lb,
+        discovery,
+        specs,
+        settings,
+        breakers,
+        ClusterStats::new(metrics, &name),
+        istio,
+        fingerprint,
+    ))
+}
+
+// ---- listeners and bootstrap ----------------------------------------------------------------
+
+fn hcm(v: &Value, path: &str, res: &ClusterResolver<'_>, metrics: &Metrics, errors: &mut Errors) -> Option<HcmConfig> {
+    let stat_prefix = s(v, "stat_prefix").unwrap_or("").to_string();
+    let codec = match s(v, "codec_type") {
+        Some("HTTP1") => Codec::Http1,
+        Some("HTTP2") => Codec::Http2,
+        _ => Codec::Auto,
+    };
+    let Some(rc) = get(v, "route_config") else {
+        errors.push(FieldError::new(p(path, "route_config"), "required (rds is not supported yet)"));
+        return None;
+    };
+    let mut suppress_envoy_headers = false;
+    let filters = arr(v, "http_filters");
+    if filters.is_empty() {
+        errors.push(FieldError::new(p(path, "http_filters"), "the router filter is required"));
+    }
+    for (i, f) in filters.iter().enumerate() {
+        let fpath = format!("{path}.http_filters[{i}]");
+        let ty = get(f, "typed_config").and_then(|t| s(t, "@type")).map(|t| t.rsplit('/').next().unwrap_or(""));
+        let is_router = match ty {
+            Some(t) => t == ROUTER_TYPE,
+            None => s(f, "name") == Some("envoy.filters.http.router"),
+        };
+        if !is_router {
+            errors.push(FieldError::new(fpath, format!("http filter `{}` not supported", s(f, "name").unwrap_or(""))));
+        } else if i + 1 != filters.len() {
+            errors.push(FieldError::new(fpath, "the router must be the last http filter"));
+        } else if let Some(t) = get(f, "typed_config") {
+            suppress_envoy_headers = b(t, "suppress_envoy_headers");
+        }
+    }
+    let routes = match route_table(rc, &p(path, "route_config"), res) {
+        Ok(t) => t,
+        Err(e) => {
+            errors.extend(e);
+            return None;
+        }
+    };
+    let websocket = arr(v, "upgrade_configs").iter().any(|u| {
+        s(u, "upgrade_type").is_some_and(|t| t.eq_ignore_ascii_case("websocket"))
+            && u.get("enabled").and_then(Value::as_bool).unwrap_or(true)
+    });
+    for (i, uc) in arr(v, "upgrade_configs").iter().enumerate() {
+        let t = s(uc, "upgrade_type").unwrap_or("");
+        if !t.eq_ignore_ascii_case("websocket") {
+            errors.push(FieldError::new(
+                format!("{path}.upgrade_configs[{i}].upgrade_type"),
+                format!("upgrade type `{t}` not supported"),
+            ));
+        }
+    }
+    let server_name = s(v, "server_name").unwrap_or("envoy");
+    Some(HcmConfig {
+        stats: HcmStats::new(metrics, &stat_prefix),
+        stat_prefix,
+        codec,
+        routes: Arc::new(routes),
+        generate_request_id: v.get("generate_request_id").and_then(Value::as_bool).unwrap_or(true),
+        use_remote_address: b(v, "use_remote_address"),
+        xff_num_trusted_hops: u(v, "xff_num_trusted_hops").unwrap_or(0) as u32,
+        skip_xff_append: b(v, "skip_xff_append"),
+        strip_matching_host_port: b(v, "strip_matching_host_port"),
+        strip_any_host_port: b(v, "strip_any_host_port"),
+        request_timeout: dur(v, "request_timeout").filter(|d| !d.is_zero()),
+        request_headers_timeout: dur(v, "request_headers_timeout").filter(|d| !d.is_zero()),
+        idle_timeout: get(v, "common_http_protocol_options")
+            .and_then(|c| dur(c, "idle_timeout"))
+            .or(Some(Duration::from_secs(3600)))
+            .filter(|d| !d.is_zero()),
+        max_request_headers_kb: u(v, "max_request_headers_kb").unwrap_or(60) as u32,
+        websocket,
+        suppress_envoy_headers,
+        server_name: HeaderValue::from_str(server_name).unwrap_or(HeaderValue::from_static("envoy")),
+        server_header: match s(v, "server_header_transformation") {
+            Some("APPEND_IF_ABSENT") => ServerHeader::AppendIfAbsent,
+            Some("PASS_THROUGH") => ServerHeader::PassThrough,
+            _ => ServerHeader::Overwrite,
+        },
+    })
+}
+
+fn listener(v: &Value, path: &str, res: &ClusterResolver<'_>, metrics: &Metrics, errors: &mut Errors) -> Option<ListenerConfig> {
+    let name = s(v, "name").unwrap_or("").to_string();
+    let address = ip_socket_address(get(v, "address").unwrap_or(&Value::Null), &p(path, "address"), errors)?;
+    let chains = arr(v, "filter_chains");
+    if chains.len() != 1 {
+        errors.push(FieldError::new(
+            p(path, "filter_chains"),
+            format!("exactly one filter chain is supported (found {})", chains.len()),
+        ));
+        return None;
+    }
+    let filters = arr(&chains[0], "filters");
+    let fpath = format!("{path}.filter_chains[0].filters");
+    if filters.len() != 1 {
+        errors.push(FieldError::new(fpath, "exactly one network filter (the HTTP connection manager) is supported"));
+        return None;
+    }
+    let tc = get(&filters[0], "typed_config").cloned().unwrap_or(Value::Null);
+    let ty = s(&tc, "@type").map(|t| t.rsplit('/').next().unwrap_or("")).unwrap_or("");
+    if ty != HCM_TYPE {
+        errors.push(FieldError::new(format!("{fpath}[0].typed_config"), format!("type {ty} not supported")));
+        return None;
+    }
+    let hcm = hcm(&tc, &format!("{fpath}[0].typed_config"), res, metrics, errors)?;
+    Some(ListenerConfig {
+        name,
+        address,
+        hcm: Arc::new(hcm),
+    })
+}
+
+/// Options from the command line that shape compilation.
+#[derive(Debug, Clone, Default)]
+pub struct CompileOptions {
+    pub service_node: Option<String>,
+    pub service_cluster: Option<String>,
+}
+
+/// Compile a whole bootstrap (canonical JSON) into a snapshot.
+pub fn bootstrap(
+    v: &Value,
+    metrics: &Metrics,
+    options: &CompileOptions,
+    previous: Option<&Snapshot>,
+    version: u64,
+) -> Result<Snapshot, Errors> {
+    let mut errors = Vec::new();
+    let node = get(v, "node").cloned().unwrap_or(Value::Null);
+    let identity = Identity::from_node(&node, options.service_cluster.as_deref());
+    let sr = get(v, "static_resources").cloned().unwrap_or(Value::Null);
+    let mut clusters = HashMap::new();
+    for (i, c) in arr(&sr, "clusters").iter().enumerate() {
+        let cpath = format!("static_resources.clusters[{i}]");
+        if let Some(cl) = cluster(c, &cpath, metrics, &identity, previous.map(|p| &p.clusters), &mut errors) {
+            if clusters.insert(cl.name.clone(), cl.clone()).is_some() {
+                errors.push(FieldError::new(p(&cpath, "name"), format!("duplicate cluster `{}`", cl.name)));
+            }
+        }
+    }
+    let resolver = ClusterResolver {
+        clusters: &clusters,
+        validate: true,
+    };
+    let mut listeners = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (i, l) in arr(&sr, "listeners").iter().enumerate() {
+        let lpath = format!("static_resources.listeners[{i}]");
+        if let Some(lc) = listener(l, &lpath, &resolver, metrics, &mut errors) {
+            if !seen.insert(lc.address) {
+                errors.push(FieldError::new(p(&lpath, "address"), format!("address {} used by two listeners", lc.address)));
+            }
+            listeners.push(Arc::new(lc));
+        }
+    }
+    let admin = get(v, "admin")
+        .and_then(|a| get(a, "address"))
+        .and_then(|a| ip_socket_address(a, "admin.address", &mut errors));
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Snapshot {
+        version,
+        listeners,
+        clusters,
+        admin,
+        node: NodeInfo {
+            id: options.service_node.clone().or_else(|| s(&node, "id").map(str::to_string)).unwrap_or_default(),
+            cluster: options
+                .service_cluster
+                .clone()
+                .or_else(|| s(&node, "cluster").map(str::to_string))
+                .unwrap_or_default(),
+        },
+        config: v.clone(),
+        loaded_at: SystemTime::now(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1.500s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("0s"), Some(Duration::ZERO));
+        assert_eq!(parse_duration("15s"), Some(Duration::from_secs(15)));
+        assert_eq!(parse_duration("x"), None);
+    }
+
+    #[test]
+    fn istio_names() {
+        let (svc, short, ns, ver) = istio_destination("outbound|9080|v2|reviews.default.svc.cluster.local", None);
+        assert_eq!((svc.as_str(), short.as_str(), ns.as_str(), ver.as_str()), ("reviews.default.svc.cluster.local", "reviews", "default", "v2"));
+        let (svc, _, ns, ver) = istio_destination("plain", None);
+        assert_eq!((svc.as_str(), ns.as_str(), ver.as_str()), ("plain", "unknown", "unknown"));
+    }
+
+    #[test]
+    fn base64() {
+        assert_eq!(decode_base64("aGVsbG8=").unwrap(), b"hello");
+    }
+
+    #[test]
+    fn re2_substitution_is_translated() {
+        let mut e = Vec::new();
+        let v: Value = serde_json::json!({"pattern": {"regex": "^/service/([^/]+)(/.*)$"}, "substitution": "\\2/instance/\\1"});
+        let (re, sub) = rewrite(&v, "x", &mut e).unwrap();
+        assert_eq!(re.replace_all("/service/foo/v1/api", sub.as_str()), "/v1/api/instance/foo");
+    }
+}

@@ -1,0 +1,323 @@
+//! Prometheus metrics in Envoy's and Istio's names.
+//!
+//! Metric families are created once per process. Handles for fixed label sets are resolved when a
+//! configuration is compiled. Series whose labels depend on the response (status code, response
+//! flags, protocol) go through a [`LabelCache`]: a copy-on-write map read without locks; only the
+//! first request with a new combination takes the slow path that resolves the handle.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+/// Histogram buckets in milliseconds (Envoy's default buckets).
+pub const MS_BUCKETS: &[f64] = &[
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0,
+    300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+
+/// Labels of `istio_requests_total` that are fixed for a destination cluster.
+pub const ISTIO_FIXED_LABELS: &[&str] = &[
+    "reporter",
+    "source_workload",
+    "source_app",
+    "destination_service",
+    "destination_service_name",
+    "destination_service_namespace",
+    "destination_version",
+];
+
+/// Every metric family the proxy exports.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub downstream_rq_total: IntCounterVec,
+    pub downstream_rq_xx: IntCounterVec,
+    pub downstream_cx_active: IntGaugeVec,
+    pub upstream_rq_total: IntCounterVec,
+    pub upstream_rq: IntCounterVec,
+    pub upstream_rq_time: HistogramVec,
+    pub upstream_rq_timeout: IntCounterVec,
+    pub upstream_cx_connect_fail: IntCounterVec,
+    pub upstream_rq_pending_overflow: IntCounterVec,
+    pub istio_requests_total: IntCounterVec,
+    pub istio_request_duration: HistogramVec,
+    pub config_reload_total: IntCounter,
+    pub config_reload_failed: IntCounter,
+    pub control_plane_connected: IntGauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec, prometheus::Error> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn histogram_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<HistogramVec, prometheus::Error> {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(MS_BUCKETS.to_vec()), labels)?;
+    r.register(Box::new(h.clone()))?;
+    Ok(h)
+}
+
+impl Metrics {
+    /// Create and register every family.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let r = Registry::new();
+        let hcm = &["envoy_http_conn_manager_prefix"];
+        let cl = &["envoy_cluster_name"];
+        let mut istio_labels: Vec<&str> = ISTIO_FIXED_LABELS.to_vec();
+        istio_labels.extend(["response_code", "request_protocol", "response_flags"]);
+        let downstream_cx_active = IntGaugeVec::new(
+            Opts::new("envoy_http_downstream_cx_active", "Active downstream connections"),
+            hcm,
+        )?;
+        r.register(Box::new(downstream_cx_active.clone()))?;
+        let config_reload_total = IntCounter::new("sluice_config_reload_total", "Configuration reloads applied")?;
+        r.register(Box::new(config_reload_total.clone()))?;
+        let config_reload_failed =
+            IntCounter::new("sluice_config_reload_failed_total", "Configuration reloads rejected")?;
+        r.register(Box::new(config_reload_failed.clone()))?;
+        let control_plane_connected = IntGauge::new(
+            "envoy_control_plane_connected_state",
+            "1 when connected to the management server",
+        )?;
+        r.register(Box::new(control_plane_connected.clone()))?;
+        Ok(Metrics {
+            downstream_rq_total: counter_vec(&r, "envoy_http_downstream_rq_total", "Downstream requests", hcm)?,
+            downstream_rq_xx: counter_vec(
+                &r,
+                "envoy_http_downstream_rq_xx",
+                "Downstream responses by code class",
+                &["envoy_response_code_class", "envoy_http_conn_manager_prefix"],
+            )?,
+            downstream_cx_active,
+            upstream_rq_total: counter_vec(&r, "envoy_cluster_upstream_rq_total", "Upstream requests", cl)?,
+            upstream_rq: counter_vec(
+                &r,
+                "envoy_cluster_upstream_rq",
+                "Upstream responses by code",
+                &["envoy_response_code", "envoy_cluster_name"],
+            )?,
+            upstream_rq_time: histogram_vec(&r, "envoy_cluster_upstream_rq_time", "Upstream request time (ms)", cl)?,
+            upstream_rq_timeout: counter_vec(&r, "envoy_cluster_upstream_rq_timeout", "Upstream timeouts", cl)?,
+            upstream_cx_connect_fail: counter_vec(
+                &r,
+                "envoy_cluster_upstream_cx_connect_fail",
+                "Upstream connection failures",
+                cl,
+            )?,
+            upstream_rq_pending_overflow: counter_vec(
+                &r,
+                "envoy_cluster_upstream_rq_pending_overflow",
+                "Requests refused by circuit breakers",
+                cl,
+            )?,
+            istio_requests_total: counter_vec(&r, "istio_requests_total", "Requests (Istio standard metric)", &istio_labels)?,
+            istio_request_duration: histogram_vec(
+                &r,
+                "istio_request_duration_milliseconds",
+                "Request duration (Istio standard metric)",
+                &istio_labels,
+            )?,
+            config_reload_total,
+            config_reload_failed,
+            control_plane_connected,
+            registry: r,
+        })
+    }
+
+    /// Render every metric in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let encoder = prometheus::TextEncoder::new();
+        if let Err(e) = encoder.encode_utf8(&self.registry.gather(), &mut out) {
+            out.push_str(&format!("# encode error: {e}\n"));
+        }
+        out
+    }
+}
+
+/// A lock-free-on-read cache of metric handles keyed by the labels that vary per request.
+pub struct LabelCache<K, V> {
+    map: ArcSwap<HashMap<K, V>>,
+    write: Mutex<()>,
+}
+
+impl<K, V> std::fmt::Debug for LabelCache<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LabelCache")
+    }
+}
+
+impl<K: Eq + Hash + Clone, V: Clone> Default for LabelCache<K, V> {
+    fn default() -> Self {
+        LabelCache {
+            map: ArcSwap::from_pointee(HashMap::new()),
+            write: Mutex::new(()),
+        }
+    }
+}
+
+impl<K: Eq + Hash + Clone, V: Clone> LabelCache<K, V> {
+    /// The handle for `key`, resolving it with `make` the first time.
+    pub fn get(&self, key: K, make: impl FnOnce() -> Option<V>) -> Option<V> {
+        if let Some(v) = self.map.load().get(&key) {
+            return Some(v.clone());
+        }
+        let v = make()?;
+        // Poisoning only means another thread panicked while inserting; the map itself is intact.
+        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = HashMap::clone(&self.map.load());
+        next.insert(key, v.clone());
+        self.map.store(Arc::new(next));
+        Some(v)
+    }
+}
+
+/// Handles of one cluster.
+#[derive(Debug)]
+pub struct ClusterStats {
+    pub rq_total: IntCounter,
+    pub rq_time: Histogram,
+    pub rq_timeout: IntCounter,
+    pub cx_connect_fail: IntCounter,
+    pub rq_pending_overflow: IntCounter,
+    by_code: LabelCache<u16, IntCounter>,
+    name: String,
+    family: IntCounterVec,
+}
+
+impl ClusterStats {
+    /// Resolve the handles of cluster `name`.
+    pub fn new(m: &Metrics, name: &str) -> Self {
+        ClusterStats {
+            rq_total: m.upstream_rq_total.with_label_values(&[name]),
+            rq_time: m.upstream_rq_time.with_label_values(&[name]),
+            rq_timeout: m.upstream_rq_timeout.with_label_values(&[name]),
+            cx_connect_fail: m.upstream_cx_connect_fail.with_label_values(&[name]),
+            rq_pending_overflow: m.upstream_rq_pending_overflow.with_label_values(&[name]),
+            by_code: LabelCache::default(),
+            name: name.to_string(),
+            family: m.upstream_rq.clone(),
+        }
+    }
+
+    /// Count an upstream response code.
+    pub fn record_code(&self, code: u16) {
+        if let Some(c) = self.by_code.get(code, || {
+            Some(self.family.with_label_values(&[&code.to_string(), &self.name]))
+        }) {
+            c.inc();
+        }
+    }
+}
+
+/// Handles of one HTTP connection manager.
+#[derive(Debug, Clone)]
+pub struct HcmStats {
+    pub rq_total: IntCounter,
+    /// Index 0..5 = 1xx..5xx.
+    pub rq_xx: [IntCounter; 5],
+    pub cx_active: IntGauge,
+}
+
+impl HcmStats {
+    /// Resolve the handles of stat prefix `prefix`.
+    pub fn new(m: &Metrics, prefix: &str) -> Self {
+        let xx = |c: &str| m.downstream_rq_xx.with_label_values(&[c, prefix]);
+        HcmStats {
+            rq_total: m.downstream_rq_total.with_label_values(&[prefix]),
+            rq_xx: [xx("1"), xx("2"), xx("3"), xx("4"), xx("5")],
+            cx_active: m.downstream_cx_active.with_label_values(&[prefix]),
+        }
+    }
+
+    /// Count a downstream response.
+    pub fn record(&self, status: u16) {
+        self.rq_total.inc();
+        if let Some(c) = self.rq_xx.get((status / 100).wrapping_sub(1) as usize) {
+            c.inc();
+        }
+    }
+}
+
+/// Istio destination labels of a cluster, resolved at compile time.
+#[derive(Debug)]
+pub struct IstioStats {
+    fixed: Vec<String>,
+    cache: LabelCache<(u16, u8, &'static str), (IntCounter, Histogram)>,
+    counter: IntCounterVec,
+    histogram: HistogramVec,
+}
+
+/// Request protocol label values.
+pub const PROTOCOLS: [&str; 2] = ["http", "grpc"];
+
+impl IstioStats {
+    /// `fixed` are the values of [`ISTIO_FIXED_LABELS`], in order.
+    pub fn new(m: &Metrics, fixed: Vec<String>) -> Self {
+        IstioStats {
+            fixed,
+            cache: LabelCache::default(),
+            counter: m.istio_requests_total.clone(),
+            histogram: m.istio_request_duration.clone(),
+        }
+    }
+
+    /// Record one request.
+    pub fn record(&self, code: u16, grpc: bool, flags: &'static str, millis: f64) {
+        let proto = grpc as u8;
+        let handles = self.cache.get((code, proto, flags), || {
+            let code_s = code.to_string();
+            let mut labels: Vec<&str> = self.fixed.iter().map(String::as_str).collect();
+            labels.push(&code_s);
+            labels.push(PROTOCOLS[proto as usize]);
+            labels.push(flags);
+            Some((self.counter.with_label_values(&labels), self.histogram.with_label_values(&labels)))
+        });
+        if let Some((c, h)) = handles {
+            c.inc();
+            h.observe(millis);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_render_with_envoy_and_istio_names() {
+        let m = Metrics::new().unwrap();
+        let hcm = HcmStats::new(&m, "ingress_http");
+        hcm.record(200);
+        hcm.record(503);
+        let cs = ClusterStats::new(&m, "web");
+        cs.rq_total.inc();
+        cs.record_code(200);
+        cs.record_code(200);
+        let istio = IstioStats::new(
+            &m,
+            ["source", "gw", "gw", "reviews.default.svc.cluster.local", "reviews", "default", "v2"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        );
+        istio.record(200, false, "-", 3.0);
+        let text = m.render();
+        assert!(text.contains("envoy_http_downstream_rq_total{envoy_http_conn_manager_prefix=\"ingress_http\"} 2"), "{text}");
+        assert!(text.contains("envoy_http_downstream_rq_xx{envoy_http_conn_manager_prefix=\"ingress_http\",envoy_response_code_class=\"5\"} 1"), "{text}");
+        assert!(text.contains("envoy_cluster_upstream_rq{envoy_cluster_name=\"web\",envoy_response_code=\"200\"} 2"), "{text}");
+        assert!(text.contains("istio_requests_total{destination_service=\"reviews.default.svc.cluster.local\""), "{text}");
+        assert!(text.contains("destination_version=\"v2\""), "{text}");
+        assert!(text.contains("istio_request_duration_milliseconds_bucket"), "{text}");
+    }
+}

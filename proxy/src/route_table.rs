@@ -1,0 +1,194 @@
+//! The compiled, immutable route table: virtual hosts, routes in order (first match wins), and
+//! what each route does. Built by [`crate::compile`] from Envoy `RouteConfiguration`s, static or
+//! received over xDS, and read lock-free by every request through the current snapshot.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, StatusCode};
+use regex::Regex;
+
+use crate::cluster::Cluster;
+use crate::hash_policy::HashPolicy;
+use crate::header_ops::HeaderOps;
+use crate::matcher::{HeaderMatcher, PathMatch, QueryMatcher, RequestView};
+use crate::vhost_select::VhostSelector;
+use crate::weighted_pick::WeightedPick;
+
+/// A route configuration.
+#[derive(Debug)]
+pub struct RouteTable {
+    pub name: String,
+    pub vhosts: Vec<VirtualHost>,
+    pub selector: VhostSelector,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+}
+
+/// A virtual host.
+#[derive(Debug)]
+pub struct VirtualHost {
+    pub name: String,
+    pub routes: Vec<Route>,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+}
+
+/// One route: a match and an action.
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    pub matcher: RouteMatch,
+    pub action: RouteAction,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+}
+
+/// `envoy.config.route.v3.RouteMatch`.
+#[derive(Debug)]
+pub struct RouteMatch {
+    pub path: PathMatch,
+    pub case_sensitive: bool,
+    pub headers: Vec<HeaderMatcher>,
+    pub query: Vec<QueryMatcher>,
+    /// `runtime_fraction.default_value` as a share of one million.
+    pub runtime_fraction_ppm: Option<u64>,
+    /// Only gRPC requests (`content-type: application/grpc*`).
+    pub grpc: bool,
+}
+
+impl RouteMatch {
+    /// Does the request match? `random` decides `runtime_fraction`.
+    pub fn matches(&self, req: &RequestView<'_>, random: u64) -> bool {
+        if !self.path.matches(req, self.case_sensitive) {
+            return false;
+        }
+        if self.grpc {
+            let ct = req
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if !ct.starts_with("application/grpc") {
+                return false;
+            }
+        }
+        if !self.headers.iter().all(|h| h.matches(req)) {
+            return false;
+        }
+        if !self.query.iter().all(|q| q.matches(req.query)) {
+            return false;
+        }
+        if let Some(ppm) = self.runtime_fraction_ppm {
+            if random % 1_000_000 >= ppm {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// What a matched route does.
+#[derive(Debug)]
+pub enum RouteAction {
+    Forward(Box<ForwardAction>),
+    Redirect(Box<RedirectAction>),
+    Direct(DirectResponse),
+}
+
+/// A resolved cluster reference (the cluster may be missing: 503 at request time).
+#[derive(Debug, Clone)]
+pub struct ClusterRef {
+    pub name: Arc<str>,
+    pub cluster: Option<Arc<Cluster>>,
+}
+
+/// Where a forwarded request goes.
+#[derive(Debug)]
+pub enum Target {
+    Cluster(ClusterRef),
+    /// The cluster named by a request header.
+    Header(HeaderName),
+    Weighted(WeightedTarget),
+}
+
+/// `weighted_clusters`.
+#[derive(Debug)]
+pub struct WeightedTarget {
+    pub pick: WeightedPick,
+    pub entries: Vec<WeightedEntry>,
+    pub use_hash_policy: bool,
+}
+
+/// One cluster of a `weighted_clusters` list.
+#[derive(Debug)]
+pub struct WeightedEntry {
+    pub cluster: ClusterRef,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+    pub host_rewrite: Option<HeaderValue>,
+}
+
+/// A `request_mirror_policies` entry.
+#[derive(Debug)]
+pub struct MirrorPolicy {
+    pub cluster: ClusterRef,
+    /// Share of requests mirrored, per million.
+    pub fraction_ppm: u64,
+    pub append_shadow_suffix: bool,
+}
+
+/// `route` action.
+#[derive(Debug)]
+pub struct ForwardAction {
+    pub target: Target,
+    /// `None` = no timeout (`timeout: 0s`).
+    pub timeout: Option<Duration>,
+    pub prefix_rewrite: Option<String>,
+    pub regex_rewrite: Option<(Regex, String)>,
+    pub host_rewrite: Option<HeaderValue>,
+    pub mirrors: Vec<MirrorPolicy>,
+    pub hash_policy: Vec<HashPolicy>,
+    pub cluster_not_found_status: StatusCode,
+}
+
+/// `redirect` action.
+#[derive(Debug)]
+pub struct RedirectAction {
+    pub scheme: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub path: Option<String>,
+    pub prefix_rewrite: Option<String>,
+    pub regex_rewrite: Option<(Regex, String)>,
+    pub status: StatusCode,
+    pub strip_query: bool,
+}
+
+/// `direct_response` action.
+#[derive(Debug)]
+pub struct DirectResponse {
+    pub status: StatusCode,
+    pub body: Option<bytes::Bytes>,
+}
+
+/// The result of routing a request.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteHit<'a> {
+    pub vhost: &'a VirtualHost,
+    pub route: &'a Route,
+}
+
+impl RouteTable {
+    /// Select the virtual host and the first matching route.
+    pub fn route<'a>(&'a self, req: &RequestView<'_>, random: u64) -> Option<RouteHit<'a>> {
+        let vhost = &self.vhosts[self.selector.select(req.authority)?];
+        let route = vhost.routes.iter().find(|r| r.matcher.matches(req, random))?;
+        Some(RouteHit { vhost, route })
+    }
+
+    /// Number of routes in all virtual hosts.
+    pub fn route_count(&self) -> usize {
+        self.vhosts.iter().map(|v| v.routes.len()).sum()
+    }
+}

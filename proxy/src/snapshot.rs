@@ -1,0 +1,79 @@
+//! The immutable runtime configuration that requests read.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::HeaderValue;
+
+use crate::cluster::Cluster;
+use crate::metrics::HcmStats;
+use crate::route_table::RouteTable;
+
+/// Downstream codec (`codec_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    Auto,
+    Http1,
+    Http2,
+}
+
+/// `server_header_transformation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerHeader {
+    Overwrite,
+    AppendIfAbsent,
+    PassThrough,
+}
+
+/// An HTTP connection manager, compiled.
+#[derive(Debug)]
+pub struct HcmConfig {
+    pub stat_prefix: String,
+    pub codec: Codec,
+    pub routes: Arc<RouteTable>,
+    pub generate_request_id: bool,
+    pub use_remote_address: bool,
+    pub xff_num_trusted_hops: u32,
+    pub skip_xff_append: bool,
+    pub strip_matching_host_port: bool,
+    pub strip_any_host_port: bool,
+    pub request_timeout: Option<Duration>,
+    pub request_headers_timeout: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    pub max_request_headers_kb: u32,
+    pub websocket: bool,
+    pub suppress_envoy_headers: bool,
+    pub server_name: HeaderValue,
+    pub server_header: ServerHeader,
+    pub stats: HcmStats,
+}
+
+/// A listener, compiled.
+#[derive(Debug)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub address: SocketAddr,
+    pub hcm: Arc<HcmConfig>,
+}
+
+/// Who this proxy is (`node`, `--service-node`, `--service-cluster`).
+#[derive(Debug, Clone, Default)]
+pub struct NodeInfo {
+    pub id: String,
+    pub cluster: String,
+}
+
+/// Everything a running proxy serves, swapped as one piece.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub version: u64,
+    pub listeners: Vec<Arc<ListenerConfig>>,
+    pub clusters: HashMap<String, Arc<Cluster>>,
+    pub admin: Option<SocketAddr>,
+    pub node: NodeInfo,
+    /// The configuration as canonical JSON (for `/config_dump`).
+    pub config: serde_json::Value,
+    pub loaded_at: SystemTime,
+}

@@ -1,0 +1,144 @@
+//! Weighted choice among clusters (or endpoints) by cumulative intervals.
+//!
+//! Entries with weight 0 own an empty interval and are never chosen. A pick takes either a random
+//! number or a request hash. Hashes are mapped to a point of [0, 1) *before* scaling by the total
+//! weight, so a key keeps its point when weights change: moving weight from one entry to the entry
+//! after it (stable first, canary second, as routes list them) only ever moves keys toward the
+//! entry that gained weight, never back.
+
+/// Cumulative weights over a list of entries.
+#[derive(Debug, Clone)]
+pub struct WeightedPick {
+    /// `ends[i]` = sum of weights of entries `0..=i`.
+    ends: Vec<u64>,
+    total: u64,
+}
+
+impl WeightedPick {
+    /// Build from weights. Returns `None` when every weight is 0.
+    pub fn new(weights: impl IntoIterator<Item = u64>) -> Option<Self> {
+        let mut ends = Vec::new();
+        let mut total = 0u64;
+        for w in weights {
+            total = total.saturating_add(w);
+            ends.push(total);
+        }
+        (total > 0).then_some(WeightedPick { ends, total })
+    }
+
+    /// Sum of weights.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// The entry owning position `pos` (0 <= pos < total).
+    fn at(&self, pos: u64) -> usize {
+        // First entry whose end is > pos; weight-0 entries have end == previous end and are skipped.
+        self.ends.partition_point(|&end| end <= pos)
+    }
+
+    /// Pick with a uniformly distributed random `u64`.
+    pub fn pick_random(&self, random: u64) -> usize {
+        self.pick_point(random)
+    }
+
+    /// Pick with a 64-bit request hash (sticky: the same hash always gives the same entry).
+    pub fn pick_hash(&self, hash: u64) -> usize {
+        self.pick_point(hash)
+    }
+
+    /// Map `x` to a point of [0, 1) scaled to [0, total), without modulo bias.
+    fn pick_point(&self, x: u64) -> usize {
+        let pos = ((x as u128 * self.total as u128) >> 64) as u64;
+        self.at(pos)
+    }
+}
+
+/// A fast per-thread pseudo-random generator (SplitMix64) for per-request choices.
+pub fn fast_random() -> u64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(seed());
+    }
+    STATE.with(|s| {
+        let mut z = s.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        s.set(z);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    })
+}
+
+fn seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id() as u64);
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_follow_weights() {
+        let p = WeightedPick::new([80, 20]).unwrap();
+        assert_eq!(p.total(), 100);
+        assert_eq!(p.at(0), 0);
+        assert_eq!(p.at(79), 0);
+        assert_eq!(p.at(80), 1);
+        assert_eq!(p.at(99), 1);
+        assert_eq!(p.pick_random(0), 0);
+        assert_eq!(p.pick_random(u64::MAX), 1);
+    }
+
+    #[test]
+    fn zero_weight_is_never_chosen() {
+        let p = WeightedPick::new([0, 5, 0, 5, 0]).unwrap();
+        let mut seen = [0u32; 5];
+        for i in 0..10_000u64 {
+            seen[p.pick_random(i.wrapping_mul(0x9E37_79B9_7F4A_7C15))] += 1;
+        }
+        assert_eq!(seen[0] + seen[2] + seen[4], 0);
+        assert!(seen[1] > 4000 && seen[3] > 4000, "{seen:?}");
+        assert!(WeightedPick::new([0, 0]).is_none());
+    }
+
+    #[test]
+    fn split_with_fixed_seed_is_exact_over_a_grid() {
+        // Evenly spaced inputs hit each interval in exact proportion.
+        let p = WeightedPick::new([80, 20]).unwrap();
+        let n = 100_000u64;
+        let step = u64::MAX / n;
+        let canary = (0..n).filter(|i| p.pick_random(i * step) == 1).count();
+        assert_eq!(canary, 20_000);
+    }
+
+    #[test]
+    fn hash_is_sticky_and_monotone_when_weight_moves_to_canary() {
+        let keys: Vec<u64> = (0..5_000u64)
+            .map(|i| i.wrapping_mul(0xD6E8_FEB8_6659_FD93).rotate_left(17))
+            .collect();
+        let mut previous: Option<Vec<usize>> = None;
+        for canary in [0u64, 1, 5, 10, 20, 33, 50, 80, 99, 100] {
+            // Totals change too (relative weights), which must not break monotonicity.
+            let p = WeightedPick::new([(100 - canary) * 3, canary * 3]).unwrap();
+            let now: Vec<usize> = keys.iter().map(|k| p.pick_hash(*k)).collect();
+            let again: Vec<usize> = keys.iter().map(|k| p.pick_hash(*k)).collect();
+            assert_eq!(now, again, "sticky");
+            if let Some(prev) = &previous {
+                for (a, b) in prev.iter().zip(&now) {
+                    assert!(!(*a == 1 && *b == 0), "a key moved from canary back to stable");
+                }
+            }
+            previous = Some(now);
+        }
+    }
+
+    #[test]
+    fn fast_random_varies() {
+        let a = fast_random();
+        let b = fast_random();
+        assert_ne!(a, b);
+    }
+}
