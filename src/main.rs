@@ -1,1 +1,150 @@
-fn main() {}
+//! `sluice`: progressive delivery proxy and control plane. This binary only dispatches the
+//! command line to the library crates.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use sluice_proxy::compile::CompileOptions;
+use sluice_proxy::runtime::{self, Proxy, ProxyOptions};
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "Progressive delivery proxy, compatible with Envoy, Istio and Argo Rollouts")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Mode {
+    Serve,
+    Validate,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the data plane on an Envoy v3 bootstrap (flags as Envoy's).
+    Proxy {
+        /// Envoy v3 bootstrap, YAML or JSON.
+        #[arg(short = 'c', long = "config-path")]
+        config_path: PathBuf,
+        /// Worker threads (default: number of cores).
+        #[arg(long)]
+        concurrency: Option<usize>,
+        /// Log level: trace, debug, info, warn, error, critical, off.
+        #[arg(short = 'l', long = "log-level", default_value = "info")]
+        log_level: String,
+        /// Node id (overrides `node.id`).
+        #[arg(long = "service-node")]
+        service_node: Option<String>,
+        /// Node cluster (overrides `node.cluster`).
+        #[arg(long = "service-cluster")]
+        service_cluster: Option<String>,
+        /// `validate` checks the configuration and exits 0 (valid) or 1.
+        #[arg(long, value_enum, default_value = "serve")]
+        mode: Mode,
+        /// Reload when the file changes (SIGHUP always reloads).
+        #[arg(long = "watch-config")]
+        watch_config: bool,
+    },
+    /// Check any Envoy document (bootstrap, route configuration, xDS resource file).
+    Validate {
+        files: Vec<PathBuf>,
+    },
+}
+
+fn init_logging(level: &str) {
+    let level = match level {
+        "critical" => "error",
+        "off" => "off",
+        other => other,
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(format!("{level},h2=warn,hyper=warn"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Proxy {
+            config_path,
+            concurrency,
+            log_level,
+            service_node,
+            service_cluster,
+            mode,
+            watch_config,
+        } => {
+            init_logging(&log_level);
+            let options = ProxyOptions {
+                config_path,
+                compile: CompileOptions {
+                    service_node,
+                    service_cluster,
+                },
+                watch_config,
+            };
+            if let Mode::Validate = mode {
+                return match runtime::validate(&options) {
+                    Ok(summary) => {
+                        println!("{summary}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("{e}");
+                        ExitCode::FAILURE
+                    }
+                };
+            }
+            let workers = concurrency
+                .filter(|n| *n > 0)
+                .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            rt.block_on(async move {
+                match Proxy::start(options).await {
+                    Ok(proxy) => {
+                        proxy.run_until_signalled().await;
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("{e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+        Command::Validate { files } => {
+            let mut ok = true;
+            for f in files {
+                let result = std::fs::read_to_string(&f)
+                    .map_err(|e| format!("{}: {e}", f.display()))
+                    .and_then(|text| {
+                        sluice_config::envoy::validate_text(&f.display().to_string(), &text).map_err(|e| e.to_string())
+                    });
+                match result {
+                    Ok(kind) => println!("{}: OK ({kind:?})", f.display()),
+                    Err(e) => {
+                        ok = false;
+                        eprintln!("{e}");
+                    }
+                }
+            }
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! Running the proxy: load and compile the bootstrap, bind listeners and the admin server, and
+//! apply reloads (SIGHUP or `--watch-config`) atomically, keeping the last good configuration when
+//! a new one fails.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::admin::{self, AdminState};
+use crate::cluster::Discovery;
+use crate::compile::{self, CompileOptions};
+use crate::metrics::Metrics;
+use crate::server::{self, ListenerContext};
+use crate::snapshot::Snapshot;
+
+/// Options of `sluice proxy`.
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    pub config_path: PathBuf,
+    pub compile: CompileOptions,
+    pub watch_config: bool,
+}
+
+/// Why the proxy could not start or a configuration could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] sluice_config::ConfigError),
+    #[error("{origin}: {}", errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(&format!("\n{origin}: ")))]
+    Compile {
+        origin: String,
+        errors: Vec<sluice_config::FieldError>,
+    },
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// Load, validate and compile the bootstrap file.
+pub fn load(
+    options: &ProxyOptions,
+    metrics: &Metrics,
+    previous: Option<&Snapshot>,
+    version: u64,
+) -> Result<Snapshot, RunError> {
+    let loaded = sluice_config::envoy::load_bootstrap_file(&options.config_path)?;
+    compile::bootstrap(&loaded.canonical, metrics, &options.compile, previous, version).map_err(|mut errors| {
+        loaded.document.locate(&mut errors);
+        let origin = options.config_path.display().to_string();
+        let errors = errors
+            .into_iter()
+            .map(|mut e| {
+                if let Some(l) = e.line.take() {
+                    e.path = format!("line {l}: {}", e.path);
+                }
+                e
+            })
+            .collect();
+        RunError::Compile { origin, errors }
+    })
+}
+
+/// `--mode validate`: check the file; `Ok` holds a one-line summary.
+pub fn validate(options: &ProxyOptions) -> Result<String, RunError> {
+    let metrics = Metrics::new()?;
+    let s = load(options, &metrics, None, 0)?;
+    let routes: usize = s.listeners.iter().map(|l| l.hcm.routes.route_count()).sum();
+    Ok(format!(
+        "configuration '{}' OK: {} listener(s), {} route(s), {} cluster(s)",
+        options.config_path.display(),
+        s.listeners.len(),
+        routes,
+        s.clusters.len()
+    ))
+}
+
+struct RunningListener {
+    address: SocketAddr,
+    ctx: Arc<ListenerContext>,
+    task: JoinHandle<()>,
+}
+
+/// The running proxy.
+pub struct Proxy {
+    options: ProxyOptions,
+    metrics: Metrics,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    listeners: HashMap<String, RunningListener>,
+    version: AtomicU64,
+}
+
+fn bind(addr: SocketAddr) -> Result<TcpListener, RunError> {
+    let map = |source| RunError::Bind { addr, source };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(map)?;
+    socket.set_reuseaddr(true).map_err(map)?;
+    socket.bind(addr).map_err(map)?;
+    socket.listen(1024).map_err(map)
+}
+
+impl Proxy {
+    /// Load the configuration and start serving.
+    pub async fn start(options: ProxyOptions) -> Result<Self, RunError> {
+        let metrics = Metrics::new()?;
+        let snap = load(&options, &metrics, None, 1)?;
+        let snapshot = Arc::new(ArcSwap::from_pointee(snap));
+        let mut proxy = Proxy {
+            options,
+            metrics: metrics.clone(),
+            snapshot: snapshot.clone(),
+            listeners: HashMap::new(),
+            version: AtomicU64::new(1),
+        };
+        proxy.sync_listeners()?;
+        let current = snapshot.load();
+        if let Some(addr) = current.admin {
+            let l = bind(addr)?;
+            tokio::spawn(admin::serve(
+                l,
+                AdminState {
+                    snapshot: snapshot.clone(),
+                    metrics,
+                    started: std::time::SystemTime::now(),
+                },
+            ));
+        }
+        tokio::spawn(dns_refresher(snapshot.clone()));
+        Ok(proxy)
+    }
+
+    /// Addresses the listeners are bound to, by name.
+    pub fn listener_addresses(&self) -> HashMap<String, SocketAddr> {
+        self.listeners.iter().map(|(n, l)| (n.clone(), l.address)).collect()
+    }
+
+    fn sync_listeners(&mut self) -> Result<(), RunError> {
+        let snap = self.snapshot.load_full();
+        let mut keep = std::collections::HashSet::new();
+        for l in &snap.listeners {
+            keep.insert(l.name.clone());
+            match self.listeners.get(&l.name) {
+                Some(running) if running.address == l.address => {
+                    running.ctx.hcm.store(l.hcm.clone());
+                }
+                _ => {
+                    if let Some(old) = self.listeners.remove(&l.name) {
+                        old.task.abort();
+                    }
+                    let tcp = bind(l.address)?;
+                    let local = tcp.local_addr().unwrap_or(l.address);
+                    let ctx = Arc::new(ListenerContext {
+                        hcm: ArcSwap::new(l.hcm.clone()),
+                        snapshot: self.snapshot.clone(),
+                        local,
+                    });
+                    let task = tokio::spawn(server::serve(tcp, ctx.clone()));
+                    tracing::info!(listener = %l.name, address = %local, "listening");
+                    self.listeners.insert(
+                        l.name.clone(),
+                        RunningListener {
+                            address: l.address,
+                            ctx,
+                            task,
+                        },
+                    );
+                }
+            }
+        }
+        let gone: Vec<String> = self.listeners.keys().filter(|n| !keep.contains(*n)).cloned().collect();
+        for name in gone {
+            if let Some(l) = self.listeners.remove(&name) {
+                l.task.abort();
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-read the configuration; on success swap it in, on failure keep the current one.
+    pub fn reload(&mut self) -> Result<u64, RunError> {
+        let version = self.version.load(Ordering::Relaxed) + 1;
+        let current = self.snapshot.load_full();
+        match load(&self.options, &self.metrics, Some(&current), version) {
+            Ok(next) => {
+                self.snapshot.store(Arc::new(next));
+                self.version.store(version, Ordering::Relaxed);
+                if let Err(e) = self.sync_listeners() {
+                    self.metrics.config_reload_failed.inc();
+                    return Err(e);
+                }
+                self.metrics.config_reload_total.inc();
+                Ok(version)
+            }
+            Err(e) => {
+                self.metrics.config_reload_failed.inc();
+                Err(e)
+            }
+        }
+    }
+
+    /// Serve until SIGINT/SIGTERM, reloading on SIGHUP and (with `--watch-config`) on file change.
+    pub async fn run_until_signalled(mut self) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::hangup()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        let mut last_mtime = mtime(&self.options.config_path);
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = hup.recv() => self.reload_logged("SIGHUP"),
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = tick.tick(), if self.options.watch_config => {
+                    let m = mtime(&self.options.config_path);
+                    if m != last_mtime {
+                        last_mtime = m;
+                        self.reload_logged("file change");
+                    }
+                }
+            }
+        }
+        tracing::info!("shutting down");
+    }
+
+    fn reload_logged(&mut self, why: &str) {
+        match self.reload() {
+            Ok(v) => tracing::info!(version = v, trigger = why, "configuration reloaded"),
+            Err(e) => tracing::error!(trigger = why, "configuration rejected, keeping the last good one:\n{e}"),
+        }
+    }
+}
+
+fn mtime(p: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+async fn dns_refresher(snapshot: Arc<ArcSwap<Snapshot>>) {
+    let mut last: HashMap<String, std::time::Instant> = HashMap::new();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let snap = snapshot.load_full();
+        for c in snap.clusters.values() {
+            if let Discovery::Dns { refresh, .. } = c.discovery {
+                let due = last.get(&c.name).is_none_or(|t| t.elapsed() >= refresh);
+                if due {
+                    last.insert(c.name.clone(), std::time::Instant::now());
+                    let c = c.clone();
+                    // Resolution blocks; keep it off the request threads.
+                    let _ = tokio::task::spawn_blocking(move || c.refresh_dns()).await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,693 @@
+//! Listeners and the per-request proxy path.
+//!
+//! A listener accepts connections and serves HTTP/1.1 and HTTP/2 (h2c prior knowledge) on them
+//! with hyper. Each request reads the listener's current [`HcmConfig`] (one atomic load), routes,
+//! and answers locally (direct response, redirect, error) or forwards to an upstream endpoint.
+//! Local errors follow Envoy: no route 404 (`NR`), unknown cluster 503 (`NC`), no healthy upstream
+//! 503 (`UH`), connect failure 503 (`UF`), overflow 503 (`UO`), upstream timeout 504 (`UT`).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::body::{RequestBody, ResponseBody};
+use crate::cluster::{Cluster, PickError};
+use crate::hash_policy::request_hash;
+use crate::header_ops::{HeaderOps, RequestContext};
+use crate::matcher::RequestView;
+use crate::route_table::{ClusterRef, ForwardAction, RedirectAction, RouteAction, RouteHit, Target};
+use crate::snapshot::{Codec, HcmConfig, ServerHeader, Snapshot};
+use crate::upstream_pool::{UpstreamError, UpstreamProtocol};
+use crate::weighted_pick::fast_random;
+
+/// What a listener's connections share.
+#[derive(Debug)]
+pub struct ListenerContext {
+    /// The listener's HTTP connection manager; replaced on reload.
+    pub hcm: ArcSwap<HcmConfig>,
+    /// The whole snapshot (for `cluster_header` lookups).
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    pub local: SocketAddr,
+}
+
+/// Accept connections until the task is aborted.
+pub async fn serve(listener: TcpListener, ctx: Arc<ListenerContext>) {
+    loop {
+        let (stream, remote) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let hcm = ctx.hcm.load_full();
+            hcm.stats.cx_active.inc();
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .max_buf_size((hcm.max_request_headers_kb as usize * 1024).max(8192));
+            if let Some(t) = hcm.request_headers_timeout {
+                builder.http1().header_read_timeout(t);
+            }
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_header_list_size(hcm.max_request_headers_kb * 1024);
+            let builder = match hcm.codec {
+                Codec::Http1 => builder.http1_only(),
+                Codec::Http2 => builder.http2_only(),
+                Codec::Auto => builder,
+            };
+            let stats = hcm.stats.cx_active.clone();
+            drop(hcm);
+            let svc_ctx = ctx.clone();
+            let service = service_fn(move |req| {
+                let ctx = svc_ctx.clone();
+                async move { Ok::<_, Infallible>(handle(req, &ctx, remote).await) }
+            });
+            if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await {
+                tracing::debug!(error = %e, "connection ended with error");
+            }
+            stats.dec();
+        });
+    }
+}
+
+/// Envoy's response flags.
+#[derive(Debug, Clone, Copy)]
+pub enum Flag {
+    None,
+    NoRoute,
+    NoCluster,
+    NoHealthyUpstream,
+    UpstreamConnectFailure,
+    UpstreamOverflow,
+    UpstreamTimeout,
+    UpstreamReset,
+    RequestTimeout,
+}
+
+impl Flag {
+    /// The short code in access logs and `response_flags` labels.
+    pub fn code(self) -> &'static str {
+        match self {
+            Flag::None => "-",
+            Flag::NoRoute => "NR",
+            Flag::NoCluster => "NC",
+            Flag::NoHealthyUpstream => "UH",
+            Flag::UpstreamConnectFailure => "UF",
+            Flag::UpstreamOverflow => "UO",
+            Flag::UpstreamTimeout => "UT",
+            Flag::UpstreamReset => "UC",
+            Flag::RequestTimeout => "DT",
+        }
+    }
+}
+
+fn local_reply(hcm: &HcmConfig, status: StatusCode, body: &'static str) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::full(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    if !body.is_empty() {
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    }
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    set_server(hcm, h);
+    resp
+}
+
+fn set_server(hcm: &HcmConfig, h: &mut HeaderMap) {
+    match hcm.server_header {
+        ServerHeader::Overwrite => {
+            h.insert(header::SERVER, hcm.server_name.clone());
+        }
+        ServerHeader::AppendIfAbsent => {
+            if !h.contains_key(header::SERVER) {
+                h.insert(header::SERVER, hcm.server_name.clone());
+            }
+        }
+        ServerHeader::PassThrough => {}
+    }
+}
+
+fn protocol_name(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// Host used for matching: lower-case, port stripped as configured.
+fn match_host<'a>(raw: &'a str, hcm: &HcmConfig, local_port: u16, buf: &'a mut String) -> &'a str {
+    let mut host = raw;
+    if hcm.strip_any_host_port || hcm.strip_matching_host_port {
+        if let Some((h, port)) = raw.rsplit_once(':') {
+            // Leave IPv6 literals without a port (`[::1]`) alone.
+            if !h.ends_with(']') || raw.starts_with('[') {
+                let strip = hcm.strip_any_host_port || port.parse::<u16>().ok() == Some(local_port);
+                if strip && !port.contains(']') {
+                    host = h;
+                }
+            }
+        }
+    }
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        *buf = host.to_ascii_lowercase();
+        return buf.as_str();
+    }
+    host
+}
+
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::TE,
+];
+
+fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    // Headers named in `Connection` are hop-by-hop too.
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    let te_trailers = h
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("trailers")));
+    for n in &HOP_BY_HOP {
+        if keep_upgrade && (n == header::UPGRADE || n == header::CONNECTION) {
+            continue;
+        }
+        h.remove(n);
+    }
+    if te_trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+fn is_websocket(h: &HeaderMap) -> bool {
+    h.get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// Handle one request (with `request_timeout` when set).
+pub async fn handle(req: Request<Incoming>, ctx: &ListenerContext, remote: SocketAddr) -> Response<ResponseBody> {
+    let hcm = ctx.hcm.load_full();
+    let resp = match hcm.request_timeout {
+        Some(t) => match tokio::time::timeout(t, route_request(req, ctx, &hcm, remote)).await {
+            Ok(r) => r,
+            Err(_) => local_reply(&hcm, StatusCode::REQUEST_TIMEOUT, "request timeout"),
+        },
+        None => route_request(req, ctx, &hcm, remote).await,
+    };
+    hcm.stats.record(resp.status().as_u16());
+    resp
+}
+
+async fn route_request(
+    req: Request<Incoming>,
+    ctx: &ListenerContext,
+    hcm: &Arc<HcmConfig>,
+    remote: SocketAddr,
+) -> Response<ResponseBody> {
+    let raw_host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(header::HOST).and_then(|v| v.to_str().ok()))
+        .unwrap_or("");
+    let mut buf = String::new();
+    let host = match_host(raw_host, hcm, ctx.local.port(), &mut buf);
+    let path_and_query = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let view = RequestView {
+        method: req.method().as_str(),
+        scheme: "http",
+        authority: host,
+        path: req.uri().path(),
+        query: req.uri().query().unwrap_or(""),
+        path_and_query,
+        headers: req.headers(),
+    };
+    let Some(hit) = hcm.routes.route(&view, fast_random()) else {
+        return local_reply(hcm, StatusCode::NOT_FOUND, "");
+    };
+    let rctx = RequestContext {
+        remote,
+        local: ctx.local,
+        protocol: protocol_name(req.version()),
+        upstream_host: None,
+    };
+    match &hit.route.action {
+        RouteAction::Direct(d) => {
+            let mut resp = Response::new(match &d.body {
+                Some(b) => ResponseBody::full(b.clone()),
+                None => ResponseBody::empty(),
+            });
+            *resp.status_mut() = d.status;
+            let h = resp.headers_mut();
+            if let Some(b) = &d.body {
+                h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
+            } else {
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+            }
+            apply_response_ops(hcm, hit, None, h, &rctx);
+            set_server(hcm, h);
+            resp
+        }
+        RouteAction::Redirect(r) => {
+            let location = redirect_location(r, &req, hcm, hit);
+            let mut resp = local_reply(hcm, r.status, "");
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            apply_response_ops(hcm, hit, None, resp.headers_mut(), &rctx);
+            resp
+        }
+        RouteAction::Forward(f) => forward(req, ctx, hcm, hit, f, remote, rctx).await,
+    }
+}
+
+fn apply_response_ops(
+    hcm: &HcmConfig,
+    hit: RouteHit<'_>,
+    entry: Option<&HeaderOps>,
+    h: &mut HeaderMap,
+    rctx: &RequestContext<'_>,
+) {
+    for ops in [entry, Some(&hit.route.response_headers), Some(&hit.vhost.response_headers), Some(&hcm.routes.response_headers)]
+        .into_iter()
+        .flatten()
+    {
+        if !ops.is_empty() {
+            ops.apply(h, rctx);
+        }
+    }
+}
+
+fn redirect_location(r: &RedirectAction, req: &Request<Incoming>, hcm: &HcmConfig, hit: RouteHit<'_>) -> String {
+    let orig_scheme = req
+        .headers()
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("http");
+    let scheme = r.scheme.as_deref().unwrap_or(orig_scheme);
+    let raw_host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(header::HOST).and_then(|v| v.to_str().ok()))
+        .unwrap_or("");
+    let (orig_host, orig_port) = match raw_host.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() && !h.is_empty() => (h, Some(p)),
+        _ => (raw_host, None),
+    };
+    let host = r.host.as_deref().unwrap_or(orig_host);
+    let port = match (r.port, orig_port) {
+        (Some(p), _) => Some(p.to_string()),
+        (None, Some(p)) if r.host.is_none() && r.scheme.is_none() => Some(p.to_string()),
+        _ => None,
+    };
+    let port = port.filter(|p| !((scheme == "http" && p == "80") || (scheme == "https" && p == "443")));
+    let path = req.uri().path();
+    let query = req.uri().query();
+    let mut new_path = if let Some(p) = &r.path {
+        p.clone()
+    } else if let Some(prefix) = &r.prefix_rewrite {
+        let n = match &hit.route.matcher.path {
+            m => m.prefix_len().unwrap_or(0).min(path.len()),
+        };
+        format!("{prefix}{}", &path[n..])
+    } else if let Some((re, sub)) = &r.regex_rewrite {
+        re.replace_all(path, sub.as_str()).into_owned()
+    } else {
+        path.to_string()
+    };
+    if r.path.as_deref().is_some_and(|p| p.contains('?')) {
+        // path_redirect with its own query replaces the query.
+    } else if let (Some(q), false) = (query, r.strip_query) {
+        new_path.push('?');
+        new_path.push_str(q);
+    }
+    let _ = hcm;
+    match port {
+        Some(p) => format!("{scheme}://{host}:{p}{new_path}"),
+        None => format!("{scheme}://{host}{new_path}"),
+    }
+}
+
+/// Choose the cluster for a forward action.
+fn choose_cluster<'a>(
+    f: &'a ForwardAction,
+    snapshot: &Snapshot,
+    headers: &HeaderMap,
+    query: &str,
+    remote: SocketAddr,
+) -> (Option<Arc<Cluster>>, Option<&'a crate::route_table::WeightedEntry>) {
+    match &f.target {
+        Target::Cluster(ClusterRef { cluster, name }) => (
+            cluster.clone().or_else(|| snapshot.clusters.get(name.as_ref()).cloned()),
+            None,
+        ),
+        Target::Header(h) => (
+            headers
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|name| snapshot.clusters.get(name).cloned()),
+            None,
+        ),
+        Target::Weighted(w) => {
+            let idx = if w.use_hash_policy {
+                match request_hash(&f.hash_policy, headers, query, remote.ip()) {
+                    Some(h) => w.pick.pick_hash(h),
+                    None => w.pick.pick_random(fast_random()),
+                }
+            } else {
+                w.pick.pick_random(fast_random())
+            };
+            let entry = &w.entries[idx];
+            (
+                entry
+                    .cluster
+                    .cluster
+                    .clone()
+                    .or_else(|| snapshot.clusters.get(entry.cluster.name.as_ref()).cloned()),
+                Some(entry),
+            )
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    mut req: Request<Incoming>,
+    ctx: &ListenerContext,
+    hcm: &Arc<HcmConfig>,
+    hit: RouteHit<'_>,
+    f: &ForwardAction,
+    remote: SocketAddr,
+    mut rctx: RequestContext<'_>,
+) -> Response<ResponseBody> {
+    let start = Instant::now();
+    let snapshot = ctx.snapshot.load();
+    let (cluster, entry) = choose_cluster(f, &snapshot, req.headers(), req.uri().query().unwrap_or(""), remote);
+    let Some(cluster) = cluster else {
+        return local_reply(hcm, f.cluster_not_found_status, "");
+    };
+    let grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    let upgrade = is_websocket(req.headers());
+    if upgrade && !hcm.websocket {
+        return local_reply(hcm, StatusCode::FORBIDDEN, "");
+    }
+    let (endpoint, active) = match cluster.acquire() {
+        Ok(x) => x,
+        Err(PickError::NoHealthyUpstream) => {
+            record(&cluster, 503, grpc, Flag::NoHealthyUpstream, start);
+            return local_reply(hcm, StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
+        }
+        Err(PickError::Overflow) => {
+            cluster.stats.rq_pending_overflow.inc();
+            record(&cluster, 503, grpc, Flag::UpstreamOverflow, start);
+            return local_reply(
+                hcm,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+            );
+        }
+    };
+    rctx.upstream_host = Some(endpoint.pool.addr);
+    let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+    // ---- build the upstream request ----
+    let (parts, body) = req.into_parts();
+    let mut headers = parts.headers;
+    let raw_authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| headers.get(header::HOST).and_then(|v| v.to_str().ok()).map(str::to_string))
+        .unwrap_or_default();
+    strip_hop_by_hop(&mut headers, upgrade);
+    let orig_path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let path = parts.uri.path();
+    let query = parts.uri.query();
+    let rewritten: Option<String> = if let Some(prefix) = &f.prefix_rewrite {
+        let n = hit.route.matcher.path.prefix_len().unwrap_or(0).min(orig_path_and_query.len());
+        let rest = &orig_path_and_query[n..];
+        // Envoy avoids a double slash when the prefix ends with `/` and the rest starts with one.
+        if prefix.ends_with('/') && rest.starts_with('/') {
+            Some(format!("{prefix}{}", &rest[1..]))
+        } else {
+            Some(format!("{prefix}{rest}"))
+        }
+    } else if let Some((re, sub)) = &f.regex_rewrite {
+        let p = re.replace_all(path, sub.as_str());
+        Some(match query {
+            Some(q) => format!("{p}?{q}"),
+            None => p.into_owned(),
+        })
+    } else {
+        None
+    };
+    if rewritten.is_some() && !hcm.suppress_envoy_headers {
+        if let Ok(v) = HeaderValue::from_str(orig_path_and_query) {
+            headers.insert(HeaderName::from_static("x-envoy-original-path"), v);
+        }
+    }
+    let new_pq = rewritten.as_deref().unwrap_or(orig_path_and_query);
+    let mut authority = raw_authority;
+    if hcm.strip_any_host_port || hcm.strip_matching_host_port {
+        let mut buf = String::new();
+        let stripped = match_host(&authority, hcm, ctx.local.port(), &mut buf).to_string();
+        // Keep the original case; only drop the port.
+        if stripped.len() < authority.len() {
+            authority.truncate(stripped.len());
+        }
+    }
+    let host_value = entry
+        .and_then(|e| e.host_rewrite.clone())
+        .or_else(|| f.host_rewrite.clone())
+        .or_else(|| HeaderValue::from_str(&authority).ok());
+    if let Some(h) = &host_value {
+        headers.insert(header::HOST, h.clone());
+    }
+    // x-forwarded-for / -proto, x-request-id, expected timeout.
+    if hcm.use_remote_address && !hcm.skip_xff_append {
+        let ip = remote.ip().to_string();
+        let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev},{ip}"),
+            None => ip,
+        };
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+        }
+    }
+    if hcm.use_remote_address || !headers.contains_key("x-forwarded-proto") {
+        headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("http"));
+    }
+    if hcm.generate_request_id && !headers.contains_key("x-request-id") {
+        if let Ok(v) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
+            headers.insert(HeaderName::from_static("x-request-id"), v);
+        }
+    }
+    if !hcm.suppress_envoy_headers {
+        if let Some(t) = f.timeout {
+            headers.insert(
+                HeaderName::from_static("x-envoy-expected-rq-timeout-ms"),
+                HeaderValue::from(t.as_millis() as u64),
+            );
+        }
+    }
+    for ops in [entry.map(|e| &e.request_headers), Some(&hit.route.request_headers), Some(&hit.vhost.request_headers), Some(&hcm.routes.request_headers)]
+        .into_iter()
+        .flatten()
+    {
+        if !ops.is_empty() {
+            ops.apply(&mut headers, &rctx);
+        }
+    }
+
+    // Mirrors: fire and forget, without the body.
+    for m in &f.mirrors {
+        if m.fraction_ppm < 1_000_000 && fast_random() % 1_000_000 >= m.fraction_ppm {
+            continue;
+        }
+        let Some(mc) = m.cluster.cluster.clone().or_else(|| snapshot.clusters.get(m.cluster.name.as_ref()).cloned()) else {
+            continue;
+        };
+        let mut mh = headers.clone();
+        if m.append_shadow_suffix {
+            if let Some(h) = host_value.as_ref().and_then(|h| h.to_str().ok()) {
+                let shadow = match h.rsplit_once(':') {
+                    Some((name, port)) if port.parse::<u16>().is_ok() => format!("{name}-shadow:{port}"),
+                    _ => format!("{h}-shadow"),
+                };
+                if let Ok(v) = HeaderValue::from_str(&shadow) {
+                    mh.insert(header::HOST, v);
+                }
+            }
+        }
+        mh.remove(header::CONTENT_LENGTH);
+        let method = parts.method.clone();
+        let pq = new_pq.to_string();
+        tokio::spawn(async move {
+            if let Ok((ep, _guard)) = mc.acquire() {
+                let mut b = Request::builder().method(method).uri(pq);
+                if let Some(h) = b.headers_mut() {
+                    *h = mh;
+                }
+                if let Ok(r) = b.body(RequestBody::Empty) {
+                    if let Ok(resp) = ep.pool.send(r, Some(mc.breakers.max_connections), false).await {
+                        if let Some(p) = resp.pool_return {
+                            // Drain so the connection can be reused.
+                            let mut body = resp.response.into_body();
+                            use http_body_util::BodyExt;
+                            while let Some(Ok(_)) = body.frame().await {}
+                            p.release();
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    let uri: Uri = match cluster.settings.protocol {
+        UpstreamProtocol::Http2 if !upgrade => {
+            let auth = host_value.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+            match format!("http://{auth}{new_pq}").parse() {
+                Ok(u) => u,
+                Err(_) => return local_reply(hcm, StatusCode::BAD_REQUEST, ""),
+            }
+        }
+        _ => match new_pq.parse() {
+            Ok(u) => u,
+            Err(_) => return local_reply(hcm, StatusCode::BAD_REQUEST, ""),
+        },
+    };
+    let mut up = Request::new(RequestBody::Incoming(body));
+    *up.method_mut() = parts.method.clone();
+    *up.uri_mut() = uri;
+    *up.headers_mut() = headers;
+    if cluster.settings.protocol == UpstreamProtocol::Http2 && !upgrade {
+        *up.version_mut() = Version::HTTP_2;
+        up.headers_mut().remove(header::HOST);
+    }
+
+    cluster.stats.rq_total.inc();
+    let send = endpoint.pool.send(up, Some(cluster.breakers.max_connections), upgrade);
+    let result = match f.timeout {
+        Some(t) => match tokio::time::timeout(t, send).await {
+            Ok(r) => r,
+            Err(_) => {
+                cluster.stats.rq_timeout.inc();
+                record(&cluster, 504, grpc, Flag::UpstreamTimeout, start);
+                return local_reply(hcm, StatusCode::GATEWAY_TIMEOUT, "upstream request timeout");
+            }
+        },
+        None => send.await,
+    };
+    let upstream = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let (flag, body) = match &e {
+                UpstreamError::Connect(_) | UpstreamError::ConnectTimeout => {
+                    cluster.stats.cx_connect_fail.inc();
+                    (Flag::UpstreamConnectFailure, "upstream connect error or disconnect/reset before headers. reset reason: connection failure")
+                }
+                UpstreamError::Overflow => {
+                    cluster.stats.rq_pending_overflow.inc();
+                    (Flag::UpstreamOverflow, "upstream connect error or disconnect/reset before headers. reset reason: overflow")
+                }
+                UpstreamError::Reset(_) => (
+                    Flag::UpstreamReset,
+                    "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+                ),
+            };
+            tracing::debug!(cluster = %cluster.name, error = %e, "upstream request failed");
+            record(&cluster, 503, grpc, flag, start);
+            return local_reply(hcm, StatusCode::SERVICE_UNAVAILABLE, body);
+        }
+    };
+    let mut response = upstream.response;
+    let status = response.status();
+    record(&cluster, status.as_u16(), grpc, Flag::None, start);
+    drop(active);
+
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(down) = down_upgrade {
+            let up_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(async move {
+                if let (Ok(d), Ok(u)) = (down.await, up_upgrade.await) {
+                    let mut d = TokioIo::new(d);
+                    let mut u = TokioIo::new(u);
+                    let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+                }
+            });
+        }
+        let (rp, _) = response.into_parts();
+        let mut resp = Response::from_parts(rp, ResponseBody::empty());
+        set_server(hcm, resp.headers_mut());
+        return resp;
+    }
+
+    let (mut rp, rbody) = response.into_parts();
+    strip_hop_by_hop(&mut rp.headers, false);
+    if parts.method == Method::HEAD {
+        // nothing special: hyper handles HEAD bodies.
+    }
+    if !hcm.suppress_envoy_headers {
+        rp.headers.insert(
+            HeaderName::from_static("x-envoy-upstream-service-time"),
+            HeaderValue::from(start.elapsed().as_millis() as u64),
+        );
+    }
+    set_server(hcm, &mut rp.headers);
+    apply_response_ops(hcm, hit, entry.map(|e| &e.response_headers), &mut rp.headers, &rctx);
+    rp.version = Version::HTTP_11;
+    Response::from_parts(
+        rp,
+        ResponseBody::Upstream {
+            body: rbody,
+            pool: upstream.pool_return,
+        },
+    )
+}
+
+fn record(cluster: &Cluster, code: u16, grpc: bool, flag: Flag, start: Instant) {
+    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    if !matches!(flag, Flag::None) || code < 600 {
+        cluster.stats.record_code(code);
+        cluster.stats.rq_time.observe(ms);
+    }
+    cluster.istio.record(code, grpc, flag.code(), ms);
+}

@@ -109,7 +109,7 @@ mod tests {
         // Evenly spaced inputs hit each interval in exact proportion.
         let p = WeightedPick::new([80, 20]).unwrap();
         let n = 100_000u64;
-        let step = u64::MAX / n;
+        let step = u64::MAX / n + 1;
         let canary = (0..n).filter(|i| p.pick_random(i * step) == 1).count();
         assert_eq!(canary, 20_000);
     }
