@@ -14,11 +14,10 @@ fn candidates() -> Vec<PathBuf> {
     if let Ok(dir) = env::var("SLUICE_ENVOY_TYPES_DIR") {
         out.push(PathBuf::from(dir));
     }
-    let cargo_home = env::var("CARGO_HOME").map(PathBuf::from).ok().or_else(|| {
-        env::var("HOME")
-            .ok()
-            .map(|h| Path::new(&h).join(".cargo"))
-    });
+    let cargo_home = env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .ok()
+        .or_else(|| env::var("HOME").ok().map(|h| Path::new(&h).join(".cargo")));
     if let Some(home) = cargo_home {
         let src = home.join("registry").join("src");
         if let Ok(entries) = fs::read_dir(&src) {
@@ -29,7 +28,12 @@ fn candidates() -> Vec<PathBuf> {
     }
     // `cargo vendor` layout next to the workspace.
     if let Ok(manifest) = env::var("CARGO_MANIFEST_DIR") {
-        out.push(Path::new(&manifest).join("..").join("vendor").join("envoy-types"));
+        out.push(
+            Path::new(&manifest)
+                .join("..")
+                .join("vendor")
+                .join("envoy-types"),
+        );
     }
     out
 }
@@ -48,5 +52,6 @@ fn main() {
         );
     };
     println!("cargo:rerun-if-changed={}", path.display());
-    fs::copy(&path, out_dir.join("envoy_descriptors.bin")).expect("copy descriptor set into OUT_DIR");
+    fs::copy(&path, out_dir.join("envoy_descriptors.bin"))
+        .expect("copy descriptor set into OUT_DIR");
 }

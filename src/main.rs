@@ -9,7 +9,11 @@ use sluice_proxy::compile::CompileOptions;
 use sluice_proxy::runtime::{self, Proxy, ProxyOptions};
 
 #[derive(Parser)]
-#[command(name = "sluice", version, about = "Progressive delivery proxy, compatible with Envoy, Istio and Argo Rollouts")]
+#[command(
+    name = "sluice",
+    version,
+    about = "Progressive delivery proxy, compatible with Envoy, Istio and Argo Rollouts"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -46,11 +50,12 @@ enum Command {
         /// Reload when the file changes (SIGHUP always reloads).
         #[arg(long = "watch-config")]
         watch_config: bool,
+        /// Write the admin server's bound address to this file.
+        #[arg(long = "admin-address-path")]
+        admin_address_path: Option<PathBuf>,
     },
     /// Check any Envoy document (bootstrap, route configuration, xDS resource file).
-    Validate {
-        files: Vec<PathBuf>,
-    },
+    Validate { files: Vec<PathBuf> },
 }
 
 fn init_logging(level: &str) {
@@ -61,7 +66,10 @@ fn init_logging(level: &str) {
     };
     let filter = tracing_subscriber::EnvFilter::try_new(format!("{level},h2=warn,hyper=warn"))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn main() -> ExitCode {
@@ -75,6 +83,7 @@ fn main() -> ExitCode {
             service_cluster,
             mode,
             watch_config,
+            admin_address_path,
         } => {
             init_logging(&log_level);
             let options = ProxyOptions {
@@ -84,6 +93,7 @@ fn main() -> ExitCode {
                     service_cluster,
                 },
                 watch_config,
+                admin_address_path,
             };
             if let Mode::Validate = mode {
                 return match runtime::validate(&options) {
@@ -97,9 +107,11 @@ fn main() -> ExitCode {
                     }
                 };
             }
-            let workers = concurrency
-                .filter(|n| *n > 0)
-                .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+            let workers = concurrency.filter(|n| *n > 0).unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            });
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(workers)
                 .enable_all()
@@ -130,7 +142,8 @@ fn main() -> ExitCode {
                 let result = std::fs::read_to_string(&f)
                     .map_err(|e| format!("{}: {e}", f.display()))
                     .and_then(|text| {
-                        sluice_config::envoy::validate_text(&f.display().to_string(), &text).map_err(|e| e.to_string())
+                        sluice_config::envoy::validate_text(&f.display().to_string(), &text)
+                            .map_err(|e| e.to_string())
                     });
                 match result {
                     Ok(kind) => println!("{}: OK ({kind:?})", f.display()),

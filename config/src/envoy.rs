@@ -88,10 +88,12 @@ fn finish<T: Message + Default>(
             errors,
         });
     }
-    dynamic.transcode_to::<T>().map_err(|e| ConfigError::Schema {
-        origin: document.origin.clone(),
-        message: e.to_string(),
-    })
+    dynamic
+        .transcode_to::<T>()
+        .map_err(|e| ConfigError::Schema {
+            origin: document.origin.clone(),
+            message: e.to_string(),
+        })
 }
 
 /// Deserialize a JSON tree as a dynamic message of type `full_name`.
@@ -145,11 +147,16 @@ pub fn canonical_json(msg: &DynamicMessage) -> Result<Value, String> {
 
 /// Validate a binary resource (xDS) and return its canonical JSON.
 pub fn canonical_resource(full_name: &str, bytes: &[u8]) -> Result<Value, Vec<FieldError>> {
-    let pool = sluice_proto::descriptor_pool().map_err(|e| vec![FieldError::new("", e.to_string())])?;
-    let desc = pool
-        .get_message_by_name(full_name)
-        .ok_or_else(|| vec![FieldError::new("", format!("unknown message type {full_name}"))])?;
-    let dynamic = DynamicMessage::decode(desc, bytes).map_err(|e| vec![FieldError::new("", e.to_string())])?;
+    let pool =
+        sluice_proto::descriptor_pool().map_err(|e| vec![FieldError::new("", e.to_string())])?;
+    let desc = pool.get_message_by_name(full_name).ok_or_else(|| {
+        vec![FieldError::new(
+            "",
+            format!("unknown message type {full_name}"),
+        )]
+    })?;
+    let dynamic = DynamicMessage::decode(desc, bytes)
+        .map_err(|e| vec![FieldError::new("", e.to_string())])?;
     let mut errors = Vec::new();
     check_message(&dynamic, "", &mut errors);
     if !errors.is_empty() {
@@ -163,11 +170,16 @@ pub fn decode_resource<T: Message + Default>(
     full_name: &str,
     bytes: &[u8],
 ) -> Result<T, Vec<FieldError>> {
-    let pool = sluice_proto::descriptor_pool().map_err(|e| vec![FieldError::new("", e.to_string())])?;
-    let desc = pool
-        .get_message_by_name(full_name)
-        .ok_or_else(|| vec![FieldError::new("", format!("unknown message type {full_name}"))])?;
-    let dynamic = DynamicMessage::decode(desc, bytes).map_err(|e| vec![FieldError::new("", e.to_string())])?;
+    let pool =
+        sluice_proto::descriptor_pool().map_err(|e| vec![FieldError::new("", e.to_string())])?;
+    let desc = pool.get_message_by_name(full_name).ok_or_else(|| {
+        vec![FieldError::new(
+            "",
+            format!("unknown message type {full_name}"),
+        )]
+    })?;
+    let dynamic = DynamicMessage::decode(desc, bytes)
+        .map_err(|e| vec![FieldError::new("", e.to_string())])?;
     let mut errors = Vec::new();
     check_message(&dynamic, "", &mut errors);
     if !errors.is_empty() {
@@ -231,11 +243,16 @@ pub fn validate_text(origin: &str, text: &str) -> Result<DocumentKind, ConfigErr
             for (i, item) in items.iter().enumerate() {
                 let path = format!("{prefix}[{i}]");
                 let full = type_name.unwrap_or("google.protobuf.Any");
-                let dynamic = dynamic_from_json(&document, full, item).map_err(|e| prefix_error(e, &path))?;
+                let dynamic =
+                    dynamic_from_json(&document, full, item).map_err(|e| prefix_error(e, &path))?;
                 let mut errs = Vec::new();
                 check_message(&dynamic, "", &mut errs);
                 for mut e in errs {
-                    e.path = if e.path.is_empty() { path.clone() } else { format!("{path}.{}", e.path) };
+                    e.path = if e.path.is_empty() {
+                        path.clone()
+                    } else {
+                        format!("{path}.{}", e.path)
+                    };
                     errors.push(e);
                 }
             }
@@ -258,7 +275,11 @@ fn prefix_error(err: ConfigError, path: &str) -> ConfigError {
             errors: errors
                 .into_iter()
                 .map(|mut e| {
-                    e.path = if e.path.is_empty() { path.to_string() } else { format!("{path}.{}", e.path) };
+                    e.path = if e.path.is_empty() {
+                        path.to_string()
+                    } else {
+                        format!("{path}.{}", e.path)
+                    };
                     e
                 })
                 .collect(),
@@ -273,11 +294,18 @@ pub fn any_type_name(any: &prost_types::Any) -> &str {
 }
 
 /// Decode and field-check the payload of an `Any` (an extension's `typed_config`).
-pub fn decode_any<T: Message + Default>(any: &prost_types::Any, path: &str) -> Result<T, Vec<FieldError>> {
+pub fn decode_any<T: Message + Default>(
+    any: &prost_types::Any,
+    path: &str,
+) -> Result<T, Vec<FieldError>> {
     decode_resource::<T>(any_type_name(any), &any.value).map_err(|errs| {
         errs.into_iter()
             .map(|mut e| {
-                e.path = if e.path.is_empty() { path.to_string() } else { format!("{path}.{}", e.path) };
+                e.path = if e.path.is_empty() {
+                    path.to_string()
+                } else {
+                    format!("{path}.{}", e.path)
+                };
                 e
             })
             .collect()
@@ -349,9 +377,16 @@ static_resources:
         let cluster = &c["static_resources"]["clusters"][0];
         assert!(cluster.get("lb_policy").is_none(), "defaults are omitted");
         assert_eq!(cluster["connect_timeout"], "0.250s");
-        let hcm = &c["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
-        assert!(hcm["@type"].as_str().unwrap().ends_with("HttpConnectionManager"));
-        assert_eq!(hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["timeout"], "1.500s");
+        let hcm = &c["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"];
+        assert!(hcm["@type"]
+            .as_str()
+            .unwrap()
+            .ends_with("HttpConnectionManager"));
+        assert_eq!(
+            hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["timeout"],
+            "1.500s"
+        );
     }
 
     #[test]
@@ -370,7 +405,10 @@ static_resources:
 
     #[test]
     fn unknown_field_is_a_schema_error_with_path() {
-        let text = MINIMAL.replace("lbPolicy: ROUND_ROBIN", "lbPolicy: ROUND_ROBIN\n    bogus_field: 1");
+        let text = MINIMAL.replace(
+            "lbPolicy: ROUND_ROBIN",
+            "lbPolicy: ROUND_ROBIN\n    bogus_field: 1",
+        );
         let err = load_bootstrap_text("t.yaml", &text).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("static_resources.clusters[0]"), "{msg}");
@@ -382,7 +420,8 @@ static_resources:
         let text = MINIMAL.replace("lbPolicy: ROUND_ROBIN", "lbPolicy: RING_HASH");
         let err = load_bootstrap_text("t.yaml", &text).unwrap_err();
         assert!(
-            err.to_string().contains("static_resources.clusters[0].lb_policy: value RING_HASH not supported"),
+            err.to_string()
+                .contains("static_resources.clusters[0].lb_policy: value RING_HASH not supported"),
             "{err}"
         );
     }

@@ -114,7 +114,12 @@ fn table() -> &'static Table {
                     Some((n, v)) => (n, Some(v.split('|').collect())),
                     None => (f, None),
                 };
-                entry.insert(name, FieldSupport { enum_values: values });
+                entry.insert(
+                    name,
+                    FieldSupport {
+                        enum_values: values,
+                    },
+                );
             }
         }
         t
@@ -159,10 +164,16 @@ pub fn check_message(msg: &DynamicMessage, path: &str, errors: &mut Vec<FieldErr
                     .map(|v| v.name().to_string())
                     .unwrap_or_else(|| n.to_string());
                 if !allowed.contains(&name.as_str()) {
-                    errors.push(FieldError::new(p, format!("value {name} not supported (supported: {})", allowed.join(", "))));
+                    errors.push(FieldError::new(
+                        p,
+                        format!(
+                            "value {name} not supported (supported: {})",
+                            allowed.join(", ")
+                        ),
+                    ));
                 }
             };
-            match &*value {
+            match value {
                 Value::EnumNumber(n) => check(*n, &fpath, errors),
                 Value::List(items) => {
                     for (i, v) in items.iter().enumerate() {
@@ -174,7 +185,7 @@ pub fn check_message(msg: &DynamicMessage, path: &str, errors: &mut Vec<FieldErr
                 _ => {}
             }
         }
-        check_value(&value, &fpath, errors);
+        check_value(value, &fpath, errors);
     }
 }
 
@@ -248,9 +259,16 @@ mod tests {
                     .get_field_by_name(f)
                     .unwrap_or_else(|| panic!("{msg} has no field {f}"));
                 if let Some(values) = &fs.enum_values {
-                    let e = fd.kind().as_enum().cloned().unwrap_or_else(|| panic!("{msg}.{f} is not an enum"));
+                    let e = fd
+                        .kind()
+                        .as_enum()
+                        .cloned()
+                        .unwrap_or_else(|| panic!("{msg}.{f} is not an enum"));
                     for v in values {
-                        assert!(e.get_value_by_name(v).is_some(), "{msg}.{f} has no value {v}");
+                        assert!(
+                            e.get_value_by_name(v).is_some(),
+                            "{msg}.{f} has no value {v}"
+                        );
                     }
                 }
             }

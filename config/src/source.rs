@@ -331,7 +331,10 @@ mod tests {
         let text = "staticResources:\n  listeners:\n  - name: a\n    filterChains:\n    - filters: []\n  - name: b\n";
         let d = parse_document("x.yaml", text).unwrap();
         assert_eq!(d.line_of("static_resources"), Some(1));
-        assert_eq!(d.line_of("static_resources.listeners[0].filter_chains"), Some(4));
+        assert_eq!(
+            d.line_of("static_resources.listeners[0].filter_chains"),
+            Some(4)
+        );
         assert_eq!(d.line_of("static_resources.listeners[1]"), Some(6));
         assert_eq!(d.line_of("static_resources.listeners[1].name"), Some(6));
         assert_eq!(
@@ -343,7 +346,10 @@ mod tests {
     #[test]
     fn syntax_errors_carry_a_line() {
         let err = parse_document("bad.yaml", "a: 1\nb: [1, 2\n").unwrap_err();
-        assert!(matches!(err, ConfigError::Syntax { line: Some(_), .. }), "{err}");
+        assert!(
+            matches!(err, ConfigError::Syntax { line: Some(_), .. }),
+            "{err}"
+        );
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub struct AdminState {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub metrics: Metrics,
     pub started: std::time::SystemTime,
+    /// Bound listener addresses by name (differs from the configuration for port 0).
+    pub listeners: Arc<ArcSwap<Vec<(String, std::net::SocketAddr)>>>,
 }
 
 /// Serve the admin API until aborted.
@@ -47,7 +49,8 @@ pub async fn serve(listener: TcpListener, state: AdminState) {
 fn text(status: StatusCode, ct: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
     r
 }
 
@@ -55,7 +58,11 @@ fn respond(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>>
     let snap = state.snapshot.load();
     match req.uri().path() {
         "/ready" => text(StatusCode::OK, "text/plain", "LIVE\n".into()),
-        "/stats/prometheus" | "/metrics" => text(StatusCode::OK, "text/plain; version=0.0.4", state.metrics.render()),
+        "/stats/prometheus" | "/metrics" => text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            state.metrics.render(),
+        ),
         "/config_dump" => {
             let dump = serde_json::json!({
                 "configs": [{
@@ -65,7 +72,11 @@ fn respond(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>>
                     "version_info": snap.version.to_string(),
                 }]
             });
-            text(StatusCode::OK, "application/json", serde_json::to_string_pretty(&dump).unwrap_or_default())
+            text(
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_string_pretty(&dump).unwrap_or_default(),
+            )
         }
         "/clusters" => {
             let mut out = String::new();
@@ -73,23 +84,70 @@ fn respond(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>>
             names.sort();
             for name in names {
                 let c = &snap.clusters[name];
-                out.push_str(&format!("{name}::default_priority::max_requests::{}\n", c.breakers.max_requests));
-                out.push_str(&format!("{name}::active_requests::{}\n", c.active_requests.load(Ordering::Relaxed)));
+                out.push_str(&format!(
+                    "{name}::default_priority::max_requests::{}\n",
+                    c.breakers.max_requests
+                ));
+                out.push_str(&format!(
+                    "{name}::active_requests::{}\n",
+                    c.active_requests.load(Ordering::Relaxed)
+                ));
                 for level in &c.endpoints.load().levels {
                     for e in &level.endpoints {
                         let a = e.pool.addr;
                         out.push_str(&format!("{name}::{a}::hostname::{}\n", e.hostname));
                         out.push_str(&format!("{name}::{a}::priority::{}\n", level.priority));
                         out.push_str(&format!("{name}::{a}::weight::{}\n", e.weight));
-                        out.push_str(&format!("{name}::{a}::health_flags::{}\n", if e.healthy { "healthy" } else { "/failed_eds_health" }));
-                        out.push_str(&format!("{name}::{a}::rq_active::{}\n", e.active_requests.load(Ordering::Relaxed)));
-                        out.push_str(&format!("{name}::{a}::rq_total::{}\n", e.total_requests.load(Ordering::Relaxed)));
-                        out.push_str(&format!("{name}::{a}::cx_active::{}\n", e.pool.open_connections.load(Ordering::Relaxed)));
-                        out.push_str(&format!("{name}::{a}::cx_total::{}\n", e.pool.total_connections.load(Ordering::Relaxed)));
+                        out.push_str(&format!(
+                            "{name}::{a}::health_flags::{}\n",
+                            if e.healthy {
+                                "healthy"
+                            } else {
+                                "/failed_eds_health"
+                            }
+                        ));
+                        out.push_str(&format!(
+                            "{name}::{a}::rq_active::{}\n",
+                            e.active_requests.load(Ordering::Relaxed)
+                        ));
+                        out.push_str(&format!(
+                            "{name}::{a}::rq_total::{}\n",
+                            e.total_requests.load(Ordering::Relaxed)
+                        ));
+                        out.push_str(&format!(
+                            "{name}::{a}::cx_active::{}\n",
+                            e.pool.open_connections.load(Ordering::Relaxed)
+                        ));
+                        out.push_str(&format!(
+                            "{name}::{a}::cx_total::{}\n",
+                            e.pool.total_connections.load(Ordering::Relaxed)
+                        ));
                     }
                 }
             }
             text(StatusCode::OK, "text/plain", out)
+        }
+        "/listeners" => {
+            let listeners = state.listeners.load();
+            if req.uri().query().is_some_and(|q| q.contains("format=json")) {
+                let statuses: Vec<serde_json::Value> = listeners
+                    .iter()
+                    .map(|(name, addr)| {
+                        serde_json::json!({
+                            "name": name,
+                            "local_address": {"socket_address": {"address": addr.ip().to_string(), "port_value": addr.port()}}
+                        })
+                    })
+                    .collect();
+                let body = serde_json::json!({ "listener_statuses": statuses });
+                text(StatusCode::OK, "application/json", body.to_string())
+            } else {
+                let out: String = listeners
+                    .iter()
+                    .map(|(n, a)| format!("{n}::{a}\n"))
+                    .collect();
+                text(StatusCode::OK, "text/plain", out)
+            }
         }
         "/server_info" => {
             let info = serde_json::json!({
@@ -99,7 +157,11 @@ fn respond(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>>
                 "node": { "id": snap.node.id, "cluster": snap.node.cluster },
                 "config_version": snap.version,
             });
-            text(StatusCode::OK, "application/json", serde_json::to_string_pretty(&info).unwrap_or_default())
+            text(
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_string_pretty(&info).unwrap_or_default(),
+            )
         }
         _ => text(
             StatusCode::NOT_FOUND,
@@ -110,6 +172,9 @@ fn respond(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>>
 }
 
 fn humantime(t: std::time::SystemTime) -> String {
-    let secs = t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     format!("{secs}")
 }

@@ -24,7 +24,10 @@ impl Body for RequestBody {
     type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             RequestBody::Incoming(b) => Pin::new(b).poll_frame(cx),
             RequestBody::Empty => Poll::Ready(None),
@@ -50,7 +53,10 @@ impl Body for RequestBody {
 #[derive(Debug)]
 pub enum ResponseBody {
     /// Streamed from an upstream; the connection goes back to its pool at the end.
-    Upstream { body: Incoming, pool: Option<PoolReturn> },
+    Upstream {
+        body: Incoming,
+        pool: Option<PoolReturn>,
+    },
     /// A locally generated body.
     Full(Option<Bytes>),
 }
@@ -72,7 +78,10 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             ResponseBody::Upstream { body, pool } => {
                 let r = Pin::new(&mut *body).poll_frame(cx);
@@ -97,7 +106,9 @@ impl Body for ResponseBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ResponseBody::Upstream { body, .. } => body.size_hint(),
-            ResponseBody::Full(b) => SizeHint::with_exact(b.as_ref().map(|b| b.len() as u64).unwrap_or(0)),
+            ResponseBody::Full(b) => {
+                SizeHint::with_exact(b.as_ref().map(|b| b.len() as u64).unwrap_or(0))
+            }
         }
     }
 }

@@ -24,7 +24,10 @@ pub enum LbPolicy {
 pub enum Discovery {
     Static,
     /// Every address a name resolves to (`STRICT_DNS`), or only the first (`LOGICAL_DNS`).
-    Dns { logical: bool, refresh: Duration },
+    Dns {
+        logical: bool,
+        refresh: Duration,
+    },
 }
 
 /// One configured endpoint (before DNS resolution).
@@ -111,7 +114,9 @@ pub struct ActiveRequest {
 impl Drop for ActiveRequest {
     fn drop(&mut self) {
         self.cluster.active_requests.fetch_sub(1, Ordering::Relaxed);
-        self.endpoint.active_requests.fetch_sub(1, Ordering::Relaxed);
+        self.endpoint
+            .active_requests
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -139,10 +144,8 @@ impl Cluster {
         let idx = match self.lb {
             LbPolicy::Random => pick.pick_random(fast_random()),
             LbPolicy::RoundRobin => {
-                let n = self.rr.fetch_add(1, Ordering::Relaxed) as u64;
-                // Spread n over [0, total) in order: deterministic weighted round robin.
-                let pos = n % pick.total();
-                pick.pick_random(((pos as u128) << 64).checked_div(pick.total() as u128).unwrap_or(0) as u64)
+                // Walk the weight intervals in order: deterministic weighted round robin.
+                pick.pick_random(self.rr.fetch_add(1, Ordering::Relaxed) as u64)
             }
             LbPolicy::LeastRequest => {
                 let a = pick.pick_random(fast_random());
@@ -180,7 +183,8 @@ impl Cluster {
         settings: &PoolSettings,
         previous: Option<&EndpointSet>,
     ) -> EndpointSet {
-        let mut by_priority: std::collections::BTreeMap<u32, Vec<Arc<Endpoint>>> = Default::default();
+        let mut by_priority: std::collections::BTreeMap<u32, Vec<Arc<Endpoint>>> =
+            Default::default();
         for spec in specs {
             let addrs: Vec<SocketAddr> = match spec.host.parse::<std::net::IpAddr>() {
                 Ok(ip) => vec![SocketAddr::new(ip, spec.port)],
@@ -188,7 +192,9 @@ impl Cluster {
                     Ok(it) => {
                         let all: Vec<SocketAddr> = it.collect();
                         match discovery {
-                            Discovery::Dns { logical: true, .. } => all.into_iter().take(1).collect(),
+                            Discovery::Dns { logical: true, .. } => {
+                                all.into_iter().take(1).collect()
+                            }
                             _ => all,
                         }
                     }
@@ -208,25 +214,30 @@ impl Cluster {
                             .map(|e| e.pool.clone())
                     })
                     .unwrap_or_else(|| EndpointPool::new(addr, settings.clone()));
-                by_priority.entry(spec.priority).or_default().push(Arc::new(Endpoint {
-                    pool,
-                    weight: spec.weight.max(1),
-                    healthy: spec.healthy,
-                    active_requests: AtomicU64::new(0),
-                    total_requests: AtomicU64::new(0),
-                    hostname: format!("{}:{}", spec.host, spec.port),
-                }));
+                by_priority
+                    .entry(spec.priority)
+                    .or_default()
+                    .push(Arc::new(Endpoint {
+                        pool,
+                        weight: spec.weight.max(1),
+                        healthy: spec.healthy,
+                        active_requests: AtomicU64::new(0),
+                        total_requests: AtomicU64::new(0),
+                        hostname: format!("{}:{}", spec.host, spec.port),
+                    }));
             }
         }
         EndpointSet {
             levels: by_priority
                 .into_iter()
                 .map(|(priority, endpoints)| {
-                    let pick = WeightedPick::new(
-                        endpoints
-                            .iter()
-                            .map(|e| if e.healthy { e.weight as u64 } else { 0 }),
-                    );
+                    let pick = WeightedPick::new(endpoints.iter().map(|e| {
+                        if e.healthy {
+                            e.weight as u64
+                        } else {
+                            0
+                        }
+                    }));
                     PriorityLevel {
                         priority,
                         endpoints,
@@ -313,7 +324,10 @@ mod tests {
 
     #[test]
     fn round_robin_follows_weights_exactly() {
-        let c = cluster(LbPolicy::RoundRobin, vec![spec(1, 3, 0, true), spec(2, 1, 0, true)]);
+        let c = cluster(
+            LbPolicy::RoundRobin,
+            vec![spec(1, 3, 0, true), spec(2, 1, 0, true)],
+        );
         let mut counts = [0; 2];
         for _ in 0..400 {
             let (e, _g) = c.acquire().unwrap();
@@ -324,11 +338,17 @@ mod tests {
 
     #[test]
     fn lower_priority_is_used_only_without_healthy_higher_one() {
-        let c = cluster(LbPolicy::Random, vec![spec(1, 1, 0, false), spec(2, 1, 1, true)]);
+        let c = cluster(
+            LbPolicy::Random,
+            vec![spec(1, 1, 0, false), spec(2, 1, 1, true)],
+        );
         for _ in 0..50 {
             assert_eq!(c.acquire().unwrap().0.pool.addr.port(), 2);
         }
-        let c = cluster(LbPolicy::Random, vec![spec(1, 1, 0, true), spec(2, 1, 1, true)]);
+        let c = cluster(
+            LbPolicy::Random,
+            vec![spec(1, 1, 0, true), spec(2, 1, 1, true)],
+        );
         for _ in 0..50 {
             assert_eq!(c.acquire().unwrap().0.pool.addr.port(), 1);
         }

@@ -18,18 +18,21 @@ use sluice_config::FieldError;
 use crate::cluster::{Breakers, Cluster, Discovery, EndpointSpec, LbPolicy};
 use crate::hash_policy::{HashPolicy, HashSource};
 use crate::header_ops::{AppendAction, HeaderAdd, HeaderOps, HeaderTemplate};
-use crate::matcher::{HeaderCheck, HeaderMatcher, HeaderSource, PathMatch, QueryMatcher, StringMatch, StringMatcher};
+use crate::matcher::{
+    HeaderCheck, HeaderMatcher, HeaderSource, PathMatch, QueryMatcher, StringMatch, StringMatcher,
+};
 use crate::metrics::{ClusterStats, HcmStats, IstioStats, Metrics};
 use crate::route_table::{
-    ClusterRef, DirectResponse, ForwardAction, MirrorPolicy, RedirectAction, Route, RouteAction, RouteMatch,
-    RouteTable, Target, VirtualHost, WeightedEntry, WeightedTarget,
+    ClusterRef, DirectResponse, ForwardAction, MirrorPolicy, RedirectAction, Route, RouteAction,
+    RouteMatch, RouteTable, Target, VirtualHost, WeightedEntry, WeightedTarget,
 };
 use crate::snapshot::{Codec, HcmConfig, ListenerConfig, NodeInfo, ServerHeader, Snapshot};
 use crate::upstream_pool::{PoolSettings, UpstreamProtocol};
 use crate::vhost_select::VhostSelector;
 use crate::weighted_pick::WeightedPick;
 
-const HCM_TYPE: &str = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const HCM_TYPE: &str =
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const ROUTER_TYPE: &str = "envoy.extensions.filters.http.router.v3.Router";
 const UPSTREAM_HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
@@ -57,7 +60,10 @@ fn u(v: &Value, k: &str) -> Option<u64> {
     }
 }
 fn arr<'a>(v: &'a Value, k: &str) -> &'a [Value] {
-    v.get(k).and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
+    v.get(k)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
 }
 fn p(path: &str, k: &str) -> String {
     if path.is_empty() {
@@ -86,7 +92,10 @@ fn socket_address(v: &Value, path: &str, errors: &mut Errors) -> Option<(String,
     let host = s(sa, "address").unwrap_or("").to_string();
     let port = u(sa, "port_value").unwrap_or(0);
     if port > u16::MAX as u64 {
-        errors.push(FieldError::new(p(path, "socket_address.port_value"), "port out of range"));
+        errors.push(FieldError::new(
+            p(path, "socket_address.port_value"),
+            "port out of range",
+        ));
         return None;
     }
     Some((host, port as u16))
@@ -113,7 +122,10 @@ fn regex(v: &Value, path: &str, errors: &mut Errors) -> Option<regex::Regex> {
     match StringMatcher::full_regex(pattern) {
         Ok(r) => Some(r),
         Err(e) => {
-            errors.push(FieldError::new(p(path, "regex"), format!("invalid regex: {e}")));
+            errors.push(FieldError::new(
+                p(path, "regex"),
+                format!("invalid regex: {e}"),
+            ));
             None
         }
     }
@@ -148,7 +160,10 @@ fn header_matcher(v: &Value, path: &str, errors: &mut Errors) -> Option<HeaderMa
         _ => match HeaderName::from_bytes(name.as_bytes()) {
             Ok(h) => HeaderSource::Header(h),
             Err(_) => {
-                errors.push(FieldError::new(p(path, "name"), format!("invalid header name `{name}`")));
+                errors.push(FieldError::new(
+                    p(path, "name"),
+                    format!("invalid header name `{name}`"),
+                ));
                 return None;
             }
         },
@@ -163,7 +178,11 @@ fn header_matcher(v: &Value, path: &str, errors: &mut Errors) -> Option<HeaderMa
     } else if let Some(x) = s(v, "contains_match") {
         sm(StringMatch::Contains(x.into()))
     } else if let Some(r) = get(v, "safe_regex_match") {
-        sm(StringMatch::Regex(regex(r, &p(path, "safe_regex_match"), errors)?))
+        sm(StringMatch::Regex(regex(
+            r,
+            &p(path, "safe_regex_match"),
+            errors,
+        )?))
     } else if let Some(m) = get(v, "string_match") {
         HeaderCheck::Value(string_matcher(m, &p(path, "string_match"), errors)?)
     } else if let Some(Value::Bool(want)) = get(v, "present_match") {
@@ -179,18 +198,21 @@ fn header_matcher(v: &Value, path: &str, errors: &mut Errors) -> Option<HeaderMa
     })
 }
 
-fn fraction_ppm(v: &Value) -> u64 {
+fn fraction(v: &Value) -> (u64, u64) {
     let num = u(v, "numerator").unwrap_or(0);
     let per = match s(v, "denominator").unwrap_or("HUNDRED") {
         "TEN_THOUSAND" => 10_000,
         "MILLION" => 1_000_000,
         _ => 100,
     };
-    (num.min(per) * (1_000_000 / per)).min(1_000_000)
+    (num.min(per), per)
 }
 
 fn route_match(v: &Value, path: &str, errors: &mut Errors) -> Option<RouteMatch> {
-    let case_sensitive = v.get("case_sensitive").and_then(Value::as_bool).unwrap_or(true);
+    let case_sensitive = v
+        .get("case_sensitive")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
     let pm = if let Some(x) = s(v, "prefix") {
         PathMatch::Prefix(x.into())
     } else if let Some(x) = s(v, "path") {
@@ -207,7 +229,10 @@ fn route_match(v: &Value, path: &str, errors: &mut Errors) -> Option<RouteMatch>
         }
         PathMatch::SeparatedPrefix(x.into())
     } else {
-        errors.push(FieldError::new(path, "a path specifier (prefix, path, safe_regex, path_separated_prefix) is required"));
+        errors.push(FieldError::new(
+            path,
+            "a path specifier (prefix, path, safe_regex, path_separated_prefix) is required",
+        ));
         return None;
     };
     let mut headers = Vec::new();
@@ -227,21 +252,27 @@ fn route_match(v: &Value, path: &str, errors: &mut Errors) -> Option<RouteMatch>
             present: true,
         });
     }
-    let runtime_fraction_ppm = get(v, "runtime_fraction")
-        .map(|rf| get(rf, "default_value").map(fraction_ppm).unwrap_or(0));
+    let runtime_fraction = get(v, "runtime_fraction")
+        .map(|rf| get(rf, "default_value").map(fraction).unwrap_or((0, 100)));
     Some(RouteMatch {
         path: pm,
         case_sensitive,
         headers,
         query,
-        runtime_fraction_ppm,
+        runtime_fraction,
         grpc: get(v, "grpc").is_some(),
     })
 }
 
 // ---- header operations ----------------------------------------------------------------------
 
-fn header_ops(v: &Value, add_key: &str, remove_key: &str, path: &str, errors: &mut Errors) -> HeaderOps {
+fn header_ops(
+    v: &Value,
+    add_key: &str,
+    remove_key: &str,
+    path: &str,
+    errors: &mut Errors,
+) -> HeaderOps {
     let mut ops = HeaderOps::default();
     for (i, opt) in arr(v, add_key).iter().enumerate() {
         let hpath = format!("{}[{i}]", p(path, add_key));
@@ -249,13 +280,19 @@ fn header_ops(v: &Value, add_key: &str, remove_key: &str, path: &str, errors: &m
         let key = s(&header, "key").unwrap_or("");
         let value = s(&header, "value").unwrap_or("");
         if key.starts_with(':') || key.eq_ignore_ascii_case("host") {
-            errors.push(FieldError::new(p(&hpath, "header.key"), format!("`{key}` may not be modified")));
+            errors.push(FieldError::new(
+                p(&hpath, "header.key"),
+                format!("`{key}` may not be modified"),
+            ));
             continue;
         }
         let name = match HeaderName::from_bytes(key.as_bytes()) {
             Ok(n) => n,
             Err(_) => {
-                errors.push(FieldError::new(p(&hpath, "header.key"), format!("invalid header name `{key}`")));
+                errors.push(FieldError::new(
+                    p(&hpath, "header.key"),
+                    format!("invalid header name `{key}`"),
+                ));
                 continue;
             }
         };
@@ -266,7 +303,10 @@ fn header_ops(v: &Value, add_key: &str, remove_key: &str, path: &str, errors: &m
                 continue;
             }
         };
-        let action = match (opt.get("append").and_then(Value::as_bool), s(opt, "append_action")) {
+        let action = match (
+            opt.get("append").and_then(Value::as_bool),
+            s(opt, "append_action"),
+        ) {
             (Some(false), _) => AppendAction::OverwriteIfExistsOrAdd,
             (Some(true), _) => AppendAction::AppendIfExistsOrAdd,
             (None, Some("ADD_IF_ABSENT")) => AppendAction::AddIfAbsent,
@@ -295,10 +335,22 @@ fn header_ops(v: &Value, add_key: &str, remove_key: &str, path: &str, errors: &m
 }
 
 fn request_ops(v: &Value, path: &str, errors: &mut Errors) -> HeaderOps {
-    header_ops(v, "request_headers_to_add", "request_headers_to_remove", path, errors)
+    header_ops(
+        v,
+        "request_headers_to_add",
+        "request_headers_to_remove",
+        path,
+        errors,
+    )
 }
 fn response_ops(v: &Value, path: &str, errors: &mut Errors) -> HeaderOps {
-    header_ops(v, "response_headers_to_add", "response_headers_to_remove", path, errors)
+    header_ops(
+        v,
+        "response_headers_to_add",
+        "response_headers_to_remove",
+        path,
+        errors,
+    )
 }
 
 // ---- routes ---------------------------------------------------------------------------------
@@ -330,7 +382,10 @@ fn rewrite(v: &Value, path: &str, errors: &mut Errors) -> Option<(regex::Regex, 
     let re = match regex::Regex::new(s(pattern, "regex").unwrap_or("")) {
         Ok(r) => r,
         Err(e) => {
-            errors.push(FieldError::new(p(path, "pattern.regex"), format!("invalid regex: {e}")));
+            errors.push(FieldError::new(
+                p(path, "pattern.regex"),
+                format!("invalid regex: {e}"),
+            ));
             return None;
         }
     };
@@ -362,20 +417,31 @@ fn header_value(text: &str, path: &str, errors: &mut Errors) -> Option<HeaderVal
     match HeaderValue::from_str(text) {
         Ok(v) => Some(v),
         Err(_) => {
-            errors.push(FieldError::new(path, format!("invalid header value `{text}`")));
+            errors.push(FieldError::new(
+                path,
+                format!("invalid header value `{text}`"),
+            ));
             None
         }
     }
 }
 
-fn forward_action(v: &Value, path: &str, res: &ClusterResolver<'_>, errors: &mut Errors) -> Option<ForwardAction> {
+fn forward_action(
+    v: &Value,
+    path: &str,
+    res: &ClusterResolver<'_>,
+    errors: &mut Errors,
+) -> Option<ForwardAction> {
     let target = if let Some(c) = s(v, "cluster") {
         Target::Cluster(res.resolve(c, &p(path, "cluster"), errors))
     } else if let Some(h) = s(v, "cluster_header") {
         match HeaderName::from_bytes(h.as_bytes()) {
             Ok(name) => Target::Header(name),
             Err(_) => {
-                errors.push(FieldError::new(p(path, "cluster_header"), "invalid header name"));
+                errors.push(FieldError::new(
+                    p(path, "cluster_header"),
+                    "invalid header name",
+                ));
                 return None;
             }
         }
@@ -405,7 +471,10 @@ fn forward_action(v: &Value, path: &str, res: &ClusterResolver<'_>, errors: &mut
             }
         }
         let Some(pick) = WeightedPick::new(weights) else {
-            errors.push(FieldError::new(p(&wpath, "clusters"), "the sum of weights must be greater than 0"));
+            errors.push(FieldError::new(
+                p(&wpath, "clusters"),
+                "the sum of weights must be greater than 0",
+            ));
             return None;
         };
         Target::Weighted(WeightedTarget {
@@ -414,7 +483,10 @@ fn forward_action(v: &Value, path: &str, res: &ClusterResolver<'_>, errors: &mut
             use_hash_policy: false,
         })
     } else {
-        errors.push(FieldError::new(path, "one of cluster, cluster_header, weighted_clusters is required"));
+        errors.push(FieldError::new(
+            path,
+            "one of cluster, cluster_header, weighted_clusters is required",
+        ));
         return None;
     };
     let timeout = match s(v, "timeout") {
@@ -427,9 +499,9 @@ fn forward_action(v: &Value, path: &str, res: &ClusterResolver<'_>, errors: &mut
         let name = s(m, "cluster").unwrap_or("");
         mirrors.push(MirrorPolicy {
             cluster: res.resolve(name, &p(&mpath, "cluster"), errors),
-            fraction_ppm: get(m, "runtime_fraction")
-                .map(|rf| get(rf, "default_value").map(fraction_ppm).unwrap_or(0))
-                .unwrap_or(1_000_000),
+            fraction: get(m, "runtime_fraction")
+                .map(|rf| get(rf, "default_value").map(fraction).unwrap_or((0, 100)))
+                .unwrap_or((1, 1)),
             append_shadow_suffix: !b(m, "disable_shadow_host_suffix_append"),
         });
     }
@@ -440,7 +512,10 @@ fn forward_action(v: &Value, path: &str, res: &ClusterResolver<'_>, errors: &mut
             match HeaderName::from_bytes(s(hd, "header_name").unwrap_or("").as_bytes()) {
                 Ok(n) => HashSource::Header(n),
                 Err(_) => {
-                    errors.push(FieldError::new(p(&hpath, "header.header_name"), "invalid header name"));
+                    errors.push(FieldError::new(
+                        p(&hpath, "header.header_name"),
+                        "invalid header name",
+                    ));
                     continue;
                 }
             }
@@ -475,8 +550,10 @@ fn forward_action(v: &Value, path: &str, res: &ClusterResolver<'_>, errors: &mut
         target,
         timeout,
         prefix_rewrite: s(v, "prefix_rewrite").map(str::to_string),
-        regex_rewrite: get(v, "regex_rewrite").and_then(|r| rewrite(r, &p(path, "regex_rewrite"), errors)),
-        host_rewrite: s(v, "host_rewrite_literal").and_then(|h| header_value(h, &p(path, "host_rewrite_literal"), errors)),
+        regex_rewrite: get(v, "regex_rewrite")
+            .and_then(|r| rewrite(r, &p(path, "regex_rewrite"), errors)),
+        host_rewrite: s(v, "host_rewrite_literal")
+            .and_then(|h| header_value(h, &p(path, "host_rewrite_literal"), errors)),
         mirrors,
         hash_policy,
         cluster_not_found_status,
@@ -503,7 +580,8 @@ fn redirect_action(v: &Value, path: &str, errors: &mut Errors) -> Option<Redirec
         port,
         path: s(v, "path_redirect").map(str::to_string),
         prefix_rewrite: s(v, "prefix_rewrite").map(str::to_string),
-        regex_rewrite: get(v, "regex_rewrite").and_then(|r| rewrite(r, &p(path, "regex_rewrite"), errors)),
+        regex_rewrite: get(v, "regex_rewrite")
+            .and_then(|r| rewrite(r, &p(path, "regex_rewrite"), errors)),
         status,
         strip_query: b(v, "strip_query"),
     })
@@ -511,8 +589,15 @@ fn redirect_action(v: &Value, path: &str, errors: &mut Errors) -> Option<Redirec
 
 fn direct_response(v: &Value, path: &str, errors: &mut Errors) -> Option<DirectResponse> {
     let code = u(v, "status").unwrap_or(0);
-    let Some(status) = (200..600).contains(&code).then(|| StatusCode::from_u16(code as u16).ok()).flatten() else {
-        errors.push(FieldError::new(p(path, "status"), format!("status {code} must be in [200, 600)")));
+    let Some(status) = (200..600)
+        .contains(&code)
+        .then(|| StatusCode::from_u16(code as u16).ok())
+        .flatten()
+    else {
+        errors.push(FieldError::new(
+            p(path, "status"),
+            format!("status {code} must be in [200, 600)"),
+        ));
         return None;
     };
     let body = match get(v, "body") {
@@ -524,7 +609,10 @@ fn direct_response(v: &Value, path: &str, errors: &mut Errors) -> Option<DirectR
                 match decode_base64(b64) {
                     Some(b) => Some(bytes::Bytes::from(b)),
                     None => {
-                        errors.push(FieldError::new(p(path, "body.inline_bytes"), "invalid base64"));
+                        errors.push(FieldError::new(
+                            p(path, "body.inline_bytes"),
+                            "invalid base64",
+                        ));
                         return None;
                     }
                 }
@@ -532,7 +620,10 @@ fn direct_response(v: &Value, path: &str, errors: &mut Errors) -> Option<DirectR
                 match std::fs::read(file) {
                     Ok(b) => Some(bytes::Bytes::from(b)),
                     Err(e) => {
-                        errors.push(FieldError::new(p(path, "body.filename"), format!("{file}: {e}")));
+                        errors.push(FieldError::new(
+                            p(path, "body.filename"),
+                            format!("{file}: {e}"),
+                        ));
                         return None;
                     }
                 }
@@ -570,7 +661,11 @@ fn decode_base64(text: &str) -> Option<Vec<u8>> {
 
 fn route(v: &Value, path: &str, res: &ClusterResolver<'_>, errors: &mut Errors) -> Option<Route> {
     let before = errors.len();
-    let matcher = route_match(get(v, "match").unwrap_or(&Value::Null), &p(path, "match"), errors);
+    let matcher = route_match(
+        get(v, "match").unwrap_or(&Value::Null),
+        &p(path, "match"),
+        errors,
+    );
     let action = if let Some(r) = get(v, "route") {
         forward_action(r, &p(path, "route"), res, errors).map(|a| RouteAction::Forward(Box::new(a)))
     } else if let Some(r) = get(v, "redirect") {
@@ -578,7 +673,10 @@ fn route(v: &Value, path: &str, res: &ClusterResolver<'_>, errors: &mut Errors) 
     } else if let Some(r) = get(v, "direct_response") {
         direct_response(r, &p(path, "direct_response"), errors).map(RouteAction::Direct)
     } else {
-        errors.push(FieldError::new(path, "one of route, redirect, direct_response is required"));
+        errors.push(FieldError::new(
+            path,
+            "one of route, redirect, direct_response is required",
+        ));
         None
     };
     let request_headers = request_ops(v, path, errors);
@@ -610,7 +708,10 @@ pub fn route_table(v: &Value, path: &str, res: &ClusterResolver<'_>) -> Result<R
             domains.push((d.as_str().unwrap_or("").to_string(), i));
         }
         if arr(vh, "domains").is_empty() {
-            errors.push(FieldError::new(p(&vpath, "domains"), "at least one domain is required"));
+            errors.push(FieldError::new(
+                p(&vpath, "domains"),
+                "at least one domain is required",
+            ));
         }
         vhosts.push(VirtualHost {
             name: s(vh, "name").unwrap_or("").to_string(),
@@ -684,8 +785,14 @@ pub fn istio_destination(name: &str, metadata: Option<&Value>) -> (String, Strin
             version = parts[2].to_string();
         }
     }
-    if let Some(istio) = metadata.and_then(|m| get(m, "filter_metadata")).and_then(|f| get(f, "istio")) {
-        if let Some(host) = arr(istio, "services").first().and_then(|svc| s(svc, "host")) {
+    if let Some(istio) = metadata
+        .and_then(|m| get(m, "filter_metadata"))
+        .and_then(|f| get(f, "istio"))
+    {
+        if let Some(host) = arr(istio, "services")
+            .first()
+            .and_then(|svc| s(svc, "host"))
+        {
             service = host.to_string();
         }
         if let Some(subset) = s(istio, "subset") {
@@ -749,18 +856,25 @@ fn cluster(
                     errors.push(FieldError::new(p(&epath, "endpoint.address"), "required"));
                     continue;
                 };
-                let Some((host, port)) = socket_address(addr, &p(&epath, "endpoint.address"), errors) else {
+                let Some((host, port)) =
+                    socket_address(addr, &p(&epath, "endpoint.address"), errors)
+                else {
                     continue;
                 };
                 if discovery == Discovery::Static && host.parse::<std::net::IpAddr>().is_err() {
                     errors.push(FieldError::new(
                         p(&epath, "endpoint.address.socket_address.address"),
-                        format!("`{host}` is not an IP address (STATIC clusters need IP addresses)"),
+                        format!(
+                            "`{host}` is not an IP address (STATIC clusters need IP addresses)"
+                        ),
                     ));
                     continue;
                 }
                 let weight = u(ep, "load_balancing_weight").unwrap_or(1).max(1) * locality_weight;
-                let healthy = !matches!(s(ep, "health_status"), Some("UNHEALTHY" | "DRAINING" | "TIMEOUT"));
+                let healthy = !matches!(
+                    s(ep, "health_status"),
+                    Some("UNHEALTHY" | "DRAINING" | "TIMEOUT")
+                );
                 specs.push(EndpointSpec {
                     host,
                     port,
@@ -780,8 +894,13 @@ fn cluster(
     if let Some(opts) = get(v, "typed_extension_protocol_options").and_then(Value::as_object) {
         for (key, any) in opts {
             let opath = format!("{path}.typed_extension_protocol_options[\"{key}\"]");
-            if s(any, "@type").map(|t| t.rsplit('/').next().unwrap_or("")) != Some(UPSTREAM_HTTP_OPTIONS) {
-                errors.push(FieldError::new(opath, "only envoy.extensions.upstreams.http.v3.HttpProtocolOptions is supported"));
+            if s(any, "@type").map(|t| t.rsplit('/').next().unwrap_or(""))
+                != Some(UPSTREAM_HTTP_OPTIONS)
+            {
+                errors.push(FieldError::new(
+                    opath,
+                    "only envoy.extensions.upstreams.http.v3.HttpProtocolOptions is supported",
+                ));
                 continue;
             }
             if let Some(explicit) = get(any, "explicit_http_config") {
@@ -790,16 +909,21 @@ fn cluster(
                 }
             }
             if get(any, "use_downstream_protocol_config").is_some() {
-                errors.push(FieldError::unsupported(p(&opath, "use_downstream_protocol_config")));
+                errors.push(FieldError::unsupported(p(
+                    &opath,
+                    "use_downstream_protocol_config",
+                )));
             }
-            idle_timeout = get(any, "common_http_protocol_options").and_then(|c| dur(c, "idle_timeout"));
+            idle_timeout =
+                get(any, "common_http_protocol_options").and_then(|c| dur(c, "idle_timeout"));
         }
     }
     let mut breakers = crate::cluster::Breakers::default();
     if let Some(t) = get(v, "circuit_breakers").and_then(|cb| arr(cb, "thresholds").first()) {
         breakers = Breakers {
             max_connections: u(t, "max_connections").unwrap_or(breakers.max_connections),
-            max_pending_requests: u(t, "max_pending_requests").unwrap_or(breakers.max_pending_requests),
+            max_pending_requests: u(t, "max_pending_requests")
+                .unwrap_or(breakers.max_pending_requests),
             max_requests: u(t, "max_requests").unwrap_or(breakers.max_requests),
         };
     }
@@ -837,7 +961,13 @@ fn cluster(
 
 // ---- listeners and bootstrap ----------------------------------------------------------------
 
-fn hcm(v: &Value, path: &str, res: &ClusterResolver<'_>, metrics: &Metrics, errors: &mut Errors) -> Option<HcmConfig> {
+fn hcm(
+    v: &Value,
+    path: &str,
+    res: &ClusterResolver<'_>,
+    metrics: &Metrics,
+    errors: &mut Errors,
+) -> Option<HcmConfig> {
     let stat_prefix = s(v, "stat_prefix").unwrap_or("").to_string();
     let codec = match s(v, "codec_type") {
         Some("HTTP1") => Codec::Http1,
@@ -845,25 +975,39 @@ fn hcm(v: &Value, path: &str, res: &ClusterResolver<'_>, metrics: &Metrics, erro
         _ => Codec::Auto,
     };
     let Some(rc) = get(v, "route_config") else {
-        errors.push(FieldError::new(p(path, "route_config"), "required (rds is not supported yet)"));
+        errors.push(FieldError::new(
+            p(path, "route_config"),
+            "required (rds is not supported yet)",
+        ));
         return None;
     };
     let mut suppress_envoy_headers = false;
     let filters = arr(v, "http_filters");
     if filters.is_empty() {
-        errors.push(FieldError::new(p(path, "http_filters"), "the router filter is required"));
+        errors.push(FieldError::new(
+            p(path, "http_filters"),
+            "the router filter is required",
+        ));
     }
     for (i, f) in filters.iter().enumerate() {
         let fpath = format!("{path}.http_filters[{i}]");
-        let ty = get(f, "typed_config").and_then(|t| s(t, "@type")).map(|t| t.rsplit('/').next().unwrap_or(""));
+        let ty = get(f, "typed_config")
+            .and_then(|t| s(t, "@type"))
+            .map(|t| t.rsplit('/').next().unwrap_or(""));
         let is_router = match ty {
             Some(t) => t == ROUTER_TYPE,
             None => s(f, "name") == Some("envoy.filters.http.router"),
         };
         if !is_router {
-            errors.push(FieldError::new(fpath, format!("http filter `{}` not supported", s(f, "name").unwrap_or(""))));
+            errors.push(FieldError::new(
+                fpath,
+                format!("http filter `{}` not supported", s(f, "name").unwrap_or("")),
+            ));
         } else if i + 1 != filters.len() {
-            errors.push(FieldError::new(fpath, "the router must be the last http filter"));
+            errors.push(FieldError::new(
+                fpath,
+                "the router must be the last http filter",
+            ));
         } else if let Some(t) = get(f, "typed_config") {
             suppress_envoy_headers = b(t, "suppress_envoy_headers");
         }
@@ -894,7 +1038,10 @@ fn hcm(v: &Value, path: &str, res: &ClusterResolver<'_>, metrics: &Metrics, erro
         stat_prefix,
         codec,
         routes: Arc::new(routes),
-        generate_request_id: v.get("generate_request_id").and_then(Value::as_bool).unwrap_or(true),
+        generate_request_id: v
+            .get("generate_request_id")
+            .and_then(Value::as_bool)
+            .unwrap_or(true),
         use_remote_address: b(v, "use_remote_address"),
         xff_num_trusted_hops: u(v, "xff_num_trusted_hops").unwrap_or(0) as u32,
         skip_xff_append: b(v, "skip_xff_append"),
@@ -909,7 +1056,8 @@ fn hcm(v: &Value, path: &str, res: &ClusterResolver<'_>, metrics: &Metrics, erro
         max_request_headers_kb: u(v, "max_request_headers_kb").unwrap_or(60) as u32,
         websocket,
         suppress_envoy_headers,
-        server_name: HeaderValue::from_str(server_name).unwrap_or(HeaderValue::from_static("envoy")),
+        server_name: HeaderValue::from_str(server_name)
+            .unwrap_or(HeaderValue::from_static("envoy")),
         server_header: match s(v, "server_header_transformation") {
             Some("APPEND_IF_ABSENT") => ServerHeader::AppendIfAbsent,
             Some("PASS_THROUGH") => ServerHeader::PassThrough,
@@ -918,30 +1066,59 @@ fn hcm(v: &Value, path: &str, res: &ClusterResolver<'_>, metrics: &Metrics, erro
     })
 }
 
-fn listener(v: &Value, path: &str, res: &ClusterResolver<'_>, metrics: &Metrics, errors: &mut Errors) -> Option<ListenerConfig> {
+fn listener(
+    v: &Value,
+    path: &str,
+    res: &ClusterResolver<'_>,
+    metrics: &Metrics,
+    errors: &mut Errors,
+) -> Option<ListenerConfig> {
     let name = s(v, "name").unwrap_or("").to_string();
-    let address = ip_socket_address(get(v, "address").unwrap_or(&Value::Null), &p(path, "address"), errors)?;
+    let address = ip_socket_address(
+        get(v, "address").unwrap_or(&Value::Null),
+        &p(path, "address"),
+        errors,
+    )?;
     let chains = arr(v, "filter_chains");
     if chains.len() != 1 {
         errors.push(FieldError::new(
             p(path, "filter_chains"),
-            format!("exactly one filter chain is supported (found {})", chains.len()),
+            format!(
+                "exactly one filter chain is supported (found {})",
+                chains.len()
+            ),
         ));
         return None;
     }
     let filters = arr(&chains[0], "filters");
     let fpath = format!("{path}.filter_chains[0].filters");
     if filters.len() != 1 {
-        errors.push(FieldError::new(fpath, "exactly one network filter (the HTTP connection manager) is supported"));
+        errors.push(FieldError::new(
+            fpath,
+            "exactly one network filter (the HTTP connection manager) is supported",
+        ));
         return None;
     }
-    let tc = get(&filters[0], "typed_config").cloned().unwrap_or(Value::Null);
-    let ty = s(&tc, "@type").map(|t| t.rsplit('/').next().unwrap_or("")).unwrap_or("");
+    let tc = get(&filters[0], "typed_config")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let ty = s(&tc, "@type")
+        .map(|t| t.rsplit('/').next().unwrap_or(""))
+        .unwrap_or("");
     if ty != HCM_TYPE {
-        errors.push(FieldError::new(format!("{fpath}[0].typed_config"), format!("type {ty} not supported")));
+        errors.push(FieldError::new(
+            format!("{fpath}[0].typed_config"),
+            format!("type {ty} not supported"),
+        ));
         return None;
     }
-    let hcm = hcm(&tc, &format!("{fpath}[0].typed_config"), res, metrics, errors)?;
+    let hcm = hcm(
+        &tc,
+        &format!("{fpath}[0].typed_config"),
+        res,
+        metrics,
+        errors,
+    )?;
     Some(ListenerConfig {
         name,
         address,
@@ -971,9 +1148,19 @@ pub fn bootstrap(
     let mut clusters = HashMap::new();
     for (i, c) in arr(&sr, "clusters").iter().enumerate() {
         let cpath = format!("static_resources.clusters[{i}]");
-        if let Some(cl) = cluster(c, &cpath, metrics, &identity, previous.map(|p| &p.clusters), &mut errors) {
+        if let Some(cl) = cluster(
+            c,
+            &cpath,
+            metrics,
+            &identity,
+            previous.map(|p| &p.clusters),
+            &mut errors,
+        ) {
             if clusters.insert(cl.name.clone(), cl.clone()).is_some() {
-                errors.push(FieldError::new(p(&cpath, "name"), format!("duplicate cluster `{}`", cl.name)));
+                errors.push(FieldError::new(
+                    p(&cpath, "name"),
+                    format!("duplicate cluster `{}`", cl.name),
+                ));
             }
         }
     }
@@ -987,7 +1174,10 @@ pub fn bootstrap(
         let lpath = format!("static_resources.listeners[{i}]");
         if let Some(lc) = listener(l, &lpath, &resolver, metrics, &mut errors) {
             if !seen.insert(lc.address) {
-                errors.push(FieldError::new(p(&lpath, "address"), format!("address {} used by two listeners", lc.address)));
+                errors.push(FieldError::new(
+                    p(&lpath, "address"),
+                    format!("address {} used by two listeners", lc.address),
+                ));
             }
             listeners.push(Arc::new(lc));
         }
@@ -1004,7 +1194,11 @@ pub fn bootstrap(
         clusters,
         admin,
         node: NodeInfo {
-            id: options.service_node.clone().or_else(|| s(&node, "id").map(str::to_string)).unwrap_or_default(),
+            id: options
+                .service_node
+                .clone()
+                .or_else(|| s(&node, "id").map(str::to_string))
+                .unwrap_or_default(),
             cluster: options
                 .service_cluster
                 .clone()
@@ -1030,10 +1224,22 @@ mod tests {
 
     #[test]
     fn istio_names() {
-        let (svc, short, ns, ver) = istio_destination("outbound|9080|v2|reviews.default.svc.cluster.local", None);
-        assert_eq!((svc.as_str(), short.as_str(), ns.as_str(), ver.as_str()), ("reviews.default.svc.cluster.local", "reviews", "default", "v2"));
+        let (svc, short, ns, ver) =
+            istio_destination("outbound|9080|v2|reviews.default.svc.cluster.local", None);
+        assert_eq!(
+            (svc.as_str(), short.as_str(), ns.as_str(), ver.as_str()),
+            (
+                "reviews.default.svc.cluster.local",
+                "reviews",
+                "default",
+                "v2"
+            )
+        );
         let (svc, _, ns, ver) = istio_destination("plain", None);
-        assert_eq!((svc.as_str(), ns.as_str(), ver.as_str()), ("plain", "unknown", "unknown"));
+        assert_eq!(
+            (svc.as_str(), ns.as_str(), ver.as_str()),
+            ("plain", "unknown", "unknown")
+        );
     }
 
     #[test]
@@ -1046,6 +1252,9 @@ mod tests {
         let mut e = Vec::new();
         let v: Value = serde_json::json!({"pattern": {"regex": "^/service/([^/]+)(/.*)$"}, "substitution": "\\2/instance/\\1"});
         let (re, sub) = rewrite(&v, "x", &mut e).unwrap();
-        assert_eq!(re.replace_all("/service/foo/v1/api", sub.as_str()), "/v1/api/instance/foo");
+        assert_eq!(
+            re.replace_all("/service/foo/v1/api", sub.as_str()),
+            "/v1/api/instance/foo"
+        );
     }
 }

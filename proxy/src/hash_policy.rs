@@ -60,10 +60,13 @@ pub fn request_hash(
     for p in policies {
         let h = match &p.source {
             HashSource::Header(name) => {
-                let values: Vec<&[u8]> = headers.get_all(name).iter().map(|v| v.as_bytes()).collect();
+                let values: Vec<&[u8]> =
+                    headers.get_all(name).iter().map(|v| v.as_bytes()).collect();
                 (!values.is_empty()).then(|| hash_bytes(&values))
             }
-            HashSource::Cookie(name) => cookie_value(headers, name).map(|v| hash_bytes(&[v.as_bytes()])),
+            HashSource::Cookie(name) => {
+                cookie_value(headers, name).map(|v| hash_bytes(&[v.as_bytes()]))
+            }
             HashSource::QueryParameter(name) => query
                 .split('&')
                 .find_map(|pair| {
@@ -102,7 +105,17 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-user", "alice".parse().unwrap());
         h.insert("cookie", "a=1; user=bob; c=3".parse().unwrap());
-        let by = |s: HashSource| request_hash(&[HashPolicy { source: s, terminal: false }], &h, "u=carol&x=1", ip());
+        let by = |s: HashSource| {
+            request_hash(
+                &[HashPolicy {
+                    source: s,
+                    terminal: false,
+                }],
+                &h,
+                "u=carol&x=1",
+                ip(),
+            )
+        };
         let header = by(HashSource::Header(HeaderName::from_static("x-user"))).unwrap();
         let cookie = by(HashSource::Cookie("user".into())).unwrap();
         let query = by(HashSource::QueryParameter("u".into())).unwrap();
@@ -110,7 +123,11 @@ mod tests {
         assert_ne!(header, cookie);
         assert_ne!(cookie, query);
         assert_ne!(query, sip);
-        assert_eq!(header, by(HashSource::Header(HeaderName::from_static("x-user"))).unwrap(), "stable");
+        assert_eq!(
+            header,
+            by(HashSource::Header(HeaderName::from_static("x-user"))).unwrap(),
+            "stable"
+        );
         assert!(by(HashSource::Header(HeaderName::from_static("absent"))).is_none());
         assert!(by(HashSource::Cookie("none".into())).is_none());
         assert!(by(HashSource::QueryParameter("none".into())).is_none());
@@ -121,11 +138,23 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-a", "1".parse().unwrap());
         h.insert("x-b", "2".parse().unwrap());
-        let a = HashPolicy { source: HashSource::Header(HeaderName::from_static("x-a")), terminal: true };
-        let b = HashPolicy { source: HashSource::Header(HeaderName::from_static("x-b")), terminal: false };
-        let missing = HashPolicy { source: HashSource::Header(HeaderName::from_static("x-none")), terminal: true };
+        let a = HashPolicy {
+            source: HashSource::Header(HeaderName::from_static("x-a")),
+            terminal: true,
+        };
+        let b = HashPolicy {
+            source: HashSource::Header(HeaderName::from_static("x-b")),
+            terminal: false,
+        };
+        let missing = HashPolicy {
+            source: HashSource::Header(HeaderName::from_static("x-none")),
+            terminal: true,
+        };
         let only_a = request_hash(std::slice::from_ref(&a), &h, "", ip());
-        assert_eq!(request_hash(&[missing.clone(), a.clone(), b.clone()], &h, "", ip()), only_a);
+        assert_eq!(
+            request_hash(&[missing.clone(), a.clone(), b.clone()], &h, "", ip()),
+            only_a
+        );
         assert_ne!(request_hash(&[b.clone(), a.clone()], &h, "", ip()), only_a);
     }
 }

@@ -100,7 +100,9 @@ impl HeaderTemplate {
                     match p {
                         ValuePart::Literal(l) => s.push_str(l),
                         ValuePart::RemoteAddress => s.push_str(&ctx.remote.to_string()),
-                        ValuePart::RemoteAddressWithoutPort => s.push_str(&ctx.remote.ip().to_string()),
+                        ValuePart::RemoteAddressWithoutPort => {
+                            s.push_str(&ctx.remote.ip().to_string())
+                        }
                         ValuePart::LocalAddress => s.push_str(&ctx.local.to_string()),
                         ValuePart::Protocol => s.push_str(ctx.protocol),
                         ValuePart::UpstreamHost => {
@@ -217,7 +219,10 @@ mod tests {
         assert_eq!(h["b"], "1");
         assert!(!h.contains_key("c"));
         assert_eq!(h["d"], "2");
-        assert!(!h.contains_key("e"), "empty values are dropped unless keep_empty_value");
+        assert!(
+            !h.contains_key("e"),
+            "empty values are dropped unless keep_empty_value"
+        );
         assert!(!h.contains_key("gone"));
     }
 

@@ -1,6 +1,5 @@
 //! Request matchers compiled from Envoy's route match types: strings, headers, query parameters
-//! and paths. Matching never allocates, except when a header appears several times and its values
-//! are joined with `,` as Envoy does.
+//! and paths. Matching never allocates.
 
 use http::HeaderMap;
 use regex::Regex;
@@ -144,20 +143,25 @@ impl HeaderMatcher {
                 match (values.next(), values.next()) {
                     (None, _) => self.check_value(None),
                     (Some(v), None) => self.check_value(Some(v.to_str().unwrap_or(""))),
-                    (Some(_), Some(_)) => {
-                        let joined = req
-                            .headers
+                    (Some(_), Some(_)) => self.check_each(
+                        req.headers
                             .get_all(name)
                             .iter()
-                            .map(|v| v.to_str().unwrap_or(""))
-                            .collect::<Vec<_>>()
-                            .join(",");
-                        self.check_value(Some(&joined))
-                    }
+                            .map(|v| v.to_str().unwrap_or("")),
+                    ),
                 }
             }
         };
         result
+    }
+
+    /// A header present several times matches when any one value matches (Envoy 1.40 behaviour,
+    /// checked against Envoy in the differential tests); a single `a,b` value must match whole.
+    fn check_each<'v>(&self, mut values: impl Iterator<Item = &'v str>) -> bool {
+        match &self.check {
+            HeaderCheck::Present(want) => *want != self.invert,
+            HeaderCheck::Value(m) => values.any(|v| m.matches(v)) != self.invert,
+        }
     }
 
     fn check_value(&self, value: Option<&str>) -> bool {
@@ -278,7 +282,10 @@ mod tests {
         assert!(!sm(StringMatch::Contains("x".into()), true).matches("abc"));
         let re = StringMatcher::full_regex("a.c").unwrap();
         assert!(sm(StringMatch::Regex(re.clone()), false).matches("abc"));
-        assert!(!sm(StringMatch::Regex(re), false).matches("xabc"), "regex is a full match");
+        assert!(
+            !sm(StringMatch::Regex(re), false).matches("xabc"),
+            "regex is a full match"
+        );
         // multi-byte input never panics
         assert!(!sm(StringMatch::Prefix("é".into()), false).matches("e"));
         assert!(!sm(StringMatch::Suffix("xé".into()), false).matches("é"));
@@ -321,8 +328,11 @@ mod tests {
         assert!(hm("absent", HeaderCheck::Present(false), false, false).matches(&v));
         assert!(hm("absent", HeaderCheck::Present(true), true, false).matches(&v));
         assert!(!hm("lane", HeaderCheck::Present(true), true, false).matches(&v));
-        // several values are joined with ','
-        assert!(hm("x-multi", exact("a,b"), false, false).matches(&v));
+        // several values: any one value may match; they are not joined
+        assert!(hm("x-multi", exact("a"), false, false).matches(&v));
+        assert!(hm("x-multi", exact("b"), false, false).matches(&v));
+        assert!(!hm("x-multi", exact("a,b"), false, false).matches(&v));
+        assert!(!hm("x-multi", exact("a"), true, false).matches(&v));
         // pseudo-headers
         assert!(hm(":method", exact("GET"), false, false).matches(&v));
         assert!(hm(":authority", exact("example.com"), false, false).matches(&v));
@@ -339,7 +349,10 @@ mod tests {
         assert!(q.matches("a=1&lane=canary"));
         assert!(!q.matches("a=1&lane=stable"));
         assert!(!q.matches("a=1"));
-        assert!(!q.matches("a=1&lane=stable&lane=canary"), "first occurrence counts");
+        assert!(
+            !q.matches("a=1&lane=stable&lane=canary"),
+            "first occurrence counts"
+        );
         let p = QueryMatcher {
             name: "debug".into(),
             value: None,
@@ -359,7 +372,10 @@ mod tests {
         assert!(PathMatch::Prefix("/API".into()).matches(&v, false));
         assert!(PathMatch::Exact("/api/v1/users".into()).matches(&v, true));
         assert!(!PathMatch::Exact("/api/v1".into()).matches(&v, true));
-        assert!(PathMatch::Regex(StringMatcher::full_regex("/api/v[0-9]+/.*").unwrap()).matches(&v, true));
+        assert!(
+            PathMatch::Regex(StringMatcher::full_regex("/api/v[0-9]+/.*").unwrap())
+                .matches(&v, true)
+        );
         assert!(!PathMatch::Regex(StringMatcher::full_regex("/api").unwrap()).matches(&v, true));
         assert!(PathMatch::SeparatedPrefix("/api/v1".into()).matches(&v, true));
         assert!(!PathMatch::SeparatedPrefix("/api/v".into()).matches(&v, true));

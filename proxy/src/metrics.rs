@@ -10,12 +10,15 @@ use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
 
 /// Histogram buckets in milliseconds (Envoy's default buckets).
 pub const MS_BUCKETS: &[f64] = &[
-    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0,
-    300000.0, 600000.0, 1800000.0, 3600000.0,
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
 ];
 
 /// Labels of `istio_requests_total` that are fixed for a destination cluster.
@@ -55,14 +58,27 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec, prometheus::Error> {
+fn counter_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, prometheus::Error> {
     let c = IntCounterVec::new(Opts::new(name, help), labels)?;
     r.register(Box::new(c.clone()))?;
     Ok(c)
 }
 
-fn histogram_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<HistogramVec, prometheus::Error> {
-    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(MS_BUCKETS.to_vec()), labels)?;
+fn histogram_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<HistogramVec, prometheus::Error> {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(MS_BUCKETS.to_vec()),
+        labels,
+    )?;
     r.register(Box::new(h.clone()))?;
     Ok(h)
 }
@@ -76,14 +92,22 @@ impl Metrics {
         let mut istio_labels: Vec<&str> = ISTIO_FIXED_LABELS.to_vec();
         istio_labels.extend(["response_code", "request_protocol", "response_flags"]);
         let downstream_cx_active = IntGaugeVec::new(
-            Opts::new("envoy_http_downstream_cx_active", "Active downstream connections"),
+            Opts::new(
+                "envoy_http_downstream_cx_active",
+                "Active downstream connections",
+            ),
             hcm,
         )?;
         r.register(Box::new(downstream_cx_active.clone()))?;
-        let config_reload_total = IntCounter::new("sluice_config_reload_total", "Configuration reloads applied")?;
+        let config_reload_total = IntCounter::new(
+            "sluice_config_reload_total",
+            "Configuration reloads applied",
+        )?;
         r.register(Box::new(config_reload_total.clone()))?;
-        let config_reload_failed =
-            IntCounter::new("sluice_config_reload_failed_total", "Configuration reloads rejected")?;
+        let config_reload_failed = IntCounter::new(
+            "sluice_config_reload_failed_total",
+            "Configuration reloads rejected",
+        )?;
         r.register(Box::new(config_reload_failed.clone()))?;
         let control_plane_connected = IntGauge::new(
             "envoy_control_plane_connected_state",
@@ -91,23 +115,46 @@ impl Metrics {
         )?;
         r.register(Box::new(control_plane_connected.clone()))?;
         Ok(Metrics {
-            downstream_rq_total: counter_vec(&r, "envoy_http_downstream_rq_total", "Downstream requests", hcm)?,
+            downstream_rq_total: counter_vec(
+                &r,
+                "envoy_http_downstream_rq_total",
+                "Downstream requests",
+                hcm,
+            )?,
             downstream_rq_xx: counter_vec(
                 &r,
                 "envoy_http_downstream_rq_xx",
                 "Downstream responses by code class",
-                &["envoy_response_code_class", "envoy_http_conn_manager_prefix"],
+                &[
+                    "envoy_response_code_class",
+                    "envoy_http_conn_manager_prefix",
+                ],
             )?,
             downstream_cx_active,
-            upstream_rq_total: counter_vec(&r, "envoy_cluster_upstream_rq_total", "Upstream requests", cl)?,
+            upstream_rq_total: counter_vec(
+                &r,
+                "envoy_cluster_upstream_rq_total",
+                "Upstream requests",
+                cl,
+            )?,
             upstream_rq: counter_vec(
                 &r,
                 "envoy_cluster_upstream_rq",
                 "Upstream responses by code",
                 &["envoy_response_code", "envoy_cluster_name"],
             )?,
-            upstream_rq_time: histogram_vec(&r, "envoy_cluster_upstream_rq_time", "Upstream request time (ms)", cl)?,
-            upstream_rq_timeout: counter_vec(&r, "envoy_cluster_upstream_rq_timeout", "Upstream timeouts", cl)?,
+            upstream_rq_time: histogram_vec(
+                &r,
+                "envoy_cluster_upstream_rq_time",
+                "Upstream request time (ms)",
+                cl,
+            )?,
+            upstream_rq_timeout: counter_vec(
+                &r,
+                "envoy_cluster_upstream_rq_timeout",
+                "Upstream timeouts",
+                cl,
+            )?,
             upstream_cx_connect_fail: counter_vec(
                 &r,
                 "envoy_cluster_upstream_cx_connect_fail",
@@ -120,7 +167,12 @@ impl Metrics {
                 "Requests refused by circuit breakers",
                 cl,
             )?,
-            istio_requests_total: counter_vec(&r, "istio_requests_total", "Requests (Istio standard metric)", &istio_labels)?,
+            istio_requests_total: counter_vec(
+                &r,
+                "istio_requests_total",
+                "Requests (Istio standard metric)",
+                &istio_labels,
+            )?,
             istio_request_duration: histogram_vec(
                 &r,
                 "istio_request_duration_milliseconds",
@@ -213,7 +265,10 @@ impl ClusterStats {
     /// Count an upstream response code.
     pub fn record_code(&self, code: u16) {
         if let Some(c) = self.by_code.get(code, || {
-            Some(self.family.with_label_values(&[&code.to_string(), &self.name]))
+            Some(
+                self.family
+                    .with_label_values(&[&code.to_string(), &self.name]),
+            )
         }) {
             c.inc();
         }
@@ -281,7 +336,10 @@ impl IstioStats {
             labels.push(&code_s);
             labels.push(PROTOCOLS[proto as usize]);
             labels.push(flags);
-            Some((self.counter.with_label_values(&labels), self.histogram.with_label_values(&labels)))
+            Some((
+                self.counter.with_label_values(&labels),
+                self.histogram.with_label_values(&labels),
+            ))
         });
         if let Some((c, h)) = handles {
             c.inc();
@@ -306,18 +364,39 @@ mod tests {
         cs.record_code(200);
         let istio = IstioStats::new(
             &m,
-            ["source", "gw", "gw", "reviews.default.svc.cluster.local", "reviews", "default", "v2"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            [
+                "source",
+                "gw",
+                "gw",
+                "reviews.default.svc.cluster.local",
+                "reviews",
+                "default",
+                "v2",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
         );
         istio.record(200, false, "-", 3.0);
         let text = m.render();
-        assert!(text.contains("envoy_http_downstream_rq_total{envoy_http_conn_manager_prefix=\"ingress_http\"} 2"), "{text}");
+        assert!(
+            text.contains(
+                "envoy_http_downstream_rq_total{envoy_http_conn_manager_prefix=\"ingress_http\"} 2"
+            ),
+            "{text}"
+        );
         assert!(text.contains("envoy_http_downstream_rq_xx{envoy_http_conn_manager_prefix=\"ingress_http\",envoy_response_code_class=\"5\"} 1"), "{text}");
         assert!(text.contains("envoy_cluster_upstream_rq{envoy_cluster_name=\"web\",envoy_response_code=\"200\"} 2"), "{text}");
-        assert!(text.contains("istio_requests_total{destination_service=\"reviews.default.svc.cluster.local\""), "{text}");
+        assert!(
+            text.contains(
+                "istio_requests_total{destination_service=\"reviews.default.svc.cluster.local\""
+            ),
+            "{text}"
+        );
         assert!(text.contains("destination_version=\"v2\""), "{text}");
-        assert!(text.contains("istio_request_duration_milliseconds_bucket"), "{text}");
+        assert!(
+            text.contains("istio_request_duration_milliseconds_bucket"),
+            "{text}"
+        );
     }
 }

@@ -51,8 +51,9 @@ pub struct RouteMatch {
     pub case_sensitive: bool,
     pub headers: Vec<HeaderMatcher>,
     pub query: Vec<QueryMatcher>,
-    /// `runtime_fraction.default_value` as a share of one million.
-    pub runtime_fraction_ppm: Option<u64>,
+    /// `runtime_fraction.default_value` as (numerator, denominator): the route matches when
+    /// `random % denominator < numerator`, with the request's random value (as Envoy).
+    pub runtime_fraction: Option<(u64, u64)>,
     /// Only gRPC requests (`content-type: application/grpc*`).
     pub grpc: bool,
 }
@@ -79,8 +80,8 @@ impl RouteMatch {
         if !self.query.iter().all(|q| q.matches(req.query)) {
             return false;
         }
-        if let Some(ppm) = self.runtime_fraction_ppm {
-            if random % 1_000_000 >= ppm {
+        if let Some((numerator, denominator)) = self.runtime_fraction {
+            if random % denominator >= numerator {
                 return false;
             }
         }
@@ -133,8 +134,8 @@ pub struct WeightedEntry {
 #[derive(Debug)]
 pub struct MirrorPolicy {
     pub cluster: ClusterRef,
-    /// Share of requests mirrored, per million.
-    pub fraction_ppm: u64,
+    /// Share of requests mirrored, as (numerator, denominator).
+    pub fraction: (u64, u64),
     pub append_shadow_suffix: bool,
 }
 
@@ -183,7 +184,10 @@ impl RouteTable {
     /// Select the virtual host and the first matching route.
     pub fn route<'a>(&'a self, req: &RequestView<'_>, random: u64) -> Option<RouteHit<'a>> {
         let vhost = &self.vhosts[self.selector.select(req.authority)?];
-        let route = vhost.routes.iter().find(|r| r.matcher.matches(req, random))?;
+        let route = vhost
+            .routes
+            .iter()
+            .find(|r| r.matcher.matches(req, random))?;
         Some(RouteHit { vhost, route })
     }
 

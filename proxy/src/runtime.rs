@@ -26,6 +26,8 @@ pub struct ProxyOptions {
     pub config_path: PathBuf,
     pub compile: CompileOptions,
     pub watch_config: bool,
+    /// Write the admin server's bound address here (Envoy's `--admin-address-path`).
+    pub admin_address_path: Option<PathBuf>,
 }
 
 /// Why the proxy could not start or a configuration could not be applied.
@@ -56,7 +58,14 @@ pub fn load(
     version: u64,
 ) -> Result<Snapshot, RunError> {
     let loaded = sluice_config::envoy::load_bootstrap_file(&options.config_path)?;
-    compile::bootstrap(&loaded.canonical, metrics, &options.compile, previous, version).map_err(|mut errors| {
+    compile::bootstrap(
+        &loaded.canonical,
+        metrics,
+        &options.compile,
+        previous,
+        version,
+    )
+    .map_err(|mut errors| {
         loaded.document.locate(&mut errors);
         let origin = options.config_path.display().to_string();
         let errors = errors
@@ -98,6 +107,7 @@ pub struct Proxy {
     metrics: Metrics,
     snapshot: Arc<ArcSwap<Snapshot>>,
     listeners: HashMap<String, RunningListener>,
+    bound: Arc<ArcSwap<Vec<(String, SocketAddr)>>>,
     version: AtomicU64,
 }
 
@@ -125,18 +135,27 @@ impl Proxy {
             metrics: metrics.clone(),
             snapshot: snapshot.clone(),
             listeners: HashMap::new(),
+            bound: Arc::new(ArcSwap::from_pointee(Vec::new())),
             version: AtomicU64::new(1),
         };
         proxy.sync_listeners()?;
         let current = snapshot.load();
         if let Some(addr) = current.admin {
             let l = bind(addr)?;
+            let bound = l.local_addr().unwrap_or(addr);
+            if let Some(path) = &proxy.options.admin_address_path {
+                if let Err(e) = std::fs::write(path, bound.to_string()) {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot write admin address");
+                }
+            }
+            tracing::info!(address = %bound, "admin listening");
             tokio::spawn(admin::serve(
                 l,
                 AdminState {
                     snapshot: snapshot.clone(),
                     metrics,
                     started: std::time::SystemTime::now(),
+                    listeners: proxy.bound.clone(),
                 },
             ));
         }
@@ -146,7 +165,10 @@ impl Proxy {
 
     /// Addresses the listeners are bound to, by name.
     pub fn listener_addresses(&self) -> HashMap<String, SocketAddr> {
-        self.listeners.iter().map(|(n, l)| (n.clone(), l.address)).collect()
+        self.listeners
+            .iter()
+            .map(|(n, l)| (n.clone(), l.ctx.local))
+            .collect()
     }
 
     fn sync_listeners(&mut self) -> Result<(), RunError> {
@@ -182,12 +204,24 @@ impl Proxy {
                 }
             }
         }
-        let gone: Vec<String> = self.listeners.keys().filter(|n| !keep.contains(*n)).cloned().collect();
+        let gone: Vec<String> = self
+            .listeners
+            .keys()
+            .filter(|n| !keep.contains(*n))
+            .cloned()
+            .collect();
         for name in gone {
             if let Some(l) = self.listeners.remove(&name) {
                 l.task.abort();
             }
         }
+        let mut bound: Vec<(String, SocketAddr)> = self
+            .listeners
+            .iter()
+            .map(|(n, l)| (n.clone(), l.ctx.local))
+            .collect();
+        bound.sort();
+        self.bound.store(Arc::new(bound));
         Ok(())
     }
 
@@ -246,7 +280,10 @@ impl Proxy {
     fn reload_logged(&mut self, why: &str) {
         match self.reload() {
             Ok(v) => tracing::info!(version = v, trigger = why, "configuration reloaded"),
-            Err(e) => tracing::error!(trigger = why, "configuration rejected, keeping the last good one:\n{e}"),
+            Err(e) => tracing::error!(
+                trigger = why,
+                "configuration rejected, keeping the last good one:\n{e}"
+            ),
         }
     }
 }

@@ -14,6 +14,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -24,10 +25,15 @@ use crate::cluster::{Cluster, PickError};
 use crate::hash_policy::request_hash;
 use crate::header_ops::{HeaderOps, RequestContext};
 use crate::matcher::RequestView;
-use crate::route_table::{ClusterRef, ForwardAction, RedirectAction, RouteAction, RouteHit, Target};
+use crate::route_table::{
+    ClusterRef, ForwardAction, RedirectAction, RouteAction, RouteHit, Target,
+};
 use crate::snapshot::{Codec, HcmConfig, ServerHeader, Snapshot};
 use crate::upstream_pool::{UpstreamError, UpstreamProtocol};
 use crate::weighted_pick::fast_random;
+use crate::{edge, request_id};
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// What a listener's connections share.
 #[derive(Debug)]
@@ -79,7 +85,10 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ListenerContext>) {
                 let ctx = svc_ctx.clone();
                 async move { Ok::<_, Infallible>(handle(req, &ctx, remote).await) }
             });
-            if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await {
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await
+            {
                 tracing::debug!(error = %e, "connection ended with error");
             }
             stats.dec();
@@ -198,7 +207,10 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     let te_trailers = h
         .get(header::TE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("trailers")));
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("trailers"))
+        });
     for n in &HOP_BY_HOP {
         if keep_upgrade && (n == header::UPGRADE || n == header::CONNECTION) {
             continue;
@@ -217,7 +229,11 @@ fn is_websocket(h: &HeaderMap) -> bool {
 }
 
 /// Handle one request (with `request_timeout` when set).
-pub async fn handle(req: Request<Incoming>, ctx: &ListenerContext, remote: SocketAddr) -> Response<ResponseBody> {
+pub async fn handle(
+    req: Request<Incoming>,
+    ctx: &ListenerContext,
+    remote: SocketAddr,
+) -> Response<ResponseBody> {
     let hcm = ctx.hcm.load_full();
     let resp = match hcm.request_timeout {
         Some(t) => match tokio::time::timeout(t, route_request(req, ctx, &hcm, remote)).await {
@@ -240,11 +256,19 @@ async fn route_request(
         .uri()
         .authority()
         .map(|a| a.as_str())
-        .or_else(|| req.headers().get(header::HOST).and_then(|v| v.to_str().ok()))
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+        })
         .unwrap_or("");
     let mut buf = String::new();
     let host = match_host(raw_host, hcm, ctx.local.port(), &mut buf);
-    let path_and_query = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
     let view = RequestView {
         method: req.method().as_str(),
         scheme: "http",
@@ -254,7 +278,14 @@ async fn route_request(
         path_and_query,
         headers: req.headers(),
     };
-    let Some(hit) = hcm.routes.route(&view, fast_random()) else {
+    // Envoy regenerates x-request-id for edge requests (use_remote_address) and adds one when
+    // missing. One random value per request drives both `runtime_fraction` and the weighted
+    // cluster choice, as Envoy's stream random value does (so the two are correlated the same way).
+    let new_id = (hcm.generate_request_id
+        && (hcm.use_remote_address || !req.headers().contains_key(REQUEST_ID)))
+    .then(request_id::generate);
+    let random = fast_random();
+    let Some(hit) = hcm.routes.route(&view, random) else {
         return local_reply(hcm, StatusCode::NOT_FOUND, "");
     };
     let rctx = RequestContext {
@@ -290,7 +321,9 @@ async fn route_request(
             apply_response_ops(hcm, hit, None, resp.headers_mut(), &rctx);
             resp
         }
-        RouteAction::Forward(f) => forward(req, ctx, hcm, hit, f, remote, rctx).await,
+        RouteAction::Forward(f) => {
+            forward(req, ctx, hcm, hit, f, remote, rctx, new_id, random).await
+        }
     }
 }
 
@@ -301,9 +334,14 @@ fn apply_response_ops(
     h: &mut HeaderMap,
     rctx: &RequestContext<'_>,
 ) {
-    for ops in [entry, Some(&hit.route.response_headers), Some(&hit.vhost.response_headers), Some(&hcm.routes.response_headers)]
-        .into_iter()
-        .flatten()
+    for ops in [
+        entry,
+        Some(&hit.route.response_headers),
+        Some(&hit.vhost.response_headers),
+        Some(&hcm.routes.response_headers),
+    ]
+    .into_iter()
+    .flatten()
     {
         if !ops.is_empty() {
             ops.apply(h, rctx);
@@ -311,7 +349,12 @@ fn apply_response_ops(
     }
 }
 
-fn redirect_location(r: &RedirectAction, req: &Request<Incoming>, hcm: &HcmConfig, hit: RouteHit<'_>) -> String {
+fn redirect_location(
+    r: &RedirectAction,
+    req: &Request<Incoming>,
+    hcm: &HcmConfig,
+    hit: RouteHit<'_>,
+) -> String {
     let orig_scheme = req
         .headers()
         .get("x-forwarded-proto")
@@ -322,7 +365,11 @@ fn redirect_location(r: &RedirectAction, req: &Request<Incoming>, hcm: &HcmConfi
         .uri()
         .authority()
         .map(|a| a.as_str())
-        .or_else(|| req.headers().get(header::HOST).and_then(|v| v.to_str().ok()))
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+        })
         .unwrap_or("");
     let (orig_host, orig_port) = match raw_host.rsplit_once(':') {
         Some((h, p)) if p.parse::<u16>().is_ok() && !h.is_empty() => (h, Some(p)),
@@ -331,18 +378,27 @@ fn redirect_location(r: &RedirectAction, req: &Request<Incoming>, hcm: &HcmConfi
     let host = r.host.as_deref().unwrap_or(orig_host);
     let port = match (r.port, orig_port) {
         (Some(p), _) => Some(p.to_string()),
-        (None, Some(p)) if r.host.is_none() && r.scheme.is_none() => Some(p.to_string()),
+        (None, Some(p)) if r.host.is_none() => {
+            let default_of_original =
+                (orig_scheme == "http" && p == "80") || (orig_scheme == "https" && p == "443");
+            (!(r.scheme.is_some() && default_of_original)).then(|| p.to_string())
+        }
         _ => None,
     };
-    let port = port.filter(|p| !((scheme == "http" && p == "80") || (scheme == "https" && p == "443")));
+    let port =
+        port.filter(|p| !((scheme == "http" && p == "80") || (scheme == "https" && p == "443")));
     let path = req.uri().path();
     let query = req.uri().query();
     let mut new_path = if let Some(p) = &r.path {
         p.clone()
     } else if let Some(prefix) = &r.prefix_rewrite {
-        let n = match &hit.route.matcher.path {
-            m => m.prefix_len().unwrap_or(0).min(path.len()),
-        };
+        let n = hit
+            .route
+            .matcher
+            .path
+            .prefix_len()
+            .unwrap_or(0)
+            .min(path.len());
         format!("{prefix}{}", &path[n..])
     } else if let Some((re, sub)) = &r.regex_rewrite {
         re.replace_all(path, sub.as_str()).into_owned()
@@ -369,10 +425,16 @@ fn choose_cluster<'a>(
     headers: &HeaderMap,
     query: &str,
     remote: SocketAddr,
-) -> (Option<Arc<Cluster>>, Option<&'a crate::route_table::WeightedEntry>) {
+    random: u64,
+) -> (
+    Option<Arc<Cluster>>,
+    Option<&'a crate::route_table::WeightedEntry>,
+) {
     match &f.target {
         Target::Cluster(ClusterRef { cluster, name }) => (
-            cluster.clone().or_else(|| snapshot.clusters.get(name.as_ref()).cloned()),
+            cluster
+                .clone()
+                .or_else(|| snapshot.clusters.get(name.as_ref()).cloned()),
             None,
         ),
         Target::Header(h) => (
@@ -386,10 +448,10 @@ fn choose_cluster<'a>(
             let idx = if w.use_hash_policy {
                 match request_hash(&f.hash_policy, headers, query, remote.ip()) {
                     Some(h) => w.pick.pick_hash(h),
-                    None => w.pick.pick_random(fast_random()),
+                    None => w.pick.pick_random(random),
                 }
             } else {
-                w.pick.pick_random(fast_random())
+                w.pick.pick_random(random)
             };
             let entry = &w.entries[idx];
             (
@@ -413,10 +475,19 @@ async fn forward(
     f: &ForwardAction,
     remote: SocketAddr,
     mut rctx: RequestContext<'_>,
+    new_id: Option<HeaderValue>,
+    random: u64,
 ) -> Response<ResponseBody> {
     let start = Instant::now();
     let snapshot = ctx.snapshot.load();
-    let (cluster, entry) = choose_cluster(f, &snapshot, req.headers(), req.uri().query().unwrap_or(""), remote);
+    let (cluster, entry) = choose_cluster(
+        f,
+        &snapshot,
+        req.headers(),
+        req.uri().query().unwrap_or(""),
+        remote,
+        random,
+    );
     let Some(cluster) = cluster else {
         return local_reply(hcm, f.cluster_not_found_status, "");
     };
@@ -455,21 +526,30 @@ async fn forward(
         .uri
         .authority()
         .map(|a| a.as_str().to_string())
-        .or_else(|| headers.get(header::HOST).and_then(|v| v.to_str().ok()).map(str::to_string))
+        .or_else(|| {
+            headers
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        })
         .unwrap_or_default();
     strip_hop_by_hop(&mut headers, upgrade);
-    let orig_path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let orig_path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
     let path = parts.uri.path();
     let query = parts.uri.query();
     let rewritten: Option<String> = if let Some(prefix) = &f.prefix_rewrite {
-        let n = hit.route.matcher.path.prefix_len().unwrap_or(0).min(orig_path_and_query.len());
-        let rest = &orig_path_and_query[n..];
-        // Envoy avoids a double slash when the prefix ends with `/` and the rest starts with one.
-        if prefix.ends_with('/') && rest.starts_with('/') {
-            Some(format!("{prefix}{}", &rest[1..]))
-        } else {
-            Some(format!("{prefix}{rest}"))
-        }
+        let n = hit
+            .route
+            .matcher
+            .path
+            .prefix_len()
+            .unwrap_or(0)
+            .min(orig_path_and_query.len());
+        Some(format!("{prefix}{}", &orig_path_and_query[n..]))
     } else if let Some((re, sub)) = &f.regex_rewrite {
         let p = re.replace_all(path, sub.as_str());
         Some(match query {
@@ -498,27 +578,31 @@ async fn forward(
         .and_then(|e| e.host_rewrite.clone())
         .or_else(|| f.host_rewrite.clone())
         .or_else(|| HeaderValue::from_str(&authority).ok());
+    let host_rewritten =
+        entry.is_some_and(|e| e.host_rewrite.is_some()) || f.host_rewrite.is_some();
+    if host_rewritten && !hcm.suppress_envoy_headers {
+        if let Ok(v) = HeaderValue::from_str(&authority) {
+            headers.insert(HeaderName::from_static("x-envoy-original-host"), v);
+        }
+    }
     if let Some(h) = &host_value {
         headers.insert(header::HOST, h.clone());
     }
-    // x-forwarded-for / -proto, x-request-id, expected timeout.
-    if hcm.use_remote_address && !hcm.skip_xff_append {
-        let ip = remote.ip().to_string();
-        let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev},{ip}"),
-            None => ip,
-        };
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.insert(HeaderName::from_static("x-forwarded-for"), v);
-        }
+    edge::sanitize_request(&mut headers, hcm, remote);
+    if let Some(id) = new_id {
+        headers.insert(REQUEST_ID, id);
     }
-    if hcm.use_remote_address || !headers.contains_key("x-forwarded-proto") {
-        headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("http"));
-    }
-    if hcm.generate_request_id && !headers.contains_key("x-request-id") {
-        if let Ok(v) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
-            headers.insert(HeaderName::from_static("x-request-id"), v);
-        }
+    let bodiless_method = matches!(
+        parts.method,
+        Method::GET | Method::HEAD | Method::DELETE | Method::TRACE | Method::CONNECT
+    );
+    if !bodiless_method
+        && body.is_end_stream()
+        && !headers.contains_key(header::CONTENT_LENGTH)
+        && !upgrade
+    {
+        // Envoy's HTTP/1 codec states an empty body explicitly on methods that may carry one.
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
     }
     if !hcm.suppress_envoy_headers {
         if let Some(t) = f.timeout {
@@ -528,9 +612,14 @@ async fn forward(
             );
         }
     }
-    for ops in [entry.map(|e| &e.request_headers), Some(&hit.route.request_headers), Some(&hit.vhost.request_headers), Some(&hcm.routes.request_headers)]
-        .into_iter()
-        .flatten()
+    for ops in [
+        entry.map(|e| &e.request_headers),
+        Some(&hit.route.request_headers),
+        Some(&hit.vhost.request_headers),
+        Some(&hcm.routes.request_headers),
+    ]
+    .into_iter()
+    .flatten()
     {
         if !ops.is_empty() {
             ops.apply(&mut headers, &rctx);
@@ -539,17 +628,24 @@ async fn forward(
 
     // Mirrors: fire and forget, without the body.
     for m in &f.mirrors {
-        if m.fraction_ppm < 1_000_000 && fast_random() % 1_000_000 >= m.fraction_ppm {
+        if fast_random() % m.fraction.1 >= m.fraction.0 {
             continue;
         }
-        let Some(mc) = m.cluster.cluster.clone().or_else(|| snapshot.clusters.get(m.cluster.name.as_ref()).cloned()) else {
+        let Some(mc) = m
+            .cluster
+            .cluster
+            .clone()
+            .or_else(|| snapshot.clusters.get(m.cluster.name.as_ref()).cloned())
+        else {
             continue;
         };
         let mut mh = headers.clone();
         if m.append_shadow_suffix {
             if let Some(h) = host_value.as_ref().and_then(|h| h.to_str().ok()) {
                 let shadow = match h.rsplit_once(':') {
-                    Some((name, port)) if port.parse::<u16>().is_ok() => format!("{name}-shadow:{port}"),
+                    Some((name, port)) if port.parse::<u16>().is_ok() => {
+                        format!("{name}-shadow:{port}")
+                    }
                     _ => format!("{h}-shadow"),
                 };
                 if let Ok(v) = HeaderValue::from_str(&shadow) {
@@ -567,7 +663,11 @@ async fn forward(
                     *h = mh;
                 }
                 if let Ok(r) = b.body(RequestBody::Empty) {
-                    if let Ok(resp) = ep.pool.send(r, Some(mc.breakers.max_connections), false).await {
+                    if let Ok(resp) = ep
+                        .pool
+                        .send(r, Some(mc.breakers.max_connections), false)
+                        .await
+                    {
                         if let Some(p) = resp.pool_return {
                             // Drain so the connection can be reused.
                             let mut body = resp.response.into_body();
@@ -583,7 +683,10 @@ async fn forward(
 
     let uri: Uri = match cluster.settings.protocol {
         UpstreamProtocol::Http2 if !upgrade => {
-            let auth = host_value.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+            let auth = host_value
+                .as_ref()
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("localhost");
             match format!("http://{auth}{new_pq}").parse() {
                 Ok(u) => u,
                 Err(_) => return local_reply(hcm, StatusCode::BAD_REQUEST, ""),
@@ -604,7 +707,9 @@ async fn forward(
     }
 
     cluster.stats.rq_total.inc();
-    let send = endpoint.pool.send(up, Some(cluster.breakers.max_connections), upgrade);
+    let send = endpoint
+        .pool
+        .send(up, Some(cluster.breakers.max_connections), upgrade);
     let result = match f.timeout {
         Some(t) => match tokio::time::timeout(t, send).await {
             Ok(r) => r,
@@ -622,7 +727,7 @@ async fn forward(
             let (flag, body) = match &e {
                 UpstreamError::Connect(_) | UpstreamError::ConnectTimeout => {
                     cluster.stats.cx_connect_fail.inc();
-                    (Flag::UpstreamConnectFailure, "upstream connect error or disconnect/reset before headers. reset reason: connection failure")
+                    (Flag::UpstreamConnectFailure, "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure")
                 }
                 UpstreamError::Overflow => {
                     cluster.stats.rq_pending_overflow.inc();
@@ -672,7 +777,13 @@ async fn forward(
         );
     }
     set_server(hcm, &mut rp.headers);
-    apply_response_ops(hcm, hit, entry.map(|e| &e.response_headers), &mut rp.headers, &rctx);
+    apply_response_ops(
+        hcm,
+        hit,
+        entry.map(|e| &e.response_headers),
+        &mut rp.headers,
+        &rctx,
+    );
     rp.version = Version::HTTP_11;
     Response::from_parts(
         rp,

@@ -75,7 +75,9 @@ pub struct EndpointPool {
 
 impl std::fmt::Debug for EndpointPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EndpointPool").field("addr", &self.addr).finish()
+        f.debug_struct("EndpointPool")
+            .field("addr", &self.addr)
+            .finish()
     }
 }
 
@@ -89,7 +91,9 @@ pub struct PoolReturn {
 
 impl std::fmt::Debug for IdleConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IdleConn").field("uses", &self.uses).finish()
+        f.debug_struct("IdleConn")
+            .field("uses", &self.uses)
+            .finish()
     }
 }
 
@@ -131,10 +135,11 @@ impl EndpointPool {
     }
 
     async fn dial(&self) -> Result<TcpStream, UpstreamError> {
-        let stream = tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(self.addr))
-            .await
-            .map_err(|_| UpstreamError::ConnectTimeout)?
-            .map_err(UpstreamError::Connect)?;
+        let stream =
+            tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(self.addr))
+                .await
+                .map_err(|_| UpstreamError::ConnectTimeout)?
+                .map_err(UpstreamError::Connect)?;
         let _ = stream.set_nodelay(true);
         Ok(stream)
     }
@@ -164,7 +169,11 @@ impl EndpointPool {
                 if c.sender.is_closed() {
                     continue;
                 }
-                if self.settings.idle_timeout.is_some_and(|t| c.idle_since.elapsed() > t) {
+                if self
+                    .settings
+                    .idle_timeout
+                    .is_some_and(|t| c.idle_since.elapsed() > t)
+                {
                     continue;
                 }
                 let mut c = c;
@@ -177,7 +186,9 @@ impl EndpointPool {
         let (mut sender, uses) = match reused {
             Some(c) => (c.sender, c.uses),
             None => {
-                if max_connections.is_some_and(|m| self.open_connections.load(Ordering::Relaxed) >= m) {
+                if max_connections
+                    .is_some_and(|m| self.open_connections.load(Ordering::Relaxed) >= m)
+                {
                     return Err(UpstreamError::Overflow);
                 }
                 let stream = self.dial().await?;
@@ -195,7 +206,10 @@ impl EndpointPool {
                 (sender, 0)
             }
         };
-        let response = sender.send_request(req).await.map_err(UpstreamError::Reset)?;
+        let response = sender
+            .send_request(req)
+            .await
+            .map_err(UpstreamError::Reset)?;
         let pool_return = (!upgrade).then(|| PoolReturn {
             pool: self.clone(),
             conn: Some(sender),
@@ -216,7 +230,9 @@ impl EndpointPool {
         let mut sender = match current {
             Some(s) => (*s).clone(),
             None => {
-                if max_connections.is_some_and(|m| self.open_connections.load(Ordering::Relaxed) >= m) {
+                if max_connections
+                    .is_some_and(|m| self.open_connections.load(Ordering::Relaxed) >= m)
+                {
                     return Err(UpstreamError::Overflow);
                 }
                 let stream = self.dial().await?;
@@ -238,7 +254,10 @@ impl EndpointPool {
             }
         };
         sender.ready().await.map_err(UpstreamError::Reset)?;
-        let response = sender.send_request(req).await.map_err(UpstreamError::Reset)?;
+        let response = sender
+            .send_request(req)
+            .await
+            .map_err(UpstreamError::Reset)?;
         Ok(UpstreamResponse {
             response,
             pool_return: None,

@@ -29,7 +29,9 @@ pub struct VhostSelector {
 
 impl VhostSelector {
     /// Build from `(domain, vhost index)` pairs.
-    pub fn new<'a>(domains: impl IntoIterator<Item = (&'a str, usize)>) -> Result<Self, DomainError> {
+    pub fn new<'a>(
+        domains: impl IntoIterator<Item = (&'a str, usize)>,
+    ) -> Result<Self, DomainError> {
         let mut s = VhostSelector::default();
         let mut seen = std::collections::HashSet::new();
         for (domain, idx) in domains {
@@ -54,8 +56,8 @@ impl VhostSelector {
             }
         }
         // Stable sort keeps configuration order among equal lengths.
-        s.suffixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
-        s.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        s.suffixes.sort_by_key(|e| std::cmp::Reverse(e.0.len()));
+        s.prefixes.sort_by_key(|e| std::cmp::Reverse(e.0.len()));
         Ok(s)
     }
 
@@ -95,7 +97,11 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(s.select("www.example.com"), Some(4));
-        assert_eq!(s.select("x.api.example.com"), Some(3), "longest suffix wins");
+        assert_eq!(
+            s.select("x.api.example.com"),
+            Some(3),
+            "longest suffix wins"
+        );
         assert_eq!(s.select("x.example.com"), Some(2));
         assert_eq!(s.select("foo.example.com"), Some(2), "suffix beats prefix");
         assert_eq!(s.select("foo.bar.net"), Some(6), "longest prefix wins");

@@ -1,7 +1,7 @@
 //! Weighted choice among clusters (or endpoints) by cumulative intervals.
 //!
-//! Entries with weight 0 own an empty interval and are never chosen. A pick takes either a random
-//! number or a request hash. Hashes are mapped to a point of [0, 1) *before* scaling by the total
+//! Entries with weight 0 own an empty interval and are never chosen. A pick takes either the
+//! request's random value (Envoy's `value % total_weight`) or a request hash. Hashes are mapped to a point of [0, 1) *before* scaling by the total
 //! weight, so a key keeps its point when weights change: moving weight from one entry to the entry
 //! after it (stable first, canary second, as routes list them) only ever moves keys toward the
 //! entry that gained weight, never back.
@@ -37,19 +37,16 @@ impl WeightedPick {
         self.ends.partition_point(|&end| end <= pos)
     }
 
-    /// Pick with a uniformly distributed random `u64`.
+    /// Pick with the request's random value, as Envoy does: `value % total` selects the interval.
+    /// Envoy derives the value from `x-request-id`, so the same id gives the same cluster in both.
     pub fn pick_random(&self, random: u64) -> usize {
-        self.pick_point(random)
+        self.at(random % self.total)
     }
 
-    /// Pick with a 64-bit request hash (sticky: the same hash always gives the same entry).
+    /// Pick with a 64-bit request hash (sticky: the same hash always gives the same entry). The
+    /// hash is a point of [0, 1) scaled to [0, total), so it keeps its place when weights change.
     pub fn pick_hash(&self, hash: u64) -> usize {
-        self.pick_point(hash)
-    }
-
-    /// Map `x` to a point of [0, 1) scaled to [0, total), without modulo bias.
-    fn pick_point(&self, x: u64) -> usize {
-        let pos = ((x as u128 * self.total as u128) >> 64) as u64;
+        let pos = ((hash as u128 * self.total as u128) >> 64) as u64;
         self.at(pos)
     }
 }
@@ -89,7 +86,8 @@ mod tests {
         assert_eq!(p.at(80), 1);
         assert_eq!(p.at(99), 1);
         assert_eq!(p.pick_random(0), 0);
-        assert_eq!(p.pick_random(u64::MAX), 1);
+        assert_eq!(p.pick_random(179), 0);
+        assert_eq!(p.pick_random(180), 1);
     }
 
     #[test]
@@ -97,7 +95,7 @@ mod tests {
         let p = WeightedPick::new([0, 5, 0, 5, 0]).unwrap();
         let mut seen = [0u32; 5];
         for i in 0..10_000u64 {
-            seen[p.pick_random(i.wrapping_mul(0x9E37_79B9_7F4A_7C15))] += 1;
+            seen[p.pick_random(i)] += 1;
         }
         assert_eq!(seen[0] + seen[2] + seen[4], 0);
         assert!(seen[1] > 4000 && seen[3] > 4000, "{seen:?}");
@@ -106,11 +104,15 @@ mod tests {
 
     #[test]
     fn split_with_fixed_seed_is_exact_over_a_grid() {
-        // Evenly spaced inputs hit each interval in exact proportion.
+        // Consecutive values hit each interval in exact proportion.
         let p = WeightedPick::new([80, 20]).unwrap();
-        let n = 100_000u64;
-        let step = u64::MAX / n + 1;
-        let canary = (0..n).filter(|i| p.pick_random(i * step) == 1).count();
+        let canary = (0..100_000u64).filter(|i| p.pick_random(*i) == 1).count();
+        assert_eq!(canary, 20_000);
+        // Hash picks too, with evenly spaced hashes.
+        let step = u64::MAX / 100_000 + 1;
+        let canary = (0..100_000u64)
+            .filter(|i| p.pick_hash(i * step) == 1)
+            .count();
         assert_eq!(canary, 20_000);
     }
 
@@ -128,7 +130,10 @@ mod tests {
             assert_eq!(now, again, "sticky");
             if let Some(prev) = &previous {
                 for (a, b) in prev.iter().zip(&now) {
-                    assert!(!(*a == 1 && *b == 0), "a key moved from canary back to stable");
+                    assert!(
+                        !(*a == 1 && *b == 0),
+                        "a key moved from canary back to stable"
+                    );
                 }
             }
             previous = Some(now);

@@ -1,0 +1,676 @@
+//! End-to-end routing through a real `sluice proxy` process and real upstream servers on loopback.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use serde_json::json;
+use support::*;
+
+fn split_routes() -> serde_json::Value {
+    routes(json!([
+        {"match": {"prefix": "/", "headers": [{"name": "lane", "string_match": {"exact": "test-v2"}}]},
+         "route": {"cluster": "canary"}},
+        {"match": {"prefix": "/", "headers": [{"name": "cookie", "string_match": {"safe_regex": {"regex": ".*user=jason.*"}}}]},
+         "route": {"cluster": "canary"}},
+        {"match": {"prefix": "/", "query_parameters": [{"name": "lane", "string_match": {"exact": "canary"}}]},
+         "route": {"cluster": "canary"}},
+        {"match": {"path": "/canary-only"}, "route": {"cluster": "canary"}},
+        {"match": {"safe_regex": {"regex": "/v2/.*"}}, "route": {"cluster": "canary"}},
+        {"match": {"prefix": "/"}, "route": {"weighted_clusters": {"clusters": [
+            {"name": "stable", "weight": 80}, {"name": "canary", "weight": 20}]}}}
+    ]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn weighted_split_is_within_a_binomial_bound_over_10000_requests() {
+    let stable = upstream("v1").await;
+    let canary = upstream("v2").await;
+    let p = sluice(&bootstrap(
+        split_routes(),
+        vec![
+            cluster("stable", &[stable.port()]),
+            cluster("canary", &[canary.port()]),
+        ],
+        json!({}),
+    ))
+    .await;
+    let client = client_h1();
+    let n = 10_000u64;
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let client = client.clone();
+        let url = p.url("main", "/split");
+        tasks.push(tokio::spawn(async move {
+            let mut canary = 0u64;
+            for _ in 0..(n / 8) {
+                let r = get(&client, &url, &[]).await;
+                assert_eq!(r.status, 200, "task {t}");
+                if r.upstream() == "v2" {
+                    canary += 1;
+                }
+            }
+            canary
+        }));
+    }
+    let mut canary_count = 0;
+    for t in tasks {
+        canary_count += t.await.unwrap();
+    }
+    eprintln!(
+        "split: {canary_count} of {n} to canary ({:.2} %)",
+        canary_count as f64 * 100.0 / n as f64
+    );
+    assert!(
+        within_binomial(canary_count, n, 0.2, 3.29),
+        "canary share {canary_count}/{n} outside the 99.9 % binomial bound of 20 %"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_cookie_query_and_uri_rules_pin_the_canary() {
+    let stable = upstream("v1").await;
+    let canary = upstream("v2").await;
+    let p = sluice(&bootstrap(
+        split_routes(),
+        vec![
+            cluster("stable", &[stable.port()]),
+            cluster("canary", &[canary.port()]),
+        ],
+        json!({}),
+    ))
+    .await;
+    let c = client_h1();
+    for _ in 0..50 {
+        assert_eq!(
+            get(&c, &p.url("main", "/"), &[("lane", "test-v2")])
+                .await
+                .upstream(),
+            "v2"
+        );
+        assert_eq!(
+            get(
+                &c,
+                &p.url("main", "/"),
+                &[("cookie", "a=1; user=jason; b=2")]
+            )
+            .await
+            .upstream(),
+            "v2"
+        );
+        assert_eq!(
+            get(&c, &p.url("main", "/?x=1&lane=canary"), &[])
+                .await
+                .upstream(),
+            "v2"
+        );
+        assert_eq!(
+            get(&c, &p.url("main", "/canary-only"), &[])
+                .await
+                .upstream(),
+            "v2"
+        );
+        assert_eq!(
+            get(&c, &p.url("main", "/v2/items"), &[]).await.upstream(),
+            "v2"
+        );
+    }
+    // Near misses do not pin: over 200 requests, both versions must show up.
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..200 {
+        seen.insert(
+            get(
+                &c,
+                &p.url("main", "/canary-only/x?lane=stable"),
+                &[("lane", "test-v1"), ("cookie", "user=bob")],
+            )
+            .await
+            .upstream(),
+        );
+    }
+    assert!(seen.contains("v1") && seen.contains("v2"), "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_policy_keeps_a_user_on_one_version() {
+    let stable = upstream("v1").await;
+    let canary = upstream("v2").await;
+    let rc = routes(json!([{"match": {"prefix": "/"}, "route": {
+        "hash_policy": [{"cookie": {"name": "user"}}],
+        "weighted_clusters": {"clusters": [{"name": "stable", "weight": 50}, {"name": "canary", "weight": 50}]}}}]));
+    let p = sluice(&bootstrap(
+        rc,
+        vec![
+            cluster("stable", &[stable.port()]),
+            cluster("canary", &[canary.port()]),
+        ],
+        json!({}),
+    ))
+    .await;
+    let c = client_h1();
+    let mut versions = std::collections::HashSet::new();
+    for user in 0..40 {
+        let cookie = format!("user=u{user}");
+        let first = get(&c, &p.url("main", "/"), &[("cookie", &cookie)])
+            .await
+            .upstream();
+        for _ in 0..10 {
+            assert_eq!(
+                get(&c, &p.url("main", "/"), &[("cookie", &cookie)])
+                    .await
+                    .upstream(),
+                first,
+                "user {user} moved"
+            );
+        }
+        versions.insert(first);
+    }
+    assert_eq!(versions.len(), 2, "40 users all landed on one version");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewrites_and_header_changes_reach_the_upstream() {
+    let up = upstream("app").await;
+    let rc = json!({
+        "name": "local",
+        "request_headers_to_add": [{"header": {"key": "x-level", "value": "config"}, "append_action": "APPEND_IF_EXISTS_OR_ADD"}],
+        "response_headers_to_add": [{"header": {"key": "x-resp-config", "value": "1"}}],
+        "virtual_hosts": [{
+            "name": "all", "domains": ["*"],
+            "request_headers_to_add": [{"header": {"key": "x-level", "value": "vhost"}}],
+            "request_headers_to_remove": ["x-drop-vhost"],
+            "routes": [
+                {"match": {"prefix": "/api/"}, "route": {"cluster": "app", "prefix_rewrite": "/v1/",
+                    "host_rewrite_literal": "backend.internal"},
+                 "request_headers_to_add": [
+                    {"header": {"key": "x-route", "value": "r1"}},
+                    {"header": {"key": "x-over", "value": "new"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"},
+                    {"header": {"key": "x-client", "value": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"}}],
+                 "request_headers_to_remove": ["x-secret"],
+                 "response_headers_to_add": [{"header": {"key": "x-resp-route", "value": "r1"}}],
+                 "response_headers_to_remove": ["x-upstream-private"]},
+                {"match": {"safe_regex": {"regex": "/service/[^/]+/.*"}}, "route": {"cluster": "app",
+                    "regex_rewrite": {"pattern": {"regex": "^/service/([^/]+)(/.*)$"}, "substitution": "\\2/instance/\\1"}}},
+                {"match": {"prefix": "/weighted"}, "route": {"weighted_clusters": {"clusters": [
+                    {"name": "app", "weight": 1, "request_headers_to_add": [{"header": {"key": "x-wc", "value": "app"}}],
+                     "response_headers_to_add": [{"header": {"key": "x-wc-resp", "value": "app"}}]}]}}}
+            ]
+        }]
+    });
+    let p = sluice(&bootstrap(
+        rc,
+        vec![cluster("app", &[up.port()])],
+        json!({}),
+    ))
+    .await;
+    let c = client_h1();
+    let r = get(
+        &c,
+        &p.url("main", "/api/users?id=7"),
+        &[("x-secret", "s"), ("x-over", "old"), ("x-drop-vhost", "d")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let j = r.json();
+    assert_eq!(j["path"], "/v1/users?id=7");
+    assert_eq!(j["host"], "backend.internal");
+    assert_eq!(r.seen("x-route").as_deref(), Some("r1"));
+    assert_eq!(r.seen("x-over").as_deref(), Some("new"));
+    assert_eq!(r.seen("x-client").as_deref(), Some("127.0.0.1"));
+    assert_eq!(r.seen("x-secret"), None);
+    assert_eq!(r.seen("x-drop-vhost"), None);
+    assert_eq!(
+        r.seen("x-level").as_deref(),
+        Some("vhost,config"),
+        "route, then vhost, then route config"
+    );
+    assert_eq!(
+        r.seen("x-envoy-original-path").as_deref(),
+        Some("/api/users?id=7")
+    );
+    assert_eq!(r.seen("x-forwarded-proto").as_deref(), Some("http"));
+    assert!(r.seen("x-request-id").is_some_and(|v| v.len() == 36));
+    assert_eq!(
+        r.seen("x-envoy-expected-rq-timeout-ms").as_deref(),
+        Some("15000")
+    );
+    assert_eq!(r.headers["x-resp-route"], "r1");
+    assert_eq!(r.headers["x-resp-config"], "1");
+    assert_eq!(r.headers["server"], "envoy");
+
+    let r = get(&c, &p.url("main", "/service/foo/v1/api?q=1"), &[]).await;
+    assert_eq!(r.json()["path"], "/v1/api/instance/foo?q=1");
+
+    let r = get(&c, &p.url("main", "/weighted"), &[]).await;
+    assert_eq!(r.seen("x-wc").as_deref(), Some("app"));
+    assert_eq!(r.headers["x-wc-resp"], "app");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_replies_and_errors_match_envoy_codes() {
+    let up = upstream("app").await;
+    let dead = closed_port();
+    let rc = json!({"name": "local", "virtual_hosts": [
+        {"name": "only", "domains": ["known.example"], "routes": [
+            {"match": {"prefix": "/slow"}, "route": {"cluster": "app", "timeout": "0.2s"}},
+            {"match": {"prefix": "/dead"}, "route": {"cluster": "dead"}},
+            {"match": {"prefix": "/empty"}, "route": {"cluster": "empty"}},
+            {"match": {"prefix": "/by-header"}, "route": {"cluster_header": "x-cluster"}},
+            {"match": {"prefix": "/direct"}, "direct_response": {"status": 418, "body": {"inline_string": "teapot"}}},
+            {"match": {"prefix": "/old"}, "redirect": {"path_redirect": "/new", "response_code": "FOUND"}},
+            {"match": {"prefix": "/secure"}, "redirect": {"https_redirect": true}},
+            {"match": {"prefix": "/"}, "route": {"cluster": "app"}}
+        ]}
+    ]});
+    let mut empty = cluster("empty", &[]);
+    empty["load_assignment"]["endpoints"] = json!([]);
+    let p = sluice(&bootstrap(
+        rc,
+        vec![
+            cluster("app", &[up.port()]),
+            cluster("dead", &[dead]),
+            empty,
+        ],
+        json!({}),
+    ))
+    .await;
+    let c = client_h1();
+    let h = [("host", "known.example")];
+    assert_eq!(
+        get(&c, &p.url("main", "/"), &[("host", "other.example")])
+            .await
+            .status,
+        404,
+        "no virtual host"
+    );
+    assert_eq!(get(&c, &p.url("main", "/"), &h).await.status, 200);
+    let slow = get(&c, &p.url("main", "/slow?delay_ms=1000"), &h).await;
+    assert_eq!(slow.status, 504);
+    assert_eq!(&slow.body[..], b"upstream request timeout");
+    assert_eq!(get(&c, &p.url("main", "/dead"), &h).await.status, 503);
+    let empty = get(&c, &p.url("main", "/empty"), &h).await;
+    assert_eq!(
+        (empty.status, &empty.body[..]),
+        (503, &b"no healthy upstream"[..])
+    );
+    assert_eq!(
+        get(
+            &c,
+            &p.url("main", "/by-header"),
+            &[("host", "known.example"), ("x-cluster", "nope")]
+        )
+        .await
+        .status,
+        503
+    );
+    assert_eq!(
+        get(
+            &c,
+            &p.url("main", "/by-header"),
+            &[("host", "known.example"), ("x-cluster", "app")]
+        )
+        .await
+        .upstream(),
+        "app"
+    );
+    let d = get(&c, &p.url("main", "/direct"), &h).await;
+    assert_eq!((d.status, &d.body[..]), (418, &b"teapot"[..]));
+    let r = get(&c, &p.url("main", "/old?a=1"), &h).await;
+    assert_eq!(r.status, 302);
+    assert_eq!(r.headers["location"], "http://known.example/new?a=1");
+    let r = get(&c, &p.url("main", "/secure/x"), &h).await;
+    assert_eq!(
+        (r.status, r.headers["location"].to_str().unwrap()),
+        (301, "https://known.example/secure/x")
+    );
+    assert_eq!(
+        get(&c, &p.url("main", "/?status=503"), &h).await.status,
+        503,
+        "upstream codes pass through"
+    );
+
+    let stats = p.admin("/stats/prometheus").await;
+    for needle in [
+        "envoy_cluster_upstream_rq_timeout{envoy_cluster_name=\"app\"} 1",
+        "response_flags=\"UT\"",
+        "response_flags=\"UF\"",
+        "response_flags=\"UH\"",
+        "envoy_http_downstream_rq_xx{envoy_http_conn_manager_prefix=\"ingress_http\",envoy_response_code_class=\"4\"}",
+    ] {
+        assert!(stats.contains(needle), "missing {needle} in\n{stats}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_downstream_and_h2_upstream() {
+    let up = upstream("app").await;
+    let rc = routes(json!([
+        {"match": {"prefix": "/h2"}, "route": {"cluster": "app_h2"}},
+        {"match": {"prefix": "/"}, "route": {"cluster": "app"}}
+    ]));
+    let p = sluice(&bootstrap(
+        rc,
+        vec![
+            cluster("app", &[up.port()]),
+            cluster_h2("app_h2", &[up.port()]),
+        ],
+        json!({}),
+    ))
+    .await;
+    let c = client_h2();
+    let r = get(&c, &p.url("main", "/x"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["version"], "HTTP/1.1");
+    let r = get(&c, &p.url("main", "/h2/x"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["version"], "HTTP/2.0");
+    assert!(
+        r.json()["host"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{}",
+        r.json()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_passes_through_with_trailers() {
+    let up = upstream("grpc").await;
+    let rc = routes(json!([{"match": {"prefix": "/", "grpc": {}}, "route": {"cluster": "grpc"}}]));
+    let p = sluice(&bootstrap(
+        rc,
+        vec![cluster_h2("grpc", &[up.port()])],
+        json!({}),
+    ))
+    .await;
+    let c = client_h2();
+    let payload = Bytes::from_static(b"\x00\x00\x00\x00\x05hello");
+    let req = Request::post(p.url("main", "/pkg.Service/Method"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(payload.clone()))
+        .unwrap();
+    let resp = c.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    use http_body_util::BodyExt;
+    let collected = resp.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().expect("trailers");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["grpc-message"], "from-grpc");
+    assert_eq!(collected.to_bytes(), payload);
+    // A non-gRPC request does not match the grpc route.
+    assert_eq!(
+        get(&c, &p.url("main", "/pkg.Service/Method"), &[])
+            .await
+            .status,
+        404
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_is_passed_through() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = upstream("ws").await;
+    let rc = routes(json!([{"match": {"prefix": "/"}, "route": {"cluster": "ws"}}]));
+    let p = sluice(&bootstrap(
+        rc.clone(),
+        vec![cluster("ws", &[up.port()])],
+        json!({"upgrade_configs": [{"upgrade_type": "websocket"}]}),
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(p.listener("main"))
+        .await
+        .unwrap();
+    s.write_all(b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the 101");
+        head.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(text.starts_with("http/1.1 101"), "{text}");
+    assert!(text.contains("upgrade: websocket"), "{text}");
+    for msg in [&b"ping-1"[..], b"second message", &[0x81, 0x02, b'h', b'i']] {
+        s.write_all(msg).await.unwrap();
+        let mut got = vec![0u8; msg.len()];
+        s.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, msg);
+    }
+    // Without upgrade_configs the upgrade is refused (as Envoy does).
+    let p2 = sluice(&bootstrap(rc, vec![cluster("ws", &[up.port()])], json!({}))).await;
+    let r = get(
+        &client_h1(),
+        &p2.url("main", "/chat"),
+        &[("connection", "upgrade"), ("upgrade", "websocket")],
+    )
+    .await;
+    assert_eq!(r.status, 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_100_mib_body_streams_both_ways_in_bounded_memory() {
+    use http_body_util::BodyExt;
+    let up = upstream("big").await;
+    let rc =
+        routes(json!([{"match": {"prefix": "/"}, "route": {"cluster": "big", "timeout": "0s"}}]));
+    let p = sluice(&bootstrap(
+        rc,
+        vec![cluster("big", &[up.port()])],
+        json!({}),
+    ))
+    .await;
+    let before = p.vm_hwm_kib();
+    const SIZE: usize = 100 * 1024 * 1024;
+    // Download.
+    let c = client_h1();
+    let resp = c
+        .get(p.url("main", &format!("/dl?bytes={SIZE}")).parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut total = 0usize;
+    while let Some(f) = body.frame().await {
+        if let Some(d) = f.unwrap().data_ref() {
+            total += d.len();
+        }
+    }
+    assert_eq!(total, SIZE);
+    // Upload, streamed from a generator.
+    let chunk = Bytes::from(vec![b'y'; 256 * 1024]);
+    let frames = (0..SIZE / chunk.len())
+        .map(move |_| Ok::<_, std::io::Error>(hyper::body::Frame::data(chunk.clone())));
+    let stream_body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+    let uc: hyper_util::client::legacy::Client<_, http_body_util::StreamBody<_>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let req = Request::post(p.url("main", "/ul"))
+        .body(stream_body)
+        .unwrap();
+    let resp = uc.request(req).await.unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let j: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(j["body_len"], SIZE);
+    let after = p.vm_hwm_kib();
+    eprintln!("proxy VmHWM before {before} KiB, after 2 x 100 MiB: {after} KiB");
+    assert!(
+        after < before + 32 * 1024,
+        "proxy memory grew by {} KiB",
+        after - before
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hot_reload_under_load_has_zero_failures_and_bad_files_keep_the_last_config() {
+    let stable = upstream("v1").await;
+    let canary = upstream("v2").await;
+    let clusters = vec![
+        cluster("stable", &[stable.port()]),
+        cluster("canary", &[canary.port()]),
+    ];
+    let weights = |s: u32, c: u32| {
+        bootstrap(
+            routes(
+                json!([{"match": {"prefix": "/"}, "route": {"weighted_clusters": {"clusters": [
+                {"name": "stable", "weight": s}, {"name": "canary", "weight": c}]}}}]),
+            ),
+            clusters.clone(),
+            json!({}),
+        )
+    };
+    let p = sluice(&weights(100, 0)).await;
+    let listener = p.url("main", "/");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (url, stop, c) = (listener.clone(), stop.clone(), client_h1());
+        load.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u64, 0u64);
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && std::time::Instant::now() < deadline
+            {
+                let req = Request::get(url.as_str())
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                match c.request(req).await {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    _ => failed += 1,
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    let pid = p.pid().to_string();
+    for round in 0..20 {
+        let cfg = if round % 2 == 0 {
+            weights(0, 100)
+        } else {
+            weights(100, 0)
+        };
+        std::fs::write(&p.config_path, cfg).unwrap();
+        assert!(std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A broken file: logged, and the last good config (100 % stable after 20 rounds) keeps serving.
+    std::fs::write(&p.config_path, "static_resources: [not, a, bootstrap").unwrap();
+    std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, 0);
+    for t in load {
+        let (o, f) = t.await.unwrap();
+        ok += o;
+        failed += f;
+    }
+    eprintln!("reload under load: {ok} ok, {failed} failed over 20 swaps");
+    assert_eq!(failed, 0);
+    assert!(ok > 100);
+    let c = client_h1();
+    for _ in 0..20 {
+        assert_eq!(get(&c, &p.url("main", "/"), &[]).await.upstream(), "v1");
+    }
+    let stats = p.admin("/stats/prometheus").await;
+    assert!(stats.contains("sluice_config_reload_total 20"), "{stats}");
+    assert!(
+        stats.contains("sluice_config_reload_failed_total 1"),
+        "{stats}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absolute_form_targets_route_by_their_authority() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = upstream("a").await;
+    let b = upstream("b").await;
+    let rc = json!({"virtual_hosts": [
+        {"name": "a", "domains": ["a.example"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "a"}}]},
+        {"name": "b", "domains": ["b.example"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "b"}}]}
+    ]});
+    let p = sluice(&bootstrap(
+        rc,
+        vec![cluster("a", &[a.port()]), cluster("b", &[b.port()])],
+        json!({}),
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(p.listener("main"))
+        .await
+        .unwrap();
+    s.write_all(
+        b"GET http://b.example/path HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("x-upstream: b"), "{text}");
+    assert!(text.contains("\"path\":\"/path\""), "{text}");
+}
+
+#[test]
+fn validate_mode_reports_unsupported_fields_with_path_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        bootstrap(
+            routes(json!([{"match": {"prefix": "/"}, "route": {"cluster": "a"}}])),
+            vec![cluster("a", &[1])],
+            json!({}),
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(sluice_bin())
+        .args(["proxy", "--mode", "validate", "-c"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "static_resources:\n  clusters:\n  - name: a\n    connect_timeout: 1s\n    outlier_detection: {}\n    lb_policy: MAGLEV\n").unwrap();
+    let out = std::process::Command::new(sluice_bin())
+        .args(["proxy", "--mode", "validate", "-c"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "bad.yaml:6: static_resources.clusters[0].lb_policy: value MAGLEV not supported"
+        ),
+        "{err}"
+    );
+    let unknown_cluster = dir.path().join("unknown.yaml");
+    std::fs::write(
+        &unknown_cluster,
+        bootstrap(
+            routes(json!([{"match": {"prefix": "/"}, "route": {"cluster": "nope"}}])),
+            vec![],
+            json!({}),
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(sluice_bin())
+        .args(["proxy", "--mode", "validate", "-c"])
+        .arg(&unknown_cluster)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown cluster `nope`"));
+}

@@ -1,0 +1,547 @@
+//! Shared pieces of the end-to-end tests: an echo upstream server, and real `sluice` and `envoy`
+//! processes started on dynamic loopback ports.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+fn full(b: impl Into<Bytes>) -> BoxBody {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+/// An echo upstream: answers with JSON describing the request it saw.
+///
+/// Query parameters steer it: `status=N` (response code), `delay_ms=N` (wait before answering),
+/// `bytes=N` (stream N bytes instead of JSON). A request body is counted (`body_len`). gRPC
+/// requests get their body back with `grpc-status`/`grpc-message` trailers. WebSocket upgrades are
+/// accepted and every byte is echoed.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub name: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Upstream {
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+}
+
+fn query_param<'a>(q: &'a str, name: &str) -> Option<&'a str> {
+    q.split('&').find_map(|p| {
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        (k == name).then_some(v)
+    })
+}
+
+fn headers_json(h: &HeaderMap) -> Value {
+    let mut m = serde_json::Map::new();
+    for name in h.keys() {
+        let v: Vec<&str> = h
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap_or(""))
+            .collect();
+        m.insert(name.as_str().to_string(), Value::String(v.join(",")));
+    }
+    Value::Object(m)
+}
+
+async fn echo(name: String, mut req: Request<Incoming>) -> Response<BoxBody> {
+    let q = req.uri().query().unwrap_or("").to_string();
+    if let Some(ms) = query_param(&q, "delay_ms").and_then(|v| v.parse::<u64>().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let is_ws = req
+        .headers()
+        .get("upgrade")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    if is_ws {
+        let up = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(io) = up.await {
+                let mut io = TokioIo::new(io);
+                let (mut r, mut w) = tokio::io::split(&mut io);
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        });
+        return Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("x-upstream", name.as_str())
+            .body(full(Bytes::new()))
+            .unwrap();
+    }
+    let grpc = req
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        trailers.insert("grpc-message", format!("from-{name}").parse().unwrap());
+        let frames = vec![
+            Ok::<_, std::io::Error>(Frame::data(body)),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let stream = futures_util::stream::iter(frames);
+        return Response::builder()
+            .header("content-type", "application/grpc")
+            .header("x-upstream", name.as_str())
+            .body(BodyExt::boxed(StreamBody::new(stream)))
+            .unwrap();
+    }
+    if let Some(n) = query_param(&q, "bytes").and_then(|v| v.parse::<usize>().ok()) {
+        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+        let chunks = n / chunk.len();
+        let rest = n % chunk.len();
+        let mut frames: Vec<Bytes> = Vec::new();
+        frames.resize(chunks, chunk.clone());
+        if rest > 0 {
+            frames.push(chunk.slice(..rest));
+        }
+        let stream = futures_util::stream::iter(
+            frames
+                .into_iter()
+                .map(|b| Ok::<_, std::io::Error>(Frame::data(b))),
+        );
+        return Response::builder()
+            .header("content-length", n)
+            .header("x-upstream", name.as_str())
+            .body(BodyExt::boxed(StreamBody::new(stream)))
+            .unwrap();
+    }
+    let status = query_param(&q, "status")
+        .and_then(|v| v.parse::<u16>().ok())
+        .unwrap_or(200);
+    let method = req.method().to_string();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    let version = format!("{:?}", req.version());
+    let host = req
+        .headers()
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    let headers = headers_json(req.headers());
+    let mut body_len = 0usize;
+    let mut body = req.into_body();
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Some(d) = frame.data_ref() {
+            body_len += d.len();
+        }
+    }
+    let out = json!({
+        "upstream": name, "method": method, "path": path, "host": host,
+        "headers": headers, "body_len": body_len, "version": version,
+    });
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("x-upstream", name.as_str())
+        .body(full(out.to_string()))
+        .unwrap()
+}
+
+/// Start an echo upstream on a dynamic loopback port (HTTP/1.1 and h2c).
+pub async fn upstream(name: &str) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let n = name.to_string();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let n = n.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let n = n.clone();
+                    async move { Ok::<_, Infallible>(echo(n, req).await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Upstream {
+        addr,
+        name: name.to_string(),
+        task,
+    }
+}
+
+/// A port with nothing listening on it.
+pub fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A running proxy process (Sluice or Envoy).
+pub struct ProxyProcess {
+    pub child: Child,
+    pub admin: SocketAddr,
+    pub listeners: HashMap<String, SocketAddr>,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub kind: &'static str,
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ProxyProcess {
+    /// The address of the only (or named) listener.
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        *self
+            .listeners
+            .get(name)
+            .unwrap_or_else(|| panic!("no listener {name}: {:?}", self.listeners))
+    }
+    pub fn url(&self, listener: &str, path: &str) -> String {
+        format!("http://{}{}", self.listener(listener), path)
+    }
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default()
+    }
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    /// Resident memory high-water mark (KiB).
+    pub fn vm_hwm_kib(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        s.lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// Path of the sluice binary under test.
+pub fn sluice_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sluice")
+}
+
+/// Replace `{{name}}` placeholders.
+pub fn render(template: &str, vars: &[(&str, String)]) -> String {
+    let mut s = template.to_string();
+    for (k, v) in vars {
+        s = s.replace(&format!("{{{{{k}}}}}"), v);
+    }
+    s
+}
+
+fn wait_for_admin(child: &mut Child, path: &Path, dir: &Path) -> SocketAddr {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(s) = std::fs::read_to_string(path) {
+            if let Ok(a) = s.trim().parse() {
+                return a;
+            }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "proxy exited with {status} before it was ready:\n{}",
+                std::fs::read_to_string(dir.join("stderr")).unwrap_or_default()
+            );
+        }
+        assert!(Instant::now() < deadline, "proxy did not start in time");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+async fn admin_get(admin: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let client = client_h1();
+    let uri: http::Uri = format!("http://{admin}{path}").parse().ok()?;
+    let resp = client.get(uri).await.ok()?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    Some((status, String::from_utf8_lossy(&body).to_string()))
+}
+
+async fn listeners_of(admin: SocketAddr) -> HashMap<String, SocketAddr> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some((200, body)) = admin_get(admin, "/listeners?format=json").await {
+            let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            let mut out = HashMap::new();
+            for l in v["listener_statuses"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+            {
+                let sa = &l["local_address"]["socket_address"];
+                let addr = format!(
+                    "{}:{}",
+                    sa["address"].as_str().unwrap_or(""),
+                    sa["port_value"]
+                );
+                if let Ok(a) = addr.parse::<SocketAddr>() {
+                    if a.port() != 0 {
+                        out.insert(l["name"].as_str().unwrap_or("").to_string(), a);
+                    }
+                }
+            }
+            if !out.is_empty() {
+                return out;
+            }
+        }
+        assert!(Instant::now() < deadline, "listeners did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_ready(admin: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !matches!(admin_get(admin, "/ready").await, Some((200, _))) {
+        assert!(Instant::now() < deadline, "proxy not ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn start(kind: &'static str, config: &str, extra: &[&str]) -> ProxyProcess {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("bootstrap.yaml");
+    std::fs::write(&config_path, config).unwrap();
+    let admin_path = dir.path().join("admin-address");
+    let stderr = std::fs::File::create(dir.path().join("stderr")).unwrap();
+    let mut cmd = match kind {
+        "sluice" => {
+            let mut c = Command::new(sluice_bin());
+            c.arg("proxy").args(["--concurrency", "2", "-l", "warn"]);
+            c
+        }
+        _ => {
+            let mut c = Command::new("envoy");
+            c.args(["--concurrency", "1", "--disable-hot-restart", "-l", "error"]);
+            c
+        }
+    };
+    cmd.arg("-c")
+        .arg(&config_path)
+        .arg("--admin-address-path")
+        .arg(&admin_path)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr);
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {kind}: {e}"));
+    let admin = wait_for_admin(&mut child, &admin_path, dir.path());
+    wait_ready(admin).await;
+    let listeners = listeners_of(admin).await;
+    ProxyProcess {
+        child,
+        admin,
+        listeners,
+        dir,
+        config_path,
+        kind,
+    }
+}
+
+/// Start `sluice proxy` on a bootstrap (its listeners and admin should use port 0).
+pub async fn sluice(config: &str) -> ProxyProcess {
+    start("sluice", config, &[]).await
+}
+
+/// Start `sluice proxy` with extra flags.
+pub async fn sluice_with(config: &str, extra: &[&str]) -> ProxyProcess {
+    start("sluice", config, extra).await
+}
+
+/// Start real Envoy on a bootstrap. Panics when `envoy` is not installed: the differential tests
+/// must not pass without their oracle.
+pub async fn envoy(config: &str) -> ProxyProcess {
+    start("envoy", config, &[]).await
+}
+
+impl ProxyProcess {
+    pub async fn admin(&self, path: &str) -> String {
+        admin_get(self.admin, path)
+            .await
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    }
+}
+
+pub type H1Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
+
+pub fn client_h1() -> H1Client {
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn client_h2() -> H1Client {
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// A response, with the body read whole.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+    pub fn upstream(&self) -> String {
+        self.headers
+            .get("x-upstream")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_string()
+    }
+    /// A header the upstream saw.
+    pub fn seen(&self, name: &str) -> Option<String> {
+        self.json()["headers"][name].as_str().map(str::to_string)
+    }
+}
+
+/// Send a request and read the reply.
+pub async fn send(client: &H1Client, req: Request<Full<Bytes>>) -> Reply {
+    let resp = client.request(req).await.expect("request failed");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// GET `url` with extra headers.
+pub async fn get(client: &H1Client, url: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut b = Request::builder().uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    send(client, b.body(Full::new(Bytes::new())).unwrap()).await
+}
+
+/// Two-sided binomial bound: |observed - n*p| <= z * sqrt(n p (1-p)); z = 3.29 is 99.9 %.
+pub fn within_binomial(observed: u64, n: u64, p: f64, z: f64) -> bool {
+    let mean = n as f64 * p;
+    let sd = (n as f64 * p * (1.0 - p)).sqrt();
+    (observed as f64 - mean).abs() <= z * sd
+}
+
+/// A bootstrap with one listener `main` (port 0), an admin on port 0, the given route
+/// configuration and clusters. `hcm_extra` fields are merged into the connection manager.
+pub fn bootstrap(route_config: Value, clusters: Vec<Value>, hcm_extra: Value) -> String {
+    let mut hcm = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "ingress_http",
+        "route_config": route_config,
+        "http_filters": [{
+            "name": "envoy.filters.http.router",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+        }]
+    });
+    if let (Some(h), Some(extra)) = (hcm.as_object_mut(), hcm_extra.as_object()) {
+        for (k, v) in extra {
+            h.insert(k.clone(), v.clone());
+        }
+    }
+    json!({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "main",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": hcm
+                }]}]
+            }],
+            "clusters": clusters
+        }
+    })
+    .to_string()
+}
+
+/// A STATIC round-robin cluster over loopback ports.
+pub fn cluster(name: &str, ports: &[u16]) -> Value {
+    json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": ports.iter().map(|p| json!({
+                "endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p}}}
+            })).collect::<Vec<_>>()}]
+        }
+    })
+}
+
+/// The same cluster speaking HTTP/2 to its endpoints.
+pub fn cluster_h2(name: &str, ports: &[u16]) -> Value {
+    let mut c = cluster(name, ports);
+    c["typed_extension_protocol_options"] = json!({
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}
+        }
+    });
+    c
+}
+
+/// A route configuration with one virtual host `*` holding `routes`.
+pub fn routes(routes: Value) -> Value {
+    json!({"name": "local", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]})
+}
