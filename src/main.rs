@@ -139,14 +139,8 @@ fn main() -> ExitCode {
         Command::Validate { files } => {
             let mut ok = true;
             for f in files {
-                let result = std::fs::read_to_string(&f)
-                    .map_err(|e| format!("{}: {e}", f.display()))
-                    .and_then(|text| {
-                        sluice_config::envoy::validate_text(&f.display().to_string(), &text)
-                            .map_err(|e| e.to_string())
-                    });
-                match result {
-                    Ok(kind) => println!("{}: OK ({kind:?})", f.display()),
+                match runtime::validate_document(&f) {
+                    Ok(summary) => println!("{summary}"),
                     Err(e) => {
                         ok = false;
                         eprintln!("{e}");

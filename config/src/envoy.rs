@@ -109,8 +109,10 @@ pub fn dynamic_from_json(
             origin: document.origin.clone(),
             message: format!("unknown message type {full_name}"),
         })?;
+    let mut value = value.clone();
+    wrap_single_values(&mut value, &desc);
     let mut track = serde_path_to_error::Track::new();
-    let de = serde_path_to_error::Deserializer::new(value, &mut track);
+    let de = serde_path_to_error::Deserializer::new(&value, &mut track);
     DynamicMessage::deserialize(desc, de).map_err(|e| {
         let path = normalise_path(&track.path().to_string());
         let line = document.line_of(&path);
@@ -123,6 +125,54 @@ pub fn dynamic_from_json(
             }],
         }
     })
+}
+
+/// Envoy accepts a single value where a repeated field expects a list (`filters: {name: ...}`);
+/// wrap such values in a one-element list, following the message schema.
+fn wrap_single_values(value: &mut Value, desc: &prost_reflect::MessageDescriptor) {
+    let Value::Object(map) = value else {
+        return;
+    };
+    if desc.full_name() == "google.protobuf.Any" {
+        let type_name = map
+            .get("@type")
+            .and_then(Value::as_str)
+            .and_then(|t| t.rsplit('/').next())
+            .map(str::to_string);
+        if let Some(inner) = type_name.and_then(|t| desc.parent_pool().get_message_by_name(&t)) {
+            wrap_single_values(value, &inner);
+        }
+        return;
+    }
+    if desc.full_name().starts_with("google.protobuf.") {
+        return;
+    }
+    for (key, child) in map.iter_mut() {
+        let field = desc
+            .get_field_by_name(key)
+            .or_else(|| desc.get_field_by_json_name(key));
+        let Some(field) = field else { continue };
+        if field.is_list() && !child.is_array() && !child.is_null() {
+            *child = Value::Array(vec![child.take()]);
+        }
+        let Some(msg) = field.kind().as_message().cloned() else {
+            continue;
+        };
+        if field.is_map() {
+            let value_kind = msg.map_entry_value_field().kind();
+            if let (Some(vmsg), Value::Object(entries)) = (value_kind.as_message(), child) {
+                for v in entries.values_mut() {
+                    wrap_single_values(v, vmsg);
+                }
+            }
+        } else if let Value::Array(items) = child {
+            for item in items {
+                wrap_single_values(item, &msg);
+            }
+        } else {
+            wrap_single_values(child, &msg);
+        }
+    }
 }
 
 /// serde_path_to_error paths as written (`staticResources.listeners[0]`) to snake_case paths.
@@ -401,6 +451,17 @@ static_resources:
             msg.contains("t.yaml:19: static_resources.listeners[0].filter_chains[0].filters[0].typed_config.route_config.virtual_hosts[0].routes[0].route.retry_policy: not supported"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn a_single_value_is_accepted_for_a_list_as_envoy_does() {
+        let text = MINIMAL.replace(
+            "    - filters:\n      - name: envoy.filters.network.http_connection_manager",
+            "    - filters:\n        name: envoy.filters.network.http_connection_manager",
+        );
+        let text = text.replace("\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network", "\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network");
+        let b = load_bootstrap_text("t.yaml", &text);
+        assert!(b.is_ok(), "{:?}", b.err().map(|e| e.to_string()));
     }
 
     #[test]

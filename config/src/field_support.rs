@@ -47,7 +47,7 @@ pub const SUPPORTED: &[&str] = &[
     "envoy.config.core.v3.Http1ProtocolOptions: ",
     "envoy.config.core.v3.Http2ProtocolOptions: ~max_concurrent_streams ~initial_stream_window_size ~initial_connection_window_size",
     // Routes
-    "envoy.config.route.v3.RouteConfiguration: name virtual_hosts request_headers_to_add request_headers_to_remove response_headers_to_add response_headers_to_remove ~validate_clusters",
+    "envoy.config.route.v3.RouteConfiguration: name virtual_hosts ignore_port_in_host_matching request_headers_to_add request_headers_to_remove response_headers_to_add response_headers_to_remove ~validate_clusters",
     "envoy.config.route.v3.VirtualHost: name domains routes request_headers_to_add request_headers_to_remove response_headers_to_add response_headers_to_remove",
     "envoy.config.route.v3.Route: name match route redirect direct_response request_headers_to_add request_headers_to_remove response_headers_to_add response_headers_to_remove ~metadata ~decorator",
     "envoy.config.route.v3.RouteMatch: prefix path safe_regex path_separated_prefix case_sensitive headers query_parameters runtime_fraction grpc",
@@ -60,7 +60,7 @@ pub const SUPPORTED: &[&str] = &[
     "envoy.config.core.v3.RuntimeFractionalPercent: default_value runtime_key",
     "envoy.type.v3.FractionalPercent: numerator denominator",
     "envoy.config.route.v3.RouteAction: cluster cluster_header weighted_clusters timeout prefix_rewrite regex_rewrite \
-        host_rewrite_literal request_mirror_policies hash_policy cluster_not_found_response_code=SERVICE_UNAVAILABLE|NOT_FOUND|INTERNAL_SERVER_ERROR",
+        host_rewrite_literal request_mirror_policies hash_policy upgrade_configs cluster_not_found_response_code=SERVICE_UNAVAILABLE|NOT_FOUND|INTERNAL_SERVER_ERROR",
     "envoy.config.route.v3.WeightedCluster: clusters total_weight ~runtime_key_prefix",
     "envoy.config.route.v3.WeightedCluster.ClusterWeight: name weight request_headers_to_add request_headers_to_remove response_headers_to_add response_headers_to_remove host_rewrite_literal",
     "envoy.type.matcher.v3.RegexMatchAndSubstitute: pattern substitution",
@@ -69,7 +69,8 @@ pub const SUPPORTED: &[&str] = &[
     "envoy.config.route.v3.RouteAction.HashPolicy.Cookie: name",
     "envoy.config.route.v3.RouteAction.HashPolicy.ConnectionProperties: source_ip",
     "envoy.config.route.v3.RouteAction.HashPolicy.QueryParameter: name",
-    "envoy.config.route.v3.RouteAction.RequestMirrorPolicy: cluster runtime_fraction disable_shadow_host_suffix_append ~trace_sampled",
+    "envoy.config.route.v3.RouteAction.UpgradeConfig: upgrade_type enabled",
+    "envoy.config.route.v3.RouteAction.RequestMirrorPolicy: cluster cluster_header runtime_fraction disable_shadow_host_suffix_append ~trace_sampled",
     "envoy.config.core.v3.HeaderValueOption: header append append_action=APPEND_IF_EXISTS_OR_ADD|ADD_IF_ABSENT|OVERWRITE_IF_EXISTS_OR_ADD|OVERWRITE_IF_EXISTS keep_empty_value",
     "envoy.config.core.v3.HeaderValue: key value",
     "envoy.config.route.v3.DirectResponseAction: status body",
@@ -95,6 +96,8 @@ pub const SUPPORTED: &[&str] = &[
 #[derive(Debug)]
 struct FieldSupport {
     enum_values: Option<Vec<&'static str>>,
+    /// Accepted without effect (`~`): its contents are not checked.
+    ignored: bool,
 }
 
 type Table = HashMap<&'static str, HashMap<&'static str, FieldSupport>>;
@@ -109,6 +112,7 @@ fn table() -> &'static Table {
             };
             let entry = t.entry(msg.trim()).or_default();
             for f in fields.split_whitespace() {
+                let ignored = f.starts_with('~');
                 let f = f.trim_start_matches('~');
                 let (name, values) = match f.split_once('=') {
                     Some((n, v)) => (n, Some(v.split('|').collect())),
@@ -118,6 +122,7 @@ fn table() -> &'static Table {
                     name,
                     FieldSupport {
                         enum_values: values,
+                        ignored,
                     },
                 );
             }
@@ -157,6 +162,9 @@ pub fn check_message(msg: &DynamicMessage, path: &str, errors: &mut Vec<FieldErr
             errors.push(FieldError::unsupported(fpath));
             continue;
         };
+        if fs.ignored {
+            continue;
+        }
         if let (Some(allowed), Some(kind)) = (&fs.enum_values, field.kind().as_enum()) {
             let check = |n: i32, p: &str, errors: &mut Vec<FieldError>| {
                 let name = kind

@@ -177,17 +177,20 @@ impl Cluster {
     }
 
     /// Resolve the endpoint specs and build the endpoint set, reusing pools of `previous`.
+    /// Names are resolved only when `resolve` is set (never while validating a configuration).
     pub fn build_endpoints(
         specs: &[EndpointSpec],
         discovery: &Discovery,
         settings: &PoolSettings,
         previous: Option<&EndpointSet>,
+        resolve: bool,
     ) -> EndpointSet {
         let mut by_priority: std::collections::BTreeMap<u32, Vec<Arc<Endpoint>>> =
             Default::default();
         for spec in specs {
             let addrs: Vec<SocketAddr> = match spec.host.parse::<std::net::IpAddr>() {
                 Ok(ip) => vec![SocketAddr::new(ip, spec.port)],
+                Err(_) if !resolve => Vec::new(),
                 Err(_) => match (spec.host.as_str(), spec.port).to_socket_addrs() {
                     Ok(it) => {
                         let all: Vec<SocketAddr> = it.collect();
@@ -261,7 +264,7 @@ impl Cluster {
         istio: IstioStats,
         fingerprint: Vec<u8>,
     ) -> Arc<Self> {
-        let set = Self::build_endpoints(&specs, &discovery, &settings, None);
+        let set = Self::build_endpoints(&specs, &discovery, &settings, None, false);
         Arc::new(Cluster {
             name,
             lb,
@@ -281,7 +284,13 @@ impl Cluster {
     /// Re-resolve DNS names (for `STRICT_DNS` / `LOGICAL_DNS`), keeping pools of unchanged addresses.
     pub fn refresh_dns(&self) {
         let prev = self.endpoints.load();
-        let next = Self::build_endpoints(&self.specs, &self.discovery, &self.settings, Some(&prev));
+        let next = Self::build_endpoints(
+            &self.specs,
+            &self.discovery,
+            &self.settings,
+            Some(&prev),
+            true,
+        );
         self.endpoints.store(Arc::new(next));
     }
 }

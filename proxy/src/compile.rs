@@ -23,8 +23,8 @@ use crate::matcher::{
 };
 use crate::metrics::{ClusterStats, HcmStats, IstioStats, Metrics};
 use crate::route_table::{
-    ClusterRef, DirectResponse, ForwardAction, MirrorPolicy, RedirectAction, Route, RouteAction,
-    RouteMatch, RouteTable, Target, VirtualHost, WeightedEntry, WeightedTarget,
+    ClusterRef, DirectResponse, ForwardAction, MirrorPolicy, MirrorTarget, RedirectAction, Route,
+    RouteAction, RouteMatch, RouteTable, Target, VirtualHost, WeightedEntry, WeightedTarget,
 };
 use crate::snapshot::{Codec, HcmConfig, ListenerConfig, NodeInfo, ServerHeader, Snapshot};
 use crate::upstream_pool::{PoolSettings, UpstreamProtocol};
@@ -496,9 +496,25 @@ fn forward_action(
     let mut mirrors = Vec::new();
     for (i, m) in arr(v, "request_mirror_policies").iter().enumerate() {
         let mpath = format!("{}[{i}]", p(path, "request_mirror_policies"));
-        let name = s(m, "cluster").unwrap_or("");
+        let cluster = match s(m, "cluster_header") {
+            Some(h) => match HeaderName::from_bytes(h.as_bytes()) {
+                Ok(name) => MirrorTarget::Header(name),
+                Err(_) => {
+                    errors.push(FieldError::new(
+                        p(&mpath, "cluster_header"),
+                        "invalid header name",
+                    ));
+                    continue;
+                }
+            },
+            None => MirrorTarget::Cluster(res.resolve(
+                s(m, "cluster").unwrap_or(""),
+                &p(&mpath, "cluster"),
+                errors,
+            )),
+        };
         mirrors.push(MirrorPolicy {
-            cluster: res.resolve(name, &p(&mpath, "cluster"), errors),
+            cluster,
             fraction: get(m, "runtime_fraction")
                 .map(|rf| get(rf, "default_value").map(fraction).unwrap_or((0, 100)))
                 .unwrap_or((1, 1)),
@@ -541,6 +557,18 @@ fn forward_action(
         }
         t => t,
     };
+    let mut websocket = None;
+    for (i, uc) in arr(v, "upgrade_configs").iter().enumerate() {
+        let t = s(uc, "upgrade_type").unwrap_or("");
+        if t.eq_ignore_ascii_case("websocket") {
+            websocket = Some(uc.get("enabled").and_then(Value::as_bool).unwrap_or(true));
+        } else {
+            errors.push(FieldError::new(
+                format!("{}[{i}].upgrade_type", p(path, "upgrade_configs")),
+                format!("upgrade type `{t}` not supported"),
+            ));
+        }
+    }
     let cluster_not_found_status = match s(v, "cluster_not_found_response_code") {
         Some("NOT_FOUND") => StatusCode::NOT_FOUND,
         Some("INTERNAL_SERVER_ERROR") => StatusCode::INTERNAL_SERVER_ERROR,
@@ -556,6 +584,7 @@ fn forward_action(
             .and_then(|h| header_value(h, &p(path, "host_rewrite_literal"), errors)),
         mirrors,
         hash_policy,
+        websocket,
         cluster_not_found_status,
     })
 }
@@ -734,6 +763,7 @@ pub fn route_table(v: &Value, path: &str, res: &ClusterResolver<'_>) -> Result<R
     }
     Ok(RouteTable {
         name: s(v, "name").unwrap_or("").to_string(),
+        ignore_port_in_host_matching: b(v, "ignore_port_in_host_matching"),
         vhosts,
         selector,
         request_headers,

@@ -19,6 +19,8 @@ use crate::weighted_pick::WeightedPick;
 #[derive(Debug)]
 pub struct RouteTable {
     pub name: String,
+    /// Match hosts without their port (`ignore_port_in_host_matching`).
+    pub ignore_port_in_host_matching: bool,
     pub vhosts: Vec<VirtualHost>,
     pub selector: VhostSelector,
     pub request_headers: HeaderOps,
@@ -130,10 +132,18 @@ pub struct WeightedEntry {
     pub host_rewrite: Option<HeaderValue>,
 }
 
+/// Where mirrored requests go.
+#[derive(Debug)]
+pub enum MirrorTarget {
+    Cluster(ClusterRef),
+    /// The cluster named by a request header.
+    Header(HeaderName),
+}
+
 /// A `request_mirror_policies` entry.
 #[derive(Debug)]
 pub struct MirrorPolicy {
-    pub cluster: ClusterRef,
+    pub cluster: MirrorTarget,
     /// Share of requests mirrored, as (numerator, denominator).
     pub fraction: (u64, u64),
     pub append_shadow_suffix: bool,
@@ -150,6 +160,8 @@ pub struct ForwardAction {
     pub host_rewrite: Option<HeaderValue>,
     pub mirrors: Vec<MirrorPolicy>,
     pub hash_policy: Vec<HashPolicy>,
+    /// Route-level `upgrade_configs` for websocket: overrides the connection manager's setting.
+    pub websocket: Option<bool>,
     pub cluster_not_found_status: StatusCode,
 }
 

@@ -50,8 +50,29 @@ pub enum RunError {
     Metrics(#[from] prometheus::Error),
 }
 
-/// Load, validate and compile the bootstrap file.
+/// Load, validate and compile the bootstrap file, then resolve the names of new DNS clusters.
 pub fn load(
+    options: &ProxyOptions,
+    metrics: &Metrics,
+    previous: Option<&Snapshot>,
+    version: u64,
+) -> Result<Snapshot, RunError> {
+    let snapshot = compile_file(options, metrics, previous, version)?;
+    for c in snapshot.clusters.values() {
+        let reused = previous.is_some_and(|p| {
+            p.clusters
+                .get(&c.name)
+                .is_some_and(|old| Arc::ptr_eq(old, c))
+        });
+        if matches!(c.discovery, Discovery::Dns { .. }) && !reused {
+            c.refresh_dns();
+        }
+    }
+    Ok(snapshot)
+}
+
+/// Load, validate and compile the bootstrap file (no name resolution).
+fn compile_file(
     options: &ProxyOptions,
     metrics: &Metrics,
     previous: Option<&Snapshot>,
@@ -84,7 +105,7 @@ pub fn load(
 /// `--mode validate`: check the file; `Ok` holds a one-line summary.
 pub fn validate(options: &ProxyOptions) -> Result<String, RunError> {
     let metrics = Metrics::new()?;
-    let s = load(options, &metrics, None, 0)?;
+    let s = compile_file(options, &metrics, None, 0)?;
     let routes: usize = s.listeners.iter().map(|l| l.hcm.routes.route_count()).sum();
     Ok(format!(
         "configuration '{}' OK: {} listener(s), {} route(s), {} cluster(s)",
@@ -93,6 +114,63 @@ pub fn validate(options: &ProxyOptions) -> Result<String, RunError> {
         routes,
         s.clusters.len()
     ))
+}
+
+/// Validate any Envoy document: bootstraps and route configurations are also compiled, so value
+/// errors (bad regexes, unknown clusters, duplicate domains) are found too. `Ok` names the kind.
+pub fn validate_document(path: &std::path::Path) -> Result<String, String> {
+    use sluice_config::envoy::{self, DocumentKind};
+    let text = envoy::read_file(path).map_err(|e| e.to_string())?;
+    let origin = path.display().to_string();
+    let kind = envoy::validate_text(&origin, &text).map_err(|e| e.to_string())?;
+    match kind {
+        DocumentKind::Bootstrap => {
+            let options = ProxyOptions {
+                config_path: path.to_path_buf(),
+                compile: CompileOptions::default(),
+                watch_config: false,
+                admin_address_path: None,
+            };
+            validate(&options).map_err(|e| e.to_string())
+        }
+        DocumentKind::RouteConfiguration | DocumentKind::RouteConfigurationList => {
+            let doc =
+                sluice_config::source::parse_document(&origin, &text).map_err(|e| e.to_string())?;
+            let configs: Vec<&serde_json::Value> = match &doc.value {
+                serde_json::Value::Array(items) => items.iter().collect(),
+                other => vec![other],
+            };
+            let clusters = HashMap::new();
+            let resolver = compile::ClusterResolver {
+                clusters: &clusters,
+                validate: false,
+            };
+            let mut routes = 0;
+            for (i, rc) in configs.iter().enumerate() {
+                let dynamic = envoy::dynamic_from_json(&doc, envoy::ROUTE_CONFIGURATION, rc)
+                    .map_err(|e| e.to_string())?;
+                let canonical = envoy::canonical_json(&dynamic)?;
+                let prefix = if doc.value.is_array() {
+                    format!("[{i}]")
+                } else {
+                    String::new()
+                };
+                let table =
+                    compile::route_table(&canonical, &prefix, &resolver).map_err(|errs| {
+                        errs.iter()
+                            .map(|e| format!("{origin}: {e}"))
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    })?;
+                routes += table.route_count();
+            }
+            Ok(format!(
+                "{origin}: OK ({} route configuration(s), {routes} route(s))",
+                configs.len()
+            ))
+        }
+        DocumentKind::Resources => Ok(format!("{origin}: OK (xDS resources)")),
+    }
 }
 
 struct RunningListener {

@@ -26,7 +26,7 @@ use crate::hash_policy::request_hash;
 use crate::header_ops::{HeaderOps, RequestContext};
 use crate::matcher::RequestView;
 use crate::route_table::{
-    ClusterRef, ForwardAction, RedirectAction, RouteAction, RouteHit, Target,
+    ClusterRef, ForwardAction, MirrorTarget, RedirectAction, RouteAction, RouteHit, Target,
 };
 use crate::snapshot::{Codec, HcmConfig, ServerHeader, Snapshot};
 use crate::upstream_pool::{UpstreamError, UpstreamProtocol};
@@ -164,11 +164,12 @@ fn protocol_name(v: Version) -> &'static str {
 /// Host used for matching: lower-case, port stripped as configured.
 fn match_host<'a>(raw: &'a str, hcm: &HcmConfig, local_port: u16, buf: &'a mut String) -> &'a str {
     let mut host = raw;
-    if hcm.strip_any_host_port || hcm.strip_matching_host_port {
+    let any_port = hcm.strip_any_host_port || hcm.routes.ignore_port_in_host_matching;
+    if any_port || hcm.strip_matching_host_port {
         if let Some((h, port)) = raw.rsplit_once(':') {
             // Leave IPv6 literals without a port (`[::1]`) alone.
             if !h.ends_with(']') || raw.starts_with('[') {
-                let strip = hcm.strip_any_host_port || port.parse::<u16>().ok() == Some(local_port);
+                let strip = any_port || port.parse::<u16>().ok() == Some(local_port);
                 if strip && !port.contains(']') {
                     host = h;
                 }
@@ -497,7 +498,7 @@ async fn forward(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/grpc"));
     let upgrade = is_websocket(req.headers());
-    if upgrade && !hcm.websocket {
+    if upgrade && !f.websocket.unwrap_or(hcm.websocket) {
         return local_reply(hcm, StatusCode::FORBIDDEN, "");
     }
     let (endpoint, active) = match cluster.acquire() {
@@ -631,12 +632,17 @@ async fn forward(
         if fast_random() % m.fraction.1 >= m.fraction.0 {
             continue;
         }
-        let Some(mc) = m
-            .cluster
-            .cluster
-            .clone()
-            .or_else(|| snapshot.clusters.get(m.cluster.name.as_ref()).cloned())
-        else {
+        let mirror_cluster = match &m.cluster {
+            MirrorTarget::Cluster(c) => c
+                .cluster
+                .clone()
+                .or_else(|| snapshot.clusters.get(c.name.as_ref()).cloned()),
+            MirrorTarget::Header(h) => headers
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|name| snapshot.clusters.get(name).cloned()),
+        };
+        let Some(mc) = mirror_cluster else {
             continue;
         };
         let mut mh = headers.clone();

@@ -1,0 +1,64 @@
+//! Every Envoy file in `../shared/corpus/envoy/` either loads or is refused with an error that names
+//! the unsupported field. The expected outcome of each file is pinned here; a new corpus file
+//! without a pinned outcome fails the test.
+
+use std::path::Path;
+
+/// `Ok(())` = loads; `Err(text)` = refused with an error containing `text`.
+const EXPECTED: &[(&str, Result<(), &str>)] = &[
+    ("envoy__configs__envoy-demo.yaml", Err("static_resources.listeners[1].filter_chains[0].filters[0].typed_config.local_reply_config: not supported")),
+    ("envoy__docs__root__configuration__best_practices___include__edge.yaml", Err("static_resources.listeners[0].filter_chains[0].filter_chain_match: not supported")),
+    ("envoy__docs__traffic_splitting.rst.block1-runtime-fraction.fragment.yaml", Ok(())),
+    ("envoy__docs__traffic_splitting.rst.block2-weighted-clusters.fragment.yaml", Ok(())),
+    ("examples__cors__backend__envoy.yaml", Err("virtual_hosts[0].routes[1].typed_per_filter_config: not supported")),
+    ("examples__dynamic-config-cp__envoy.yaml", Err(":5: dynamic_resources: not supported")),
+    ("examples__dynamic-config-fs__configs__cds.yaml", Ok(())),
+    ("examples__dynamic-config-fs__configs__lds.yaml", Ok(())),
+    ("examples__dynamic-config-fs__envoy.yaml", Err(":5: dynamic_resources: not supported")),
+    ("examples__fault-injection__envoy.yaml", Err("http_filters[0].typed_config: type envoy.extensions.filters.http.fault.v3.HTTPFault not supported")),
+    ("examples__front-proxy__envoy.yaml", Err("static_resources.listeners[1].filter_chains[0].transport_socket: not supported")),
+    ("examples__locality-load-balancing__envoy.yaml", Err("static_resources.clusters[0].health_checks: not supported")),
+    ("examples__route-mirror__envoy.yaml", Ok(())),
+    ("gateway-xds-ir__http-route-multiple-matches.routes.yaml", Ok(())),
+    ("gateway-xds-ir__http-route-regex.routes.yaml", Ok(())),
+    ("gateway-xds-ir__http-route-weighted-backend-with-filters.routes.yaml", Ok(())),
+    ("go-control-plane__sample__bootstrap-ads.yaml", Err(":8: dynamic_resources: not supported")),
+    ("go-control-plane__sample__bootstrap-xds.yaml", Err(":8: dynamic_resources: not supported")),
+    ("istio-bootstrap__default_golden.json", Err("bootstrap_extensions[0].typed_config: message 'udpa.type.v1.TypedStruct' not found")),
+];
+
+#[test]
+fn every_envoy_corpus_file_has_its_pinned_outcome() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/envoy");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".yaml") || n.ends_with(".yml") || n.ends_with(".json"))
+        .collect();
+    files.sort();
+    let mut failures = Vec::new();
+    let (mut loads, mut refused) = (0, 0);
+    for file in &files {
+        let Some((_, expected)) = EXPECTED.iter().find(|(f, _)| f == file) else {
+            failures.push(format!("{file}: no pinned outcome"));
+            continue;
+        };
+        let got = sluice_proxy::runtime::validate_document(&dir.join(file));
+        match (expected, &got) {
+            (Ok(()), Ok(_)) => loads += 1,
+            (Err(needle), Err(msg)) if msg.contains(needle) => refused += 1,
+            _ => failures.push(format!("{file}: expected {expected:?}, got {got:?}")),
+        }
+    }
+    eprintln!(
+        "envoy corpus: {} files, {loads} load, {refused} refused with a named field",
+        files.len()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(
+        files.len(),
+        EXPECTED.len(),
+        "pinned outcomes for files that no longer exist"
+    );
+}
