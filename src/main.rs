@@ -54,6 +54,15 @@ enum Command {
         #[arg(long = "admin-address-path")]
         admin_address_path: Option<PathBuf>,
     },
+    /// Run a tiny upstream that answers every request with NAME (for demos and quick checks).
+    DemoUpstream {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: std::net::SocketAddr,
+        /// What to answer (also sent as `x-upstream`).
+        #[arg(long, default_value = "v1")]
+        name: String,
+    },
     /// Check any Envoy document (bootstrap, route configuration, xDS resource file).
     Validate { files: Vec<PathBuf> },
 }
@@ -135,6 +144,22 @@ fn main() -> ExitCode {
                     }
                 }
             })
+        }
+        Command::DemoUpstream { listen, name } => {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(sluice_proxy::demo_upstream::serve(listen, name)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("{listen}: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Validate { files } => {
             let mut ok = true;

@@ -18,6 +18,7 @@ pub mod admin;
 pub mod body;
 pub mod cluster;
 pub mod compile;
+pub mod demo_upstream;
 pub mod edge;
 pub mod hash_policy;
 pub mod header_ops;
