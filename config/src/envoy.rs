@@ -459,7 +459,6 @@ static_resources:
             "    - filters:\n      - name: envoy.filters.network.http_connection_manager",
             "    - filters:\n        name: envoy.filters.network.http_connection_manager",
         );
-        let text = text.replace("\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network", "\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network");
         let b = load_bootstrap_text("t.yaml", &text);
         assert!(b.is_ok(), "{:?}", b.err().map(|e| e.to_string()));
     }
