@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use prost::Message;
-use prost_reflect::{DynamicMessage, ReflectMessage};
+use prost_reflect::DynamicMessage;
 use serde_json::Value;
 use sluice_proto::envoy::envoy::config::bootstrap::v3::Bootstrap;
 
@@ -195,47 +195,27 @@ pub fn canonical_json(msg: &DynamicMessage) -> Result<Value, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Validate a binary resource (xDS) and return its canonical JSON.
-pub fn canonical_resource(full_name: &str, bytes: &[u8]) -> Result<Value, Vec<FieldError>> {
-    let pool =
-        sluice_proto::descriptor_pool().map_err(|e| vec![FieldError::new("", e.to_string())])?;
-    let desc = pool.get_message_by_name(full_name).ok_or_else(|| {
-        vec![FieldError::new(
-            "",
-            format!("unknown message type {full_name}"),
-        )]
-    })?;
-    let dynamic = DynamicMessage::decode(desc, bytes)
-        .map_err(|e| vec![FieldError::new("", e.to_string())])?;
+/// Decode a binary resource (received over xDS) as `full_name` and check field support.
+fn checked_resource(full_name: &str, bytes: &[u8]) -> Result<DynamicMessage, Vec<FieldError>> {
+    let one = |reason: String| vec![FieldError::new("", reason)];
+    let pool = sluice_proto::descriptor_pool().map_err(|e| one(e.to_string()))?;
+    let desc = pool
+        .get_message_by_name(full_name)
+        .ok_or_else(|| one(format!("unknown message type {full_name}")))?;
+    let dynamic = DynamicMessage::decode(desc, bytes).map_err(|e| one(e.to_string()))?;
     let mut errors = Vec::new();
     check_message(&dynamic, "", &mut errors);
-    if !errors.is_empty() {
-        return Err(errors);
+    if errors.is_empty() {
+        Ok(dynamic)
+    } else {
+        Err(errors)
     }
-    canonical_json(&dynamic).map_err(|e| vec![FieldError::new("", e)])
 }
 
-/// Validate a resource received in binary form (xDS) and decode it as `T`.
-pub fn decode_resource<T: Message + Default>(
-    full_name: &str,
-    bytes: &[u8],
-) -> Result<T, Vec<FieldError>> {
-    let pool =
-        sluice_proto::descriptor_pool().map_err(|e| vec![FieldError::new("", e.to_string())])?;
-    let desc = pool.get_message_by_name(full_name).ok_or_else(|| {
-        vec![FieldError::new(
-            "",
-            format!("unknown message type {full_name}"),
-        )]
-    })?;
-    let dynamic = DynamicMessage::decode(desc, bytes)
-        .map_err(|e| vec![FieldError::new("", e.to_string())])?;
-    let mut errors = Vec::new();
-    check_message(&dynamic, "", &mut errors);
-    if !errors.is_empty() {
-        return Err(errors);
-    }
-    T::decode(bytes).map_err(|e| vec![FieldError::new("", e.to_string())])
+/// Validate a binary resource (xDS) and return its canonical JSON, ready for compilation.
+pub fn canonical_resource(full_name: &str, bytes: &[u8]) -> Result<Value, Vec<FieldError>> {
+    let dynamic = checked_resource(full_name, bytes)?;
+    canonical_json(&dynamic).map_err(|e| vec![FieldError::new("", e)])
 }
 
 /// What kind of Envoy document a file holds.
@@ -336,39 +316,6 @@ fn prefix_error(err: ConfigError, path: &str) -> ConfigError {
         },
         other => other,
     }
-}
-
-/// The type name inside a `typed_config` Any, for messages already decoded into `envoy-types`.
-pub fn any_type_name(any: &prost_types::Any) -> &str {
-    any.type_url.rsplit('/').next().unwrap_or("")
-}
-
-/// Decode and field-check the payload of an `Any` (an extension's `typed_config`).
-pub fn decode_any<T: Message + Default>(
-    any: &prost_types::Any,
-    path: &str,
-) -> Result<T, Vec<FieldError>> {
-    decode_resource::<T>(any_type_name(any), &any.value).map_err(|errs| {
-        errs.into_iter()
-            .map(|mut e| {
-                e.path = if e.path.is_empty() {
-                    path.to_string()
-                } else {
-                    format!("{path}.{}", e.path)
-                };
-                e
-            })
-            .collect()
-    })
-}
-
-/// Render a message as Envoy-style JSON (for `/config_dump`).
-pub fn to_json<T: Message>(full_name: &str, msg: &T) -> Option<Value> {
-    let pool = sluice_proto::descriptor_pool().ok()?;
-    let desc = pool.get_message_by_name(full_name)?;
-    let dynamic = DynamicMessage::decode(desc, msg.encode_to_vec().as_slice()).ok()?;
-    let _ = dynamic.descriptor();
-    serde_json::to_value(&dynamic).ok()
 }
 
 #[cfg(test)]

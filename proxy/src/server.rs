@@ -161,6 +161,14 @@ fn protocol_name(v: Version) -> &'static str {
     }
 }
 
+/// The request's authority: from an absolute-form target or `:authority`, else `Host`.
+fn request_authority<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> &'a str {
+    uri.authority()
+        .map(|a| a.as_str())
+        .or_else(|| headers.get(header::HOST).and_then(|v| v.to_str().ok()))
+        .unwrap_or("")
+}
+
 /// Host used for matching: lower-case, port stripped as configured.
 fn match_host<'a>(raw: &'a str, hcm: &HcmConfig, local_port: u16, buf: &'a mut String) -> &'a str {
     let mut host = raw;
@@ -253,16 +261,7 @@ async fn route_request(
     hcm: &Arc<HcmConfig>,
     remote: SocketAddr,
 ) -> Response<ResponseBody> {
-    let raw_host = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|v| v.to_str().ok())
-        })
-        .unwrap_or("");
+    let raw_host = request_authority(req.uri(), req.headers());
     let mut buf = String::new();
     let host = match_host(raw_host, hcm, ctx.local.port(), &mut buf);
     let path_and_query = req
@@ -362,16 +361,7 @@ fn redirect_location(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("http");
     let scheme = r.scheme.as_deref().unwrap_or(orig_scheme);
-    let raw_host = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|v| v.to_str().ok())
-        })
-        .unwrap_or("");
+    let raw_host = request_authority(req.uri(), req.headers());
     let (orig_host, orig_port) = match raw_host.rsplit_once(':') {
         Some((h, p)) if p.parse::<u16>().is_ok() && !h.is_empty() => (h, Some(p)),
         _ => (raw_host, None),
@@ -523,17 +513,7 @@ async fn forward(
     // ---- build the upstream request ----
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
-    let raw_authority = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            headers
-                .get(header::HOST)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        })
-        .unwrap_or_default();
+    let raw_authority = request_authority(&parts.uri, &headers).to_string();
     strip_hop_by_hop(&mut headers, upgrade);
     let orig_path_and_query = parts
         .uri
