@@ -674,3 +674,42 @@ fn validate_mode_reports_unsupported_fields_with_path_and_line() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown cluster `nope`"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_reused() {
+    let up = upstream("app").await;
+    let rc = routes(json!([
+        {"match": {"prefix": "/"}, "route": {"cluster": "app"}}
+    ]));
+    let p = sluice(&bootstrap(
+        rc,
+        vec![cluster("app", &[up.port()])],
+        json!({}),
+    ))
+    .await;
+    let c = client_h1();
+    for i in 0..200 {
+        // Bodies of every shape: with content-length, empty, and HEAD.
+        let path = match i % 3 {
+            0 => "/x",
+            1 => "/x?bytes=0",
+            _ => "/x?bytes=100000",
+        };
+        assert_eq!(get(&c, &p.url("main", path), &[]).await.status, 200);
+    }
+    let head = Request::head(p.url("main", "/h"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(&c, head).await.status, 200);
+    let clusters = p.admin("/clusters").await;
+    let cx_total: u64 = clusters
+        .lines()
+        .find(|l| l.contains("::cx_total::"))
+        .and_then(|l| l.rsplit("::").next())
+        .and_then(|v| v.parse().ok())
+        .expect("cx_total in /clusters");
+    assert!(
+        cx_total <= 2,
+        "201 sequential requests opened {cx_total} upstream connections:\n{clusters}"
+    );
+}

@@ -74,6 +74,20 @@ impl ResponseBody {
     }
 }
 
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // A body read to its end gives its connection back even if nobody polled past the end
+        // (empty bodies, HEAD, 204); a body dropped early closes its connection with it.
+        if let ResponseBody::Upstream { body, pool } = self {
+            if body.is_end_stream() {
+                if let Some(p) = pool.take() {
+                    p.release();
+                }
+            }
+        }
+    }
+}
+
 impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BodyError;
@@ -85,7 +99,11 @@ impl Body for ResponseBody {
         match self.get_mut() {
             ResponseBody::Upstream { body, pool } => {
                 let r = Pin::new(&mut *body).poll_frame(cx);
-                if let Poll::Ready(None) = r {
+                // hyper stops polling once `is_end_stream()` holds (e.g. after content-length
+                // bytes), so the connection is released as soon as the end is known.
+                let ended = matches!(r, Poll::Ready(None))
+                    || (matches!(r, Poll::Ready(Some(Ok(_)))) && body.is_end_stream());
+                if ended {
                     if let Some(p) = pool.take() {
                         p.release();
                     }
