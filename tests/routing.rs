@@ -713,3 +713,97 @@ async fn upstream_connections_are_reused() {
         "201 sequential requests opened {cx_total} upstream connections:\n{clusters}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn circuit_breakers_queue_then_overflow_with_503_uo() {
+    let up = upstream("slow").await;
+    let mut conn_limited = cluster("conn_limited", &[up.port()]);
+    conn_limited["circuit_breakers"] =
+        json!({"thresholds": [{"max_connections": 1, "max_pending_requests": 1}]});
+    let mut rq_limited = cluster("rq_limited", &[up.port()]);
+    rq_limited["circuit_breakers"] = json!({"thresholds": [{"max_requests": 2}]});
+    let rc = routes(json!([
+        {"match": {"prefix": "/conn"}, "route": {"cluster": "conn_limited"}},
+        {"match": {"prefix": "/rq"}, "route": {"cluster": "rq_limited"}}
+    ]));
+    let p = sluice(&bootstrap(rc, vec![conn_limited, rq_limited], json!({}))).await;
+    for (path, want) in [
+        ("/conn?delay_ms=400", vec![200, 200, 503]),
+        ("/rq?delay_ms=400", vec![200, 200, 503]),
+    ] {
+        let mut tasks = Vec::new();
+        for i in 0..3u64 {
+            let url = p.url("main", path);
+            tasks.push(tokio::spawn(async move {
+                // Staggered so that the first request holds the connection before the others arrive.
+                tokio::time::sleep(Duration::from_millis(50 * i)).await;
+                let r = get(&client_h1(), &url, &[]).await;
+                (r.status, String::from_utf8_lossy(&r.body).to_string())
+            }));
+        }
+        let mut got = Vec::new();
+        for t in tasks {
+            got.push(t.await.unwrap());
+        }
+        let mut codes: Vec<u16> = got.iter().map(|(s, _)| *s).collect();
+        codes.sort();
+        assert_eq!(codes, want, "{path}: {got:?}");
+        let overflow = got.iter().find(|(s, _)| *s == 503).unwrap();
+        assert!(
+            overflow.1.ends_with("reset reason: overflow"),
+            "{overflow:?}"
+        );
+    }
+    let stats = p.admin("/stats/prometheus").await;
+    assert!(
+        stats.contains(
+            "envoy_cluster_upstream_rq_pending_overflow{envoy_cluster_name=\"conn_limited\"} 1"
+        ),
+        "{stats}"
+    );
+    assert!(
+        stats.contains(
+            "envoy_cluster_upstream_rq_pending_overflow{envoy_cluster_name=\"rq_limited\"} 1"
+        ),
+        "{stats}"
+    );
+    assert!(stats.contains("response_flags=\"UO\""), "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_downstream_connections_are_closed_after_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = upstream("app").await;
+    let rc = routes(json!([{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]));
+    let p = sluice(&bootstrap(
+        rc,
+        vec![cluster("app", &[up.port()])],
+        json!({"common_http_protocol_options": {"idle_timeout": "0.3s"}}),
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(p.listener("main"))
+        .await
+        .unwrap();
+    // A request slower than the idle timeout is not cut: the timer counts from the last request.
+    s.write_all(b"GET /?delay_ms=500 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    let started = std::time::Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("connection not closed")
+        .unwrap();
+    assert_eq!(n, 0, "expected the proxy to close the idle connection");
+    let idle = started.elapsed();
+    assert!(
+        idle >= Duration::from_millis(250) && idle < Duration::from_secs(2),
+        "closed after {idle:?}"
+    );
+}

@@ -309,6 +309,7 @@ mod tests {
             Discovery::Static,
             specs,
             PoolSettings {
+                budget: crate::upstream_pool::ConnectionBudget::new(1024, 1024),
                 protocol: UpstreamProtocol::Http1,
                 connect_timeout: Duration::from_secs(1),
                 max_requests_per_connection: None,
@@ -378,6 +379,7 @@ mod tests {
             Discovery::Static,
             vec![spec(1, 1, 0, true)],
             PoolSettings {
+                budget: crate::upstream_pool::ConnectionBudget::new(1024, 1024),
                 protocol: UpstreamProtocol::Http1,
                 connect_timeout: Duration::from_secs(1),
                 max_requests_per_connection: None,

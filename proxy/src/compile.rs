@@ -27,7 +27,7 @@ use crate::route_table::{
     RouteAction, RouteMatch, RouteTable, Target, VirtualHost, WeightedEntry, WeightedTarget,
 };
 use crate::snapshot::{Codec, HcmConfig, ListenerConfig, NodeInfo, ServerHeader, Snapshot};
-use crate::upstream_pool::{PoolSettings, UpstreamProtocol};
+use crate::upstream_pool::{ConnectionBudget, PoolSettings, UpstreamProtocol};
 use crate::vhost_select::VhostSelector;
 use crate::weighted_pick::WeightedPick;
 
@@ -958,6 +958,7 @@ fn cluster(
         };
     }
     let settings = PoolSettings {
+        budget: ConnectionBudget::new(breakers.max_connections, breakers.max_pending_requests),
         protocol,
         connect_timeout: dur(v, "connect_timeout").unwrap_or(Duration::from_secs(5)),
         max_requests_per_connection: u(v, "max_requests_per_connection").map(|n| n as u32),

@@ -79,20 +79,95 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ListenerContext>) {
                 Codec::Auto => builder,
             };
             let stats = hcm.stats.cx_active.clone();
+            let idle_timeout = hcm.idle_timeout;
             drop(hcm);
+            let activity = Arc::new(ConnActivity::new());
             let svc_ctx = ctx.clone();
+            let svc_activity = activity.clone();
             let service = service_fn(move |req| {
                 let ctx = svc_ctx.clone();
-                async move { Ok::<_, Infallible>(handle(req, &ctx, remote).await) }
+                let activity = svc_activity.clone();
+                async move {
+                    let _active = activity.begin();
+                    Ok::<_, Infallible>(handle(req, &ctx, remote).await)
+                }
             });
-            if let Err(e) = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await
-            {
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let result = match idle_timeout {
+                None => conn.await,
+                Some(timeout) => {
+                    tokio::select! {
+                        r = conn.as_mut() => r,
+                        _ = activity.idle_for(timeout) => {
+                            // Envoy's idle_timeout: no active request for that long. Let in-flight
+                            // responses finish, then close.
+                            conn.as_mut().graceful_shutdown();
+                            conn.await
+                        }
+                    }
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(error = %e, "connection ended with error");
             }
             stats.dec();
         });
+    }
+}
+
+/// Request activity on one downstream connection, for `idle_timeout`.
+#[derive(Debug)]
+struct ConnActivity {
+    active: std::sync::atomic::AtomicUsize,
+    /// Milliseconds since `start` when the last request ended.
+    last_ms: std::sync::atomic::AtomicU64,
+    start: Instant,
+}
+
+/// Marks one request as active until dropped.
+struct ActiveGuard<'a>(&'a ConnActivity);
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        let now = self.0.start.elapsed().as_millis() as u64;
+        self.0.last_ms.store(now, Ordering::Relaxed);
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl ConnActivity {
+    fn new() -> Self {
+        ConnActivity {
+            active: std::sync::atomic::AtomicUsize::new(0),
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+            start: Instant::now(),
+        }
+    }
+
+    fn begin(&self) -> ActiveGuard<'_> {
+        self.active
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ActiveGuard(self)
+    }
+
+    /// Resolves once no request has been active for `timeout`.
+    async fn idle_for(&self, timeout: std::time::Duration) {
+        use std::sync::atomic::Ordering;
+        loop {
+            let idle_since = std::time::Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let deadline = self.start + idle_since + timeout;
+            if self.active.load(Ordering::Relaxed) == 0 && Instant::now() >= deadline {
+                return;
+            }
+            let wake = if Instant::now() < deadline {
+                deadline
+            } else {
+                Instant::now() + timeout
+            };
+            tokio::time::sleep_until(wake.into()).await;
+        }
     }
 }
 
@@ -649,11 +724,7 @@ async fn forward(
                     *h = mh;
                 }
                 if let Ok(r) = b.body(RequestBody::Empty) {
-                    if let Ok(resp) = ep
-                        .pool
-                        .send(r, Some(mc.breakers.max_connections), false)
-                        .await
-                    {
+                    if let Ok(resp) = ep.pool.send(r, false).await {
                         if let Some(p) = resp.pool_return {
                             // Drain so the connection can be reused.
                             let mut body = resp.response.into_body();
@@ -693,9 +764,7 @@ async fn forward(
     }
 
     cluster.stats.rq_total.inc();
-    let send = endpoint
-        .pool
-        .send(up, Some(cluster.breakers.max_connections), upgrade);
+    let send = endpoint.pool.send(up, upgrade);
     let result = match f.timeout {
         Some(t) => match tokio::time::timeout(t, send).await {
             Ok(r) => r,

@@ -7,7 +7,7 @@
 //! it closes.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,7 @@ use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 use crate::body::RequestBody;
 
@@ -31,9 +32,70 @@ pub enum UpstreamProtocol {
     Http2,
 }
 
+/// A cluster's connection budget (`circuit_breakers`): open connections across all its endpoints,
+/// and requests waiting for a connection. Shared by the endpoint pools of one cluster.
+#[derive(Debug)]
+pub struct ConnectionBudget {
+    pub max_connections: u64,
+    pub max_pending_requests: u64,
+    open: AtomicU64,
+    pending: AtomicU64,
+    /// Signalled when a connection returns to a pool or closes.
+    released: Notify,
+}
+
+impl ConnectionBudget {
+    /// A budget with the given limits.
+    pub fn new(max_connections: u64, max_pending_requests: u64) -> Arc<Self> {
+        Arc::new(ConnectionBudget {
+            max_connections,
+            max_pending_requests,
+            open: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
+            released: Notify::new(),
+        })
+    }
+
+    /// Open connections of the cluster.
+    pub fn open_connections(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Requests waiting for a connection.
+    pub fn pending_requests(&self) -> u64 {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Reserve a connection slot; `false` when the cluster is at `max_connections`.
+    fn try_reserve(&self) -> bool {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_connections).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Give a slot back (the connection closed, or dialling it failed).
+    fn closed(&self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.released.notify_one();
+    }
+}
+
+/// Counts a request as pending while it waits for a connection.
+struct PendingGuard<'a>(&'a ConnectionBudget);
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Settings shared by the pools of a cluster.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
+    /// Connection limits, shared by every endpoint pool of the cluster.
+    pub budget: Arc<ConnectionBudget>,
     pub protocol: UpstreamProtocol,
     pub connect_timeout: Duration,
     /// Close a connection after this many requests.
@@ -70,7 +132,6 @@ pub struct EndpointPool {
     pub open_connections: AtomicU64,
     pub total_connections: AtomicU64,
     settings: PoolSettings,
-    h2_redials: AtomicU32,
 }
 
 impl std::fmt::Debug for EndpointPool {
@@ -110,6 +171,7 @@ impl PoolReturn {
                 uses: self.uses,
                 idle_since: Instant::now(),
             });
+            self.pool.settings.budget.released.notify_one();
         }
     }
 }
@@ -130,7 +192,6 @@ impl EndpointPool {
             open_connections: AtomicU64::new(0),
             total_connections: AtomicU64::new(0),
             settings,
-            h2_redials: AtomicU32::new(0),
         })
     }
 
@@ -148,60 +209,91 @@ impl EndpointPool {
     pub async fn send(
         self: &Arc<Self>,
         req: Request<RequestBody>,
-        max_connections: Option<u64>,
         upgrade: bool,
     ) -> Result<UpstreamResponse, UpstreamError> {
         match self.settings.protocol {
-            UpstreamProtocol::Http2 if !upgrade => self.send_h2(req, max_connections).await,
-            _ => self.send_h1(req, max_connections, upgrade).await,
+            UpstreamProtocol::Http2 if !upgrade => self.send_h2(req).await,
+            _ => self.send_h1(req, upgrade).await,
+        }
+    }
+
+    /// Take an idle HTTP/1.1 connection that is still usable.
+    async fn take_idle(&self) -> Option<IdleConn> {
+        while let Some(mut c) = self.idle.pop() {
+            if c.sender.is_closed() {
+                continue;
+            }
+            if self
+                .settings
+                .idle_timeout
+                .is_some_and(|t| c.idle_since.elapsed() > t)
+            {
+                continue;
+            }
+            if c.sender.ready().await.is_ok() {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    /// Reserve a connection slot, or (with `reuse`) take an idle connection that comes back while
+    /// waiting, counted as a pending request (`max_pending_requests`); overflow when that queue is
+    /// full. `Ok(None)` means a slot is reserved: the caller dials, and gives it back on failure.
+    async fn wait_for_connection(&self, reuse: bool) -> Result<Option<IdleConn>, UpstreamError> {
+        let budget = &self.settings.budget;
+        if budget.try_reserve() {
+            return Ok(None);
+        }
+        if budget.pending.fetch_add(1, Ordering::Relaxed) >= budget.max_pending_requests {
+            budget.pending.fetch_sub(1, Ordering::Relaxed);
+            return Err(UpstreamError::Overflow);
+        }
+        let _pending = PendingGuard(budget);
+        loop {
+            let released = budget.released.notified();
+            if reuse {
+                if let Some(c) = self.take_idle().await {
+                    return Ok(Some(c));
+                }
+            }
+            if budget.try_reserve() {
+                return Ok(None);
+            }
+            released.await;
         }
     }
 
     async fn send_h1(
         self: &Arc<Self>,
         req: Request<RequestBody>,
-        max_connections: Option<u64>,
         upgrade: bool,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let mut reused = None;
-        if !upgrade {
-            while let Some(c) = self.idle.pop() {
-                if c.sender.is_closed() {
-                    continue;
-                }
-                if self
-                    .settings
-                    .idle_timeout
-                    .is_some_and(|t| c.idle_since.elapsed() > t)
-                {
-                    continue;
-                }
-                let mut c = c;
-                if c.sender.ready().await.is_ok() {
-                    reused = Some(c);
-                    break;
-                }
-            }
+        let mut reused = if upgrade {
+            None
+        } else {
+            self.take_idle().await
+        };
+        if reused.is_none() {
+            reused = self.wait_for_connection(!upgrade).await?;
         }
         let (mut sender, uses) = match reused {
             Some(c) => (c.sender, c.uses),
             None => {
-                if max_connections
-                    .is_some_and(|m| self.open_connections.load(Ordering::Relaxed) >= m)
-                {
-                    return Err(UpstreamError::Overflow);
+                let dialled = async {
+                    let stream = self.dial().await?;
+                    http1::Builder::new()
+                        .handshake(TokioIo::new(stream))
+                        .await
+                        .map_err(UpstreamError::Reset)
                 }
-                let stream = self.dial().await?;
-                let (sender, conn) = http1::Builder::new()
-                    .handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(UpstreamError::Reset)?;
-                self.open_connections.fetch_add(1, Ordering::Relaxed);
-                self.total_connections.fetch_add(1, Ordering::Relaxed);
+                .await;
+                let (sender, conn) = dialled.inspect_err(|_| self.settings.budget.closed())?;
+                self.connection_opened();
                 let pool = self.clone();
                 tokio::spawn(async move {
                     let _ = conn.with_upgrades().await;
-                    pool.open_connections.fetch_sub(1, Ordering::Relaxed);
+                    pool.connection_closed();
                 });
                 (sender, 0)
             }
@@ -224,30 +316,27 @@ impl EndpointPool {
     async fn send_h2(
         self: &Arc<Self>,
         req: Request<RequestBody>,
-        max_connections: Option<u64>,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let current = self.h2.load_full().filter(|s| !s.is_closed());
         let mut sender = match current {
             Some(s) => (*s).clone(),
             None => {
-                if max_connections
-                    .is_some_and(|m| self.open_connections.load(Ordering::Relaxed) >= m)
-                {
-                    return Err(UpstreamError::Overflow);
+                self.wait_for_connection(false).await?;
+                let dialled = async {
+                    let stream = self.dial().await?;
+                    http2::Builder::new(TokioExecutor::new())
+                        .timer(TokioTimer::new())
+                        .handshake(TokioIo::new(stream))
+                        .await
+                        .map_err(UpstreamError::Reset)
                 }
-                let stream = self.dial().await?;
-                let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(UpstreamError::Reset)?;
-                self.open_connections.fetch_add(1, Ordering::Relaxed);
-                self.total_connections.fetch_add(1, Ordering::Relaxed);
-                self.h2_redials.fetch_add(1, Ordering::Relaxed);
+                .await;
+                let (sender, conn) = dialled.inspect_err(|_| self.settings.budget.closed())?;
+                self.connection_opened();
                 let pool = self.clone();
                 tokio::spawn(async move {
                     let _ = conn.await;
-                    pool.open_connections.fetch_sub(1, Ordering::Relaxed);
+                    pool.connection_closed();
                 });
                 self.h2.store(Some(Arc::new(sender.clone())));
                 sender
@@ -262,6 +351,17 @@ impl EndpointPool {
             response,
             pool_return: None,
         })
+    }
+
+    /// Count a new connection (its budget slot was reserved before dialling).
+    fn connection_opened(&self) {
+        self.open_connections.fetch_add(1, Ordering::Relaxed);
+        self.total_connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn connection_closed(&self) {
+        self.open_connections.fetch_sub(1, Ordering::Relaxed);
+        self.settings.budget.closed();
     }
 
     /// Idle HTTP/1.1 connections waiting in the pool.
