@@ -807,3 +807,36 @@ async fn idle_downstream_connections_are_closed_after_idle_timeout() {
         "closed after {idle:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_clusters_resolve_names() {
+    let up = upstream("dns").await;
+    let mut strict = cluster("strict", &[up.port()]);
+    strict["type"] = json!("STRICT_DNS");
+    strict["dns_lookup_family"] = json!("V4_ONLY");
+    strict["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+        ["socket_address"]["address"] = json!("localhost");
+    let mut logical = strict.clone();
+    logical["name"] = json!("logical");
+    logical["type"] = json!("LOGICAL_DNS");
+    logical["load_assignment"]["cluster_name"] = json!("logical");
+    let rc = routes(json!([
+        {"match": {"prefix": "/strict"}, "route": {"cluster": "strict"}},
+        {"match": {"prefix": "/logical"}, "route": {"cluster": "logical"}}
+    ]));
+    let p = sluice(&bootstrap(rc, vec![strict, logical], json!({}))).await;
+    let c = client_h1();
+    for _ in 0..10 {
+        assert_eq!(
+            get(&c, &p.url("main", "/strict"), &[]).await.upstream(),
+            "dns"
+        );
+        assert_eq!(
+            get(&c, &p.url("main", "/logical"), &[]).await.upstream(),
+            "dns"
+        );
+    }
+    let clusters = p.admin("/clusters").await;
+    assert!(clusters.contains("strict::127.0.0.1:"), "{clusters}");
+    assert!(clusters.contains("::hostname::localhost:"), "{clusters}");
+}

@@ -80,7 +80,7 @@ pub const SUPPORTED: &[&str] = &[
     // Clusters
     "envoy.config.cluster.v3.Cluster: name type=STATIC|STRICT_DNS|LOGICAL_DNS connect_timeout lb_policy=ROUND_ROBIN|LEAST_REQUEST|RANDOM \
         load_assignment typed_extension_protocol_options http2_protocol_options circuit_breakers max_requests_per_connection \
-        dns_refresh_rate metadata ~dns_lookup_family ~alt_stat_name ~per_connection_buffer_limit_bytes ~respect_dns_ttl",
+        dns_refresh_rate dns_lookup_family=AUTO|V4_ONLY|V6_ONLY|V4_PREFERRED|ALL metadata ~alt_stat_name ~per_connection_buffer_limit_bytes ~respect_dns_ttl",
     "envoy.config.endpoint.v3.ClusterLoadAssignment: cluster_name endpoints",
     "envoy.config.endpoint.v3.LocalityLbEndpoints: lb_endpoints load_balancing_weight priority ~locality",
     "envoy.config.endpoint.v3.LbEndpoint: endpoint load_balancing_weight health_status ~metadata",

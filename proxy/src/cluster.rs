@@ -19,6 +19,35 @@ pub enum LbPolicy {
     Random,
 }
 
+/// Which address families a DNS name contributes (`dns_lookup_family`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsFamily {
+    /// IPv6 addresses if there are any, else IPv4 (Envoy's default).
+    Auto,
+    V4Only,
+    V6Only,
+    /// IPv4 addresses if there are any, else IPv6.
+    V4Preferred,
+    All,
+}
+
+impl DnsFamily {
+    /// Keep the addresses this setting selects, in resolver order.
+    pub fn select(self, addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
+        let (v4, v6): (Vec<SocketAddr>, Vec<SocketAddr>) =
+            addrs.into_iter().partition(|a| a.is_ipv4());
+        match self {
+            DnsFamily::All => v4.into_iter().chain(v6).collect(),
+            DnsFamily::V4Only => v4,
+            DnsFamily::V6Only => v6,
+            DnsFamily::Auto if v6.is_empty() => v4,
+            DnsFamily::Auto => v6,
+            DnsFamily::V4Preferred if v4.is_empty() => v6,
+            DnsFamily::V4Preferred => v4,
+        }
+    }
+}
+
 /// How endpoints are discovered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Discovery {
@@ -27,6 +56,7 @@ pub enum Discovery {
     Dns {
         logical: bool,
         refresh: Duration,
+        family: DnsFamily,
     },
 }
 
@@ -195,10 +225,17 @@ impl Cluster {
                     Ok(it) => {
                         let all: Vec<SocketAddr> = it.collect();
                         match discovery {
-                            Discovery::Dns { logical: true, .. } => {
-                                all.into_iter().take(1).collect()
+                            Discovery::Dns {
+                                logical, family, ..
+                            } => {
+                                let chosen = family.select(all);
+                                if *logical {
+                                    chosen.into_iter().take(1).collect()
+                                } else {
+                                    chosen
+                                }
                             }
-                            _ => all,
+                            Discovery::Static => all,
                         }
                     }
                     Err(e) => {
@@ -362,6 +399,19 @@ mod tests {
         for _ in 0..50 {
             assert_eq!(c.acquire().unwrap().0.pool.addr.port(), 1);
         }
+    }
+
+    #[test]
+    fn dns_families() {
+        let v4: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let v6: SocketAddr = "[::1]:1".parse().unwrap();
+        assert_eq!(DnsFamily::Auto.select(vec![v4, v6]), vec![v6]);
+        assert_eq!(DnsFamily::Auto.select(vec![v4]), vec![v4]);
+        assert_eq!(DnsFamily::V4Only.select(vec![v6, v4]), vec![v4]);
+        assert_eq!(DnsFamily::V6Only.select(vec![v4]), Vec::<SocketAddr>::new());
+        assert_eq!(DnsFamily::V4Preferred.select(vec![v6, v4]), vec![v4]);
+        assert_eq!(DnsFamily::V4Preferred.select(vec![v6]), vec![v6]);
+        assert_eq!(DnsFamily::All.select(vec![v6, v4]), vec![v4, v6]);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use serde_json::Value;
 use sluice_config::FieldError;
 
-use crate::cluster::{Breakers, Cluster, Discovery, EndpointSpec, LbPolicy};
+use crate::cluster::{Breakers, Cluster, Discovery, DnsFamily, EndpointSpec, LbPolicy};
 use crate::hash_policy::{HashPolicy, HashSource};
 use crate::header_ops::{AppendAction, HeaderAdd, HeaderOps, HeaderTemplate};
 use crate::matcher::{
@@ -858,14 +858,24 @@ fn cluster(
             return Some(prev.clone());
         }
     }
+    let family = match s(v, "dns_lookup_family") {
+        Some("V4_ONLY") => DnsFamily::V4Only,
+        Some("V6_ONLY") => DnsFamily::V6Only,
+        Some("V4_PREFERRED") => DnsFamily::V4Preferred,
+        Some("ALL") => DnsFamily::All,
+        _ => DnsFamily::Auto,
+    };
+    let refresh = dur(v, "dns_refresh_rate").unwrap_or(Duration::from_secs(5));
     let discovery = match s(v, "type").unwrap_or("STATIC") {
         "STRICT_DNS" => Discovery::Dns {
             logical: false,
-            refresh: dur(v, "dns_refresh_rate").unwrap_or(Duration::from_secs(5)),
+            refresh,
+            family,
         },
         "LOGICAL_DNS" => Discovery::Dns {
             logical: true,
-            refresh: dur(v, "dns_refresh_rate").unwrap_or(Duration::from_secs(5)),
+            refresh,
+            family,
         },
         _ => Discovery::Static,
     };
