@@ -1007,6 +1007,7 @@ fn hcm(
     path: &str,
     res: &ClusterResolver<'_>,
     metrics: &Metrics,
+    identity: &Identity,
     errors: &mut Errors,
 ) -> Option<HcmConfig> {
     let stat_prefix = s(v, "stat_prefix").unwrap_or("").to_string();
@@ -1076,6 +1077,18 @@ fn hcm(
     let server_name = s(v, "server_name").unwrap_or("envoy");
     Some(HcmConfig {
         stats: HcmStats::new(metrics, &stat_prefix),
+        unrouted: IstioStats::new(
+            metrics,
+            vec![
+                identity.reporter.clone(),
+                identity.source_workload.clone(),
+                identity.source_app.clone(),
+                "unknown".into(),
+                "unknown".into(),
+                "unknown".into(),
+                "unknown".into(),
+            ],
+        ),
         stat_prefix,
         codec,
         routes: Arc::new(routes),
@@ -1112,6 +1125,7 @@ fn listener(
     path: &str,
     res: &ClusterResolver<'_>,
     metrics: &Metrics,
+    identity: &Identity,
     errors: &mut Errors,
 ) -> Option<ListenerConfig> {
     let name = s(v, "name").unwrap_or("").to_string();
@@ -1158,6 +1172,7 @@ fn listener(
         &format!("{fpath}[0].typed_config"),
         res,
         metrics,
+        identity,
         errors,
     )?;
     Some(ListenerConfig {
@@ -1213,7 +1228,7 @@ pub fn bootstrap(
     let mut seen = std::collections::HashSet::new();
     for (i, l) in arr(&sr, "listeners").iter().enumerate() {
         let lpath = format!("static_resources.listeners[{i}]");
-        if let Some(lc) = listener(l, &lpath, &resolver, metrics, &mut errors) {
+        if let Some(lc) = listener(l, &lpath, &resolver, metrics, &identity, &mut errors) {
             if !seen.insert(lc.address) {
                 errors.push(FieldError::new(
                     p(&lpath, "address"),

@@ -361,6 +361,7 @@ async fn route_request(
     .then(request_id::generate);
     let random = fast_random();
     let Some(hit) = hcm.routes.route(&view, random) else {
+        hcm.unrouted.record(404, false, Flag::NoRoute.code(), 0.0);
         return local_reply(hcm, StatusCode::NOT_FOUND, "");
     };
     let rctx = RequestContext {
@@ -555,7 +556,10 @@ async fn forward(
         random,
     );
     let Some(cluster) = cluster else {
-        return local_reply(hcm, f.cluster_not_found_status, "");
+        let status = f.cluster_not_found_status;
+        hcm.unrouted
+            .record(status.as_u16(), false, Flag::NoCluster.code(), 0.0);
+        return local_reply(hcm, status, "");
     };
     let grpc = req
         .headers()

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use http::HeaderValue;
 
 use crate::cluster::Cluster;
-use crate::metrics::HcmStats;
+use crate::metrics::{HcmStats, IstioStats};
 use crate::route_table::RouteTable;
 
 /// Downstream codec (`codec_type`).
@@ -48,6 +48,9 @@ pub struct HcmConfig {
     pub server_name: HeaderValue,
     pub server_header: ServerHeader,
     pub stats: HcmStats,
+    /// `istio_requests_total` for requests that reach no cluster (`NR`, `NC`), with unknown
+    /// destination labels, as Istio reports them.
+    pub unrouted: IstioStats,
 }
 
 /// A listener, compiled.
