@@ -25,8 +25,8 @@ fn split_routes() -> serde_json::Value {
     ]))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn weighted_split_is_within_a_binomial_bound_over_10000_requests() {
+/// Two upstreams (`v1`, `v2`) behind a proxy serving [`split_routes`].
+async fn split_proxy() -> (Upstream, Upstream, ProxyProcess) {
     let stable = upstream("v1").await;
     let canary = upstream("v2").await;
     let p = sluice(&bootstrap(
@@ -38,6 +38,12 @@ async fn weighted_split_is_within_a_binomial_bound_over_10000_requests() {
         json!({}),
     ))
     .await;
+    (stable, canary, p)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn weighted_split_is_within_a_binomial_bound_over_10000_requests() {
+    let (_stable, _canary, p) = split_proxy().await;
     let client = client_h1();
     let n = 10_000u64;
     let mut tasks = Vec::new();
@@ -72,17 +78,7 @@ async fn weighted_split_is_within_a_binomial_bound_over_10000_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_cookie_query_and_uri_rules_pin_the_canary() {
-    let stable = upstream("v1").await;
-    let canary = upstream("v2").await;
-    let p = sluice(&bootstrap(
-        split_routes(),
-        vec![
-            cluster("stable", &[stable.port()]),
-            cluster("canary", &[canary.port()]),
-        ],
-        json!({}),
-    ))
-    .await;
+    let (_stable, _canary, p) = split_proxy().await;
     let c = client_h1();
     for _ in 0..50 {
         assert_eq!(

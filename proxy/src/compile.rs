@@ -782,6 +782,18 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// Istio metric handles for a destination (`service`, `name`, `namespace`, `version`) as seen
+    /// by this proxy.
+    pub fn istio_stats(&self, metrics: &Metrics, destination: [String; 4]) -> IstioStats {
+        let mut labels = vec![
+            self.reporter.clone(),
+            self.source_workload.clone(),
+            self.source_app.clone(),
+        ];
+        labels.extend(destination);
+        IstioStats::new(metrics, labels)
+    }
+
     /// Derive from the bootstrap's `node` (Istio node metadata when present).
     pub fn from_node(node: &Value, cli_cluster: Option<&str>) -> Self {
         let meta = get(node, "metadata");
@@ -975,18 +987,7 @@ fn cluster(
         idle_timeout: idle_timeout.or(Some(Duration::from_secs(3600))),
     };
     let (service, short, namespace, version) = istio_destination(&name, get(v, "metadata"));
-    let istio = IstioStats::new(
-        metrics,
-        vec![
-            identity.reporter.clone(),
-            identity.source_workload.clone(),
-            identity.source_app.clone(),
-            service,
-            short,
-            namespace,
-            version,
-        ],
-    );
+    let istio = identity.istio_stats(metrics, [service, short, namespace, version]);
     Some(Cluster::new(
         name.clone(),
         lb,
@@ -1077,12 +1078,9 @@ fn hcm(
     let server_name = s(v, "server_name").unwrap_or("envoy");
     Some(HcmConfig {
         stats: HcmStats::new(metrics, &stat_prefix),
-        unrouted: IstioStats::new(
+        unrouted: identity.istio_stats(
             metrics,
-            vec![
-                identity.reporter.clone(),
-                identity.source_workload.clone(),
-                identity.source_app.clone(),
+            [
                 "unknown".into(),
                 "unknown".into(),
                 "unknown".into(),

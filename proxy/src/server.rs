@@ -403,6 +403,19 @@ async fn route_request(
     }
 }
 
+/// Apply header operations from the most specific level to the least specific (Envoy's order).
+fn apply_levels(
+    levels: [Option<&HeaderOps>; 4],
+    headers: &mut HeaderMap,
+    rctx: &RequestContext<'_>,
+) {
+    for ops in levels.into_iter().flatten() {
+        if !ops.is_empty() {
+            ops.apply(headers, rctx);
+        }
+    }
+}
+
 fn apply_response_ops(
     hcm: &HcmConfig,
     hit: RouteHit<'_>,
@@ -410,19 +423,16 @@ fn apply_response_ops(
     h: &mut HeaderMap,
     rctx: &RequestContext<'_>,
 ) {
-    for ops in [
-        entry,
-        Some(&hit.route.response_headers),
-        Some(&hit.vhost.response_headers),
-        Some(&hcm.routes.response_headers),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        if !ops.is_empty() {
-            ops.apply(h, rctx);
-        }
-    }
+    apply_levels(
+        [
+            entry,
+            Some(&hit.route.response_headers),
+            Some(&hit.vhost.response_headers),
+            Some(&hcm.routes.response_headers),
+        ],
+        h,
+        rctx,
+    );
 }
 
 fn redirect_location(
@@ -672,19 +682,16 @@ async fn forward(
             );
         }
     }
-    for ops in [
-        entry.map(|e| &e.request_headers),
-        Some(&hit.route.request_headers),
-        Some(&hit.vhost.request_headers),
-        Some(&hcm.routes.request_headers),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        if !ops.is_empty() {
-            ops.apply(&mut headers, &rctx);
-        }
-    }
+    apply_levels(
+        [
+            entry.map(|e| &e.request_headers),
+            Some(&hit.route.request_headers),
+            Some(&hit.vhost.request_headers),
+            Some(&hcm.routes.request_headers),
+        ],
+        &mut headers,
+        &rctx,
+    );
 
     // Mirrors: fire and forget, without the body.
     for m in &f.mirrors {
