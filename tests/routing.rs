@@ -543,6 +543,20 @@ async fn hot_reload_under_load_has_zero_failures_and_bad_files_keep_the_last_con
         }));
     }
     let pid = p.pid().to_string();
+    // Signals sent while a reload runs coalesce, so each edit waits until its reload is counted.
+    let wait_for = |needle: String| {
+        let p = &p;
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !p.admin("/stats/prometheus").await.contains(&needle) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "timed out waiting for {needle}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
     for round in 0..20 {
         let cfg = if round % 2 == 0 {
             weights(0, 100)
@@ -555,7 +569,8 @@ async fn hot_reload_under_load_has_zero_failures_and_bad_files_keep_the_last_con
             .status()
             .unwrap()
             .success());
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        wait_for(format!("sluice_config_reload_total {}\n", round + 1)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // A broken file: logged, and the last good config (100 % stable after 20 rounds) keeps serving.
     std::fs::write(&p.config_path, "static_resources: [not, a, bootstrap").unwrap();
@@ -563,7 +578,8 @@ async fn hot_reload_under_load_has_zero_failures_and_bad_files_keep_the_last_con
         .args(["-HUP", &pid])
         .status()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for("sluice_config_reload_failed_total 1\n".to_string()).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (mut ok, mut failed) = (0, 0);
     for t in load {
@@ -837,4 +853,43 @@ async fn dns_clusters_resolve_names() {
     let clusters = p.admin("/clusters").await;
     assert!(clusters.contains("strict::127.0.0.1:"), "{clusters}");
     assert!(clusters.contains("::hostname::localhost:"), "{clusters}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loading_memory_is_given_back_when_idle() {
+    let up = upstream("app").await;
+    let rc = routes(json!([{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]));
+    let p = sluice(&bootstrap(
+        rc,
+        vec![cluster("app", &[up.port()])],
+        json!({}),
+    ))
+    .await;
+    let anon_kib = |pid: u32| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("RssAnon:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(u64::MAX)
+    };
+    let peak = p.vm_hwm_kib();
+    let idle = anon_kib(p.pid());
+    eprintln!("peak RSS {peak} KiB, idle anonymous memory {idle} KiB");
+    // Loading decodes the Envoy descriptors (tens of MiB); none of it may stay resident.
+    assert!(
+        idle < 8 * 1024,
+        "idle anonymous memory {idle} KiB (peak {peak} KiB)"
+    );
+    std::process::Command::new("kill")
+        .args(["-HUP", &p.pid().to_string()])
+        .status()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after_reload = anon_kib(p.pid());
+    assert!(
+        after_reload < 8 * 1024,
+        "after a reload: {after_reload} KiB"
+    );
 }

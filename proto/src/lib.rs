@@ -9,7 +9,7 @@
 //!   spellings, durations such as `"1.5s"`, enums by name, `"@type"` inside `typed_config`) and lets the
 //!   validator name any field by its full path.
 
-use std::sync::OnceLock;
+use std::sync::Mutex;
 
 use prost_reflect::DescriptorPool;
 
@@ -25,13 +25,27 @@ static DESCRIPTOR_BYTES: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy
 #[error("embedded Envoy descriptor set is invalid: {0}")]
 pub struct DescriptorError(String);
 
-static POOL: OnceLock<Result<DescriptorPool, String>> = OnceLock::new();
+/// The decoded pool, kept while configuration is being loaded (see [`release_descriptor_pool`]).
+static POOL: Mutex<Option<DescriptorPool>> = Mutex::new(None);
 
-/// The descriptor pool holding every Envoy message type known to `envoy-types`.
-pub fn descriptor_pool() -> Result<&'static DescriptorPool, DescriptorError> {
-    POOL.get_or_init(|| DescriptorPool::decode(DESCRIPTOR_BYTES).map_err(|e| e.to_string()))
-        .as_ref()
-        .map_err(|e| DescriptorError(e.clone()))
+/// The descriptor pool holding every Envoy message type known to `envoy-types`. Decoding it takes
+/// tens of milliseconds and tens of MiB, so it is cached until [`release_descriptor_pool`].
+pub fn descriptor_pool() -> Result<DescriptorPool, DescriptorError> {
+    // A poisoned lock only means another thread panicked while decoding; the cache is still valid.
+    let mut cached = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(pool) = cached.as_ref() {
+        return Ok(pool.clone());
+    }
+    let pool =
+        DescriptorPool::decode(DESCRIPTOR_BYTES).map_err(|e| DescriptorError(e.to_string()))?;
+    *cached = Some(pool.clone());
+    Ok(pool)
+}
+
+/// Drop the cached pool once configuration is loaded; a running proxy does not need it until the
+/// next load. (Messages still holding descriptors keep their pool alive until they are dropped.)
+pub fn release_descriptor_pool() {
+    POOL.lock().unwrap_or_else(|e| e.into_inner()).take();
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ pub mod edge;
 pub mod hash_policy;
 pub mod header_ops;
 pub mod matcher;
+pub mod memory;
 pub mod metrics;
 pub mod request_id;
 pub mod route_table;

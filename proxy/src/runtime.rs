@@ -48,6 +48,8 @@ pub enum RunError {
     },
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
 }
 
 /// Load, validate and compile the bootstrap file, then resolve the names of new DNS clusters.
@@ -187,6 +189,26 @@ pub struct Proxy {
     listeners: HashMap<String, RunningListener>,
     bound: Arc<ArcSwap<Vec<(String, SocketAddr)>>>,
     version: AtomicU64,
+    signals: Signals,
+}
+
+/// Signal handlers, installed before anything is served: a SIGHUP that arrives while the proxy
+/// starts must reload, not kill it with the default action.
+struct Signals {
+    hangup: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, RunError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            hangup: signal(SignalKind::hangup()).map_err(RunError::Signals)?,
+            terminate: signal(SignalKind::terminate()).map_err(RunError::Signals)?,
+            interrupt: signal(SignalKind::interrupt()).map_err(RunError::Signals)?,
+        })
+    }
 }
 
 fn bind(addr: SocketAddr) -> Result<TcpListener, RunError> {
@@ -205,8 +227,11 @@ fn bind(addr: SocketAddr) -> Result<TcpListener, RunError> {
 impl Proxy {
     /// Load the configuration and start serving.
     pub async fn start(options: ProxyOptions) -> Result<Self, RunError> {
+        let signals = Signals::install()?;
         let metrics = Metrics::new()?;
-        let snap = load(&options, &metrics, None, 1)?;
+        let snap = load(&options, &metrics, None, 1);
+        crate::memory::release_after_load();
+        let snap = snap?;
         let snapshot = Arc::new(ArcSwap::from_pointee(snap));
         let mut proxy = Proxy {
             options,
@@ -215,6 +240,7 @@ impl Proxy {
             listeners: HashMap::new(),
             bound: Arc::new(ArcSwap::from_pointee(Vec::new())),
             version: AtomicU64::new(1),
+            signals,
         };
         proxy.sync_listeners()?;
         let current = snapshot.load();
@@ -307,7 +333,10 @@ impl Proxy {
     pub fn reload(&mut self) -> Result<u64, RunError> {
         let version = self.version.load(Ordering::Relaxed) + 1;
         let current = self.snapshot.load_full();
-        match load(&self.options, &self.metrics, Some(&current), version) {
+        let loaded = load(&self.options, &self.metrics, Some(&current), version);
+        drop(current);
+        crate::memory::release_after_load();
+        match loaded {
             Ok(next) => {
                 self.snapshot.store(Arc::new(next));
                 self.version.store(version, Ordering::Relaxed);
@@ -327,22 +356,13 @@ impl Proxy {
 
     /// Serve until SIGINT/SIGTERM, reloading on SIGHUP and (with `--watch-config`) on file change.
     pub async fn run_until_signalled(mut self) {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::hangup()),
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            tracing::error!("cannot install signal handlers");
-            return;
-        };
         let mut last_mtime = mtime(&self.options.config_path);
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             tokio::select! {
-                _ = hup.recv() => self.reload_logged("SIGHUP"),
-                _ = term.recv() => break,
-                _ = int.recv() => break,
+                _ = self.signals.hangup.recv() => self.reload_logged("SIGHUP"),
+                _ = self.signals.terminate.recv() => break,
+                _ = self.signals.interrupt.recv() => break,
                 _ = tick.tick(), if self.options.watch_config => {
                     let m = mtime(&self.options.config_path);
                     if m != last_mtime {
