@@ -30,8 +30,19 @@ pub const SUPPORTED: &[&str] = &[
     "envoy.config.core.v3.SocketAddress: protocol=TCP address port_value ipv4_compat",
     "envoy.config.core.v3.Metadata: filter_metadata",
     // Listeners
-    "envoy.config.listener.v3.Listener: name address filter_chains ~stat_prefix ~per_connection_buffer_limit_bytes ~traffic_direction ~access_log",
-    "envoy.config.listener.v3.FilterChain: filters name",
+    "envoy.config.listener.v3.Listener: name address filter_chains listener_filters ~stat_prefix ~per_connection_buffer_limit_bytes ~traffic_direction ~access_log",
+    "envoy.config.listener.v3.FilterChain: filters name filter_chain_match transport_socket",
+    "envoy.config.listener.v3.FilterChainMatch: server_names",
+    "envoy.config.listener.v3.ListenerFilter: name typed_config",
+    "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector: ",
+    // TLS
+    "envoy.config.core.v3.TransportSocket: name typed_config",
+    "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext: common_tls_context require_client_certificate",
+    "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext: common_tls_context sni",
+    "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext: tls_params tls_certificates validation_context alpn_protocols",
+    "envoy.extensions.transport_sockets.tls.v3.TlsParameters: tls_minimum_protocol_version=TLS_AUTO|TLSv1_2|TLSv1_3 tls_maximum_protocol_version=TLS_AUTO|TLSv1_2|TLSv1_3",
+    "envoy.extensions.transport_sockets.tls.v3.TlsCertificate: certificate_chain private_key",
+    "envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext: trusted_ca",
     "envoy.config.listener.v3.Filter: name typed_config",
     // HTTP connection manager
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager: \
@@ -79,7 +90,7 @@ pub const SUPPORTED: &[&str] = &[
         response_code=MOVED_PERMANENTLY|FOUND|SEE_OTHER|TEMPORARY_REDIRECT|PERMANENT_REDIRECT strip_query",
     // Clusters
     "envoy.config.cluster.v3.Cluster: name type=STATIC|STRICT_DNS|LOGICAL_DNS connect_timeout lb_policy=ROUND_ROBIN|LEAST_REQUEST|RANDOM \
-        load_assignment typed_extension_protocol_options http2_protocol_options circuit_breakers max_requests_per_connection \
+        load_assignment typed_extension_protocol_options http2_protocol_options transport_socket circuit_breakers max_requests_per_connection \
         dns_refresh_rate dns_lookup_family=AUTO|V4_ONLY|V6_ONLY|V4_PREFERRED|ALL metadata ~alt_stat_name ~per_connection_buffer_limit_bytes ~respect_dns_ttl",
     "envoy.config.endpoint.v3.ClusterLoadAssignment: cluster_name endpoints",
     "envoy.config.endpoint.v3.LocalityLbEndpoints: lb_endpoints load_balancing_weight priority ~locality",

@@ -346,6 +346,7 @@ mod tests {
             Discovery::Static,
             specs,
             PoolSettings {
+                tls: None,
                 budget: crate::upstream_pool::ConnectionBudget::new(1024, 1024),
                 protocol: UpstreamProtocol::Http1,
                 connect_timeout: Duration::from_secs(1),
@@ -429,6 +430,7 @@ mod tests {
             Discovery::Static,
             vec![spec(1, 1, 0, true)],
             PoolSettings {
+                tls: None,
                 budget: crate::upstream_pool::ConnectionBudget::new(1024, 1024),
                 protocol: UpstreamProtocol::Http1,
                 connect_timeout: Duration::from_secs(1),

@@ -26,7 +26,9 @@ use crate::route_table::{
     ClusterRef, DirectResponse, ForwardAction, MirrorPolicy, MirrorTarget, RedirectAction, Route,
     RouteAction, RouteMatch, RouteTable, Target, VirtualHost, WeightedEntry, WeightedTarget,
 };
-use crate::snapshot::{Codec, HcmConfig, ListenerConfig, NodeInfo, ServerHeader, Snapshot};
+use crate::snapshot::{
+    Codec, FilterChain, HcmConfig, ListenerConfig, NodeInfo, ServerHeader, Snapshot,
+};
 use crate::upstream_pool::{ConnectionBudget, PoolSettings, UpstreamProtocol};
 use crate::vhost_select::VhostSelector;
 use crate::weighted_pick::WeightedPick;
@@ -631,61 +633,15 @@ fn direct_response(v: &Value, path: &str, errors: &mut Errors) -> Option<DirectR
     };
     let body = match get(v, "body") {
         None => None,
-        Some(ds) => {
-            if let Some(text) = s(ds, "inline_string") {
-                Some(bytes::Bytes::from(text.to_string()))
-            } else if let Some(b64) = s(ds, "inline_bytes") {
-                match decode_base64(b64) {
-                    Some(b) => Some(bytes::Bytes::from(b)),
-                    None => {
-                        errors.push(FieldError::new(
-                            p(path, "body.inline_bytes"),
-                            "invalid base64",
-                        ));
-                        return None;
-                    }
-                }
-            } else if let Some(file) = s(ds, "filename") {
-                match std::fs::read(file) {
-                    Ok(b) => Some(bytes::Bytes::from(b)),
-                    Err(e) => {
-                        errors.push(FieldError::new(
-                            p(path, "body.filename"),
-                            format!("{file}: {e}"),
-                        ));
-                        return None;
-                    }
-                }
-            } else {
-                None
+        Some(ds) => match crate::data_source::read(ds, &p(path, "body")) {
+            Ok(b) => Some(bytes::Bytes::from(b)),
+            Err(e) => {
+                errors.push(e);
+                return None;
             }
-        }
+        },
     };
     Some(DirectResponse { status, body })
-}
-
-fn decode_base64(text: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut buf = 0u32;
-    let mut bits = 0;
-    for c in text.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            b'=' => break,
-            _ => return None,
-        } as u32;
-        buf = (buf << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((buf >> bits) as u8);
-        }
-    }
-    Some(out)
 }
 
 fn route(v: &Value, path: &str, res: &ClusterResolver<'_>, errors: &mut Errors) -> Option<Route> {
@@ -979,7 +935,22 @@ fn cluster(
             max_requests: u(t, "max_requests").unwrap_or(breakers.max_requests),
         };
     }
+    let tls = match get(v, "transport_socket") {
+        Some(ts) => match crate::tls::client_config(
+            ts,
+            &p(path, "transport_socket"),
+            protocol == UpstreamProtocol::Http2,
+        ) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                errors.push(e);
+                return None;
+            }
+        },
+        None => None,
+    };
     let settings = PoolSettings {
+        tls,
         budget: ConnectionBudget::new(breakers.max_connections, breakers.max_pending_requests),
         protocol,
         connect_timeout: dur(v, "connect_timeout").unwrap_or(Duration::from_secs(5)),
@@ -1132,51 +1103,96 @@ fn listener(
         &p(path, "address"),
         errors,
     )?;
-    let chains = arr(v, "filter_chains");
-    if chains.len() != 1 {
+    let chains_json = arr(v, "filter_chains");
+    if chains_json.is_empty() {
         errors.push(FieldError::new(
             p(path, "filter_chains"),
-            format!(
-                "exactly one filter chain is supported (found {})",
-                chains.len()
-            ),
+            "at least one filter chain is required",
         ));
         return None;
     }
-    let filters = arr(&chains[0], "filters");
-    let fpath = format!("{path}.filter_chains[0].filters");
-    if filters.len() != 1 {
+    let mut chains = Vec::new();
+    let mut seen_names = std::collections::HashSet::new();
+    for (ci, chain) in chains_json.iter().enumerate() {
+        let cpath = format!("{path}.filter_chains[{ci}]");
+        let server_names: Vec<String> = get(chain, "filter_chain_match")
+            .map(|m| {
+                arr(m, "server_names")
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_ascii_lowercase)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let key = server_names.join(",");
+        if !seen_names.insert(key) {
+            errors.push(FieldError::new(
+                p(&cpath, "filter_chain_match"),
+                "two filter chains with the same match",
+            ));
+        }
+        let tls = match get(chain, "transport_socket") {
+            Some(ts) => match crate::tls::server_config(ts, &p(&cpath, "transport_socket")) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            },
+            None => None,
+        };
+        let filters = arr(chain, "filters");
+        let fpath = format!("{cpath}.filters");
+        if filters.len() != 1 {
+            errors.push(FieldError::new(
+                fpath,
+                "exactly one network filter (the HTTP connection manager) is supported",
+            ));
+            continue;
+        }
+        let tc = get(&filters[0], "typed_config")
+            .cloned()
+            .unwrap_or(Value::Null);
+        let ty = s(&tc, "@type")
+            .map(|t| t.rsplit('/').next().unwrap_or(""))
+            .unwrap_or("");
+        if ty != HCM_TYPE {
+            errors.push(FieldError::new(
+                format!("{fpath}[0].typed_config"),
+                format!("type {ty} not supported"),
+            ));
+            continue;
+        }
+        let Some(hcm) = hcm(
+            &tc,
+            &format!("{fpath}[0].typed_config"),
+            res,
+            metrics,
+            identity,
+            errors,
+        ) else {
+            continue;
+        };
+        chains.push(FilterChain {
+            server_names,
+            tls,
+            hcm: Arc::new(hcm),
+        });
+    }
+    if chains.iter().any(|c| c.tls.is_some()) != chains.iter().all(|c| c.tls.is_some()) {
         errors.push(FieldError::new(
-            fpath,
-            "exactly one network filter (the HTTP connection manager) is supported",
+            p(path, "filter_chains"),
+            "mixing TLS and plaintext filter chains on one listener is not supported",
         ));
         return None;
     }
-    let tc = get(&filters[0], "typed_config")
-        .cloned()
-        .unwrap_or(Value::Null);
-    let ty = s(&tc, "@type")
-        .map(|t| t.rsplit('/').next().unwrap_or(""))
-        .unwrap_or("");
-    if ty != HCM_TYPE {
-        errors.push(FieldError::new(
-            format!("{fpath}[0].typed_config"),
-            format!("type {ty} not supported"),
-        ));
+    if chains.len() != chains_json.len() {
         return None;
     }
-    let hcm = hcm(
-        &tc,
-        &format!("{fpath}[0].typed_config"),
-        res,
-        metrics,
-        identity,
-        errors,
-    )?;
     Some(ListenerConfig {
         name,
         address,
-        hcm: Arc::new(hcm),
+        chains,
     })
 }
 
@@ -1294,11 +1310,6 @@ mod tests {
             (svc.as_str(), ns.as_str(), ver.as_str()),
             ("plain", "unknown", "unknown")
         );
-    }
-
-    #[test]
-    fn base64() {
-        assert_eq!(decode_base64("aGVsbG8=").unwrap(), b"hello");
     }
 
     #[test]

@@ -75,7 +75,13 @@ fn final_remote(headers: &HeaderMap, hcm: &HcmConfig, remote: SocketAddr) -> IpA
 }
 
 /// Apply Envoy's request sanitizing.
-pub fn sanitize_request(headers: &mut HeaderMap, hcm: &HcmConfig, remote: SocketAddr) {
+pub fn sanitize_request(
+    headers: &mut HeaderMap,
+    hcm: &HcmConfig,
+    remote: SocketAddr,
+    secure: bool,
+) {
+    let proto = HeaderValue::from_static(if secure { "https" } else { "http" });
     for name in EXTERNAL_STRIP {
         headers.remove(name);
     }
@@ -95,7 +101,7 @@ pub fn sanitize_request(headers: &mut HeaderMap, hcm: &HcmConfig, remote: Socket
                 headers.insert(XFF, v);
             }
         }
-        headers.insert(XFP, HeaderValue::from_static("http"));
+        headers.insert(XFP, proto);
         for name in EDGE_STRIP {
             headers.remove(name);
         }
@@ -103,6 +109,6 @@ pub fn sanitize_request(headers: &mut HeaderMap, hcm: &HcmConfig, remote: Socket
             headers.insert(HeaderName::from_static("x-envoy-external-address"), v);
         }
     } else if !headers.contains_key(&XFP) {
-        headers.insert(XFP, HeaderValue::from_static("http"));
+        headers.insert(XFP, proto);
     }
 }

@@ -108,7 +108,7 @@ fn compile_file(
 pub fn validate(options: &ProxyOptions) -> Result<String, RunError> {
     let metrics = Metrics::new()?;
     let s = compile_file(options, &metrics, None, 0)?;
-    let routes: usize = s.listeners.iter().map(|l| l.hcm.routes.route_count()).sum();
+    let routes: usize = s.listeners.iter().map(|l| l.route_count()).sum();
     Ok(format!(
         "configuration '{}' OK: {} listener(s), {} route(s), {} cluster(s)",
         options.config_path.display(),
@@ -282,7 +282,7 @@ impl Proxy {
             keep.insert(l.name.clone());
             match self.listeners.get(&l.name) {
                 Some(running) if running.address == l.address => {
-                    running.ctx.hcm.store(l.hcm.clone());
+                    running.ctx.listener.store(l.clone());
                 }
                 _ => {
                     if let Some(old) = self.listeners.remove(&l.name) {
@@ -291,7 +291,7 @@ impl Proxy {
                     let tcp = bind(l.address)?;
                     let local = tcp.local_addr().unwrap_or(l.address);
                     let ctx = Arc::new(ListenerContext {
-                        hcm: ArcSwap::new(l.hcm.clone()),
+                        listener: ArcSwap::new(l.clone()),
                         snapshot: self.snapshot.clone(),
                         local,
                     });

@@ -28,22 +28,50 @@ use crate::matcher::RequestView;
 use crate::route_table::{
     ClusterRef, ForwardAction, MirrorTarget, RedirectAction, RouteAction, RouteHit, Target,
 };
-use crate::snapshot::{Codec, HcmConfig, ServerHeader, Snapshot};
+use crate::snapshot::{Codec, HcmConfig, ListenerConfig, ServerHeader, Snapshot};
+use crate::tls::select_chain;
 use crate::upstream_pool::{UpstreamError, UpstreamProtocol};
 use crate::weighted_pick::fast_random;
 use crate::{edge, request_id};
+use rustls::server::Acceptor;
+use tokio_rustls::LazyConfigAcceptor;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// What a listener's connections share.
 #[derive(Debug)]
 pub struct ListenerContext {
-    /// The listener's HTTP connection manager; replaced on reload.
-    pub hcm: ArcSwap<HcmConfig>,
+    /// The listener (filter chains and their connection managers); replaced on reload.
+    pub listener: ArcSwap<ListenerConfig>,
     /// The whole snapshot (for `cluster_header` lookups).
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub local: SocketAddr,
 }
+
+impl ListenerContext {
+    /// The connection manager of filter chain `chain` in the current configuration.
+    fn hcm(&self, chain: usize) -> Option<Arc<HcmConfig>> {
+        let listener = self.listener.load();
+        listener
+            .chains
+            .get(chain)
+            .or_else(|| listener.chains.first())
+            .map(|c| c.hcm.clone())
+    }
+}
+
+/// What a request knows about its downstream connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+    /// Index of the filter chain chosen for the connection.
+    pub chain: usize,
+    /// The connection is TLS.
+    pub secure: bool,
+}
+
+/// Longest a TLS handshake may take.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Accept connections until the task is aborted.
 pub async fn serve(listener: TcpListener, ctx: Arc<ListenerContext>) {
@@ -59,61 +87,108 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ListenerContext>) {
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
         tokio::spawn(async move {
-            let hcm = ctx.hcm.load_full();
-            hcm.stats.cx_active.inc();
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .max_buf_size((hcm.max_request_headers_kb as usize * 1024).max(8192));
-            if let Some(t) = hcm.request_headers_timeout {
-                builder.http1().header_read_timeout(t);
+            let config = ctx.listener.load_full();
+            let names = || config.chains.iter().map(|c| c.server_names.as_slice());
+            if !config.is_tls() {
+                let chain = select_chain(names(), None).unwrap_or(0);
+                drop(config);
+                let conn = ConnInfo {
+                    remote,
+                    chain,
+                    secure: false,
+                };
+                serve_connection(stream, ctx, conn).await;
+                return;
             }
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .max_header_list_size(hcm.max_request_headers_kb * 1024);
-            let builder = match hcm.codec {
-                Codec::Http1 => builder.http1_only(),
-                Codec::Http2 => builder.http2_only(),
-                Codec::Auto => builder,
+            // Read the ClientHello first: its SNI chooses the filter chain and so the certificate.
+            let acceptor = LazyConfigAcceptor::new(Acceptor::default(), stream);
+            let Ok(Ok(start)) = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor).await else {
+                return;
             };
-            let stats = hcm.stats.cx_active.clone();
-            let idle_timeout = hcm.idle_timeout;
-            drop(hcm);
-            let activity = Arc::new(ConnActivity::new());
-            let svc_ctx = ctx.clone();
-            let svc_activity = activity.clone();
-            let service = service_fn(move |req| {
-                let ctx = svc_ctx.clone();
-                let activity = svc_activity.clone();
-                async move {
-                    let _active = activity.begin();
-                    Ok::<_, Infallible>(handle(req, &ctx, remote).await)
-                }
-            });
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            let result = match idle_timeout {
-                None => conn.await,
-                Some(timeout) => {
-                    tokio::select! {
-                        r = conn.as_mut() => r,
-                        _ = activity.idle_for(timeout) => {
-                            // Envoy's idle_timeout: no active request for that long. Let in-flight
-                            // responses finish, then close.
-                            conn.as_mut().graceful_shutdown();
-                            conn.await
-                        }
-                    }
-                }
+            let sni = start.client_hello().server_name().map(str::to_string);
+            let Some(chain) = select_chain(names(), sni.as_deref()) else {
+                tracing::debug!(sni = ?sni, "no filter chain matches");
+                return;
             };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "connection ended with error");
+            let Some(tls) = config.chains.get(chain).and_then(|c| c.tls.clone()) else {
+                return;
+            };
+            drop(config);
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, start.into_stream(tls)).await {
+                Ok(Ok(stream)) => {
+                    let conn = ConnInfo {
+                        remote,
+                        chain,
+                        secure: true,
+                    };
+                    serve_connection(stream, ctx, conn).await;
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, %remote, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
             }
-            stats.dec();
         });
     }
+}
+
+/// Serve HTTP/1.1 and HTTP/2 on one established connection (plain or TLS).
+async fn serve_connection<I>(io: I, ctx: Arc<ListenerContext>, conn: ConnInfo)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(hcm) = ctx.hcm(conn.chain) else {
+        return;
+    };
+    hcm.stats.cx_active.inc();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .max_buf_size((hcm.max_request_headers_kb as usize * 1024).max(8192));
+    if let Some(t) = hcm.request_headers_timeout {
+        builder.http1().header_read_timeout(t);
+    }
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(hcm.max_request_headers_kb * 1024);
+    let builder = match hcm.codec {
+        Codec::Http1 => builder.http1_only(),
+        Codec::Http2 => builder.http2_only(),
+        Codec::Auto => builder,
+    };
+    let stats = hcm.stats.cx_active.clone();
+    let idle_timeout = hcm.idle_timeout;
+    drop(hcm);
+    let activity = Arc::new(ConnActivity::new());
+    let svc_activity = activity.clone();
+    let service = service_fn(move |req| {
+        let ctx = ctx.clone();
+        let activity = svc_activity.clone();
+        async move {
+            let _active = activity.begin();
+            Ok::<_, Infallible>(handle(req, &ctx, conn).await)
+        }
+    });
+    let served = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(served);
+    let result = match idle_timeout {
+        None => served.await,
+        Some(timeout) => {
+            tokio::select! {
+                r = served.as_mut() => r,
+                _ = activity.idle_for(timeout) => {
+                    // Envoy's idle_timeout: no active request for that long. Let in-flight
+                    // responses finish, then close.
+                    served.as_mut().graceful_shutdown();
+                    served.await
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "connection ended with error");
+    }
+    stats.dec();
 }
 
 /// Request activity on one downstream connection, for `idle_timeout`.
@@ -316,15 +391,19 @@ fn is_websocket(h: &HeaderMap) -> bool {
 pub async fn handle(
     req: Request<Incoming>,
     ctx: &ListenerContext,
-    remote: SocketAddr,
+    conn: ConnInfo,
 ) -> Response<ResponseBody> {
-    let hcm = ctx.hcm.load_full();
+    let Some(hcm) = ctx.hcm(conn.chain) else {
+        let mut r = Response::new(ResponseBody::empty());
+        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        return r;
+    };
     let resp = match hcm.request_timeout {
-        Some(t) => match tokio::time::timeout(t, route_request(req, ctx, &hcm, remote)).await {
+        Some(t) => match tokio::time::timeout(t, route_request(req, ctx, &hcm, conn)).await {
             Ok(r) => r,
             Err(_) => local_reply(&hcm, StatusCode::REQUEST_TIMEOUT, "request timeout"),
         },
-        None => route_request(req, ctx, &hcm, remote).await,
+        None => route_request(req, ctx, &hcm, conn).await,
     };
     hcm.stats.record(resp.status().as_u16());
     resp
@@ -334,8 +413,9 @@ async fn route_request(
     req: Request<Incoming>,
     ctx: &ListenerContext,
     hcm: &Arc<HcmConfig>,
-    remote: SocketAddr,
+    conn: ConnInfo,
 ) -> Response<ResponseBody> {
+    let remote = conn.remote;
     let raw_host = request_authority(req.uri(), req.headers());
     let mut buf = String::new();
     let host = match_host(raw_host, hcm, ctx.local.port(), &mut buf);
@@ -346,7 +426,7 @@ async fn route_request(
         .unwrap_or("/");
     let view = RequestView {
         method: req.method().as_str(),
-        scheme: "http",
+        scheme: if conn.secure { "https" } else { "http" },
         authority: host,
         path: req.uri().path(),
         query: req.uri().query().unwrap_or(""),
@@ -389,7 +469,7 @@ async fn route_request(
             resp
         }
         RouteAction::Redirect(r) => {
-            let location = redirect_location(r, &req, hcm, hit);
+            let location = redirect_location(r, &req, conn.secure, hit);
             let mut resp = local_reply(hcm, r.status, "");
             if let Ok(v) = HeaderValue::from_str(&location) {
                 resp.headers_mut().insert(header::LOCATION, v);
@@ -397,9 +477,7 @@ async fn route_request(
             apply_response_ops(hcm, hit, None, resp.headers_mut(), &rctx);
             resp
         }
-        RouteAction::Forward(f) => {
-            forward(req, ctx, hcm, hit, f, remote, rctx, new_id, random).await
-        }
+        RouteAction::Forward(f) => forward(req, ctx, hcm, hit, f, conn, rctx, new_id, random).await,
     }
 }
 
@@ -438,14 +516,14 @@ fn apply_response_ops(
 fn redirect_location(
     r: &RedirectAction,
     req: &Request<Incoming>,
-    hcm: &HcmConfig,
+    secure: bool,
     hit: RouteHit<'_>,
 ) -> String {
     let orig_scheme = req
         .headers()
         .get("x-forwarded-proto")
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("http");
+        .unwrap_or(if secure { "https" } else { "http" });
     let scheme = r.scheme.as_deref().unwrap_or(orig_scheme);
     let raw_host = request_authority(req.uri(), req.headers());
     let (orig_host, orig_port) = match raw_host.rsplit_once(':') {
@@ -488,7 +566,6 @@ fn redirect_location(
         new_path.push('?');
         new_path.push_str(q);
     }
-    let _ = hcm;
     match port {
         Some(p) => format!("{scheme}://{host}:{p}{new_path}"),
         None => format!("{scheme}://{host}{new_path}"),
@@ -550,11 +627,12 @@ async fn forward(
     hcm: &Arc<HcmConfig>,
     hit: RouteHit<'_>,
     f: &ForwardAction,
-    remote: SocketAddr,
+    conn: ConnInfo,
     mut rctx: RequestContext<'_>,
     new_id: Option<HeaderValue>,
     random: u64,
 ) -> Response<ResponseBody> {
+    let remote = conn.remote;
     let start = Instant::now();
     let snapshot = ctx.snapshot.load();
     let (cluster, entry) = choose_cluster(
@@ -658,7 +736,7 @@ async fn forward(
     if let Some(h) = &host_value {
         headers.insert(header::HOST, h.clone());
     }
-    edge::sanitize_request(&mut headers, hcm, remote);
+    edge::sanitize_request(&mut headers, hcm, remote, conn.secure);
     if let Some(id) = new_id {
         headers.insert(REQUEST_ID, id);
     }
@@ -791,7 +869,7 @@ async fn forward(
         Ok(r) => r,
         Err(e) => {
             let (flag, body) = match &e {
-                UpstreamError::Connect(_) | UpstreamError::ConnectTimeout => {
+                UpstreamError::Connect(_) | UpstreamError::ConnectTimeout | UpstreamError::Tls(_) => {
                     cluster.stats.cx_connect_fail.inc();
                     (Flag::UpstreamConnectFailure, "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure")
                 }

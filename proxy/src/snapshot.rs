@@ -53,12 +53,33 @@ pub struct HcmConfig {
     pub unrouted: IstioStats,
 }
 
+/// One filter chain of a listener: the server names it serves (SNI), its TLS configuration, and
+/// its HTTP connection manager.
+#[derive(Debug)]
+pub struct FilterChain {
+    pub server_names: Vec<String>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub hcm: Arc<HcmConfig>,
+}
+
 /// A listener, compiled.
 #[derive(Debug)]
 pub struct ListenerConfig {
     pub name: String,
     pub address: SocketAddr,
-    pub hcm: Arc<HcmConfig>,
+    pub chains: Vec<FilterChain>,
+}
+
+impl ListenerConfig {
+    /// Every chain terminates TLS (chains are all TLS or all plaintext).
+    pub fn is_tls(&self) -> bool {
+        self.chains.first().is_some_and(|c| c.tls.is_some())
+    }
+
+    /// Routes in all chains.
+    pub fn route_count(&self) -> usize {
+        self.chains.iter().map(|c| c.hcm.routes.route_count()).sum()
+    }
 }
 
 /// Who this proxy is (`node`, `--service-node`, `--service-cluster`).

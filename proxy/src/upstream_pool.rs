@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
@@ -94,6 +95,8 @@ impl Drop for PendingGuard<'_> {
 /// Settings shared by the pools of a cluster.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
+    /// TLS towards the endpoints (`transport_socket`), if any.
+    pub tls: Option<crate::tls::UpstreamTls>,
     /// Connection limits, shared by every endpoint pool of the cluster.
     pub budget: Arc<ConnectionBudget>,
     pub protocol: UpstreamProtocol,
@@ -115,6 +118,78 @@ pub enum UpstreamError {
     Reset(hyper::Error),
     #[error("connection overflow")]
     Overflow,
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
+}
+
+/// A connection to an endpoint: plain TCP or TLS.
+pub enum UpstreamStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for UpstreamStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            UpstreamStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for UpstreamStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            UpstreamStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            UpstreamStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            UpstreamStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+            UpstreamStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamStream::Plain(s) => s.is_write_vectored(),
+            UpstreamStream::Tls(s) => s.is_write_vectored(),
+        }
+    }
 }
 
 struct IdleConn {
@@ -195,14 +270,30 @@ impl EndpointPool {
         })
     }
 
-    async fn dial(&self) -> Result<TcpStream, UpstreamError> {
-        let stream =
-            tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(self.addr))
+    async fn dial(&self) -> Result<UpstreamStream, UpstreamError> {
+        let connect = async {
+            let tcp = TcpStream::connect(self.addr)
                 .await
-                .map_err(|_| UpstreamError::ConnectTimeout)?
                 .map_err(UpstreamError::Connect)?;
-        let _ = stream.set_nodelay(true);
-        Ok(stream)
+            let _ = tcp.set_nodelay(true);
+            match &self.settings.tls {
+                None => Ok(UpstreamStream::Plain(tcp)),
+                Some(tls) => {
+                    let name = tls
+                        .sni
+                        .clone()
+                        .unwrap_or_else(|| ServerName::IpAddress(self.addr.ip().into()));
+                    let stream = tokio_rustls::TlsConnector::from(tls.config.clone())
+                        .connect(name, tcp)
+                        .await
+                        .map_err(UpstreamError::Tls)?;
+                    Ok(UpstreamStream::Tls(Box::new(stream)))
+                }
+            }
+        };
+        tokio::time::timeout(self.settings.connect_timeout, connect)
+            .await
+            .map_err(|_| UpstreamError::ConnectTimeout)?
     }
 
     /// Send a request. `upgrade` asks for a fresh HTTP/1.1 connection that may be upgraded.

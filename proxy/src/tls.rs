@@ -1,0 +1,339 @@
+//! TLS with rustls: downstream (`DownstreamTlsContext` on a filter chain, chosen by SNI) and
+//! upstream (`UpstreamTlsContext` on a cluster).
+//!
+//! Certificates and keys are PEM, from files or inline; they are read when the configuration is
+//! compiled, so SIGHUP reloads them and a bad file keeps the last good configuration serving.
+//! Supported: `tls_certificates`, `alpn_protocols`, `tls_params` minimum/maximum version (TLS 1.2,
+//! 1.3), `validation_context.trusted_ca` with `require_client_certificate` (mTLS), and the
+//! upstream `sni`. Upstream TLS always verifies the server against `trusted_ca`.
+
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::Value;
+use sluice_config::FieldError;
+
+use crate::data_source;
+
+const DOWNSTREAM_TLS: &str = "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
+const UPSTREAM_TLS: &str = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn type_of(v: &Value) -> &str {
+    v.get("@type")
+        .and_then(Value::as_str)
+        .and_then(|t| t.rsplit('/').next())
+        .unwrap_or("")
+}
+
+/// The typed config of a `transport_socket`, checked to be of `expected` type.
+fn tls_context<'a>(socket: &'a Value, expected: &str, path: &str) -> Result<&'a Value, FieldError> {
+    let tc = socket
+        .get("typed_config")
+        .ok_or_else(|| FieldError::new(format!("{path}.typed_config"), "required"))?;
+    if type_of(tc) != expected {
+        return Err(FieldError::new(
+            format!("{path}.typed_config"),
+            format!(
+                "type {} not supported here (expected {expected})",
+                type_of(tc)
+            ),
+        ));
+    }
+    Ok(tc)
+}
+
+fn versions(
+    common: &Value,
+    path: &str,
+) -> Result<Vec<&'static SupportedProtocolVersion>, FieldError> {
+    let params = common.get("tls_params");
+    let get = |k: &str| {
+        params
+            .and_then(|p| p.get(k))
+            .and_then(Value::as_str)
+            .unwrap_or("TLS_AUTO")
+    };
+    let min = match get("tls_minimum_protocol_version") {
+        "TLSv1_3" => 3,
+        _ => 2,
+    };
+    let max = match get("tls_maximum_protocol_version") {
+        "TLSv1_2" => 2,
+        _ => 3,
+    };
+    let mut out = Vec::new();
+    if min <= 2 && max >= 2 {
+        out.push(&rustls::version::TLS12);
+    }
+    if max >= 3 {
+        out.push(&rustls::version::TLS13);
+    }
+    if out.is_empty() {
+        return Err(FieldError::new(
+            format!("{path}.tls_params"),
+            "minimum version is above the maximum",
+        ));
+    }
+    Ok(out)
+}
+
+fn certificate_chain(pem: &[u8], path: &str) -> Result<Vec<CertificateDer<'static>>, FieldError> {
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem).collect();
+    match certs {
+        Ok(c) if !c.is_empty() => Ok(c),
+        Ok(_) => Err(FieldError::new(path, "no PEM certificate found")),
+        Err(e) => Err(FieldError::new(
+            path,
+            format!("invalid PEM certificate: {e}"),
+        )),
+    }
+}
+
+fn private_key(pem: &[u8], path: &str) -> Result<PrivateKeyDer<'static>, FieldError> {
+    PrivateKeyDer::from_pem_slice(pem)
+        .map_err(|e| FieldError::new(path, format!("invalid PEM private key: {e}")))
+}
+
+/// The first `tls_certificates` entry: chain and key.
+fn identity(
+    common: &Value,
+    path: &str,
+) -> Result<Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>, FieldError> {
+    let Some(first) = common
+        .get("tls_certificates")
+        .and_then(Value::as_array)
+        .and_then(|a| a.first())
+    else {
+        return Ok(None);
+    };
+    let cpath = format!("{path}.tls_certificates[0]");
+    if common
+        .get("tls_certificates")
+        .and_then(Value::as_array)
+        .is_some_and(|a| a.len() > 1)
+    {
+        return Err(FieldError::new(
+            format!("{path}.tls_certificates"),
+            "only one certificate is supported",
+        ));
+    }
+    let chain_src = first
+        .get("certificate_chain")
+        .ok_or_else(|| FieldError::new(format!("{cpath}.certificate_chain"), "required"))?;
+    let key_src = first
+        .get("private_key")
+        .ok_or_else(|| FieldError::new(format!("{cpath}.private_key"), "required"))?;
+    let chain = certificate_chain(
+        &data_source::read(chain_src, &format!("{cpath}.certificate_chain"))?,
+        &format!("{cpath}.certificate_chain"),
+    )?;
+    let key = private_key(
+        &data_source::read(key_src, &format!("{cpath}.private_key"))?,
+        &format!("{cpath}.private_key"),
+    )?;
+    Ok(Some((chain, key)))
+}
+
+fn trusted_roots(common: &Value, path: &str) -> Result<Option<RootCertStore>, FieldError> {
+    let Some(ca) = common
+        .get("validation_context")
+        .and_then(|v| v.get("trusted_ca"))
+    else {
+        return Ok(None);
+    };
+    let cpath = format!("{path}.validation_context.trusted_ca");
+    let mut roots = RootCertStore::empty();
+    for cert in certificate_chain(&data_source::read(ca, &cpath)?, &cpath)? {
+        roots
+            .add(cert)
+            .map_err(|e| FieldError::new(&cpath, format!("invalid CA certificate: {e}")))?;
+    }
+    Ok(Some(roots))
+}
+
+fn alpn(common: &Value) -> Vec<Vec<u8>> {
+    common
+        .get("alpn_protocols")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(|p| p.as_bytes().to_vec())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A `transport_socket` with a `DownstreamTlsContext` → a rustls server configuration.
+pub fn server_config(socket: &Value, path: &str) -> Result<Arc<ServerConfig>, FieldError> {
+    let tc = tls_context(socket, DOWNSTREAM_TLS, path)?;
+    let tpath = format!("{path}.typed_config");
+    let empty = Value::Null;
+    let common = tc.get("common_tls_context").unwrap_or(&empty);
+    let cpath = format!("{tpath}.common_tls_context");
+    let (chain, key) = identity(common, &cpath)?.ok_or_else(|| {
+        FieldError::new(
+            format!("{cpath}.tls_certificates"),
+            "a certificate is required",
+        )
+    })?;
+    let require = tc
+        .get("require_client_certificate")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&versions(common, &cpath)?)
+        .map_err(|e| FieldError::new(&cpath, e.to_string()))?;
+    let builder = match trusted_roots(common, &cpath)? {
+        Some(roots) => {
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+            let verifier = if require {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            };
+            let verifier = verifier
+                .build()
+                .map_err(|e| FieldError::new(&cpath, e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None if require => {
+            return Err(FieldError::new(
+                format!("{tpath}.require_client_certificate"),
+                "needs common_tls_context.validation_context.trusted_ca",
+            ))
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| FieldError::new(format!("{cpath}.tls_certificates[0]"), e.to_string()))?;
+    config.alpn_protocols = alpn(common);
+    Ok(Arc::new(config))
+}
+
+/// TLS towards a cluster's endpoints.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    pub config: Arc<ClientConfig>,
+    /// Server name sent and verified (`sni`); endpoints are verified by IP address without it.
+    pub sni: Option<ServerName<'static>>,
+}
+
+/// A cluster `transport_socket` with an `UpstreamTlsContext` → a rustls client configuration.
+pub fn client_config(socket: &Value, path: &str, h2: bool) -> Result<UpstreamTls, FieldError> {
+    let tc = tls_context(socket, UPSTREAM_TLS, path)?;
+    let tpath = format!("{path}.typed_config");
+    let empty = Value::Null;
+    let common = tc.get("common_tls_context").unwrap_or(&empty);
+    let cpath = format!("{tpath}.common_tls_context");
+    let roots = trusted_roots(common, &cpath)?.ok_or_else(|| {
+        FieldError::new(
+            format!("{cpath}.validation_context.trusted_ca"),
+            "required: Sluice verifies upstream certificates",
+        )
+    })?;
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&versions(common, &cpath)?)
+        .map_err(|e| FieldError::new(&cpath, e.to_string()))?
+        .with_root_certificates(roots);
+    let mut config = match identity(common, &cpath)? {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| FieldError::new(format!("{cpath}.tls_certificates[0]"), e.to_string()))?,
+        None => builder.with_no_client_auth(),
+    };
+    let mut protocols = alpn(common);
+    if protocols.is_empty() {
+        protocols = vec![if h2 {
+            b"h2".to_vec()
+        } else {
+            b"http/1.1".to_vec()
+        }];
+    }
+    config.alpn_protocols = protocols;
+    let sni = match tc.get("sni").and_then(Value::as_str) {
+        Some(name) => Some(
+            ServerName::try_from(name.to_string())
+                .map_err(|e| FieldError::new(format!("{tpath}.sni"), e.to_string()))?,
+        ),
+        None => None,
+    };
+    Ok(UpstreamTls {
+        config: Arc::new(config),
+        sni,
+    })
+}
+
+/// Which filter chain serves a connection with this SNI: an exact server name, then the longest
+/// `*.suffix`, then a chain without server names (Envoy's order). `None`: no chain matches.
+pub fn select_chain<'a>(
+    chains: impl Iterator<Item = &'a [String]>,
+    sni: Option<&str>,
+) -> Option<usize> {
+    let sni = sni.map(str::to_ascii_lowercase);
+    let mut exact = None;
+    let mut wildcard: Option<(usize, usize)> = None;
+    let mut default = None;
+    for (i, names) in chains.enumerate() {
+        if names.is_empty() {
+            default.get_or_insert(i);
+            continue;
+        }
+        let Some(sni) = sni.as_deref() else { continue };
+        for n in names {
+            if n.eq_ignore_ascii_case(sni) {
+                exact.get_or_insert(i);
+            } else if let Some(suffix) = n.strip_prefix('*') {
+                if sni.len() > suffix.len()
+                    && sni.ends_with(&suffix.to_ascii_lowercase())
+                    && wildcard.is_none_or(|(len, _)| suffix.len() > len)
+                {
+                    wildcard = Some((suffix.len(), i));
+                }
+            }
+        }
+    }
+    exact.or(wildcard.map(|(_, i)| i)).or(default)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(v: &[&[&str]]) -> Vec<Vec<String>> {
+        v.iter()
+            .map(|n| n.iter().map(|s| s.to_string()).collect())
+            .collect()
+    }
+
+    #[test]
+    fn chain_selection_follows_envoy_precedence() {
+        let chains = names(&[
+            &["*.example.com"],
+            &["api.example.com"],
+            &[],
+            &["*.eu.example.com"],
+        ]);
+        let pick = |sni| select_chain(chains.iter().map(Vec::as_slice), sni);
+        assert_eq!(pick(Some("api.example.com")), Some(1));
+        assert_eq!(pick(Some("API.Example.com")), Some(1));
+        assert_eq!(pick(Some("www.example.com")), Some(0));
+        assert_eq!(pick(Some("x.eu.example.com")), Some(3), "longest wildcard");
+        assert_eq!(pick(Some("other.org")), Some(2), "default chain");
+        assert_eq!(pick(None), Some(2));
+        let no_default = names(&[&["a.com"]]);
+        assert_eq!(
+            select_chain(no_default.iter().map(Vec::as_slice), Some("b.com")),
+            None
+        );
+    }
+}
