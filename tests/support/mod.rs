@@ -35,6 +35,8 @@ pub struct Upstream {
     pub addr: SocketAddr,
     pub name: String,
     task: tokio::task::JoinHandle<()>,
+    /// Another upstream this one depends on (a TLS front relaying to a plain echo server).
+    inner: Option<Box<Upstream>>,
 }
 
 impl Drop for Upstream {
@@ -46,6 +48,21 @@ impl Drop for Upstream {
 impl Upstream {
     pub fn port(&self) -> u16 {
         self.addr.port()
+    }
+
+    /// An upstream served by `task` at `addr`, keeping `inner` alive as long as it lives.
+    pub fn wrap(
+        addr: SocketAddr,
+        name: &str,
+        task: tokio::task::JoinHandle<()>,
+        inner: Upstream,
+    ) -> Upstream {
+        Upstream {
+            addr,
+            name: name.to_string(),
+            task,
+            inner: Some(Box::new(inner)),
+        }
     }
 }
 
@@ -203,6 +220,7 @@ pub async fn upstream(name: &str) -> Upstream {
         addr,
         name: name.to_string(),
         task,
+        inner: None,
     }
 }
 

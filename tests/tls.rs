@@ -1,0 +1,504 @@
+//! TLS end to end with certificates made at test time (rcgen): TLS 1.2 and 1.3, ALPN h2 and
+//! http/1.1, SNI selection between filter chains, mTLS accepted and refused, `curl --cacert`,
+//! upstream TLS, and certificate reload on SIGHUP.
+
+mod support;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::pem::PemObject;
+use serde_json::{json, Value};
+use support::*;
+
+/// A throw-away certificate authority writing PEM files into a temporary directory.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca_params: CertificateParams,
+    ca_key: KeyPair,
+}
+
+struct Issued {
+    cert: PathBuf,
+    key: PathBuf,
+    der: CertificateDer<'static>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "sluice test CA");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_key = KeyPair::generate().unwrap();
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        Pki {
+            dir,
+            ca_params,
+            ca_key,
+        }
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    fn issue(&self, file: &str, names: &[&str]) -> Issued {
+        let params =
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let key = KeyPair::generate().unwrap();
+        let issuer = Issuer::from_params(&self.ca_params, &self.ca_key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let (cert_path, key_path) = (
+            self.dir.path().join(format!("{file}.pem")),
+            self.dir.path().join(format!("{file}.key")),
+        );
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        Issued {
+            cert: cert_path,
+            key: key_path,
+            der: cert.der().clone(),
+        }
+    }
+}
+
+fn downstream_tls(cert: &Issued, extra: Value) -> Value {
+    let mut common = json!({
+        "tls_certificates": [{"certificate_chain": {"filename": cert.cert}, "private_key": {"filename": cert.key}}],
+        "alpn_protocols": ["h2", "http/1.1"]
+    });
+    let mut ctx = json!({"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"});
+    for (k, v) in extra.as_object().cloned().unwrap_or_default() {
+        if k == "common_tls_context" {
+            for (ck, cv) in v.as_object().cloned().unwrap_or_default() {
+                common[ck] = cv;
+            }
+        } else {
+            ctx[k] = v;
+        }
+    }
+    ctx["common_tls_context"] = common;
+    json!({"name": "envoy.transport_sockets.tls", "typed_config": ctx})
+}
+
+/// A bootstrap whose listener has one TLS filter chain per `(server_names, transport_socket)`.
+fn tls_bootstrap(
+    chains: Vec<(Vec<&str>, Value)>,
+    clusters: Vec<Value>,
+    route_cluster: &str,
+) -> String {
+    let plain: Value = serde_json::from_str(&bootstrap(
+        routes(json!([{"match": {"prefix": "/"}, "route": {"cluster": route_cluster}}])),
+        clusters,
+        json!({}),
+    ))
+    .unwrap();
+    let mut b = plain.clone();
+    let template = plain["static_resources"]["listeners"][0]["filter_chains"][0].clone();
+    let list: Vec<Value> = chains
+        .into_iter()
+        .map(|(names, socket)| {
+            let mut c = template.clone();
+            if !names.is_empty() {
+                c["filter_chain_match"] = json!({"server_names": names});
+            }
+            c["transport_socket"] = socket;
+            c
+        })
+        .collect();
+    b["static_resources"]["listeners"][0]["filter_chains"] = json!(list);
+    b.to_string()
+}
+
+struct ClientOptions<'a> {
+    sni: &'a str,
+    versions: &'a [&'static rustls::SupportedProtocolVersion],
+    alpn: &'a [&'a [u8]],
+    client_cert: Option<&'a Issued>,
+}
+
+fn client_config(pki: &Pki, o: &ClientOptions<'_>) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(pki.ca()).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let b = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(o.versions)
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut cfg = match o.client_cert {
+        Some(c) => {
+            let chain: Vec<_> = CertificateDer::pem_file_iter(&c.cert)
+                .unwrap()
+                .map(|c| c.unwrap())
+                .collect();
+            let key = PrivateKeyDer::from_pem_file(&c.key).unwrap();
+            b.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => b.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = o.alpn.iter().map(|p| p.to_vec()).collect();
+    cfg
+}
+
+struct TlsOutcome {
+    peer: CertificateDer<'static>,
+    version: rustls::ProtocolVersion,
+    alpn: Option<Vec<u8>>,
+    status: u16,
+    upstream_saw: Value,
+}
+
+/// Connect with TLS, send `GET /` with HTTP/2 or HTTP/1.1 as ALPN chose, and report.
+async fn tls_get(
+    addr: std::net::SocketAddr,
+    pki: &Pki,
+    o: ClientOptions<'_>,
+) -> Result<TlsOutcome, String> {
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config(pki, &o)));
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(o.sni.to_string()).unwrap();
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (_, session) = tls.get_ref();
+    let peer = session
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .cloned()
+        .ok_or("no peer cert")?;
+    let version = session.protocol_version().ok_or("no version")?;
+    let alpn = session.alpn_protocol().map(|p| p.to_vec());
+    let req = http::Request::get(format!("https://{}/", o.sni))
+        .header("host", o.sni)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = if alpn.as_deref() == Some(b"h2") {
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let mut req = req;
+        req.headers_mut().remove("host");
+        send.send_request(req).await.map_err(|e| e.to_string())?
+    } else {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        send.send_request(req).await.map_err(|e| e.to_string())?
+    };
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(TlsOutcome {
+        peer: peer.into_owned(),
+        version,
+        alpn,
+        status,
+        upstream_saw: serde_json::from_slice(&body).unwrap_or(Value::Null),
+    })
+}
+
+fn opts<'a>(sni: &'a str) -> ClientOptions<'a> {
+    ClientOptions {
+        sni,
+        versions: rustls::ALL_VERSIONS,
+        alpn: &[b"h2", b"http/1.1"],
+        client_cert: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_selects_the_chain_and_versions_and_alpn_are_negotiated() {
+    let pki = Pki::new();
+    let a = pki.issue("a", &["a.example.com"]);
+    let b = pki.issue("b", &["b.example.com", "*.b.example.com"]);
+    let up = upstream("app").await;
+    let p = sluice(&tls_bootstrap(
+        vec![
+            (vec!["a.example.com"], downstream_tls(&a, json!({}))),
+            (
+                vec!["b.example.com", "*.b.example.com"],
+                downstream_tls(&b, json!({})),
+            ),
+        ],
+        vec![cluster("app", &[up.port()])],
+        "app",
+    ))
+    .await;
+    let addr = p.listener("main");
+    let r = tls_get(addr, &pki, opts("a.example.com")).await.unwrap();
+    assert_eq!((r.status, &r.peer), (200, &a.der));
+    assert_eq!(r.upstream_saw["headers"]["x-forwarded-proto"], "https");
+    assert_eq!(r.alpn.as_deref(), Some(&b"h2"[..]));
+    assert_eq!(
+        r.upstream_saw["version"], "HTTP/1.1",
+        "upstream stays HTTP/1.1"
+    );
+    let r = tls_get(addr, &pki, opts("x.b.example.com")).await.unwrap();
+    assert_eq!((r.status, &r.peer), (200, &b.der), "wildcard server name");
+    // TLS 1.2 and 1.3, ALPN http/1.1.
+    for (version, want) in [
+        (&rustls::version::TLS12, rustls::ProtocolVersion::TLSv1_2),
+        (&rustls::version::TLS13, rustls::ProtocolVersion::TLSv1_3),
+    ] {
+        let o = ClientOptions {
+            versions: &[version],
+            alpn: &[b"http/1.1"],
+            ..opts("b.example.com")
+        };
+        let r = tls_get(addr, &pki, o).await.unwrap();
+        assert_eq!(
+            (r.status, r.version, r.alpn.as_deref()),
+            (200, want, Some(&b"http/1.1"[..]))
+        );
+    }
+    // No chain for an unknown name (there is no default chain): the handshake fails.
+    assert!(tls_get(addr, &pki, opts("c.example.com")).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_accepts_known_clients_and_refuses_others() {
+    let pki = Pki::new();
+    let server = pki.issue("server", &["mtls.example.com"]);
+    let client = pki.issue("client", &["client.example.com"]);
+    let stranger_ca = Pki::new();
+    let stranger = stranger_ca.issue("stranger", &["client.example.com"]);
+    let up = upstream("app").await;
+    let ca = pki.ca();
+    let p = sluice(&tls_bootstrap(
+        vec![(
+            vec![],
+            downstream_tls(
+                &server,
+                json!({
+                    "require_client_certificate": true,
+                    "common_tls_context": {"validation_context": {"trusted_ca": {"filename": ca}}}
+                }),
+            ),
+        )],
+        vec![cluster("app", &[up.port()])],
+        "app",
+    ))
+    .await;
+    let addr = p.listener("main");
+    let ok = tls_get(
+        addr,
+        &pki,
+        ClientOptions {
+            client_cert: Some(&client),
+            ..opts("mtls.example.com")
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(ok.status, 200);
+    assert!(
+        tls_get(addr, &pki, opts("mtls.example.com")).await.is_err(),
+        "no client certificate"
+    );
+    assert!(
+        tls_get(
+            addr,
+            &pki,
+            ClientOptions {
+                client_cert: Some(&stranger),
+                ..opts("mtls.example.com")
+            }
+        )
+        .await
+        .is_err(),
+        "certificate from another CA"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_with_cacert_and_certificate_reload() {
+    let pki = Pki::new();
+    let first = pki.issue("site", &["site.example.com"]);
+    let up = upstream("app").await;
+    let p = sluice(&tls_bootstrap(
+        vec![(vec![], downstream_tls(&first, json!({})))],
+        vec![cluster("app", &[up.port()])],
+        "app",
+    ))
+    .await;
+    let port = p.listener("main").port();
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(pki.ca())
+        .args([
+            "--resolve",
+            &format!("site.example.com:{port}:127.0.0.1"),
+            &format!("https://site.example.com:{port}/"),
+        ])
+        .output()
+        .expect("curl is installed");
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let body: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(body["upstream"], "app");
+
+    // Replace the certificate files in place and reload: new connections get the new certificate.
+    let second = pki.issue("site", &["site.example.com"]);
+    assert_ne!(first.der, second.der);
+    std::process::Command::new("kill")
+        .args(["-HUP", &p.pid().to_string()])
+        .status()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = tls_get(p.listener("main"), &pki, opts("site.example.com"))
+            .await
+            .unwrap();
+        if r.peer == second.der {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "certificate not reloaded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A broken key file: the reload is refused and the last good certificate keeps serving.
+    std::fs::write(&second.key, "not a key").unwrap();
+    std::process::Command::new("kill")
+        .args(["-HUP", &p.pid().to_string()])
+        .status()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !p
+        .admin("/stats/prometheus")
+        .await
+        .contains("sluice_config_reload_failed_total 1\n")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "broken key was not rejected"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = tls_get(p.listener("main"), &pki, opts("site.example.com"))
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.peer), (200, second.der));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_tls_verifies_the_server_and_presents_a_client_certificate() {
+    let pki = Pki::new();
+    let backend = pki.issue("backend", &["backend.internal"]);
+    let client = pki.issue("proxy-client", &["proxy.internal"]);
+    let up = tls_upstream("secure-backend", &pki, &backend).await;
+    let mut c = cluster("secure", &[up.0.port()]);
+    c["transport_socket"] = json!({"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "sni": "backend.internal",
+        "common_tls_context": {
+            "validation_context": {"trusted_ca": {"filename": pki.ca()}},
+            "tls_certificates": [{"certificate_chain": {"filename": client.cert}, "private_key": {"filename": client.key}}]
+        }
+    }});
+    let mut wrong_name = c.clone();
+    wrong_name["name"] = json!("wrong_name");
+    wrong_name["load_assignment"]["cluster_name"] = json!("wrong_name");
+    wrong_name["transport_socket"]["typed_config"]["sni"] = json!("other.internal");
+    let rc = routes(json!([
+        {"match": {"prefix": "/wrong"}, "route": {"cluster": "wrong_name"}},
+        {"match": {"prefix": "/"}, "route": {"cluster": "secure"}}
+    ]));
+    let p = sluice(&bootstrap(rc, vec![c, wrong_name], json!({}))).await;
+    let cl = client_h1();
+    let r = get(&cl, &p.url("main", "/"), &[]).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.upstream(), "secure-backend");
+    assert_eq!(
+        up.1.lock().unwrap().as_deref(),
+        Some("backend.internal"),
+        "SNI sent upstream"
+    );
+    let r = get(&cl, &p.url("main", "/wrong"), &[]).await;
+    assert_eq!(r.status, 503, "a certificate for another name is refused");
+}
+
+/// An echo upstream behind TLS that requires a client certificate from `pki`; records the SNI.
+async fn tls_upstream(
+    name: &str,
+    pki: &Pki,
+    cert: &Issued,
+) -> (Upstream, Arc<std::sync::Mutex<Option<String>>>) {
+    let plain = upstream(name).await;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(pki.ca()).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let chain: Vec<_> = CertificateDer::pem_file_iter(&cert.cert)
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(&cert.key).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sni = Arc::new(std::sync::Mutex::new(None));
+    let seen = sni.clone();
+    let target = plain.addr;
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let (acceptor, seen) = (acceptor.clone(), seen.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                *seen.lock().unwrap() = tls.get_ref().1.server_name().map(str::to_string);
+                // Relay the decrypted bytes to the plain echo upstream.
+                if let Ok(mut inner) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut inner).await;
+                }
+            });
+        }
+    });
+    let _keep = plain;
+    (Upstream::wrap(addr, name, task, _keep), sni)
+}
