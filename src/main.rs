@@ -121,11 +121,15 @@ fn main() -> ExitCode {
                     .map(|n| n.get())
                     .unwrap_or(1)
             });
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(workers)
-                .enable_all()
-                .build()
-            {
+            // One worker: a single-threaded runtime (no work-stealing, no cross-thread wake-ups).
+            let mut builder = if workers == 1 {
+                tokio::runtime::Builder::new_current_thread()
+            } else {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                b.worker_threads(workers);
+                b
+            };
+            let rt = match builder.enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("cannot start runtime: {e}");

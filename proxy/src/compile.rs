@@ -578,6 +578,7 @@ fn forward_action(
     };
     Some(ForwardAction {
         target,
+        timeout_header: timeout.map(|t| HeaderValue::from(t.as_millis() as u64)),
         timeout,
         prefix_rewrite: s(v, "prefix_rewrite").map(str::to_string),
         regex_rewrite: get(v, "regex_rewrite")

@@ -82,8 +82,11 @@ pub fn sanitize_request(
     secure: bool,
 ) {
     let proto = HeaderValue::from_static(if secure { "https" } else { "http" });
-    for name in EXTERNAL_STRIP {
-        headers.remove(name);
+    // One pass over the names: requests rarely carry x-envoy-* headers at all.
+    if headers.keys().any(|k| k.as_str().starts_with("x-envoy-")) {
+        for name in EXTERNAL_STRIP {
+            headers.remove(name);
+        }
     }
     if hcm.use_remote_address {
         let client = final_remote(headers, hcm, remote);
@@ -102,8 +105,10 @@ pub fn sanitize_request(
             }
         }
         headers.insert(XFP, proto);
-        for name in EDGE_STRIP {
-            headers.remove(name);
+        if headers.keys().any(|k| k.as_str().starts_with("x-envoy-")) {
+            for name in EDGE_STRIP {
+                headers.remove(name);
+            }
         }
         if let Ok(v) = HeaderValue::from_str(&client.to_string()) {
             headers.insert(HeaderName::from_static("x-envoy-external-address"), v);

@@ -155,6 +155,8 @@ pub struct ForwardAction {
     pub target: Target,
     /// `None` = no timeout (`timeout: 0s`).
     pub timeout: Option<Duration>,
+    /// `x-envoy-expected-rq-timeout-ms` for this timeout, formatted once.
+    pub timeout_header: Option<HeaderValue>,
     pub prefix_rewrite: Option<String>,
     pub regex_rewrite: Option<(Regex, String)>,
     pub host_rewrite: Option<HeaderValue>,

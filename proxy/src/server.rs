@@ -351,6 +351,10 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 ];
 
 fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of these: one pass over the names decides.
+    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     // Headers named in `Connection` are hop-by-hop too.
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
@@ -680,7 +684,12 @@ async fn forward(
     // ---- build the upstream request ----
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
-    let raw_authority = request_authority(&parts.uri, &headers).to_string();
+    // The authority as received: from the target (absolute form, HTTP/2) or the Host header,
+    // which is then reused without copying.
+    let mut received_host: Option<HeaderValue> = match parts.uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => headers.get(header::HOST).cloned(),
+    };
     strip_hop_by_hop(&mut headers, upgrade);
     let orig_path_and_query = parts
         .uri
@@ -713,23 +722,24 @@ async fn forward(
         }
     }
     let new_pq = rewritten.as_deref().unwrap_or(orig_path_and_query);
-    let mut authority = raw_authority;
     if hcm.strip_any_host_port || hcm.strip_matching_host_port {
-        let mut buf = String::new();
-        let stripped = match_host(&authority, hcm, ctx.local.port(), &mut buf).to_string();
-        // Keep the original case; only drop the port.
-        if stripped.len() < authority.len() {
-            authority.truncate(stripped.len());
+        if let Some(h) = received_host.as_ref().and_then(|v| v.to_str().ok()) {
+            let mut buf = String::new();
+            let kept = match_host(h, hcm, ctx.local.port(), &mut buf).len();
+            // Keep the original case; only drop the port.
+            if kept < h.len() {
+                received_host = HeaderValue::from_str(&h[..kept]).ok();
+            }
         }
     }
     let host_value = entry
         .and_then(|e| e.host_rewrite.clone())
         .or_else(|| f.host_rewrite.clone())
-        .or_else(|| HeaderValue::from_str(&authority).ok());
+        .or_else(|| received_host.clone());
     let host_rewritten =
         entry.is_some_and(|e| e.host_rewrite.is_some()) || f.host_rewrite.is_some();
     if host_rewritten && !hcm.suppress_envoy_headers {
-        if let Ok(v) = HeaderValue::from_str(&authority) {
+        if let Some(v) = received_host {
             headers.insert(HeaderName::from_static("x-envoy-original-host"), v);
         }
     }
@@ -753,10 +763,10 @@ async fn forward(
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
     }
     if !hcm.suppress_envoy_headers {
-        if let Some(t) = f.timeout {
+        if let Some(v) = &f.timeout_header {
             headers.insert(
                 HeaderName::from_static("x-envoy-expected-rq-timeout-ms"),
-                HeaderValue::from(t.as_millis() as u64),
+                v.clone(),
             );
         }
     }
@@ -827,27 +837,42 @@ async fn forward(
         });
     }
 
-    let uri: Uri = match cluster.settings.protocol {
-        UpstreamProtocol::Http2 if !upgrade => {
-            let auth = host_value
-                .as_ref()
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("localhost");
-            match format!("http://{auth}{new_pq}").parse() {
-                Ok(u) => u,
-                Err(_) => return local_reply(hcm, StatusCode::BAD_REQUEST, ""),
-            }
-        }
-        _ => match new_pq.parse() {
-            Ok(u) => u,
+    let h2 = cluster.settings.protocol == UpstreamProtocol::Http2 && !upgrade;
+    let mut uri_parts = http::uri::Parts::default();
+    uri_parts.path_and_query = match &rewritten {
+        // Unchanged path: share the received bytes instead of parsing them again.
+        None => Some(
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        ),
+        Some(p) => match p.parse() {
+            Ok(pq) => Some(pq),
             Err(_) => return local_reply(hcm, StatusCode::BAD_REQUEST, ""),
         },
+    };
+    if h2 {
+        uri_parts.scheme = Some(http::uri::Scheme::HTTP);
+        let auth = host_value
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("localhost");
+        match auth.parse() {
+            Ok(a) => uri_parts.authority = Some(a),
+            Err(_) => return local_reply(hcm, StatusCode::BAD_REQUEST, ""),
+        }
+    }
+    let uri = match Uri::from_parts(uri_parts) {
+        Ok(u) => u,
+        Err(_) => return local_reply(hcm, StatusCode::BAD_REQUEST, ""),
     };
     let mut up = Request::new(RequestBody::Incoming(body));
     *up.method_mut() = parts.method.clone();
     *up.uri_mut() = uri;
     *up.headers_mut() = headers;
-    if cluster.settings.protocol == UpstreamProtocol::Http2 && !upgrade {
+    if h2 {
         *up.version_mut() = Version::HTTP_2;
         up.headers_mut().remove(header::HOST);
     }
