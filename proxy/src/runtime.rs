@@ -48,6 +48,8 @@ pub enum RunError {
     },
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("configuration loading task failed: {0}")]
+    Join(String),
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
 }
@@ -330,12 +332,20 @@ impl Proxy {
     }
 
     /// Re-read the configuration; on success swap it in, on failure keep the current one.
-    pub fn reload(&mut self) -> Result<u64, RunError> {
+    pub async fn reload(&mut self) -> Result<u64, RunError> {
         let version = self.version.load(Ordering::Relaxed) + 1;
         let current = self.snapshot.load_full();
-        let loaded = load(&self.options, &self.metrics, Some(&current), version);
-        drop(current);
-        crate::memory::release_after_load();
+        // Reading and compiling takes tens of milliseconds (reflection, DNS): it runs on a
+        // blocking thread so that the workers keep serving requests meanwhile.
+        let (options, metrics) = (self.options.clone(), self.metrics.clone());
+        let loaded = tokio::task::spawn_blocking(move || {
+            let loaded = load(&options, &metrics, Some(&current), version);
+            drop(current);
+            crate::memory::release_after_load();
+            loaded
+        })
+        .await
+        .unwrap_or_else(|e| Err(RunError::Join(e.to_string())));
         match loaded {
             Ok(next) => {
                 self.snapshot.store(Arc::new(next));
@@ -360,14 +370,14 @@ impl Proxy {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             tokio::select! {
-                _ = self.signals.hangup.recv() => self.reload_logged("SIGHUP"),
+                _ = self.signals.hangup.recv() => self.reload_logged("SIGHUP").await,
                 _ = self.signals.terminate.recv() => break,
                 _ = self.signals.interrupt.recv() => break,
                 _ = tick.tick(), if self.options.watch_config => {
                     let m = mtime(&self.options.config_path);
                     if m != last_mtime {
                         last_mtime = m;
-                        self.reload_logged("file change");
+                        self.reload_logged("file change").await;
                     }
                 }
             }
@@ -375,8 +385,8 @@ impl Proxy {
         tracing::info!("shutting down");
     }
 
-    fn reload_logged(&mut self, why: &str) {
-        match self.reload() {
+    async fn reload_logged(&mut self, why: &str) {
+        match self.reload().await {
             Ok(v) => tracing::info!(version = v, trigger = why, "configuration reloaded"),
             Err(e) => tracing::error!(
                 trigger = why,
