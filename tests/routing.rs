@@ -25,6 +25,20 @@ fn split_routes() -> serde_json::Value {
     ]))
 }
 
+/// One upstream (`app`) behind a proxy routing everything to it, with extra connection-manager
+/// settings.
+async fn app_proxy(hcm_extra: serde_json::Value) -> (Upstream, ProxyProcess) {
+    let up = upstream("app").await;
+    let rc = routes(json!([{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]));
+    let p = sluice(&bootstrap(
+        rc,
+        vec![cluster("app", &[up.port()])],
+        hcm_extra,
+    ))
+    .await;
+    (up, p)
+}
+
 /// Two upstreams (`v1`, `v2`) behind a proxy serving [`split_routes`].
 async fn split_proxy() -> (Upstream, Upstream, ProxyProcess) {
     let stable = upstream("v1").await;
@@ -691,16 +705,7 @@ fn validate_mode_reports_unsupported_fields_with_path_and_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_connections_are_reused() {
-    let up = upstream("app").await;
-    let rc = routes(json!([
-        {"match": {"prefix": "/"}, "route": {"cluster": "app"}}
-    ]));
-    let p = sluice(&bootstrap(
-        rc,
-        vec![cluster("app", &[up.port()])],
-        json!({}),
-    ))
-    .await;
+    let (_up, p) = app_proxy(json!({})).await;
     let c = client_h1();
     for i in 0..200 {
         // Bodies of every shape: with content-length, empty, and HEAD.
@@ -787,14 +792,8 @@ async fn circuit_breakers_queue_then_overflow_with_503_uo() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_downstream_connections_are_closed_after_idle_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let up = upstream("app").await;
-    let rc = routes(json!([{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]));
-    let p = sluice(&bootstrap(
-        rc,
-        vec![cluster("app", &[up.port()])],
-        json!({"common_http_protocol_options": {"idle_timeout": "0.3s"}}),
-    ))
-    .await;
+    let (_up, p) =
+        app_proxy(json!({"common_http_protocol_options": {"idle_timeout": "0.3s"}})).await;
     let mut s = tokio::net::TcpStream::connect(p.listener("main"))
         .await
         .unwrap();
@@ -857,14 +856,7 @@ async fn dns_clusters_resolve_names() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loading_memory_is_given_back_when_idle() {
-    let up = upstream("app").await;
-    let rc = routes(json!([{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]));
-    let p = sluice(&bootstrap(
-        rc,
-        vec![cluster("app", &[up.port()])],
-        json!({}),
-    ))
-    .await;
+    let (_up, p) = app_proxy(json!({})).await;
     let anon_kib = |pid: u32| -> u64 {
         std::fs::read_to_string(format!("/proc/{pid}/status"))
             .unwrap_or_default()
