@@ -548,21 +548,16 @@ fn redirect_location(
         port.filter(|p| !((scheme == "http" && p == "80") || (scheme == "https" && p == "443")));
     let path = req.uri().path();
     let query = req.uri().query();
-    let mut new_path = if let Some(p) = &r.path {
-        p.clone()
-    } else if let Some(prefix) = &r.prefix_rewrite {
-        let n = hit
-            .route
-            .matcher
-            .path
-            .prefix_len()
-            .unwrap_or(0)
-            .min(path.len());
-        format!("{prefix}{}", &path[n..])
-    } else if let Some((re, sub)) = &r.regex_rewrite {
-        re.replace_all(path, sub.as_str()).into_owned()
-    } else {
-        path.to_string()
+    let prefix_len = hit.route.matcher.path.prefix_len().unwrap_or(0);
+    let mut new_path = match &r.path {
+        Some(p) => p.clone(),
+        None => rewrite_path(
+            r.prefix_rewrite.as_deref(),
+            r.regex_rewrite.as_ref(),
+            prefix_len,
+            path,
+        )
+        .unwrap_or_else(|| path.to_string()),
     };
     if r.path.as_deref().is_some_and(|p| p.contains('?')) {
         // path_redirect with its own query replaces the query.
@@ -574,6 +569,23 @@ fn redirect_location(
         Some(p) => format!("{scheme}://{host}:{p}{new_path}"),
         None => format!("{scheme}://{host}{new_path}"),
     }
+}
+
+/// `prefix_rewrite` (the matched prefix replaced) or `regex_rewrite` applied to a path without its
+/// query; `None` when the route rewrites nothing.
+fn rewrite_path(
+    prefix: Option<&str>,
+    regex: Option<&(regex::Regex, String)>,
+    matched_prefix_len: usize,
+    path: &str,
+) -> Option<String> {
+    if let Some(prefix) = prefix {
+        let n = matched_prefix_len.min(path.len());
+        if path.is_char_boundary(n) {
+            return Some(format!("{prefix}{}", &path[n..]));
+        }
+    }
+    regex.map(|(re, sub)| re.replace_all(path, sub.as_str()).into_owned())
 }
 
 /// Choose the cluster for a forward action.
@@ -698,24 +710,17 @@ async fn forward(
         .unwrap_or("/");
     let path = parts.uri.path();
     let query = parts.uri.query();
-    let rewritten: Option<String> = if let Some(prefix) = &f.prefix_rewrite {
-        let n = hit
-            .route
-            .matcher
-            .path
-            .prefix_len()
-            .unwrap_or(0)
-            .min(orig_path_and_query.len());
-        Some(format!("{prefix}{}", &orig_path_and_query[n..]))
-    } else if let Some((re, sub)) = &f.regex_rewrite {
-        let p = re.replace_all(path, sub.as_str());
-        Some(match query {
-            Some(q) => format!("{p}?{q}"),
-            None => p.into_owned(),
-        })
-    } else {
-        None
-    };
+    let prefix_len = hit.route.matcher.path.prefix_len().unwrap_or(0);
+    let rewritten = rewrite_path(
+        f.prefix_rewrite.as_deref(),
+        f.regex_rewrite.as_ref(),
+        prefix_len,
+        path,
+    )
+    .map(|p| match query {
+        Some(q) => format!("{p}?{q}"),
+        None => p,
+    });
     if rewritten.is_some() && !hcm.suppress_envoy_headers {
         if let Ok(v) = HeaderValue::from_str(orig_path_and_query) {
             headers.insert(HeaderName::from_static("x-envoy-original-path"), v);

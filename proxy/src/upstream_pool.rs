@@ -305,16 +305,7 @@ impl EndpointPool {
         let (mut sender, uses) = match reused {
             Some(c) => (c.sender, c.uses),
             None => {
-                let dialled = async {
-                    let stream = self.dial().await?;
-                    http1::Builder::new()
-                        .handshake(TokioIo::new(stream))
-                        .await
-                        .map_err(UpstreamError::Reset)
-                }
-                .await;
-                let (sender, conn) = dialled.inspect_err(|_| self.settings.budget.closed())?;
-                self.connection_opened();
+                let (sender, conn) = self.open(|io| http1::Builder::new().handshake(io)).await?;
                 let pool = self.clone();
                 tokio::spawn(async move {
                     let _ = conn.with_upgrades().await;
@@ -347,17 +338,13 @@ impl EndpointPool {
             Some(s) => (*s).clone(),
             None => {
                 self.wait_for_connection(false).await?;
-                let dialled = async {
-                    let stream = self.dial().await?;
-                    http2::Builder::new(TokioExecutor::new())
-                        .timer(TokioTimer::new())
-                        .handshake(TokioIo::new(stream))
-                        .await
-                        .map_err(UpstreamError::Reset)
-                }
-                .await;
-                let (sender, conn) = dialled.inspect_err(|_| self.settings.budget.closed())?;
-                self.connection_opened();
+                let (sender, conn) = self
+                    .open(|io| {
+                        http2::Builder::new(TokioExecutor::new())
+                            .timer(TokioTimer::new())
+                            .handshake(io)
+                    })
+                    .await?;
                 let pool = self.clone();
                 tokio::spawn(async move {
                     let _ = conn.await;
@@ -376,6 +363,32 @@ impl EndpointPool {
             response,
             pool_return: None,
         })
+    }
+
+    /// Dial and run the HTTP handshake on a reserved budget slot; the slot is given back if either
+    /// fails.
+    async fn open<T, F, Fut>(&self, handshake: F) -> Result<T, UpstreamError>
+    where
+        F: FnOnce(TokioIo<UpstreamStream>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, hyper::Error>>,
+    {
+        let result = async {
+            let stream = self.dial().await?;
+            handshake(TokioIo::new(stream))
+                .await
+                .map_err(UpstreamError::Reset)
+        }
+        .await;
+        match result {
+            Ok(parts) => {
+                self.connection_opened();
+                Ok(parts)
+            }
+            Err(e) => {
+                self.settings.budget.closed();
+                Err(e)
+            }
+        }
     }
 
     /// Count a new connection (its budget slot was reserved before dialling).
