@@ -339,6 +339,10 @@ mod tests {
     use crate::upstream_pool::UpstreamProtocol;
 
     fn cluster(lb: LbPolicy, specs: Vec<EndpointSpec>) -> Arc<Cluster> {
+        cluster_with(lb, specs, Breakers::default())
+    }
+
+    fn cluster_with(lb: LbPolicy, specs: Vec<EndpointSpec>, breakers: Breakers) -> Arc<Cluster> {
         let m = Metrics::new().unwrap();
         Cluster::new(
             "c".into(),
@@ -353,7 +357,7 @@ mod tests {
                 max_requests_per_connection: None,
                 idle_timeout: None,
             },
-            Breakers::default(),
+            breakers,
             ClusterStats::new(&m, "c"),
             IstioStats::new(&m, vec!["x".into(); 7]),
             vec![],
@@ -423,28 +427,11 @@ mod tests {
 
     #[test]
     fn max_requests_overflows_and_guard_releases() {
-        let m = Metrics::new().unwrap();
-        let c = Cluster::new(
-            "c".into(),
-            LbPolicy::RoundRobin,
-            Discovery::Static,
-            vec![spec(1, 1, 0, true)],
-            PoolSettings {
-                tls: None,
-                budget: crate::upstream_pool::ConnectionBudget::new(1024, 1024),
-                protocol: UpstreamProtocol::Http1,
-                connect_timeout: Duration::from_secs(1),
-                max_requests_per_connection: None,
-                idle_timeout: None,
-            },
-            Breakers {
-                max_requests: 2,
-                ..Breakers::default()
-            },
-            ClusterStats::new(&m, "c"),
-            IstioStats::new(&m, vec!["x".into(); 7]),
-            vec![],
-        );
+        let breakers = Breakers {
+            max_requests: 2,
+            ..Breakers::default()
+        };
+        let c = cluster_with(LbPolicy::RoundRobin, vec![spec(1, 1, 0, true)], breakers);
         let a = c.acquire().unwrap();
         let _b = c.acquire().unwrap();
         assert_eq!(c.acquire().unwrap_err(), PickError::Overflow);
