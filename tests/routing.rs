@@ -878,7 +878,16 @@ async fn loading_memory_is_given_back_when_idle() {
         .args(["-HUP", &p.pid().to_string()])
         .status()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The reload runs on a blocking thread: measure once it has been applied.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !p
+        .admin("/stats/prometheus")
+        .await
+        .contains("sluice_config_reload_total 1\n")
+    {
+        assert!(std::time::Instant::now() < deadline, "reload not applied");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let after_reload = anon_kib(p.pid());
     assert!(
         after_reload < 8 * 1024,

@@ -2,15 +2,14 @@
 //!
 //! A document is deserialized into a [`DynamicMessage`] of the requested Envoy type with protobuf's
 //! JSON mapping (Envoy's own rules: either field-name spelling, `"1.5s"` durations, enum names,
-//! `"@type"` in `Any`, unknown fields rejected), checked by [`field_support`], then transcoded into
-//! the `envoy-types` struct that the rest of Sluice compiles.
+//! `"@type"` in `Any`, unknown fields rejected), checked by [`field_support`], then written out as
+//! canonical proto JSON (proto field names, defaults omitted, `Any` expanded), which is the form
+//! Sluice compiles from, whether the message came from a file or (later) from xDS.
 
 use std::path::Path;
 
-use prost::Message;
 use prost_reflect::DynamicMessage;
 use serde_json::Value;
-use sluice_proto::envoy::envoy::config::bootstrap::v3::Bootstrap;
 
 use crate::error::{ConfigError, FieldError};
 use crate::field_support::check_message;
@@ -24,8 +23,6 @@ pub const ROUTE_CONFIGURATION: &str = "envoy.config.route.v3.RouteConfiguration"
 /// A bootstrap read from a file, with the document it came from.
 #[derive(Debug, Clone)]
 pub struct LoadedBootstrap {
-    /// The typed bootstrap.
-    pub bootstrap: Bootstrap,
     /// The source document (for line numbers).
     pub document: Document,
     /// The validated bootstrap as canonical proto JSON: proto field names, defaults omitted,
@@ -50,37 +47,24 @@ pub fn load_bootstrap_file(path: &Path) -> Result<LoadedBootstrap, ConfigError> 
 /// Read and validate a bootstrap from text.
 pub fn load_bootstrap_text(origin: &str, text: &str) -> Result<LoadedBootstrap, ConfigError> {
     let document = source::parse_document(origin, text)?;
-    let dynamic = dynamic_from_json(&document, BOOTSTRAP, &document.value)?;
-    let mut errors = Vec::new();
-    check_message(&dynamic, "", &mut errors);
-    let bootstrap = finish::<Bootstrap>(&document, &dynamic, errors)?;
-    let canonical = canonical_json(&dynamic).map_err(|message| ConfigError::Schema {
-        origin: document.origin.clone(),
-        message,
-    })?;
+    let canonical = checked_canonical(&document, BOOTSTRAP, &document.value, "")?;
     Ok(LoadedBootstrap {
-        bootstrap,
         document,
         canonical,
     })
 }
 
-/// Deserialize a document as the message `full_name`, check field support, transcode to `T`.
-pub fn decode_document<T: Message + Default>(
+/// Deserialize `value` (found at path `at` of `document`) as `full_name`, check that Sluice
+/// supports every field set in it, and return its canonical JSON.
+pub fn checked_canonical(
     document: &Document,
     full_name: &str,
-) -> Result<T, ConfigError> {
-    let dynamic = dynamic_from_json(document, full_name, &document.value)?;
+    value: &Value,
+    at: &str,
+) -> Result<Value, ConfigError> {
+    let dynamic = dynamic_from_json(document, full_name, value, at)?;
     let mut errors = Vec::new();
-    check_message(&dynamic, "", &mut errors);
-    finish(document, &dynamic, errors)
-}
-
-fn finish<T: Message + Default>(
-    document: &Document,
-    dynamic: &DynamicMessage,
-    mut errors: Vec<FieldError>,
-) -> Result<T, ConfigError> {
+    check_message(&dynamic, at, &mut errors);
     if !errors.is_empty() {
         document.locate(&mut errors);
         return Err(ConfigError::Invalid {
@@ -88,19 +72,19 @@ fn finish<T: Message + Default>(
             errors,
         });
     }
-    dynamic
-        .transcode_to::<T>()
-        .map_err(|e| ConfigError::Schema {
-            origin: document.origin.clone(),
-            message: e.to_string(),
-        })
+    canonical_json(&dynamic).map_err(|message| ConfigError::Schema {
+        origin: document.origin.clone(),
+        message,
+    })
 }
 
 /// Deserialize a JSON tree as a dynamic message of type `full_name`.
+/// `at` is the path of `value` within `document`, so that errors name the full path and line.
 pub fn dynamic_from_json(
     document: &Document,
     full_name: &str,
     value: &Value,
+    at: &str,
 ) -> Result<DynamicMessage, ConfigError> {
     let pool = sluice_proto::descriptor_pool()?;
     let desc = pool
@@ -115,14 +99,12 @@ pub fn dynamic_from_json(
     let de = serde_path_to_error::Deserializer::new(&value, &mut track);
     DynamicMessage::deserialize(desc, de).map_err(|e| {
         let path = normalise_path(&track.path().to_string());
-        let line = document.line_of(&path);
+        let path = if path == "." { String::new() } else { path };
+        let mut errors = vec![FieldError::new(path, e.to_string()).under(at)];
+        document.locate(&mut errors);
         ConfigError::Invalid {
             origin: document.origin.clone(),
-            errors: vec![FieldError {
-                path: if path == "." { String::new() } else { path },
-                reason: e.to_string(),
-                line,
-            }],
+            errors,
         }
     })
 }
@@ -243,79 +225,61 @@ pub fn document_kind(value: &Value) -> DocumentKind {
     }
 }
 
-/// Validate any Envoy document (bootstrap, route configuration(s), xDS resource file).
-/// Returns its kind when Sluice can serve everything in it.
-pub fn validate_text(origin: &str, text: &str) -> Result<DocumentKind, ConfigError> {
-    let document = source::parse_document(origin, text)?;
-    let kind = document_kind(&document.value);
-    match kind {
-        DocumentKind::Bootstrap => {
-            decode_document::<Bootstrap>(&document, BOOTSTRAP)?;
-        }
-        DocumentKind::RouteConfiguration => {
-            let dynamic = dynamic_from_json(&document, ROUTE_CONFIGURATION, &document.value)?;
-            let mut errors = Vec::new();
-            check_message(&dynamic, "", &mut errors);
-            finish::<sluice_proto::envoy::envoy::config::route::v3::RouteConfiguration>(
-                &document, &dynamic, errors,
-            )?;
-        }
-        DocumentKind::RouteConfigurationList | DocumentKind::Resources => {
-            let (items, prefix, type_name): (&[Value], &str, Option<&str>) = match &document.value {
-                Value::Array(items) => (items, "", Some(ROUTE_CONFIGURATION)),
-                Value::Object(m) => match m.get("resources") {
-                    Some(Value::Array(items)) => (items, "resources", None),
-                    _ => (&[], "resources", None),
-                },
-                _ => (&[], "", None),
-            };
-            let mut errors = Vec::new();
-            for (i, item) in items.iter().enumerate() {
-                let path = format!("{prefix}[{i}]");
-                let full = type_name.unwrap_or("google.protobuf.Any");
-                let dynamic =
-                    dynamic_from_json(&document, full, item).map_err(|e| prefix_error(e, &path))?;
-                let mut errs = Vec::new();
-                check_message(&dynamic, "", &mut errs);
-                for mut e in errs {
-                    e.path = if e.path.is_empty() {
-                        path.clone()
-                    } else {
-                        format!("{path}.{}", e.path)
-                    };
-                    errors.push(e);
-                }
-            }
-            if !errors.is_empty() {
-                document.locate(&mut errors);
-                return Err(ConfigError::Invalid {
-                    origin: document.origin.clone(),
-                    errors,
-                });
-            }
-        }
-    }
-    Ok(kind)
+/// A validated Envoy document: its kind, and each message in it as canonical JSON with its path.
+#[derive(Debug, Clone)]
+pub struct ValidatedDocument {
+    pub document: Document,
+    pub kind: DocumentKind,
+    /// `(path in the document, canonical JSON)`: one bootstrap or route configuration, or one
+    /// entry per list item / xDS resource.
+    pub items: Vec<(String, Value)>,
 }
 
-fn prefix_error(err: ConfigError, path: &str) -> ConfigError {
-    match err {
-        ConfigError::Invalid { origin, errors } => ConfigError::Invalid {
-            origin,
-            errors: errors
-                .into_iter()
-                .map(|mut e| {
-                    e.path = if e.path.is_empty() {
-                        path.to_string()
-                    } else {
-                        format!("{path}.{}", e.path)
-                    };
-                    e
-                })
-                .collect(),
-        },
-        other => other,
+/// Validate any Envoy document (bootstrap, route configuration(s), xDS resource file): every
+/// message in it must deserialize and use only fields Sluice supports.
+pub fn validate_text(origin: &str, text: &str) -> Result<ValidatedDocument, ConfigError> {
+    let document = source::parse_document(origin, text)?;
+    let kind = document_kind(&document.value);
+    let items: Vec<(String, &str, &Value)> = match (&kind, &document.value) {
+        (DocumentKind::Bootstrap, v) => vec![(String::new(), BOOTSTRAP, v)],
+        (DocumentKind::RouteConfiguration, v) => vec![(String::new(), ROUTE_CONFIGURATION, v)],
+        (DocumentKind::RouteConfigurationList, Value::Array(list)) => list
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (format!("[{i}]"), ROUTE_CONFIGURATION, v))
+            .collect(),
+        (DocumentKind::Resources, v) => v
+            .get("resources")
+            .and_then(Value::as_array)
+            .map(|list| {
+                list.iter()
+                    .enumerate()
+                    .map(|(i, v)| (format!("resources[{i}]"), "google.protobuf.Any", v))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    let mut canonical = Vec::with_capacity(items.len());
+    let mut errors = Vec::new();
+    for (at, full_name, value) in items {
+        match checked_canonical(&document, full_name, value, &at) {
+            Ok(c) => canonical.push((at, c)),
+            Err(ConfigError::Invalid { errors: e, .. }) => errors.extend(e),
+            Err(other) => return Err(other),
+        }
     }
+    if !errors.is_empty() {
+        return Err(ConfigError::Invalid {
+            origin: document.origin.clone(),
+            errors,
+        });
+    }
+    Ok(ValidatedDocument {
+        document,
+        kind,
+        items: canonical,
+    })
 }
 
 #[cfg(test)]
@@ -361,11 +325,10 @@ static_resources:
 
     #[test]
     fn minimal_bootstrap_loads() {
-        let b = load_bootstrap_text("t.yaml", MINIMAL).unwrap().bootstrap;
-        let sr = b.static_resources.unwrap();
-        assert_eq!(sr.listeners.len(), 1);
-        assert_eq!(sr.clusters[0].name, "a");
-        assert_eq!(sr.clusters[0].connect_timeout.unwrap().nanos, 250_000_000);
+        let b = load_bootstrap_text("t.yaml", MINIMAL).unwrap().canonical;
+        let sr = &b["static_resources"];
+        assert_eq!(sr["listeners"].as_array().unwrap().len(), 1);
+        assert_eq!(sr["clusters"][0]["name"], "a");
     }
 
     #[test]

@@ -24,6 +24,17 @@ impl FieldError {
         }
     }
 
+    /// The same error for a field nested under `prefix` (a list item, an enclosing message).
+    pub fn under(mut self, prefix: &str) -> Self {
+        self.path = match (prefix.is_empty(), self.path.is_empty()) {
+            (true, _) => self.path,
+            (false, true) => prefix.to_string(),
+            (false, false) if self.path.starts_with('[') => format!("{prefix}{}", self.path),
+            (false, false) => format!("{prefix}.{}", self.path),
+        };
+        self
+    }
+
     /// The standard "not supported" error for a field that is set but not implemented.
     pub fn unsupported(path: impl Into<String>) -> Self {
         FieldError::new(path, "not supported")

@@ -8,8 +8,8 @@
 //! * [`source`] reads YAML or JSON text into a JSON tree and can point back at the `file:line` of a
 //!   field path.
 //! * [`envoy`] reads Envoy v3 messages (a bootstrap, a route configuration, an xDS resource) by
-//!   reflection over the Envoy descriptors, using protobuf's JSON mapping, and yields the
-//!   `envoy-types` structs.
+//!   reflection over the Envoy descriptors, using protobuf's JSON mapping, and yields them as
+//!   canonical proto JSON for the compiler.
 //! * [`field_support`] walks every field that is set in such a message and rejects the ones Sluice
 //!   does not implement, naming the full field path (`static_resources.listeners[0]...retry_policy:
 //!   not supported`). A field that would change routing is never ignored silently.

@@ -251,7 +251,6 @@ fn route_match(v: &Value, path: &str, errors: &mut Errors) -> Option<RouteMatch>
         query.push(QueryMatcher {
             name: s(q, "name").unwrap_or("").to_string(),
             value,
-            present: true,
         });
     }
     let runtime_fraction = get(v, "runtime_fraction")

@@ -10,6 +10,8 @@ use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName};
 
+use crate::matcher::query_param;
+
 /// One `RouteAction.HashPolicy`.
 #[derive(Debug, Clone)]
 pub struct HashPolicy {
@@ -67,13 +69,9 @@ pub fn request_hash(
             HashSource::Cookie(name) => {
                 cookie_value(headers, name).map(|v| hash_bytes(&[v.as_bytes()]))
             }
-            HashSource::QueryParameter(name) => query
-                .split('&')
-                .find_map(|pair| {
-                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                    (k == name).then_some(v)
-                })
-                .map(|v| hash_bytes(&[v.as_bytes()])),
+            HashSource::QueryParameter(name) => {
+                query_param(query, name).map(|v| hash_bytes(&[v.as_bytes()]))
+            }
             HashSource::SourceIp => Some(match source {
                 IpAddr::V4(a) => hash_bytes(&[&a.octets()]),
                 IpAddr::V6(a) => hash_bytes(&[&a.octets()]),

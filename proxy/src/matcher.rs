@@ -184,20 +184,22 @@ pub struct QueryMatcher {
     pub name: String,
     /// `None` = presence match.
     pub value: Option<StringMatcher>,
-    /// With `present_match: false`... Envoy only has `present_match: true`; kept for clarity.
-    pub present: bool,
+}
+
+/// The value of the first occurrence of parameter `name` in a query string (`""` for `?name`).
+pub fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then_some(v)
+    })
 }
 
 impl QueryMatcher {
     /// Does the query string satisfy this matcher? The first occurrence of the parameter counts.
     pub fn matches(&self, query: &str) -> bool {
-        let found = query.split('&').find_map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (k == self.name).then_some(v)
-        });
-        match (&self.value, found) {
+        match (&self.value, query_param(query, &self.name)) {
             (_, None) => false,
-            (None, Some(_)) => self.present,
+            (None, Some(_)) => true,
             (Some(m), Some(v)) => m.matches(v),
         }
     }
@@ -344,7 +346,6 @@ mod tests {
         let q = QueryMatcher {
             name: "lane".into(),
             value: Some(sm(StringMatch::Exact("canary".into()), false)),
-            present: true,
         };
         assert!(q.matches("a=1&lane=canary"));
         assert!(!q.matches("a=1&lane=stable"));
@@ -356,7 +357,6 @@ mod tests {
         let p = QueryMatcher {
             name: "debug".into(),
             value: None,
-            present: true,
         };
         assert!(p.matches("debug"));
         assert!(p.matches("x=1&debug="));

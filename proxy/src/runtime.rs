@@ -35,11 +35,6 @@ pub struct ProxyOptions {
 pub enum RunError {
     #[error(transparent)]
     Config(#[from] sluice_config::ConfigError),
-    #[error("{origin}: {}", errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(&format!("\n{origin}: ")))]
-    Compile {
-        origin: String,
-        errors: Vec<sluice_config::FieldError>,
-    },
     #[error("cannot bind {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -83,41 +78,56 @@ fn compile_file(
     version: u64,
 ) -> Result<Snapshot, RunError> {
     let loaded = sluice_config::envoy::load_bootstrap_file(&options.config_path)?;
-    compile::bootstrap(
+    compile_bootstrap(
+        &loaded.document,
         &loaded.canonical,
         metrics,
         &options.compile,
         previous,
         version,
     )
-    .map_err(|mut errors| {
-        loaded.document.locate(&mut errors);
-        let origin = options.config_path.display().to_string();
-        let errors = errors
-            .into_iter()
-            .map(|mut e| {
-                if let Some(l) = e.line.take() {
-                    e.path = format!("line {l}: {}", e.path);
-                }
-                e
-            })
-            .collect();
-        RunError::Compile { origin, errors }
-    })
+}
+
+/// Compile a validated bootstrap; errors carry the `file:line` of their field, like validation's.
+fn compile_bootstrap(
+    document: &sluice_config::source::Document,
+    canonical: &serde_json::Value,
+    metrics: &Metrics,
+    options: &CompileOptions,
+    previous: Option<&Snapshot>,
+    version: u64,
+) -> Result<Snapshot, RunError> {
+    compile::bootstrap(canonical, metrics, options, previous, version)
+        .map_err(|errors| located(document, errors).into())
+}
+
+/// Field errors of `document` with their lines, as a configuration error.
+fn located(
+    document: &sluice_config::source::Document,
+    mut errors: Vec<sluice_config::FieldError>,
+) -> sluice_config::ConfigError {
+    document.locate(&mut errors);
+    sluice_config::ConfigError::Invalid {
+        origin: document.origin.clone(),
+        errors,
+    }
+}
+
+/// One line describing a compiled bootstrap.
+fn summary(origin: &str, s: &Snapshot) -> String {
+    let routes: usize = s.listeners.iter().map(|l| l.route_count()).sum();
+    format!(
+        "configuration '{origin}' OK: {} listener(s), {routes} route(s), {} cluster(s)",
+        s.listeners.len(),
+        s.clusters.len()
+    )
 }
 
 /// `--mode validate`: check the file; `Ok` holds a one-line summary.
 pub fn validate(options: &ProxyOptions) -> Result<String, RunError> {
     let metrics = Metrics::new()?;
     let s = compile_file(options, &metrics, None, 0)?;
-    let routes: usize = s.listeners.iter().map(|l| l.route_count()).sum();
-    Ok(format!(
-        "configuration '{}' OK: {} listener(s), {} route(s), {} cluster(s)",
-        options.config_path.display(),
-        s.listeners.len(),
-        routes,
-        s.clusters.len()
-    ))
+    Ok(summary(&options.config_path.display().to_string(), &s))
 }
 
 /// Validate any Envoy document: bootstraps and route configurations are also compiled, so value
@@ -126,54 +136,44 @@ pub fn validate_document(path: &std::path::Path) -> Result<String, String> {
     use sluice_config::envoy::{self, DocumentKind};
     let text = envoy::read_file(path).map_err(|e| e.to_string())?;
     let origin = path.display().to_string();
-    let kind = envoy::validate_text(&origin, &text).map_err(|e| e.to_string())?;
-    match kind {
+    let v = envoy::validate_text(&origin, &text).map_err(|e| e.to_string())?;
+    match v.kind {
         DocumentKind::Bootstrap => {
-            let options = ProxyOptions {
-                config_path: path.to_path_buf(),
-                compile: CompileOptions::default(),
-                watch_config: false,
-                admin_address_path: None,
-            };
-            validate(&options).map_err(|e| e.to_string())
+            let metrics = Metrics::new().map_err(|e| e.to_string())?;
+            let canonical = v
+                .items
+                .first()
+                .map(|(_, c)| c)
+                .unwrap_or(&serde_json::Value::Null);
+            let s = compile_bootstrap(
+                &v.document,
+                canonical,
+                &metrics,
+                &CompileOptions::default(),
+                None,
+                0,
+            )
+            .map_err(|e| e.to_string())?;
+            Ok(summary(&origin, &s))
         }
         DocumentKind::RouteConfiguration | DocumentKind::RouteConfigurationList => {
-            let doc =
-                sluice_config::source::parse_document(&origin, &text).map_err(|e| e.to_string())?;
-            let configs: Vec<&serde_json::Value> = match &doc.value {
-                serde_json::Value::Array(items) => items.iter().collect(),
-                other => vec![other],
-            };
             let clusters = HashMap::new();
             let resolver = compile::ClusterResolver {
                 clusters: &clusters,
                 validate: false,
             };
             let mut routes = 0;
-            for (i, rc) in configs.iter().enumerate() {
-                let dynamic = envoy::dynamic_from_json(&doc, envoy::ROUTE_CONFIGURATION, rc)
-                    .map_err(|e| e.to_string())?;
-                let canonical = envoy::canonical_json(&dynamic)?;
-                let prefix = if doc.value.is_array() {
-                    format!("[{i}]")
-                } else {
-                    String::new()
-                };
-                let table =
-                    compile::route_table(&canonical, &prefix, &resolver).map_err(|errs| {
-                        errs.iter()
-                            .map(|e| format!("{origin}: {e}"))
-                            .collect::<Vec<_>>()
-                            .join("\n")
-                    })?;
+            for (at, canonical) in &v.items {
+                let table = compile::route_table(canonical, at, &resolver)
+                    .map_err(|errors| located(&v.document, errors).to_string())?;
                 routes += table.route_count();
             }
             Ok(format!(
                 "{origin}: OK ({} route configuration(s), {routes} route(s))",
-                configs.len()
+                v.items.len()
             ))
         }
-        DocumentKind::Resources => Ok(format!("{origin}: OK (xDS resources)")),
+        DocumentKind::Resources => Ok(format!("{origin}: OK ({} xDS resource(s))", v.items.len())),
     }
 }
 
@@ -267,14 +267,6 @@ impl Proxy {
         }
         tokio::spawn(dns_refresher(snapshot.clone()));
         Ok(proxy)
-    }
-
-    /// Addresses the listeners are bound to, by name.
-    pub fn listener_addresses(&self) -> HashMap<String, SocketAddr> {
-        self.listeners
-            .iter()
-            .map(|(n, l)| (n.clone(), l.ctx.local))
-            .collect()
     }
 
     fn sync_listeners(&mut self) -> Result<(), RunError> {

@@ -277,15 +277,22 @@ impl Flag {
     }
 }
 
-fn local_reply(hcm: &HcmConfig, status: StatusCode, body: &'static str) -> Response<ResponseBody> {
+/// A response made by the proxy itself: `text/plain` when it has a body, always a length.
+fn local_response(status: StatusCode, body: bytes::Bytes) -> Response<ResponseBody> {
+    let len = body.len();
     let mut resp = Response::new(ResponseBody::full(body));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    if !body.is_empty() {
+    if len > 0 {
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     }
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    set_server(hcm, h);
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    resp
+}
+
+fn local_reply(hcm: &HcmConfig, status: StatusCode, body: &'static str) -> Response<ResponseBody> {
+    let mut resp = local_response(status, bytes::Bytes::from_static(body.as_bytes()));
+    set_server(hcm, resp.headers_mut());
     resp
 }
 
@@ -456,18 +463,8 @@ async fn route_request(
     };
     match &hit.route.action {
         RouteAction::Direct(d) => {
-            let mut resp = Response::new(match &d.body {
-                Some(b) => ResponseBody::full(b.clone()),
-                None => ResponseBody::empty(),
-            });
-            *resp.status_mut() = d.status;
+            let mut resp = local_response(d.status, d.body.clone().unwrap_or_default());
             let h = resp.headers_mut();
-            if let Some(b) = &d.body {
-                h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-                h.insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
-            } else {
-                h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
-            }
             apply_response_ops(hcm, hit, None, h, &rctx);
             set_server(hcm, h);
             resp

@@ -57,16 +57,6 @@ impl ConnectionBudget {
         })
     }
 
-    /// Open connections of the cluster.
-    pub fn open_connections(&self) -> u64 {
-        self.open.load(Ordering::Relaxed)
-    }
-
-    /// Requests waiting for a connection.
-    pub fn pending_requests(&self) -> u64 {
-        self.pending.load(Ordering::Relaxed)
-    }
-
     /// Reserve a connection slot; `false` when the cluster is at `max_connections`.
     fn try_reserve(&self) -> bool {
         self.open
@@ -400,10 +390,5 @@ impl EndpointPool {
     fn connection_closed(&self) {
         self.open_connections.fetch_sub(1, Ordering::Relaxed);
         self.settings.budget.closed();
-    }
-
-    /// Idle HTTP/1.1 connections waiting in the pool.
-    pub fn idle_count(&self) -> usize {
-        self.idle.len()
     }
 }
