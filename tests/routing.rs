@@ -700,7 +700,13 @@ fn validate_mode_reports_unsupported_fields_with_path_and_line() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown cluster `nope`"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown cluster `nope`"), "{err}");
+    assert_eq!(
+        err.trim().lines().count(),
+        1,
+        "one problem, one error:\n{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

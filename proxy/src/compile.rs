@@ -1111,6 +1111,17 @@ fn listener(
         ));
         return None;
     }
+    let with_tls = chains_json
+        .iter()
+        .filter(|c| get(c, "transport_socket").is_some())
+        .count();
+    if with_tls != 0 && with_tls != chains_json.len() {
+        errors.push(FieldError::new(
+            p(path, "filter_chains"),
+            "mixing TLS and plaintext filter chains on one listener is not supported",
+        ));
+        return None;
+    }
     let mut chains = Vec::new();
     let mut seen_names = std::collections::HashSet::new();
     for (ci, chain) in chains_json.iter().enumerate() {
@@ -1178,13 +1189,6 @@ fn listener(
             tls,
             hcm: Arc::new(hcm),
         });
-    }
-    if chains.iter().any(|c| c.tls.is_some()) != chains.iter().all(|c| c.tls.is_some()) {
-        errors.push(FieldError::new(
-            p(path, "filter_chains"),
-            "mixing TLS and plaintext filter chains on one listener is not supported",
-        ));
-        return None;
     }
     if chains.len() != chains_json.len() {
         return None;
