@@ -65,6 +65,59 @@ enum Command {
     },
     /// Check any Envoy document (bootstrap, route configuration, xDS resource file).
     Validate { files: Vec<PathBuf> },
+    /// Run the control plane: Istio resources from a directory, served to proxies over ADS.
+    Control {
+        /// Directory of Istio resources (`*.yaml`, `*.yml`, `*.json`, multi-document), watched.
+        #[arg(long = "config-dir")]
+        config_dir: PathBuf,
+        /// Address of the xDS (ADS) gRPC server.
+        #[arg(long = "xds-address", default_value = "127.0.0.1:15010")]
+        xds_address: std::net::SocketAddr,
+        /// Address of the HTTP API (proxy status).
+        #[arg(long = "api-address", default_value = "127.0.0.1:15080")]
+        api_address: std::net::SocketAddr,
+        /// Quiet time after an edit before pushing (e.g. 10ms, 1s).
+        #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+        debounce: std::time::Duration,
+        /// Write the bound addresses as JSON `{"xds": …, "api": …}` to this file.
+        #[arg(long = "address-file")]
+        address_file: Option<PathBuf>,
+        /// Log level: trace, debug, info, warn, error.
+        #[arg(short = 'l', long = "log-level", default_value = "info")]
+        log_level: String,
+    },
+    /// Every proxy connected to the control plane and what it has acknowledged (like
+    /// `istioctl proxy-status`).
+    ProxyStatus {
+        /// The control plane's API address.
+        #[arg(long, default_value = "127.0.0.1:15080")]
+        server: String,
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: StatusFormat,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum StatusFormat {
+    Table,
+    Json,
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    sluice_config::istio::parse_duration(text).ok_or_else(|| format!("`{text}` is not a duration"))
+}
+
+fn runtime_or_exit(multi: bool) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut b = if multi {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    b.enable_all().build().map_err(|e| {
+        eprintln!("cannot start runtime: {e}");
+        ExitCode::FAILURE
+    })
 }
 
 fn init_logging(level: &str) {
@@ -149,16 +202,61 @@ fn main() -> ExitCode {
                 }
             })
         }
-        Command::DemoUpstream { listen, name } => {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+        Command::Control {
+            config_dir,
+            xds_address,
+            api_address,
+            debounce,
+            address_file,
+            log_level,
+        } => {
+            init_logging(&log_level);
+            let rt = match runtime_or_exit(true) {
                 Ok(rt) => rt,
+                Err(code) => return code,
+            };
+            let options = sluice_control::server::ControlOptions {
+                config_dir,
+                xds_address,
+                api_address,
+                debounce,
+                address_file,
+            };
+            match rt.block_on(sluice_control::server::run(options)) {
+                Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("cannot start runtime: {e}");
-                    return ExitCode::FAILURE;
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
                 }
+            }
+        }
+        Command::ProxyStatus { server, output } => {
+            let rt = match runtime_or_exit(false) {
+                Ok(rt) => rt,
+                Err(code) => return code,
+            };
+            match rt.block_on(sluice_control::proxy_status::fetch(&server)) {
+                Ok(doc) => {
+                    match output {
+                        StatusFormat::Json => {
+                            println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default())
+                        }
+                        StatusFormat::Table => {
+                            print!("{}", sluice_control::proxy_status::render_table(&doc))
+                        }
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::DemoUpstream { listen, name } => {
+            let rt = match runtime_or_exit(false) {
+                Ok(rt) => rt,
+                Err(code) => return code,
             };
             match rt.block_on(sluice_proxy::demo_upstream::serve(listen, name)) {
                 Ok(()) => ExitCode::SUCCESS,

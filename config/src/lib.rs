@@ -20,6 +20,7 @@
 pub mod envoy;
 pub mod error;
 pub mod field_support;
+pub mod istio;
 pub mod source;
 
 pub use error::{ConfigError, FieldError};

@@ -1,0 +1,1499 @@
+//! Istio `networking.istio.io` resources: VirtualService, DestinationRule, ServiceEntry,
+//! WorkloadEntry and Gateway (API versions `v1`, `v1beta1`, `v1alpha3`).
+//!
+//! Each kind is a typed struct that denies unknown fields, so a field Sluice does not model is
+//! refused with its path and line (`vs.yaml:14: spec.http[0].corsPolicy: not supported`) instead
+//! of being ignored. Fields that Istio defines but that Sluice cannot honour are modelled and then
+//! refused by [`Resource::check`] with a reason. Values are checked here too (durations, header
+//! names, percentages), so that a bad resource is rejected when it is read, not when it is pushed.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::{ConfigError, FieldError};
+use crate::source::{self, snake_case, Document};
+
+/// The API group of the kinds this module reads.
+pub const GROUP: &str = "networking.istio.io";
+const VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha3"];
+
+/// Kubernetes object metadata (only what Sluice uses; other metadata is allowed and unused).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Metadata {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Metadata {
+    /// The namespace, `default` when unset (as `kubectl apply` does).
+    pub fn namespace(&self) -> &str {
+        self.namespace.as_deref().unwrap_or("default")
+    }
+}
+
+/// Istio `StringMatch`: `exact`, `prefix` or `regex` (RE2 syntax). An empty match (`{}`) means
+/// "present" where Istio allows it (header matches).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StringMatch {
+    pub exact: Option<String>,
+    pub prefix: Option<String>,
+    pub regex: Option<String>,
+}
+
+/// `PortSelector`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PortSelector {
+    pub number: Option<u32>,
+}
+
+/// `Percent`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Percent {
+    #[serde(default)]
+    pub value: f64,
+}
+
+// ---- VirtualService ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct VirtualService {
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    #[serde(default)]
+    pub http: Vec<HttpRoute>,
+    pub tcp: Option<Value>,
+    pub tls: Option<Value>,
+    #[serde(default)]
+    pub export_to: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpRoute {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, rename = "match")]
+    pub matches: Vec<HttpMatch>,
+    #[serde(default)]
+    pub route: Vec<RouteDestination>,
+    pub redirect: Option<HttpRedirect>,
+    pub direct_response: Option<DirectResponse>,
+    pub delegate: Option<Value>,
+    pub rewrite: Option<Rewrite>,
+    pub timeout: Option<String>,
+    pub retries: Option<Retries>,
+    pub fault: Option<Fault>,
+    pub mirror: Option<Destination>,
+    pub mirror_percentage: Option<Percent>,
+    /// Deprecated integer form of `mirrorPercentage`.
+    pub mirror_percent: Option<u32>,
+    #[serde(default)]
+    pub mirrors: Vec<MirrorPolicy>,
+    pub cors_policy: Option<Value>,
+    pub headers: Option<Headers>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpMatch {
+    #[serde(default)]
+    pub name: String,
+    pub uri: Option<StringMatch>,
+    pub scheme: Option<StringMatch>,
+    pub method: Option<StringMatch>,
+    pub authority: Option<StringMatch>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, StringMatch>,
+    pub port: Option<u32>,
+    #[serde(default)]
+    pub source_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    #[serde(default)]
+    pub query_params: BTreeMap<String, StringMatch>,
+    #[serde(default)]
+    pub ignore_uri_case: bool,
+    #[serde(default)]
+    pub without_headers: BTreeMap<String, StringMatch>,
+    pub source_namespace: Option<String>,
+    pub stat_prefix: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Destination {
+    pub host: String,
+    pub subset: Option<String>,
+    pub port: Option<PortSelector>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouteDestination {
+    pub destination: Destination,
+    pub weight: Option<u32>,
+    pub headers: Option<Headers>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MirrorPolicy {
+    pub destination: Destination,
+    pub percentage: Option<Percent>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpRedirect {
+    pub uri: Option<String>,
+    pub authority: Option<String>,
+    pub port: Option<u32>,
+    pub derive_port: Option<String>,
+    pub scheme: Option<String>,
+    pub redirect_code: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DirectResponse {
+    pub status: u32,
+    pub body: Option<HttpBody>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpBody {
+    pub string: Option<String>,
+    /// Base64, as in the protobuf JSON mapping.
+    pub bytes: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Rewrite {
+    pub uri: Option<String>,
+    pub authority: Option<String>,
+    pub uri_regex_rewrite: Option<RegexRewrite>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RegexRewrite {
+    #[serde(rename = "match")]
+    pub pattern: String,
+    pub rewrite: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Retries {
+    #[serde(default)]
+    pub attempts: u32,
+    pub per_try_timeout: Option<String>,
+    pub retry_on: Option<String>,
+    pub retry_remote_localities: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Fault {
+    pub delay: Option<FaultDelay>,
+    pub abort: Option<FaultAbort>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FaultDelay {
+    pub fixed_delay: Option<String>,
+    pub exponential_delay: Option<String>,
+    pub percentage: Option<Percent>,
+    pub percent: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FaultAbort {
+    pub http_status: Option<u32>,
+    pub grpc_status: Option<String>,
+    pub http2_error: Option<String>,
+    pub percentage: Option<Percent>,
+}
+
+/// `Headers`: operations on request and response headers.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Headers {
+    pub request: Option<HeaderOperations>,
+    pub response: Option<HeaderOperations>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderOperations {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+// ---- DestinationRule --------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DestinationRule {
+    pub host: String,
+    pub traffic_policy: Option<TrafficPolicy>,
+    #[serde(default)]
+    pub subsets: Vec<Subset>,
+    #[serde(default)]
+    pub export_to: Vec<String>,
+    pub workload_selector: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Subset {
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub traffic_policy: Option<TrafficPolicy>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TrafficPolicy {
+    pub load_balancer: Option<LoadBalancer>,
+    pub connection_pool: Option<ConnectionPool>,
+    pub outlier_detection: Option<OutlierDetection>,
+    pub tls: Option<ClientTls>,
+    #[serde(default)]
+    pub port_level_settings: Vec<PortTrafficPolicy>,
+    pub tunnel: Option<Value>,
+    pub proxy_protocol: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PortTrafficPolicy {
+    pub port: Option<PortSelector>,
+    pub load_balancer: Option<LoadBalancer>,
+    pub connection_pool: Option<ConnectionPool>,
+    pub outlier_detection: Option<OutlierDetection>,
+    pub tls: Option<ClientTls>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LoadBalancer {
+    pub simple: Option<String>,
+    pub consistent_hash: Option<ConsistentHash>,
+    pub locality_lb_setting: Option<Value>,
+    pub warmup_duration_secs: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConsistentHash {
+    pub http_header_name: Option<String>,
+    pub http_cookie: Option<HttpCookie>,
+    pub use_source_ip: Option<bool>,
+    pub http_query_parameter_name: Option<String>,
+    pub ring_hash: Option<Value>,
+    pub maglev: Option<Value>,
+    pub minimum_ring_size: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpCookie {
+    pub name: String,
+    pub path: Option<String>,
+    pub ttl: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConnectionPool {
+    pub tcp: Option<TcpSettings>,
+    pub http: Option<HttpSettings>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TcpSettings {
+    pub max_connections: Option<u32>,
+    pub connect_timeout: Option<String>,
+    /// TCP keep-alive probes: tuning only.
+    pub tcp_keepalive: Option<Value>,
+    pub max_connection_duration: Option<String>,
+    pub idle_timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpSettings {
+    pub http1_max_pending_requests: Option<u32>,
+    pub http2_max_requests: Option<u32>,
+    pub max_requests_per_connection: Option<u32>,
+    pub max_retries: Option<u32>,
+    pub idle_timeout: Option<String>,
+    pub h2_upgrade_policy: Option<String>,
+    pub use_client_protocol: Option<bool>,
+    pub max_concurrent_streams: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OutlierDetection {
+    pub consecutive_errors: Option<u32>,
+    pub consecutive_gateway_errors: Option<u32>,
+    pub consecutive5xx_errors: Option<u32>,
+    #[serde(rename = "consecutive_5xx_errors")]
+    pub consecutive_5xx_errors_alt: Option<u32>,
+    pub interval: Option<String>,
+    pub base_ejection_time: Option<String>,
+    pub max_ejection_percent: Option<u32>,
+    pub min_health_percent: Option<u32>,
+    pub split_external_local_origin_errors: Option<bool>,
+    pub consecutive_local_origin_failures: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClientTls {
+    pub mode: Option<String>,
+    pub client_certificate: Option<String>,
+    pub private_key: Option<String>,
+    pub ca_certificates: Option<String>,
+    pub credential_name: Option<String>,
+    #[serde(default)]
+    pub subject_alt_names: Vec<String>,
+    pub sni: Option<String>,
+    pub insecure_skip_verify: Option<bool>,
+}
+
+// ---- ServiceEntry / WorkloadEntry ---------------------------------------------------------------
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServiceEntry {
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Virtual IPs for TCP services; HTTP routing is by host, so they have no effect here.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    #[serde(default)]
+    pub ports: Vec<ServicePort>,
+    pub location: Option<String>,
+    pub resolution: Option<String>,
+    #[serde(default)]
+    pub endpoints: Vec<WorkloadEntry>,
+    pub workload_selector: Option<WorkloadSelector>,
+    #[serde(default)]
+    pub export_to: Vec<String>,
+    /// Identities to verify with Istio mTLS: not used without Istio certificates.
+    #[serde(default)]
+    pub subject_alt_names: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServicePort {
+    pub number: u32,
+    #[serde(default)]
+    pub protocol: Option<String>,
+    #[serde(default)]
+    pub name: String,
+    pub target_port: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadSelector {
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WorkloadEntry {
+    #[serde(default)]
+    pub address: String,
+    #[serde(default)]
+    pub ports: BTreeMap<String, u32>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Multi-network gateways are not used: every endpoint is reached directly.
+    pub network: Option<String>,
+    pub locality: Option<String>,
+    pub weight: Option<u32>,
+    pub service_account: Option<String>,
+}
+
+// ---- Gateway ------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Gateway {
+    #[serde(default)]
+    pub selector: BTreeMap<String, String>,
+    #[serde(default)]
+    pub servers: Vec<Server>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Server {
+    pub port: GatewayPort,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    pub tls: Option<ServerTls>,
+    #[serde(default)]
+    pub name: String,
+    pub bind: Option<String>,
+    pub default_endpoint: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GatewayPort {
+    pub number: u32,
+    #[serde(default)]
+    pub protocol: String,
+    #[serde(default)]
+    pub name: String,
+    pub target_port: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServerTls {
+    #[serde(default)]
+    pub https_redirect: bool,
+    pub mode: Option<String>,
+    pub server_certificate: Option<String>,
+    pub private_key: Option<String>,
+    pub ca_certificates: Option<String>,
+    pub credential_name: Option<String>,
+    #[serde(default)]
+    pub subject_alt_names: Vec<String>,
+    pub min_protocol_version: Option<String>,
+    pub max_protocol_version: Option<String>,
+    #[serde(default)]
+    pub cipher_suites: Vec<String>,
+}
+
+// ---- resources ----------------------------------------------------------------------------------
+
+/// The spec of one Istio resource.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Spec {
+    VirtualService(VirtualService),
+    DestinationRule(Box<DestinationRule>),
+    ServiceEntry(ServiceEntry),
+    WorkloadEntry(WorkloadEntry),
+    Gateway(Gateway),
+}
+
+impl Spec {
+    /// The resource kind, as written in `kind:`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Spec::VirtualService(_) => "VirtualService",
+            Spec::DestinationRule(_) => "DestinationRule",
+            Spec::ServiceEntry(_) => "ServiceEntry",
+            Spec::WorkloadEntry(_) => "WorkloadEntry",
+            Spec::Gateway(_) => "Gateway",
+        }
+    }
+}
+
+/// One Istio resource read from a file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resource {
+    pub metadata: Metadata,
+    pub spec: Spec,
+    /// `file` or `file#N` (the N-th document of a multi-document file), for messages.
+    pub origin: String,
+}
+
+impl Resource {
+    /// `Kind namespace/name`.
+    pub fn key(&self) -> String {
+        format!(
+            "{} {}/{}",
+            self.spec.kind(),
+            self.metadata.namespace(),
+            self.metadata.name
+        )
+    }
+}
+
+/// What one document of a file turned out to be.
+#[derive(Debug, Clone)]
+pub enum Parsed {
+    /// An Istio networking resource.
+    Istio(Box<Resource>),
+    /// A kind Sluice reads elsewhere (`argoproj.io` Rollout, AnalysisTemplate, …): the document is
+    /// kept for its reader.
+    Other {
+        api_version: String,
+        kind: String,
+        name: String,
+        document: Document,
+    },
+}
+
+/// Read every document of a (multi-document) YAML/JSON text. Istio kinds are parsed and checked;
+/// any error in any document fails the whole file, naming `file:line: path: reason`.
+pub fn parse_text(origin: &str, text: &str) -> Result<Vec<Parsed>, ConfigError> {
+    let docs = source::parse_documents(origin, text)?;
+    let mut out = Vec::with_capacity(docs.len());
+    let mut errors = Vec::new();
+    for doc in docs {
+        match parse_document(&doc) {
+            Ok(p) => out.push(p),
+            Err(mut e) => {
+                for err in &mut e {
+                    err.line = doc.line_of(&snake_case(&err.path));
+                }
+                errors.extend(e);
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(ConfigError::Invalid {
+            origin: origin.to_string(),
+            errors,
+        })
+    }
+}
+
+fn str_field<'a>(v: &'a Value, k: &str) -> &'a str {
+    v.get(k).and_then(Value::as_str).unwrap_or("")
+}
+
+/// Parse one document (lines are located by the caller).
+fn parse_document(doc: &Document) -> Result<Parsed, Vec<FieldError>> {
+    let v = &doc.value;
+    let api_version = str_field(v, "apiVersion").to_string();
+    let kind = str_field(v, "kind").to_string();
+    let (group, version) = api_version.split_once('/').unwrap_or(("", &api_version));
+    if group != GROUP {
+        let name = v
+            .get("metadata")
+            .map(|m| str_field(m, "name").to_string())
+            .unwrap_or_default();
+        return Ok(Parsed::Other {
+            api_version,
+            kind,
+            name,
+            document: doc.clone(),
+        });
+    }
+    if !VERSIONS.contains(&version) {
+        return Err(vec![FieldError::new(
+            "apiVersion",
+            format!(
+                "{api_version} not supported (supported: {})",
+                VERSIONS
+                    .iter()
+                    .map(|v| format!("{GROUP}/{v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )]);
+    }
+    let metadata: Metadata = typed(v.get("metadata").unwrap_or(&Value::Null), "metadata")?;
+    if metadata.name.is_empty() {
+        return Err(vec![FieldError::new("metadata.name", "required")]);
+    }
+    let spec_value = v.get("spec").unwrap_or(&Value::Null);
+    let spec = match kind.as_str() {
+        "VirtualService" => Spec::VirtualService(typed(spec_value, "spec")?),
+        "DestinationRule" => Spec::DestinationRule(Box::new(typed(spec_value, "spec")?)),
+        "ServiceEntry" => Spec::ServiceEntry(typed(spec_value, "spec")?),
+        "WorkloadEntry" => Spec::WorkloadEntry(typed(spec_value, "spec")?),
+        "Gateway" => Spec::Gateway(typed(spec_value, "spec")?),
+        other => {
+            return Err(vec![FieldError::new(
+                "kind",
+                format!("{GROUP} kind `{other}` not supported (supported: VirtualService, DestinationRule, ServiceEntry, WorkloadEntry, Gateway)"),
+            )])
+        }
+    };
+    let resource = Resource {
+        metadata,
+        spec,
+        origin: doc.origin.clone(),
+    };
+    let mut errors = Vec::new();
+    resource.check(&mut errors);
+    if errors.is_empty() {
+        Ok(Parsed::Istio(Box::new(resource)))
+    } else {
+        Err(errors)
+    }
+}
+
+/// Deserialize `value` as `T`; an error names the field path under `at`.
+fn typed<T: for<'de> Deserialize<'de> + Default>(
+    value: &Value,
+    at: &str,
+) -> Result<T, Vec<FieldError>> {
+    if value.is_null() {
+        return Ok(T::default());
+    }
+    let mut track = serde_path_to_error::Track::new();
+    let de = serde_path_to_error::Deserializer::new(value, &mut track);
+    T::deserialize(de).map_err(|e| {
+        let path = track.path().to_string();
+        let mut reason = e.to_string();
+        // serde_path_to_error already ends the path with the unknown field's name.
+        if reason.starts_with("unknown field `") {
+            reason = "not supported (not a field Sluice knows)".into();
+        }
+        let path = if path == "." { String::new() } else { path };
+        vec![FieldError::new(path, reason).under(at)]
+    })
+}
+
+// ---- checks: fields Istio has that Sluice refuses, and values ------------------------------------
+
+fn refuse(errors: &mut Vec<FieldError>, path: String, why: &str) {
+    errors.push(FieldError::new(path, format!("not supported: {why}")));
+}
+
+/// Parse an Istio/protobuf duration (`"10s"`, `"1.5s"`, `"100ms"`, `"2m"`, `"1h"`).
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let t = text.trim();
+    let (num, unit) = match t.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => t.split_at(i),
+        None => return None,
+    };
+    let n: f64 = num.parse().ok()?;
+    if !n.is_finite() || n < 0.0 {
+        return None;
+    }
+    let secs = match unit {
+        "ns" => n / 1e9,
+        "us" | "µs" => n / 1e6,
+        "ms" => n / 1e3,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_secs_f64(secs))
+}
+
+fn check_duration(errors: &mut Vec<FieldError>, path: String, d: &Option<String>) {
+    if let Some(d) = d {
+        if parse_duration(d).is_none() {
+            errors.push(FieldError::new(
+                path,
+                format!("`{d}` is not a duration (e.g. 10s, 1.5s, 100ms)"),
+            ));
+        }
+    }
+}
+
+fn check_percent(errors: &mut Vec<FieldError>, path: String, p: &Option<Percent>) {
+    if let Some(p) = p {
+        if !(0.0..=100.0).contains(&p.value) {
+            errors.push(FieldError::new(
+                path,
+                format!("{} is outside 0..100", p.value),
+            ));
+        }
+    }
+}
+
+fn check_string_match(errors: &mut Vec<FieldError>, path: &str, m: &StringMatch, empty_ok: bool) {
+    let set = [&m.exact, &m.prefix, &m.regex]
+        .iter()
+        .filter(|x| x.is_some())
+        .count();
+    if set > 1 {
+        errors.push(FieldError::new(
+            path,
+            "only one of exact, prefix, regex may be set",
+        ));
+    }
+    if set == 0 && !empty_ok {
+        errors.push(FieldError::new(
+            path,
+            "one of exact, prefix, regex is required",
+        ));
+    }
+    if let Some(re) = &m.regex {
+        if let Err(e) = regex_syntax_ok(re) {
+            errors.push(FieldError::new(format!("{path}.regex"), e));
+        }
+    }
+}
+
+/// Istio's regexes are RE2; the proxies compile them with RE2 (Envoy) or `regex` (Sluice), which
+/// share the syntax used in routing. Reject a pattern `regex` cannot compile when it is read.
+fn regex_syntax_ok(re: &str) -> Result<(), String> {
+    regex::Regex::new(re)
+        .map(|_| ())
+        .map_err(|e| format!("invalid regex: {e}"))
+}
+
+fn check_header_name(errors: &mut Vec<FieldError>, path: String, name: &str) {
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.!#$%&'*+^`|~:".contains(&b));
+    if !ok {
+        errors.push(FieldError::new(
+            path,
+            format!("`{name}` is not a header name"),
+        ));
+    }
+}
+
+fn check_headers(errors: &mut Vec<FieldError>, path: &str, h: &Option<Headers>) {
+    let Some(h) = h else { return };
+    for (side, ops) in [("request", &h.request), ("response", &h.response)] {
+        let Some(ops) = ops else { continue };
+        for (op, names) in [
+            ("set", ops.set.keys().collect::<Vec<_>>()),
+            ("add", ops.add.keys().collect()),
+            ("remove", ops.remove.iter().collect()),
+        ] {
+            for n in names {
+                check_header_name(errors, format!("{path}.{side}.{op}.{n}"), n);
+            }
+        }
+    }
+}
+
+fn check_export_to(errors: &mut Vec<FieldError>, path: &str, export_to: &[String]) {
+    if export_to.iter().any(|e| e != "*") {
+        refuse(
+            errors,
+            format!("{path}.exportTo"),
+            "visibility other than `*`; every proxy sees every resource",
+        );
+    }
+}
+
+impl Resource {
+    /// Refuse fields Sluice cannot honour and values that are invalid.
+    pub fn check(&self, errors: &mut Vec<FieldError>) {
+        match &self.spec {
+            Spec::VirtualService(vs) => check_virtual_service(vs, errors),
+            Spec::DestinationRule(dr) => check_destination_rule(dr, errors),
+            Spec::ServiceEntry(se) => check_service_entry(se, errors),
+            Spec::WorkloadEntry(we) => check_workload_entry(we, "spec", errors),
+            Spec::Gateway(gw) => check_gateway(gw, errors),
+        }
+    }
+}
+
+fn check_virtual_service(vs: &VirtualService, errors: &mut Vec<FieldError>) {
+    if vs.hosts.is_empty() {
+        errors.push(FieldError::new(
+            "spec.hosts",
+            "at least one host is required",
+        ));
+    }
+    if vs.tcp.is_some() {
+        refuse(errors, "spec.tcp".into(), "TCP routes (Sluice routes HTTP)");
+    }
+    if vs.tls.is_some() {
+        refuse(
+            errors,
+            "spec.tls".into(),
+            "TLS passthrough routes (Sluice routes HTTP)",
+        );
+    }
+    check_export_to(errors, "spec", &vs.export_to);
+    for (i, r) in vs.http.iter().enumerate() {
+        let at = format!("spec.http[{i}]");
+        if r.delegate.is_some() {
+            refuse(errors, format!("{at}.delegate"), "delegate VirtualServices");
+        }
+        if r.cors_policy.is_some() {
+            refuse(errors, format!("{at}.corsPolicy"), "CORS");
+        }
+        let actions = [
+            !r.route.is_empty(),
+            r.redirect.is_some(),
+            r.direct_response.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
+        if actions == 0 {
+            errors.push(FieldError::new(
+                at.clone(),
+                "one of route, redirect, directResponse is required",
+            ));
+        } else if actions > 1 {
+            errors.push(FieldError::new(
+                at.clone(),
+                "only one of route, redirect, directResponse may be set",
+            ));
+        }
+        for (j, m) in r.matches.iter().enumerate() {
+            let mp = format!("{at}.match[{j}]");
+            if !m.source_labels.is_empty() {
+                refuse(
+                    errors,
+                    format!("{mp}.sourceLabels"),
+                    "matching on the calling workload's labels",
+                );
+            }
+            if m.source_namespace.is_some() {
+                refuse(
+                    errors,
+                    format!("{mp}.sourceNamespace"),
+                    "matching on the calling workload's namespace",
+                );
+            }
+            for (name, sm) in [
+                ("uri", &m.uri),
+                ("scheme", &m.scheme),
+                ("method", &m.method),
+                ("authority", &m.authority),
+            ] {
+                if let Some(sm) = sm {
+                    check_string_match(errors, &format!("{mp}.{name}"), sm, false);
+                }
+            }
+            for (name, map) in [
+                ("headers", &m.headers),
+                ("withoutHeaders", &m.without_headers),
+            ] {
+                for (h, sm) in map {
+                    check_header_name(errors, format!("{mp}.{name}.{h}"), h);
+                    check_string_match(errors, &format!("{mp}.{name}.{h}"), sm, true);
+                }
+            }
+            for (q, sm) in &m.query_params {
+                check_string_match(errors, &format!("{mp}.queryParams.{q}"), sm, true);
+            }
+        }
+        let mut total = 0u64;
+        for (j, d) in r.route.iter().enumerate() {
+            let dp = format!("{at}.route[{j}]");
+            if d.destination.host.is_empty() {
+                errors.push(FieldError::new(
+                    format!("{dp}.destination.host"),
+                    "required",
+                ));
+            }
+            total += u64::from(d.weight.unwrap_or(0));
+            check_headers(errors, &format!("{dp}.headers"), &d.headers);
+        }
+        if r.route.len() > 1 && total == 0 {
+            errors.push(FieldError::new(
+                format!("{at}.route"),
+                "weights are required when there are several destinations",
+            ));
+        }
+        check_duration(errors, format!("{at}.timeout"), &r.timeout);
+        if let Some(rt) = &r.retries {
+            check_duration(
+                errors,
+                format!("{at}.retries.perTryTimeout"),
+                &rt.per_try_timeout,
+            );
+        }
+        if let Some(f) = &r.fault {
+            if let Some(d) = &f.delay {
+                check_duration(
+                    errors,
+                    format!("{at}.fault.delay.fixedDelay"),
+                    &d.fixed_delay,
+                );
+                if d.exponential_delay.is_some() {
+                    refuse(
+                        errors,
+                        format!("{at}.fault.delay.exponentialDelay"),
+                        "exponential delays",
+                    );
+                }
+                if d.fixed_delay.is_none() && d.exponential_delay.is_none() {
+                    errors.push(FieldError::new(
+                        format!("{at}.fault.delay.fixedDelay"),
+                        "required",
+                    ));
+                }
+                check_percent(
+                    errors,
+                    format!("{at}.fault.delay.percentage.value"),
+                    &d.percentage,
+                );
+            }
+            if let Some(a) = &f.abort {
+                if a.http2_error.is_some() {
+                    refuse(
+                        errors,
+                        format!("{at}.fault.abort.http2Error"),
+                        "HTTP/2 error aborts",
+                    );
+                }
+                if a.http_status.is_none() && a.grpc_status.is_none() {
+                    errors.push(FieldError::new(
+                        format!("{at}.fault.abort.httpStatus"),
+                        "required",
+                    ));
+                }
+                check_percent(
+                    errors,
+                    format!("{at}.fault.abort.percentage.value"),
+                    &a.percentage,
+                );
+            }
+        }
+        check_percent(
+            errors,
+            format!("{at}.mirrorPercentage.value"),
+            &r.mirror_percentage,
+        );
+        for (j, m) in r.mirrors.iter().enumerate() {
+            check_percent(
+                errors,
+                format!("{at}.mirrors[{j}].percentage.value"),
+                &m.percentage,
+            );
+        }
+        if let Some(rd) = &r.redirect {
+            if rd.derive_port.is_some() {
+                refuse(
+                    errors,
+                    format!("{at}.redirect.derivePort"),
+                    "deriving the redirect port",
+                );
+            }
+            if let Some(c) = rd.redirect_code {
+                if !matches!(c, 301 | 302 | 303 | 307 | 308) {
+                    errors.push(FieldError::new(
+                        format!("{at}.redirect.redirectCode"),
+                        format!("{c} is not a redirect code (301, 302, 303, 307, 308)"),
+                    ));
+                }
+            }
+        }
+        if let Some(dr) = &r.direct_response {
+            if !(200..=599).contains(&dr.status) {
+                errors.push(FieldError::new(
+                    format!("{at}.directResponse.status"),
+                    format!("{} is not an HTTP status", dr.status),
+                ));
+            }
+        }
+        check_headers(errors, &format!("{at}.headers"), &r.headers);
+    }
+}
+
+const LB_SIMPLE: &[&str] = &[
+    "UNSPECIFIED",
+    "ROUND_ROBIN",
+    "LEAST_REQUEST",
+    "LEAST_CONN",
+    "RANDOM",
+    "PASSTHROUGH",
+];
+
+fn check_traffic_policy(tp: &TrafficPolicy, at: &str, errors: &mut Vec<FieldError>) {
+    if tp.tunnel.is_some() {
+        refuse(errors, format!("{at}.tunnel"), "tunnelling");
+    }
+    if tp.proxy_protocol.is_some() {
+        refuse(errors, format!("{at}.proxyProtocol"), "PROXY protocol");
+    }
+    check_port_policy(&tp.load_balancer, &tp.connection_pool, &tp.tls, at, errors);
+    for (i, pl) in tp.port_level_settings.iter().enumerate() {
+        let pp = format!("{at}.portLevelSettings[{i}]");
+        if pl.port.and_then(|p| p.number).is_none() {
+            errors.push(FieldError::new(format!("{pp}.port.number"), "required"));
+        }
+        check_port_policy(&pl.load_balancer, &pl.connection_pool, &pl.tls, &pp, errors);
+    }
+}
+
+fn check_port_policy(
+    lb: &Option<LoadBalancer>,
+    pool: &Option<ConnectionPool>,
+    tls: &Option<ClientTls>,
+    at: &str,
+    errors: &mut Vec<FieldError>,
+) {
+    if let Some(lb) = lb {
+        if let Some(s) = &lb.simple {
+            if !LB_SIMPLE.contains(&s.as_str()) {
+                errors.push(FieldError::new(
+                    format!("{at}.loadBalancer.simple"),
+                    format!("`{s}` is not one of {}", LB_SIMPLE.join(", ")),
+                ));
+            }
+            if s == "PASSTHROUGH" {
+                refuse(
+                    errors,
+                    format!("{at}.loadBalancer.simple"),
+                    "PASSTHROUGH (original destination)",
+                );
+            }
+        }
+        if lb.locality_lb_setting.is_some() {
+            refuse(
+                errors,
+                format!("{at}.loadBalancer.localityLbSetting"),
+                "locality failover and distribution",
+            );
+        }
+        if lb.warmup_duration_secs.is_some() {
+            refuse(
+                errors,
+                format!("{at}.loadBalancer.warmupDurationSecs"),
+                "slow start",
+            );
+        }
+        if let Some(ch) = &lb.consistent_hash {
+            let keys = [
+                ch.http_header_name.is_some(),
+                ch.http_cookie.is_some(),
+                ch.use_source_ip.unwrap_or(false),
+                ch.http_query_parameter_name.is_some(),
+            ]
+            .iter()
+            .filter(|x| **x)
+            .count();
+            if keys != 1 {
+                errors.push(FieldError::new(
+                    format!("{at}.loadBalancer.consistentHash"),
+                    "exactly one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName is required",
+                ));
+            }
+            if let Some(c) = &ch.http_cookie {
+                if c.ttl.is_some() {
+                    refuse(
+                        errors,
+                        format!("{at}.loadBalancer.consistentHash.httpCookie.ttl"),
+                        "generated cookies",
+                    );
+                }
+            }
+        }
+    }
+    if let Some(pool) = pool {
+        if let Some(tcp) = &pool.tcp {
+            check_duration(
+                errors,
+                format!("{at}.connectionPool.tcp.connectTimeout"),
+                &tcp.connect_timeout,
+            );
+            if tcp.max_connection_duration.is_some() {
+                refuse(
+                    errors,
+                    format!("{at}.connectionPool.tcp.maxConnectionDuration"),
+                    "connection lifetime limits",
+                );
+            }
+            if tcp.idle_timeout.is_some() {
+                refuse(
+                    errors,
+                    format!("{at}.connectionPool.tcp.idleTimeout"),
+                    "TCP idle timeout (use http.idleTimeout)",
+                );
+            }
+        }
+        if let Some(http) = &pool.http {
+            check_duration(
+                errors,
+                format!("{at}.connectionPool.http.idleTimeout"),
+                &http.idle_timeout,
+            );
+            if http.use_client_protocol == Some(true) {
+                refuse(
+                    errors,
+                    format!("{at}.connectionPool.http.useClientProtocol"),
+                    "using the downstream protocol upstream",
+                );
+            }
+            if let Some(p) = &http.h2_upgrade_policy {
+                if !matches!(p.as_str(), "DEFAULT" | "DO_NOT_UPGRADE" | "UPGRADE") {
+                    errors.push(FieldError::new(
+                        format!("{at}.connectionPool.http.h2UpgradePolicy"),
+                        format!("`{p}` is not one of DEFAULT, DO_NOT_UPGRADE, UPGRADE"),
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(tls) = tls {
+        let mode = tls.mode.as_deref().unwrap_or("DISABLE");
+        match mode {
+            "DISABLE" | "SIMPLE" | "MUTUAL" => {}
+            "ISTIO_MUTUAL" => refuse(
+                errors,
+                format!("{at}.tls.mode"),
+                "ISTIO_MUTUAL needs Istio's workload certificates; use SIMPLE or MUTUAL with certificate files",
+            ),
+            other => errors.push(FieldError::new(
+                format!("{at}.tls.mode"),
+                format!("`{other}` is not one of DISABLE, SIMPLE, MUTUAL, ISTIO_MUTUAL"),
+            )),
+        }
+        if tls.credential_name.is_some() {
+            refuse(
+                errors,
+                format!("{at}.tls.credentialName"),
+                "Kubernetes secrets; use caCertificates/clientCertificate/privateKey files",
+            );
+        }
+        if !tls.subject_alt_names.is_empty() {
+            refuse(
+                errors,
+                format!("{at}.tls.subjectAltNames"),
+                "SAN verification other than the SNI name",
+            );
+        }
+        if tls.insecure_skip_verify == Some(true) {
+            refuse(
+                errors,
+                format!("{at}.tls.insecureSkipVerify"),
+                "upstream certificates are always verified",
+            );
+        }
+        if mode == "MUTUAL" && (tls.client_certificate.is_none() || tls.private_key.is_none()) {
+            errors.push(FieldError::new(
+                format!("{at}.tls"),
+                "MUTUAL needs clientCertificate and privateKey",
+            ));
+        }
+    }
+}
+
+fn check_destination_rule(dr: &DestinationRule, errors: &mut Vec<FieldError>) {
+    if dr.host.is_empty() {
+        errors.push(FieldError::new("spec.host", "required"));
+    }
+    if dr.workload_selector.is_some() {
+        refuse(
+            errors,
+            "spec.workloadSelector".into(),
+            "DestinationRules scoped to workloads",
+        );
+    }
+    check_export_to(errors, "spec", &dr.export_to);
+    if let Some(tp) = &dr.traffic_policy {
+        check_traffic_policy(tp, "spec.trafficPolicy", errors);
+    }
+    let mut names = std::collections::HashSet::new();
+    for (i, s) in dr.subsets.iter().enumerate() {
+        let at = format!("spec.subsets[{i}]");
+        if s.name.is_empty() {
+            errors.push(FieldError::new(format!("{at}.name"), "required"));
+        } else if !names.insert(s.name.as_str()) {
+            errors.push(FieldError::new(
+                format!("{at}.name"),
+                format!("duplicate subset `{}`", s.name),
+            ));
+        }
+        if let Some(tp) = &s.traffic_policy {
+            check_traffic_policy(tp, &format!("{at}.trafficPolicy"), errors);
+        }
+    }
+}
+
+fn check_service_entry(se: &ServiceEntry, errors: &mut Vec<FieldError>) {
+    if se.hosts.is_empty() {
+        errors.push(FieldError::new(
+            "spec.hosts",
+            "at least one host is required",
+        ));
+    }
+    check_export_to(errors, "spec", &se.export_to);
+    match se.resolution.as_deref().unwrap_or("NONE") {
+        "STATIC" | "DNS" | "DNS_ROUND_ROBIN" => {}
+        "NONE" => {
+            if se.endpoints.is_empty() && se.workload_selector.is_none() {
+                refuse(
+                    errors,
+                    "spec.resolution".into(),
+                    "NONE without endpoints (original-destination passthrough); use STATIC or DNS",
+                );
+            }
+        }
+        other => errors.push(FieldError::new(
+            "spec.resolution",
+            format!("`{other}` is not one of NONE, STATIC, DNS, DNS_ROUND_ROBIN"),
+        )),
+    }
+    if se.ports.is_empty() {
+        errors.push(FieldError::new(
+            "spec.ports",
+            "at least one port is required",
+        ));
+    }
+    for (i, p) in se.ports.iter().enumerate() {
+        if p.number == 0 || p.number > 65535 {
+            errors.push(FieldError::new(
+                format!("spec.ports[{i}].number"),
+                "must be 1..65535",
+            ));
+        }
+    }
+    if !se.endpoints.is_empty() && se.workload_selector.is_some() {
+        errors.push(FieldError::new(
+            "spec.workloadSelector",
+            "endpoints and workloadSelector are mutually exclusive",
+        ));
+    }
+    for (i, e) in se.endpoints.iter().enumerate() {
+        check_workload_entry(e, &format!("spec.endpoints[{i}]"), errors);
+    }
+}
+
+fn check_workload_entry(we: &WorkloadEntry, at: &str, errors: &mut Vec<FieldError>) {
+    if we.address.starts_with("unix://") {
+        refuse(
+            errors,
+            format!("{at}.address"),
+            "Unix domain socket endpoints",
+        );
+    }
+    if we.weight == Some(0) {
+        errors.push(FieldError::new(
+            format!("{at}.weight"),
+            "must be at least 1",
+        ));
+    }
+}
+
+fn check_gateway(gw: &Gateway, errors: &mut Vec<FieldError>) {
+    for (i, s) in gw.servers.iter().enumerate() {
+        let at = format!("spec.servers[{i}]");
+        let proto = s.port.protocol.to_ascii_uppercase();
+        if !matches!(proto.as_str(), "HTTP" | "HTTPS" | "HTTP2" | "GRPC") {
+            refuse(
+                errors,
+                format!("{at}.port.protocol"),
+                &format!(
+                    "`{}` servers (HTTP, HTTPS, HTTP2, GRPC are)",
+                    s.port.protocol
+                ),
+            );
+        }
+        if s.port.number == 0 || s.port.number > 65535 {
+            errors.push(FieldError::new(
+                format!("{at}.port.number"),
+                "must be 1..65535",
+            ));
+        }
+        if s.port.target_port.is_some() {
+            refuse(errors, format!("{at}.port.targetPort"), "port translation");
+        }
+        if s.hosts.is_empty() {
+            errors.push(FieldError::new(
+                format!("{at}.hosts"),
+                "at least one host is required",
+            ));
+        }
+        if s.default_endpoint.is_some() {
+            refuse(
+                errors,
+                format!("{at}.defaultEndpoint"),
+                "sidecar ingress endpoints",
+            );
+        }
+        if let Some(tls) = &s.tls {
+            if tls.https_redirect {
+                refuse(
+                    errors,
+                    format!("{at}.tls.httpsRedirect"),
+                    "HTTPS redirects on a gateway server (use a VirtualService redirect)",
+                );
+            }
+            let mode =
+                tls.mode
+                    .as_deref()
+                    .unwrap_or(if tls.https_redirect { "" } else { "SIMPLE" });
+            match mode {
+                "" => {}
+                "SIMPLE" | "MUTUAL" => {
+                    if tls.credential_name.is_some() {
+                        refuse(
+                            errors,
+                            format!("{at}.tls.credentialName"),
+                            "Kubernetes secrets; use serverCertificate and privateKey files",
+                        );
+                    } else if tls.server_certificate.is_none() || tls.private_key.is_none() {
+                        errors.push(FieldError::new(
+                            format!("{at}.tls"),
+                            "serverCertificate and privateKey are required",
+                        ));
+                    }
+                    if mode == "MUTUAL" && tls.ca_certificates.is_none() {
+                        errors.push(FieldError::new(
+                            format!("{at}.tls.caCertificates"),
+                            "required with MUTUAL",
+                        ));
+                    }
+                }
+                other => refuse(
+                    errors,
+                    format!("{at}.tls.mode"),
+                    &format!("`{other}` (SIMPLE and MUTUAL are)"),
+                ),
+            }
+            if !tls.subject_alt_names.is_empty() {
+                refuse(
+                    errors,
+                    format!("{at}.tls.subjectAltNames"),
+                    "client SAN verification",
+                );
+            }
+            if !tls.cipher_suites.is_empty() {
+                refuse(
+                    errors,
+                    format!("{at}.tls.cipherSuites"),
+                    "choosing cipher suites",
+                );
+            }
+            for (name, v) in [
+                ("minProtocolVersion", &tls.min_protocol_version),
+                ("maxProtocolVersion", &tls.max_protocol_version),
+            ] {
+                if let Some(v) = v {
+                    if !matches!(v.as_str(), "TLS_AUTO" | "TLSV1_2" | "TLSV1_3") {
+                        refuse(
+                            errors,
+                            format!("{at}.tls.{name}"),
+                            &format!("`{v}` (TLS_AUTO, TLSV1_2, TLSV1_3 are)"),
+                        );
+                    }
+                }
+            }
+        } else if proto == "HTTPS" {
+            errors.push(FieldError::new(
+                format!("{at}.tls"),
+                "required for HTTPS servers",
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(text: &str) -> Resource {
+        match parse_text("t.yaml", text).unwrap().remove(0) {
+            Parsed::Istio(r) => *r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn virtual_service_with_weights_and_header_match() {
+        let r = one(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n  - match:\n    - headers: {end-user: {exact: jason}}\n    route:\n    - destination: {host: reviews, subset: v2}\n  - route:\n    - destination: {host: reviews, subset: v1}\n      weight: 80\n    - destination: {host: reviews, subset: v3}\n      weight: 20\n",
+        );
+        assert_eq!(r.key(), "VirtualService default/reviews");
+        let Spec::VirtualService(vs) = r.spec else {
+            panic!()
+        };
+        assert_eq!(vs.http.len(), 2);
+        assert_eq!(
+            vs.http[0].matches[0].headers["end-user"].exact.as_deref(),
+            Some("jason")
+        );
+        assert_eq!(vs.http[1].route[1].weight, Some(20));
+    }
+
+    #[test]
+    fn unknown_field_is_named_with_line() {
+        let err = parse_text(
+            "t.yaml",
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x}\nspec:\n  hosts: [a]\n  http:\n  - route:\n    - destination: {host: a}\n    bogus: 1\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "t.yaml:9: spec.http[0].bogus: not supported (not a field Sluice knows)"
+        );
+    }
+
+    #[test]
+    fn istio_fields_sluice_refuses_are_named() {
+        let err = parse_text(
+            "t.yaml",
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x}\nspec:\n  hosts: [a]\n  http:\n  - route:\n    - destination: {host: a}\n    corsPolicy: {allowOrigins: [{exact: x}]}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "t.yaml:9: spec.http[0].corsPolicy: not supported: CORS"
+        );
+    }
+
+    #[test]
+    fn other_kinds_are_passed_through() {
+        let out = parse_text("t.yaml", "apiVersion: argoproj.io/v1alpha1\nkind: Rollout\nmetadata: {name: r}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: s}\n").unwrap();
+        assert_eq!(out.len(), 2);
+        assert!(matches!(&out[0], Parsed::Other { kind, .. } if kind == "Rollout"));
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let err = parse_text(
+            "t.yaml",
+            "apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\nmetadata: {name: x}\nspec:\n  hosts: [a]\n  http:\n  - timeout: soon\n    route:\n    - destination: {host: a}\n      weight: 50\n    - destination: {host: b}\n      weight: 50\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("t.yaml:7: spec.http[0].timeout: `soon` is not a duration"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_duration("10s"),
+            Some(std::time::Duration::from_secs(10))
+        );
+        assert_eq!(
+            parse_duration("100ms"),
+            Some(std::time::Duration::from_millis(100))
+        );
+        assert_eq!(
+            parse_duration("1.5s"),
+            Some(std::time::Duration::from_millis(1500))
+        );
+        assert_eq!(
+            parse_duration("2m"),
+            Some(std::time::Duration::from_secs(120))
+        );
+        assert_eq!(parse_duration("x"), None);
+    }
+}

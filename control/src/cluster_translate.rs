@@ -1,0 +1,428 @@
+//! Clusters and endpoints: one cluster `outbound|PORT||FQDN` per service port and one
+//! `outbound|PORT|SUBSET|FQDN` per DestinationRule subset, with the DestinationRule's traffic
+//! policy (load balancer, connection pool → circuit breakers, outlier detection, TLS) merged as
+//! Istio merges it: top level, then the port's settings, then the subset's, then the subset's
+//! port settings, each replacing whole fields.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Map, Value};
+use sluice_config::istio::{
+    parse_duration, ClientTls, ConnectionPool, DestinationRule, LoadBalancer, OutlierDetection,
+    Resource, Spec, TrafficPolicy,
+};
+
+use crate::naming::{cluster_name, host_matches, resolve_host};
+use crate::registry::{Port, Registry, Resolution, Service};
+
+/// Istio's default connect timeout.
+const CONNECT_TIMEOUT: &str = "10s";
+/// Istio leaves circuit breakers open unless a connection pool says otherwise.
+const UNLIMITED: u64 = 4_294_967_295;
+const HTTP_OPTIONS_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+const HTTP_OPTIONS_KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+const UPSTREAM_TLS_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
+
+/// The traffic policy in force for one (port, subset).
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    pub load_balancer: Option<LoadBalancer>,
+    pub connection_pool: Option<ConnectionPool>,
+    pub outlier_detection: Option<OutlierDetection>,
+    pub tls: Option<ClientTls>,
+}
+
+impl Policy {
+    fn overlay(&mut self, tp: &TrafficPolicy, port: u32) {
+        self.apply(
+            &tp.load_balancer,
+            &tp.connection_pool,
+            &tp.outlier_detection,
+            &tp.tls,
+        );
+        for pl in &tp.port_level_settings {
+            if pl.port.and_then(|p| p.number) == Some(port) {
+                self.apply(
+                    &pl.load_balancer,
+                    &pl.connection_pool,
+                    &pl.outlier_detection,
+                    &pl.tls,
+                );
+            }
+        }
+    }
+
+    fn apply(
+        &mut self,
+        lb: &Option<LoadBalancer>,
+        pool: &Option<ConnectionPool>,
+        od: &Option<OutlierDetection>,
+        tls: &Option<ClientTls>,
+    ) {
+        if lb.is_some() {
+            self.load_balancer = lb.clone();
+        }
+        if pool.is_some() {
+            self.connection_pool = pool.clone();
+        }
+        if od.is_some() {
+            self.outlier_detection = od.clone();
+        }
+        if tls.is_some() {
+            self.tls = tls.clone();
+        }
+    }
+}
+
+/// The DestinationRule for a service: an exact host match first, then the most specific
+/// wildcard; among equals, the first by namespace/name.
+pub fn destination_rule<'a>(resources: &'a [Resource], fqdn: &str) -> Option<&'a DestinationRule> {
+    let mut best: Option<(usize, &DestinationRule)> = None;
+    for r in resources {
+        let Spec::DestinationRule(dr) = &r.spec else {
+            continue;
+        };
+        let host = resolve_host(&dr.host, r.metadata.namespace());
+        if !host_matches(&host, fqdn) {
+            continue;
+        }
+        let score = if host == fqdn { usize::MAX } else { host.len() };
+        if best.is_none_or(|(s, _)| score > s) {
+            best = Some((score, dr));
+        }
+    }
+    best.map(|(_, dr)| dr)
+}
+
+/// The policy for one port and subset of a service.
+pub fn policy(dr: Option<&DestinationRule>, port: u32, subset: Option<&str>) -> Policy {
+    let mut p = Policy::default();
+    let Some(dr) = dr else { return p };
+    if let Some(tp) = &dr.traffic_policy {
+        p.overlay(tp, port);
+    }
+    if let Some(name) = subset {
+        if let Some(tp) = dr
+            .subsets
+            .iter()
+            .find(|s| s.name == name)
+            .and_then(|s| s.traffic_policy.as_ref())
+        {
+            p.overlay(tp, port);
+        }
+    }
+    p
+}
+
+fn duration(text: &str) -> String {
+    let d = parse_duration(text).unwrap_or_default();
+    format!("{}.{:09}s", d.as_secs(), d.subsec_nanos())
+}
+
+/// The route `hash_policy` a consistent-hash load balancer asks for (applied on routes to the
+/// cluster, as Istio does).
+pub fn hash_policy(p: &Policy) -> Option<Value> {
+    let ch = p.load_balancer.as_ref()?.consistent_hash.as_ref()?;
+    if let Some(h) = &ch.http_header_name {
+        return Some(json!({"header": {"header_name": h}}));
+    }
+    if let Some(c) = &ch.http_cookie {
+        return Some(json!({"cookie": {"name": c.name}}));
+    }
+    if ch.use_source_ip == Some(true) {
+        return Some(json!({"connection_properties": {"source_ip": true}}));
+    }
+    ch.http_query_parameter_name
+        .as_ref()
+        .map(|q| json!({"query_parameter": {"name": q}}))
+}
+
+fn lb_policy(p: &Policy) -> &'static str {
+    let Some(lb) = &p.load_balancer else {
+        return "LEAST_REQUEST";
+    };
+    if let Some(ch) = &lb.consistent_hash {
+        return if ch.maglev.is_some() {
+            "MAGLEV"
+        } else {
+            "RING_HASH"
+        };
+    }
+    match lb.simple.as_deref() {
+        Some("ROUND_ROBIN") => "ROUND_ROBIN",
+        Some("RANDOM") => "RANDOM",
+        _ => "LEAST_REQUEST",
+    }
+}
+
+fn circuit_breakers(pool: Option<&ConnectionPool>) -> Value {
+    let tcp = pool.and_then(|p| p.tcp.as_ref());
+    let http = pool.and_then(|p| p.http.as_ref());
+    let v = |x: Option<u32>| x.map(u64::from).unwrap_or(UNLIMITED);
+    json!({"thresholds": [{
+        "max_connections": v(tcp.and_then(|t| t.max_connections)),
+        "max_pending_requests": v(http.and_then(|h| h.http1_max_pending_requests)),
+        "max_requests": v(http.and_then(|h| h.http2_max_requests)),
+        "max_retries": v(http.and_then(|h| h.max_retries)),
+    }]})
+}
+
+fn outlier_detection(od: &OutlierDetection) -> Value {
+    let mut m = Map::new();
+    let five = od
+        .consecutive5xx_errors
+        .or(od.consecutive_5xx_errors_alt)
+        .or(od.consecutive_errors);
+    if let Some(n) = five {
+        m.insert("consecutive_5xx".into(), json!(n));
+    }
+    if let Some(n) = od.consecutive_gateway_errors {
+        m.insert("consecutive_gateway_failure".into(), json!(n));
+        m.insert("enforcing_consecutive_gateway_failure".into(), json!(100));
+    }
+    if let Some(i) = &od.interval {
+        m.insert("interval".into(), json!(duration(i)));
+    }
+    if let Some(b) = &od.base_ejection_time {
+        m.insert("base_ejection_time".into(), json!(duration(b)));
+    }
+    if let Some(p) = od.max_ejection_percent {
+        m.insert("max_ejection_percent".into(), json!(p));
+    }
+    if let Some(p) = od.min_health_percent {
+        m.insert("healthy_panic_threshold".into(), json!({"value": p}));
+    }
+    if let Some(s) = od.split_external_local_origin_errors {
+        m.insert("split_external_local_origin_errors".into(), json!(s));
+    }
+    if let Some(n) = od.consecutive_local_origin_failures {
+        m.insert("consecutive_local_origin_failure".into(), json!(n));
+    }
+    Value::Object(m)
+}
+
+fn upstream_tls(tls: &ClientTls, sni: &str) -> Option<Value> {
+    let mode = tls.mode.as_deref().unwrap_or("DISABLE");
+    if mode == "DISABLE" {
+        return None;
+    }
+    let mut common = Map::new();
+    if let Some(ca) = &tls.ca_certificates {
+        common.insert(
+            "validation_context".into(),
+            json!({"trusted_ca": {"filename": ca}}),
+        );
+    }
+    if mode == "MUTUAL" {
+        if let (Some(cert), Some(key)) = (&tls.client_certificate, &tls.private_key) {
+            common.insert(
+                "tls_certificates".into(),
+                json!([{"certificate_chain": {"filename": cert}, "private_key": {"filename": key}}]),
+            );
+        }
+    }
+    Some(json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": UPSTREAM_TLS_TYPE,
+            "sni": tls.sni.clone().unwrap_or_else(|| sni.to_string()),
+            "common_tls_context": Value::Object(common),
+        }
+    }))
+}
+
+/// A locality string `region/zone/subzone` as Envoy's `Locality`.
+fn locality(text: &str) -> Option<Value> {
+    if text.is_empty() {
+        return None;
+    }
+    let mut parts = text.splitn(3, '/');
+    let mut m = Map::new();
+    for key in ["region", "zone", "sub_zone"] {
+        if let Some(p) = parts.next().filter(|p| !p.is_empty()) {
+            m.insert(key.into(), json!(p));
+        }
+    }
+    Some(Value::Object(m))
+}
+
+/// The endpoints of `svc` on `port` selected by `labels` (a subset), grouped by locality.
+fn load_assignment(
+    name: &str,
+    svc: &Service,
+    port: &Port,
+    labels: Option<&BTreeMap<String, String>>,
+    warnings: &mut Vec<String>,
+) -> Value {
+    let mut by_locality: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+    for ep in &svc.endpoints {
+        if labels.is_some_and(|l| !ep.selected_by(l)) {
+            continue;
+        }
+        let (address, epport) = if ep.address.is_empty() {
+            // A DNS service without endpoints: the host itself.
+            (svc.fqdn.clone(), port.number)
+        } else {
+            (ep.address.clone(), svc.endpoint_port(ep, port))
+        };
+        if svc.resolution == Resolution::Static && address.parse::<std::net::IpAddr>().is_err() {
+            warnings.push(format!(
+                "{name}: endpoint `{address}` is not an IP address; STATIC services need IPs (use resolution: DNS)"
+            ));
+            continue;
+        }
+        by_locality.entry(&ep.locality).or_default().push(json!({
+            "endpoint": {"address": {"socket_address": {"address": address, "port_value": epport}}},
+            "load_balancing_weight": ep.weight,
+        }));
+    }
+    if svc.endpoints.is_empty() && svc.resolution != Resolution::Static {
+        by_locality.entry("").or_default().push(json!({
+            "endpoint": {"address": {"socket_address": {"address": svc.fqdn, "port_value": port.number}}},
+        }));
+    }
+    let endpoints: Vec<Value> = by_locality
+        .into_iter()
+        .map(|(loc, eps)| {
+            let mut m = Map::new();
+            if let Some(l) = locality(loc) {
+                m.insert("locality".into(), l);
+            }
+            m.insert("lb_endpoints".into(), Value::Array(eps));
+            Value::Object(m)
+        })
+        .collect();
+    json!({"cluster_name": name, "endpoints": endpoints})
+}
+
+fn cluster(
+    name: &str,
+    svc: &Service,
+    port: &Port,
+    p: &Policy,
+    cla: Value,
+) -> (Value, Option<Value>) {
+    let mut c = Map::new();
+    c.insert("name".into(), json!(name));
+    let mut eds = None;
+    match svc.resolution {
+        Resolution::Static => {
+            c.insert("type".into(), json!("EDS"));
+            c.insert(
+                "eds_cluster_config".into(),
+                json!({"eds_config": {"ads": {}, "resource_api_version": "V3"}, "service_name": name}),
+            );
+            eds = Some(cla);
+        }
+        Resolution::Dns | Resolution::DnsRoundRobin => {
+            let t = if svc.resolution == Resolution::Dns {
+                "STRICT_DNS"
+            } else {
+                "LOGICAL_DNS"
+            };
+            c.insert("type".into(), json!(t));
+            c.insert("dns_lookup_family".into(), json!("V4_ONLY"));
+            c.insert("load_assignment".into(), cla);
+        }
+    }
+    let connect = p
+        .connection_pool
+        .as_ref()
+        .and_then(|cp| cp.tcp.as_ref())
+        .and_then(|t| t.connect_timeout.as_deref())
+        .map(duration)
+        .unwrap_or_else(|| CONNECT_TIMEOUT.into());
+    c.insert("connect_timeout".into(), json!(connect));
+    let lb = lb_policy(p);
+    if lb != "ROUND_ROBIN" {
+        c.insert("lb_policy".into(), json!(lb));
+    }
+    c.insert(
+        "circuit_breakers".into(),
+        circuit_breakers(p.connection_pool.as_ref()),
+    );
+    let http = p.connection_pool.as_ref().and_then(|cp| cp.http.as_ref());
+    if let Some(n) = http.and_then(|h| h.max_requests_per_connection) {
+        c.insert("max_requests_per_connection".into(), json!(n));
+    }
+    let h2 =
+        port.is_http2() || http.and_then(|h| h.h2_upgrade_policy.as_deref()) == Some("UPGRADE");
+    let idle = http.and_then(|h| h.idle_timeout.as_deref()).map(duration);
+    if h2 || idle.is_some() {
+        let mut opts = Map::new();
+        opts.insert("@type".into(), json!(HTTP_OPTIONS_TYPE));
+        let explicit = if h2 {
+            json!({"http2_protocol_options": {}})
+        } else {
+            json!({"http_protocol_options": {}})
+        };
+        opts.insert("explicit_http_config".into(), explicit);
+        if let Some(idle) = idle {
+            opts.insert(
+                "common_http_protocol_options".into(),
+                json!({"idle_timeout": idle}),
+            );
+        }
+        c.insert(
+            "typed_extension_protocol_options".into(),
+            json!({HTTP_OPTIONS_KEY: Value::Object(opts)}),
+        );
+    }
+    if let Some(od) = &p.outlier_detection {
+        c.insert("outlier_detection".into(), outlier_detection(od));
+    }
+    if let Some(ts) = p.tls.as_ref().and_then(|t| upstream_tls(t, &svc.fqdn)) {
+        c.insert("transport_socket".into(), ts);
+    }
+    (Value::Object(c), eds)
+}
+
+/// Every cluster and EDS assignment of the mesh: they are the same for every proxy.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterSet {
+    pub clusters: BTreeMap<String, Value>,
+    pub endpoints: BTreeMap<String, Value>,
+    /// Route hash policies by cluster name (from consistent-hash load balancers).
+    pub hash_policies: BTreeMap<String, Value>,
+}
+
+/// Build the clusters of every service port and subset.
+pub fn clusters(
+    resources: &[Resource],
+    registry: &Registry,
+    warnings: &mut Vec<String>,
+) -> ClusterSet {
+    let mut out = ClusterSet::default();
+    for svc in registry.services.values() {
+        let dr = destination_rule(resources, &svc.fqdn);
+        for port in &svc.ports {
+            let mut variants: Vec<(String, Option<&BTreeMap<String, String>>)> =
+                vec![(String::new(), None)];
+            if let Some(dr) = dr {
+                for s in &dr.subsets {
+                    variants.push((s.name.clone(), Some(&s.labels)));
+                }
+            }
+            for (subset, labels) in variants {
+                let name = cluster_name(port.number, &subset, &svc.fqdn);
+                let p = policy(
+                    dr,
+                    port.number,
+                    (!subset.is_empty()).then_some(subset.as_str()),
+                );
+                let cla = load_assignment(&name, svc, port, labels, warnings);
+                let (c, eds) = cluster(&name, svc, port, &p, cla);
+                if let Some(h) = hash_policy(&p) {
+                    out.hash_policies.insert(name.clone(), h);
+                }
+                out.clusters.insert(name.clone(), c);
+                if let Some(e) = eds {
+                    out.endpoints.insert(name, e);
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,29 @@
+//! # sluice-control
+//!
+//! The Sluice control plane. It reads Istio `networking.istio.io` resources from a directory,
+//! translates them into Envoy resources named as Istio names them, and serves them over Envoy's
+//! aggregated discovery service (ADS, state of the world) to every connected proxy — real Envoy
+//! or `sluice proxy`.
+//!
+//! * [`config_store`]: the watched directory; the last good version of every file.
+//! * [`registry`]: services and endpoints from ServiceEntry / WorkloadEntry.
+//! * [`cluster_translate`], [`route_translate`], [`translate`]: Istio → Envoy JSON per proxy role
+//!   ([`node_role`]: gateway or sidecar, from the node id as Istio reads it).
+//! * [`xds_encode`]: JSON → `google.protobuf.Any` through the Envoy descriptor pool.
+//! * [`ads_server`]: the ADS gRPC service: per-type versions and nonces, ACK/NACK per proxy,
+//!   CDS → EDS → LDS → RDS push order, only what changed.
+//! * [`proxy_status`]: what each connected proxy has acknowledged, served as JSON for
+//!   `sluice proxy-status`.
+//! * [`server`]: `sluice control` itself: watch, debounce, translate, push.
+
+pub mod ads_server;
+pub mod cluster_translate;
+pub mod config_store;
+pub mod naming;
+pub mod node_role;
+pub mod proxy_status;
+pub mod registry;
+pub mod route_translate;
+pub mod server;
+pub mod translate;
+pub mod xds_encode;

@@ -1,0 +1,449 @@
+//! From the Istio resources of the whole mesh to the Envoy resources one proxy receives.
+//!
+//! [`MeshConfig::new`] resolves services and builds the clusters (the same for every proxy);
+//! [`MeshConfig::for_proxy`] adds the listeners and route configurations of the proxy's role:
+//!
+//! * a **gateway** gets one listener per port of the Gateways its labels select, with RDS route
+//!   configuration `http.PORT` (HTTPS servers: one TLS filter chain per server, selected by SNI,
+//!   route configuration `https.PORT.SERVER.GATEWAY.NAMESPACE`), holding the VirtualServices bound
+//!   to those Gateways;
+//! * a **sidecar** gets one outbound HTTP listener (used through `HTTP_PROXY`) with route
+//!   configuration `outbound`: a virtual host per HTTP port of every service, reachable by the
+//!   FQDN, `name`, `name.namespace` forms with `:port`, and routed by the `mesh` VirtualService of
+//!   that host (or straight to `outbound|PORT||FQDN`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{json, Map, Value};
+use sluice_config::istio::{Gateway, Resource, Server, Spec, VirtualService};
+
+use crate::cluster_translate::{self, ClusterSet};
+use crate::naming::{cluster_name, host_aliases, host_matches, resolve_host};
+use crate::node_role::Role;
+use crate::registry::Registry;
+use crate::route_translate::{fault_filter, RouteContext, RouteNeeds};
+
+pub const HCM_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const ROUTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
+const DOWNSTREAM_TLS_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
+const TLS_INSPECTOR_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
+/// Name of a sidecar's outbound listener and of its route configuration.
+pub const OUTBOUND: &str = "outbound";
+
+/// The Envoy resources for one proxy, by resource name, as proto JSON.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProxyResources {
+    pub clusters: BTreeMap<String, Value>,
+    pub endpoints: BTreeMap<String, Value>,
+    pub listeners: BTreeMap<String, Value>,
+    pub routes: BTreeMap<String, Value>,
+}
+
+/// The translated mesh: services, clusters, and the inputs listeners are built from.
+#[derive(Debug, Clone, Default)]
+pub struct MeshConfig {
+    pub resources: Vec<Resource>,
+    pub registry: Registry,
+    pub clusters: ClusterSet,
+    /// Things that translate but will not work as written (unknown subsets, missing ports).
+    pub warnings: Vec<String>,
+}
+
+impl MeshConfig {
+    /// Translate the mesh-wide part. `resources` are taken in order (sort them for stable output).
+    pub fn new(resources: Vec<Resource>) -> Self {
+        let registry = Registry::build(&resources);
+        let mut warnings = Vec::new();
+        let clusters = cluster_translate::clusters(&resources, &registry, &mut warnings);
+        let mut mesh = MeshConfig {
+            resources,
+            registry,
+            clusters,
+            warnings,
+        };
+        // Translate once for a sidecar and for every Gateway, so that warnings about routes show
+        // up when the configuration is loaded rather than when the first proxy connects.
+        let mut w = Vec::new();
+        if let Ok(addr) = crate::node_role::DEFAULT_OUTBOUND.parse() {
+            mesh.sidecar(&[addr], &mut w);
+        }
+        for (gw, ns) in mesh.gateways() {
+            mesh.gateway_listeners(
+                &[(format!("{ns}/{}", gw.0), gw.1.clone())],
+                "0.0.0.0",
+                &mut w,
+            );
+        }
+        w.sort();
+        w.dedup();
+        mesh.warnings.extend(w);
+        mesh
+    }
+
+    fn gateways(&self) -> Vec<((String, Gateway), String)> {
+        self.resources
+            .iter()
+            .filter_map(|r| match &r.spec {
+                Spec::Gateway(g) => Some((
+                    (r.metadata.name.clone(), g.clone()),
+                    r.metadata.namespace().to_string(),
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn virtual_services(&self) -> impl Iterator<Item = (&VirtualService, &str)> {
+        self.resources.iter().filter_map(|r| match &r.spec {
+            Spec::VirtualService(vs) => Some((vs, r.metadata.namespace())),
+            _ => None,
+        })
+    }
+
+    /// Everything `role` receives.
+    pub fn for_proxy(&self, role: &Role) -> ProxyResources {
+        let mut out = ProxyResources {
+            clusters: self.clusters.clusters.clone(),
+            endpoints: self.clusters.endpoints.clone(),
+            ..Default::default()
+        };
+        let mut warnings = Vec::new();
+        let (listeners, routes) = match role {
+            Role::Sidecar { outbound } => {
+                self.sidecar(std::slice::from_ref(outbound), &mut warnings)
+            }
+            Role::Gateway { labels, bind_ip } => {
+                let selected: Vec<(String, Gateway)> = self
+                    .gateways()
+                    .into_iter()
+                    .filter(|((_, g), _)| g.selector.iter().all(|(k, v)| labels.get(k) == Some(v)))
+                    .map(|((name, g), ns)| (format!("{ns}/{name}"), g))
+                    .collect();
+                self.gateway_listeners(&selected, bind_ip, &mut warnings)
+            }
+        };
+        out.listeners = listeners;
+        out.routes = routes;
+        out
+    }
+
+    fn sidecar(
+        &self,
+        outbound: &[std::net::SocketAddr],
+        warnings: &mut Vec<String>,
+    ) -> (BTreeMap<String, Value>, BTreeMap<String, Value>) {
+        let Some(addr) = outbound.first() else {
+            return Default::default();
+        };
+        let mesh: BTreeSet<String> = ["mesh".to_string()].into();
+        let mut seen_domains = BTreeSet::new();
+        let mut vhosts = Vec::new();
+        let mut needs = RouteNeeds::default();
+        for svc in self.registry.services.values() {
+            let http_ports: Vec<_> = svc.ports.iter().filter(|p| p.is_http()).collect();
+            for port in &http_ports {
+                let ctx = RouteContext {
+                    registry: &self.registry,
+                    clusters: &self.clusters,
+                    gateways: &mesh,
+                    port: port.number,
+                    service_port: Some(port.number),
+                };
+                let mut routes = Vec::new();
+                if let Some((vs, ns)) = self.virtual_service_for(&svc.fqdn) {
+                    ctx.routes(vs, ns, &mut routes, &mut needs, warnings);
+                }
+                if routes.is_empty() {
+                    routes.push(json!({
+                        "name": "default",
+                        "match": {"prefix": "/"},
+                        "route": {"cluster": cluster_name(port.number, "", &svc.fqdn), "timeout": "0s"},
+                    }));
+                }
+                let unported = port.number == 80 || http_ports.len() == 1;
+                let mut domains = Vec::new();
+                for alias in host_aliases(&svc.fqdn) {
+                    let mut forms = vec![format!("{alias}:{}", port.number)];
+                    if unported {
+                        forms.push(alias.clone());
+                    }
+                    for d in forms {
+                        if seen_domains.insert(d.clone()) {
+                            domains.push(d);
+                        } else {
+                            warnings.push(format!(
+                                "domain `{d}` is used by two services; the first keeps it"
+                            ));
+                        }
+                    }
+                }
+                if domains.is_empty() {
+                    continue;
+                }
+                vhosts.push(json!({
+                    "name": format!("{}:{}", svc.fqdn, port.number),
+                    "domains": domains,
+                    "routes": routes,
+                }));
+            }
+        }
+        let route_config =
+            json!({"name": OUTBOUND, "virtual_hosts": vhosts, "validate_clusters": false});
+        let listener = json!({
+            "name": OUTBOUND,
+            "address": {"socket_address": {"address": addr.ip().to_string(), "port_value": addr.port()}},
+            "filter_chains": [{"filters": [hcm(
+                &format!("outbound_{}_{}", addr.ip(), addr.port()),
+                OUTBOUND,
+                false,
+                needs.fault_filter,
+            )]}],
+        });
+        (
+            [(OUTBOUND.to_string(), listener)].into(),
+            [(OUTBOUND.to_string(), route_config)].into(),
+        )
+    }
+
+    /// The mesh VirtualService for a host: one naming it exactly, else the most specific
+    /// wildcard; among equals the first (resources are sorted by namespace and name).
+    fn virtual_service_for(&self, fqdn: &str) -> Option<(&VirtualService, &str)> {
+        let mut best: Option<(usize, (&VirtualService, &str))> = None;
+        for (vs, ns) in self.virtual_services() {
+            for h in &vs.hosts {
+                let h = resolve_host(h, ns);
+                if !host_matches(&h, fqdn) {
+                    continue;
+                }
+                let score = if h == fqdn { usize::MAX } else { h.len() };
+                if best.is_none_or(|(s, _)| score > s) {
+                    best = Some((score, (vs, ns)));
+                }
+            }
+        }
+        best.map(|(_, v)| v)
+    }
+
+    /// Virtual hosts for the VirtualServices bound to `gateways` whose hosts the servers accept.
+    fn gateway_virtual_hosts(
+        &self,
+        gateways: &BTreeSet<String>,
+        server_hosts: &[String],
+        port: u32,
+        needs: &mut RouteNeeds,
+        warnings: &mut Vec<String>,
+    ) -> Vec<Value> {
+        let ctx = RouteContext {
+            registry: &self.registry,
+            clusters: &self.clusters,
+            gateways,
+            port,
+            service_port: None,
+        };
+        let mut by_host: Vec<(String, Vec<Value>)> = Vec::new();
+        for (vs, ns) in self.virtual_services() {
+            for host in &vs.hosts {
+                let host = resolve_host(host, ns);
+                let accepted = server_hosts
+                    .iter()
+                    .any(|s| host_matches(s, &host) || host_matches(&host, s));
+                if !accepted {
+                    continue;
+                }
+                let mut routes = Vec::new();
+                ctx.routes(vs, ns, &mut routes, needs, warnings);
+                if routes.is_empty() {
+                    continue;
+                }
+                match by_host.iter_mut().find(|(h, _)| *h == host) {
+                    Some((_, existing)) => existing.extend(routes),
+                    None => by_host.push((host, routes)),
+                }
+            }
+        }
+        by_host
+            .into_iter()
+            .map(|(host, routes)| {
+                let domains = if host == "*" {
+                    json!(["*"])
+                } else {
+                    json!([host, format!("{host}:{port}")])
+                };
+                json!({"name": format!("{host}:{port}"), "domains": domains, "routes": routes})
+            })
+            .collect()
+    }
+
+    fn gateway_listeners(
+        &self,
+        selected: &[(String, Gateway)],
+        bind_ip: &str,
+        warnings: &mut Vec<String>,
+    ) -> (BTreeMap<String, Value>, BTreeMap<String, Value>) {
+        // Servers by port: (gateway ref, server).
+        let mut ports: BTreeMap<u32, Vec<(&str, &Server)>> = BTreeMap::new();
+        for (gref, gw) in selected {
+            for s in &gw.servers {
+                ports.entry(s.port.number).or_default().push((gref, s));
+            }
+        }
+        let mut listeners = BTreeMap::new();
+        let mut routes = BTreeMap::new();
+        for (port, servers) in ports {
+            let name = format!("{bind_ip}_{port}");
+            let stat_prefix = format!("outbound_{bind_ip}_{port}");
+            let (plain, tls): (Vec<_>, Vec<_>) = servers.iter().partition(|(_, s)| s.tls.is_none());
+            let mut chains = Vec::new();
+            let mut listener_filters = None;
+            if !plain.is_empty() {
+                if !tls.is_empty() {
+                    warnings.push(format!(
+                        "port {port}: plaintext and TLS servers on one port; the TLS servers are left out"
+                    ));
+                }
+                let refs: BTreeSet<String> = plain.iter().map(|(g, _)| g.to_string()).collect();
+                let hosts: Vec<String> = plain.iter().flat_map(|(_, s)| server_hosts(s)).collect();
+                let rds = format!("http.{port}");
+                let mut needs = RouteNeeds::default();
+                let vhosts = self.gateway_virtual_hosts(&refs, &hosts, port, &mut needs, warnings);
+                routes.insert(
+                    rds.clone(),
+                    json!({"name": rds, "virtual_hosts": vhosts, "validate_clusters": false}),
+                );
+                chains
+                    .push(json!({"filters": [hcm(&stat_prefix, &rds, true, needs.fault_filter)]}));
+            } else {
+                for (i, (gref, s)) in tls.iter().enumerate() {
+                    let sname = if s.name.is_empty() {
+                        i.to_string()
+                    } else {
+                        s.name.clone()
+                    };
+                    let (gns, gname) = gref.split_once('/').unwrap_or(("default", gref));
+                    let rds = format!("https.{port}.{sname}.{gname}.{gns}");
+                    let refs: BTreeSet<String> = [gref.to_string()].into();
+                    let hosts = server_hosts(s);
+                    let mut needs = RouteNeeds::default();
+                    let vhosts =
+                        self.gateway_virtual_hosts(&refs, &hosts, port, &mut needs, warnings);
+                    routes.insert(
+                        rds.clone(),
+                        json!({"name": rds, "virtual_hosts": vhosts, "validate_clusters": false}),
+                    );
+                    let mut chain = Map::new();
+                    let sni: Vec<&String> = hosts.iter().filter(|h| *h != "*").collect();
+                    if !sni.is_empty() {
+                        chain.insert("filter_chain_match".into(), json!({"server_names": sni}));
+                    }
+                    if let Some(t) = &s.tls {
+                        chain.insert("transport_socket".into(), downstream_tls(t));
+                    }
+                    chain.insert(
+                        "filters".into(),
+                        json!([hcm(&stat_prefix, &rds, true, needs.fault_filter)]),
+                    );
+                    chains.push(Value::Object(chain));
+                }
+                listener_filters = Some(json!([{
+                    "name": "envoy.filters.listener.tls_inspector",
+                    "typed_config": {"@type": TLS_INSPECTOR_TYPE},
+                }]));
+            }
+            let mut l = Map::new();
+            l.insert("name".into(), json!(name));
+            l.insert(
+                "address".into(),
+                json!({"socket_address": {"address": bind_ip, "port_value": port}}),
+            );
+            if let Some(lf) = listener_filters {
+                l.insert("listener_filters".into(), lf);
+            }
+            l.insert("filter_chains".into(), Value::Array(chains));
+            listeners.insert(name, Value::Object(l));
+        }
+        (listeners, routes)
+    }
+}
+
+/// A server's hosts without their namespace part (`ns/host`, `./host`, `*/host`).
+fn server_hosts(s: &Server) -> Vec<String> {
+    s.hosts
+        .iter()
+        .map(|h| {
+            h.rsplit_once('/')
+                .map(|(_, h)| h)
+                .unwrap_or(h)
+                .to_ascii_lowercase()
+        })
+        .collect()
+}
+
+fn downstream_tls(t: &sluice_config::istio::ServerTls) -> Value {
+    let mut common = Map::new();
+    if let (Some(cert), Some(key)) = (&t.server_certificate, &t.private_key) {
+        common.insert(
+            "tls_certificates".into(),
+            json!([{"certificate_chain": {"filename": cert}, "private_key": {"filename": key}}]),
+        );
+    }
+    common.insert("alpn_protocols".into(), json!(["h2", "http/1.1"]));
+    let version = |v: &Option<String>| match v.as_deref() {
+        Some("TLSV1_2") => Some("TLSv1_2"),
+        Some("TLSV1_3") => Some("TLSv1_3"),
+        _ => None,
+    };
+    let mut params = Map::new();
+    if let Some(v) = version(&t.min_protocol_version) {
+        params.insert("tls_minimum_protocol_version".into(), json!(v));
+    }
+    if let Some(v) = version(&t.max_protocol_version) {
+        params.insert("tls_maximum_protocol_version".into(), json!(v));
+    }
+    if !params.is_empty() {
+        common.insert("tls_params".into(), Value::Object(params));
+    }
+    let mutual = t.mode.as_deref() == Some("MUTUAL");
+    if let (true, Some(ca)) = (mutual, &t.ca_certificates) {
+        common.insert(
+            "validation_context".into(),
+            json!({"trusted_ca": {"filename": ca}}),
+        );
+    }
+    let mut ctx = Map::new();
+    ctx.insert("@type".into(), json!(DOWNSTREAM_TLS_TYPE));
+    ctx.insert("common_tls_context".into(), Value::Object(common));
+    if mutual {
+        ctx.insert("require_client_certificate".into(), json!(true));
+    }
+    json!({"name": "envoy.transport_sockets.tls", "typed_config": Value::Object(ctx)})
+}
+
+/// An HTTP connection manager that takes its routes from RDS over ADS.
+fn hcm(stat_prefix: &str, route_config: &str, edge: bool, fault: bool) -> Value {
+    let mut filters = Vec::new();
+    if fault {
+        filters.push(fault_filter());
+    }
+    filters
+        .push(json!({"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}}));
+    let mut m = Map::new();
+    m.insert("@type".into(), json!(HCM_TYPE));
+    m.insert("stat_prefix".into(), json!(stat_prefix));
+    m.insert(
+        "rds".into(),
+        json!({"route_config_name": route_config, "config_source": {"ads": {}, "resource_api_version": "V3"}}),
+    );
+    m.insert("http_filters".into(), Value::Array(filters));
+    m.insert(
+        "upgrade_configs".into(),
+        json!([{"upgrade_type": "websocket"}]),
+    );
+    if edge {
+        // Gateways face clients: Istio trusts the peer address there.
+        m.insert("use_remote_address".into(), json!(true));
+    }
+    json!({"name": "envoy.filters.network.http_connection_manager", "typed_config": Value::Object(m)})
+}
