@@ -200,6 +200,18 @@ pub fn canonical_resource(full_name: &str, bytes: &[u8]) -> Result<Value, Vec<Fi
     canonical_json(&dynamic).map_err(|e| vec![FieldError::new("", e)])
 }
 
+/// The name of a binary resource (its `name`, or `cluster_name` for endpoints), read without
+/// validation, so that a rejected resource can still be named.
+pub fn resource_name(full_name: &str, bytes: &[u8]) -> Option<String> {
+    let pool = sluice_proto::descriptor_pool().ok()?;
+    let desc = pool.get_message_by_name(full_name)?;
+    let msg = DynamicMessage::decode(desc, bytes).ok()?;
+    let field = ["name", "cluster_name"]
+        .into_iter()
+        .find_map(|f| msg.get_field_by_name(f))?;
+    field.as_str().map(str::to_string)
+}
+
 /// What kind of Envoy document a file holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DocumentKind {

@@ -21,7 +21,16 @@ use crate::error::FieldError;
 /// Supported fields per message: `"message.FullName: field field=ENUM|VALUES ~ignored_field"`.
 pub const SUPPORTED: &[&str] = &[
     // Bootstrap
-    "envoy.config.bootstrap.v3.Bootstrap: node static_resources admin ~stats_config ~stats_flush_interval ~layered_runtime",
+    "envoy.config.bootstrap.v3.Bootstrap: node static_resources dynamic_resources admin ~stats_config ~stats_flush_interval ~layered_runtime",
+    // xDS: ADS over gRPC (state of the world), to a static cluster
+    "envoy.config.bootstrap.v3.Bootstrap.DynamicResources: lds_config cds_config ads_config",
+    "envoy.config.core.v3.ApiConfigSource: api_type=GRPC transport_api_version=V3 grpc_services ~set_node_on_first_message_only ~refresh_delay ~request_timeout",
+    "envoy.config.core.v3.GrpcService: envoy_grpc ~timeout",
+    "envoy.config.core.v3.GrpcService.EnvoyGrpc: cluster_name ~authority",
+    "envoy.config.core.v3.ConfigSource: ads resource_api_version=V3 ~initial_fetch_timeout",
+    "envoy.config.core.v3.AggregatedConfigSource: ",
+    "envoy.extensions.filters.network.http_connection_manager.v3.Rds: config_source route_config_name",
+    "envoy.config.cluster.v3.Cluster.EdsClusterConfig: eds_config service_name",
     "envoy.config.bootstrap.v3.Bootstrap.StaticResources: listeners clusters",
     "envoy.config.bootstrap.v3.Admin: address ~access_log_path ~access_log ~profile_path",
     "envoy.config.core.v3.Node: id cluster metadata locality user_agent_name user_agent_version user_agent_build_version extensions client_features",
@@ -48,7 +57,7 @@ pub const SUPPORTED: &[&str] = &[
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager: \
         codec_type=AUTO|HTTP1|HTTP2 stat_prefix route_config http_filters generate_request_id \
         use_remote_address xff_num_trusted_hops skip_xff_append strip_matching_host_port strip_any_host_port \
-        request_timeout request_headers_timeout common_http_protocol_options max_request_headers_kb \
+        request_timeout request_headers_timeout common_http_protocol_options max_request_headers_kb rds \
         upgrade_configs server_name server_header_transformation=OVERWRITE|APPEND_IF_ABSENT|PASS_THROUGH \
         ~access_log ~http2_protocol_options",
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter: name typed_config",
@@ -58,7 +67,7 @@ pub const SUPPORTED: &[&str] = &[
     "envoy.config.core.v3.Http1ProtocolOptions: ",
     "envoy.config.core.v3.Http2ProtocolOptions: ~max_concurrent_streams ~initial_stream_window_size ~initial_connection_window_size",
     // Routes
-    "envoy.config.route.v3.RouteConfiguration: name virtual_hosts ignore_port_in_host_matching request_headers_to_add request_headers_to_remove response_headers_to_add response_headers_to_remove ~validate_clusters",
+    "envoy.config.route.v3.RouteConfiguration: name virtual_hosts ignore_port_in_host_matching request_headers_to_add request_headers_to_remove response_headers_to_add response_headers_to_remove validate_clusters",
     "envoy.config.route.v3.VirtualHost: name domains routes request_headers_to_add request_headers_to_remove response_headers_to_add response_headers_to_remove",
     "envoy.config.route.v3.Route: name match route redirect direct_response request_headers_to_add request_headers_to_remove response_headers_to_add response_headers_to_remove ~metadata ~decorator",
     "envoy.config.route.v3.RouteMatch: prefix path safe_regex path_separated_prefix case_sensitive headers query_parameters runtime_fraction grpc",
@@ -89,7 +98,7 @@ pub const SUPPORTED: &[&str] = &[
     "envoy.config.route.v3.RedirectAction: https_redirect scheme_redirect host_redirect port_redirect path_redirect prefix_rewrite regex_rewrite \
         response_code=MOVED_PERMANENTLY|FOUND|SEE_OTHER|TEMPORARY_REDIRECT|PERMANENT_REDIRECT strip_query",
     // Clusters
-    "envoy.config.cluster.v3.Cluster: name type=STATIC|STRICT_DNS|LOGICAL_DNS connect_timeout lb_policy=ROUND_ROBIN|LEAST_REQUEST|RANDOM \
+    "envoy.config.cluster.v3.Cluster: name type=STATIC|STRICT_DNS|LOGICAL_DNS|EDS eds_cluster_config connect_timeout lb_policy=ROUND_ROBIN|LEAST_REQUEST|RANDOM \
         load_assignment typed_extension_protocol_options http2_protocol_options transport_socket circuit_breakers max_requests_per_connection \
         dns_refresh_rate dns_lookup_family=AUTO|V4_ONLY|V6_ONLY|V4_PREFERRED|ALL metadata ~alt_stat_name ~per_connection_buffer_limit_bytes ~respect_dns_ttl",
     "envoy.config.endpoint.v3.ClusterLoadAssignment: cluster_name endpoints",

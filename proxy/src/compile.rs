@@ -680,6 +680,16 @@ fn route(v: &Value, path: &str, res: &ClusterResolver<'_>, errors: &mut Errors) 
 
 /// Compile a `RouteConfiguration`.
 pub fn route_table(v: &Value, path: &str, res: &ClusterResolver<'_>) -> Result<RouteTable, Errors> {
+    // `validate_clusters: false` (the default for RDS) lets routes name clusters that do not
+    // exist yet: they answer 503 `NC` until the cluster arrives.
+    let validating = ClusterResolver {
+        clusters: res.clusters,
+        validate: res.validate
+            && v.get("validate_clusters")
+                .and_then(Value::as_bool)
+                .unwrap_or(true),
+    };
+    let res = &validating;
     let mut errors = Vec::new();
     let mut vhosts = Vec::new();
     let mut domains: Vec<(String, usize)> = Vec::new();
@@ -833,6 +843,13 @@ fn cluster(
         Some("ALL") => DnsFamily::All,
         _ => DnsFamily::Auto,
     };
+    if s(v, "type") == Some("EDS") {
+        errors.push(FieldError::new(
+            p(path, "type"),
+            "EDS needs dynamic_resources.ads_config (endpoints come over ADS)",
+        ));
+        return None;
+    }
     let refresh = dur(v, "dns_refresh_rate").unwrap_or(Duration::from_secs(5));
     let discovery = match s(v, "type").unwrap_or("STATIC") {
         "STRICT_DNS" => Discovery::Dns {
@@ -991,7 +1008,7 @@ fn hcm(
     let Some(rc) = get(v, "route_config") else {
         errors.push(FieldError::new(
             p(path, "route_config"),
-            "required (rds is not supported yet)",
+            "required (rds needs dynamic_resources.ads_config: route configurations come over ADS)",
         ));
         return None;
     };
@@ -1280,6 +1297,7 @@ pub fn bootstrap(
                 .unwrap_or_default(),
         },
         config: v.clone(),
+        dynamic: Value::Null,
         loaded_at: SystemTime::now(),
     })
 }

@@ -15,6 +15,7 @@
 //! balancer → pooled upstream connection ([`upstream_pool`]) → response streamed back.
 
 pub mod admin;
+pub mod ads_client;
 pub mod body;
 pub mod cluster;
 pub mod compile;
@@ -35,3 +36,4 @@ pub mod tls;
 pub mod upstream_pool;
 pub mod vhost_select;
 pub mod weighted_pick;
+pub mod xds_state;

@@ -13,12 +13,17 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use sluice_config::envoy::LoadedBootstrap;
+use tokio::sync::mpsc;
+
 use crate::admin::{self, AdminState};
+use crate::ads_client::{self, AdsClientConfig, Wanted, XdsUpdate};
 use crate::cluster::Discovery;
 use crate::compile::{self, CompileOptions};
 use crate::metrics::Metrics;
 use crate::server::{self, ListenerContext};
 use crate::snapshot::Snapshot;
+use crate::xds_state::{TypeResources, XdsKind, XdsState};
 
 /// Options of `sluice proxy`.
 #[derive(Debug, Clone)]
@@ -47,6 +52,8 @@ pub enum RunError {
     Join(String),
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
+    #[error("{origin}: dynamic_resources: {reason}")]
+    Xds { origin: String, reason: String },
 }
 
 /// Load, validate and compile the bootstrap file, then resolve the names of new DNS clusters.
@@ -56,7 +63,34 @@ pub fn load(
     previous: Option<&Snapshot>,
     version: u64,
 ) -> Result<Snapshot, RunError> {
-    let snapshot = compile_file(options, metrics, previous, version)?;
+    let loaded = sluice_config::envoy::load_bootstrap_file(&options.config_path)?;
+    compile_with_xds(
+        &loaded,
+        &XdsState::default(),
+        metrics,
+        &options.compile,
+        previous,
+        version,
+    )
+}
+
+/// Compile a bootstrap joined with the resources accepted over xDS, then resolve the names of
+/// new DNS clusters. Errors in the file carry its lines; errors in xDS resources name the
+/// resource.
+pub fn compile_with_xds(
+    loaded: &LoadedBootstrap,
+    xds: &XdsState,
+    metrics: &Metrics,
+    options: &CompileOptions,
+    previous: Option<&Snapshot>,
+    version: u64,
+) -> Result<Snapshot, RunError> {
+    let merged = xds.merged(&loaded.canonical, previous.map(|p| &p.config));
+    let mut snapshot = compile::bootstrap(&merged, metrics, options, previous, version)
+        .map_err(|errors| located_merged(&loaded.document, &loaded.canonical, &merged, errors))?;
+    if !xds.types.is_empty() {
+        snapshot.dynamic = xds.dump();
+    }
     for c in snapshot.clusters.values() {
         let reused = previous.is_some_and(|p| {
             p.clusters
@@ -68,6 +102,46 @@ pub fn load(
         }
     }
     Ok(snapshot)
+}
+
+/// Errors of a merged bootstrap: those in the file's own resources get its lines; those in
+/// resources received over xDS are named `listener NAME` / `cluster NAME`.
+fn located_merged(
+    document: &sluice_config::source::Document,
+    base: &serde_json::Value,
+    merged: &serde_json::Value,
+    mut errors: Vec<sluice_config::FieldError>,
+) -> sluice_config::ConfigError {
+    for e in &mut errors {
+        for (key, what) in [("listeners", "listener"), ("clusters", "cluster")] {
+            let prefix = format!("static_resources.{key}[");
+            let Some(rest) = e.path.strip_prefix(&prefix) else {
+                continue;
+            };
+            let Some((index, tail)) = rest.split_once(']') else {
+                continue;
+            };
+            let Ok(i) = index.parse::<usize>() else {
+                continue;
+            };
+            let count = |v: &serde_json::Value| {
+                v.get("static_resources")
+                    .and_then(|s| s.get(key))
+                    .and_then(serde_json::Value::as_array)
+                    .map(Vec::len)
+                    .unwrap_or(0)
+            };
+            if i < count(base) {
+                continue;
+            }
+            let name = merged["static_resources"][key][i]["name"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            e.path = format!("{what} `{name}`{tail}");
+        }
+    }
+    located(document, errors)
 }
 
 /// Load, validate and compile the bootstrap file (no name resolution).
@@ -192,6 +266,87 @@ pub struct Proxy {
     bound: Arc<ArcSwap<Vec<(String, SocketAddr)>>>,
     version: AtomicU64,
     signals: Signals,
+    /// The bootstrap as last read from the file.
+    base: Arc<LoadedBootstrap>,
+    /// Resources accepted over xDS.
+    xds: XdsState,
+    /// Updates from the ADS client, when the bootstrap has `dynamic_resources`.
+    xds_updates: Option<mpsc::Receiver<XdsUpdate>>,
+}
+
+/// The management server of `dynamic_resources.ads_config`: the first endpoint of the static
+/// cluster its `envoy_grpc` names.
+fn ads_server(loaded: &LoadedBootstrap) -> Result<Option<SocketAddr>, RunError> {
+    let c = &loaded.canonical;
+    let Some(dr) = c.get("dynamic_resources") else {
+        return Ok(None);
+    };
+    let err = |reason: &str| RunError::Xds {
+        origin: loaded.document.origin.clone(),
+        reason: reason.to_string(),
+    };
+    let Some(ads) = dr.get("ads_config") else {
+        return Err(err(
+            "ads_config is required (lds_config and cds_config come over ADS)",
+        ));
+    };
+    let cluster_name = ads["grpc_services"][0]["envoy_grpc"]["cluster_name"]
+        .as_str()
+        .ok_or_else(|| err("ads_config.grpc_services[0].envoy_grpc.cluster_name is required"))?;
+    let clusters = c["static_resources"]["clusters"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let cluster = clusters
+        .iter()
+        .find(|x| x["name"].as_str() == Some(cluster_name))
+        .ok_or_else(|| {
+            err(&format!(
+                "the xDS cluster `{cluster_name}` must be a static cluster"
+            ))
+        })?;
+    let sa = &cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+        ["socket_address"];
+    let host = sa["address"].as_str().unwrap_or("");
+    let port = sa["port_value"].as_u64().unwrap_or(0) as u16;
+    use std::net::ToSocketAddrs;
+    (host, port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .map(Some)
+        .ok_or_else(|| {
+            err(&format!(
+                "cannot resolve the xDS server `{host}:{port}` of cluster `{cluster_name}`"
+            ))
+        })
+}
+
+/// The node sent to the management server: the bootstrap's, with the command line's overrides.
+fn node_json(loaded: &LoadedBootstrap, options: &CompileOptions) -> serde_json::Value {
+    let mut node = loaded
+        .canonical
+        .get("node")
+        .cloned()
+        .unwrap_or_else(|| serde_json::json!({}));
+    if let Some(m) = node.as_object_mut() {
+        if let Some(id) = &options.service_node {
+            m.insert("id".into(), id.clone().into());
+        }
+        if let Some(c) = &options.service_cluster {
+            m.insert("cluster".into(), c.clone().into());
+        }
+        m.entry("user_agent_name").or_insert("sluice".into());
+    }
+    node
+}
+
+/// Wait for the next xDS update, or forever when there is no ADS client.
+async fn next_update(rx: &mut Option<mpsc::Receiver<XdsUpdate>>) -> Option<XdsUpdate> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Signal handlers, installed before anything is served: a SIGHUP that arrives while the proxy
@@ -231,10 +386,46 @@ impl Proxy {
     pub async fn start(options: ProxyOptions) -> Result<Self, RunError> {
         let signals = Signals::install()?;
         let metrics = Metrics::new()?;
-        let snap = load(&options, &metrics, None, 1);
+        let loaded = sluice_config::envoy::load_bootstrap_file(&options.config_path);
+        let prepared = loaded.map_err(RunError::from).and_then(|loaded| {
+            let snap = compile_with_xds(
+                &loaded,
+                &XdsState::default(),
+                &metrics,
+                &options.compile,
+                None,
+                1,
+            )?;
+            let ads = match ads_server(&loaded)? {
+                Some(server) => {
+                    let node = ads_client::node_from_json(&node_json(&loaded, &options.compile))
+                        .map_err(|reason| RunError::Xds {
+                            origin: loaded.document.origin.clone(),
+                            reason: format!("node: {reason}"),
+                        })?;
+                    let initial = XdsState::default();
+                    Some(AdsClientConfig {
+                        server,
+                        node,
+                        initial: Wanted {
+                            endpoints: initial.wanted(XdsKind::Endpoint, &loaded.canonical),
+                            routes: initial.wanted(XdsKind::Route, &loaded.canonical),
+                        },
+                    })
+                }
+                None => None,
+            };
+            Ok((loaded, snap, ads))
+        });
         crate::memory::release_after_load();
-        let snap = snap?;
+        let (loaded, snap, ads) = prepared?;
         let snapshot = Arc::new(ArcSwap::from_pointee(snap));
+        let xds_updates = ads.map(|config| {
+            let (tx, rx) = mpsc::channel(4);
+            tracing::info!(server = %config.server, "ADS: connecting to the management server");
+            tokio::spawn(ads_client::run(config, tx, metrics.clone()));
+            rx
+        });
         let mut proxy = Proxy {
             options,
             metrics: metrics.clone(),
@@ -243,6 +434,9 @@ impl Proxy {
             bound: Arc::new(ArcSwap::from_pointee(Vec::new())),
             version: AtomicU64::new(1),
             signals,
+            base: Arc::new(loaded),
+            xds: XdsState::default(),
+            xds_updates,
         };
         proxy.sync_listeners()?;
         let current = snapshot.load();
@@ -325,35 +519,92 @@ impl Proxy {
 
     /// Re-read the configuration; on success swap it in, on failure keep the current one.
     pub async fn reload(&mut self) -> Result<u64, RunError> {
+        let path = self.options.config_path.clone();
+        let read =
+            tokio::task::spawn_blocking(move || sluice_config::envoy::load_bootstrap_file(&path))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(sluice_config::ConfigError::Schema {
+                        origin: "reload".into(),
+                        message: e.to_string(),
+                    })
+                });
+        match read {
+            Ok(loaded) => {
+                let loaded = Arc::new(loaded);
+                let xds = self.xds.clone();
+                let v = self.apply(loaded.clone(), xds).await;
+                if v.is_ok() {
+                    self.base = loaded;
+                }
+                v.map_err(|(e, _)| e)
+            }
+            Err(e) => {
+                self.metrics.config_reload_failed.inc();
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Compile `base` joined with `xds` off the serving threads and swap it in. On failure the
+    /// running configuration is untouched and `xds` is handed back.
+    async fn apply(
+        &mut self,
+        base: Arc<LoadedBootstrap>,
+        xds: XdsState,
+    ) -> Result<u64, (RunError, XdsState)> {
         let version = self.version.load(Ordering::Relaxed) + 1;
         let current = self.snapshot.load_full();
-        // Reading and compiling takes tens of milliseconds (reflection, DNS): it runs on a
+        // Compiling takes milliseconds to tens of milliseconds (reflection, DNS): it runs on a
         // blocking thread so that the workers keep serving requests meanwhile.
-        let (options, metrics) = (self.options.clone(), self.metrics.clone());
-        let loaded = tokio::task::spawn_blocking(move || {
-            let loaded = load(&options, &metrics, Some(&current), version);
+        let (metrics, copts) = (self.metrics.clone(), self.options.compile.clone());
+        let (compiled, xds) = tokio::task::spawn_blocking(move || {
+            let compiled = compile_with_xds(&base, &xds, &metrics, &copts, Some(&current), version);
             drop(current);
             crate::memory::release_after_load();
-            loaded
+            (compiled, xds)
         })
         .await
-        .unwrap_or_else(|e| Err(RunError::Join(e.to_string())));
-        match loaded {
+        .unwrap_or_else(|e| (Err(RunError::Join(e.to_string())), XdsState::default()));
+        match compiled {
             Ok(next) => {
                 self.snapshot.store(Arc::new(next));
                 self.version.store(version, Ordering::Relaxed);
                 if let Err(e) = self.sync_listeners() {
                     self.metrics.config_reload_failed.inc();
-                    return Err(e);
+                    return Err((e, xds));
                 }
+                self.xds = xds;
                 self.metrics.config_reload_total.inc();
                 Ok(version)
             }
             Err(e) => {
                 self.metrics.config_reload_failed.inc();
-                Err(e)
+                Err((e, xds))
             }
         }
+    }
+
+    /// Apply one xDS response and answer the ADS client (ACK with the new subscriptions, or the
+    /// reason for a NACK).
+    async fn apply_xds(&mut self, update: XdsUpdate) {
+        let mut candidate = self.xds.clone();
+        candidate.types.insert(
+            update.kind,
+            TypeResources {
+                version: update.version,
+                resources: update.resources,
+            },
+        );
+        let base = self.base.clone();
+        let answer = match self.apply(base, candidate).await {
+            Ok(_) => Ok(Wanted {
+                endpoints: self.xds.wanted(XdsKind::Endpoint, &self.base.canonical),
+                routes: self.xds.wanted(XdsKind::Route, &self.base.canonical),
+            }),
+            Err((e, _)) => Err(e.to_string()),
+        };
+        let _ = update.reply.send(answer);
     }
 
     /// Serve until SIGINT/SIGTERM, reloading on SIGHUP and (with `--watch-config`) on file change.
@@ -365,6 +616,7 @@ impl Proxy {
                 _ = self.signals.hangup.recv() => self.reload_logged("SIGHUP").await,
                 _ = self.signals.terminate.recv() => break,
                 _ = self.signals.interrupt.recv() => break,
+                Some(update) = next_update(&mut self.xds_updates) => self.apply_xds(update).await,
                 _ = tick.tick(), if self.options.watch_config => {
                     let m = mtime(&self.options.config_path);
                     if m != last_mtime {

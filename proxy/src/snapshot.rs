@@ -99,5 +99,7 @@ pub struct Snapshot {
     pub node: NodeInfo,
     /// The configuration as canonical JSON (for `/config_dump`).
     pub config: serde_json::Value,
+    /// Resources received over xDS with their versions (Envoy's dynamic config dumps), or null.
+    pub dynamic: serde_json::Value,
     pub loaded_at: SystemTime,
 }
