@@ -397,3 +397,51 @@ async fn a_broken_file_keeps_serving_its_last_good_version() {
         .stderr()
         .contains("last good version keeps serving"));
 }
+
+/// One cluster Sluice cannot build (TLS origination without a CA to verify against) is NACKed
+/// by name; the other clusters of the same CDS response are applied, as Envoy does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bad_cluster_does_not_block_the_others() {
+    let s = gateway("sluice", 100, 0).await;
+    let secure = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: secure}
+spec:
+  hosts: [secure.example]
+  ports: [{number: 443, name: tls-api, protocol: HTTP}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: secure}
+spec:
+  host: secure.example
+  trafficPolicy: {tls: {mode: SIMPLE}}
+"#;
+    // A new service with an unbuildable cluster, and the weights moved to the canary.
+    s.control.write("mesh.yaml", &(s.mesh(0, 100, "") + secure));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let nack = loop {
+        let st = s.control.status().await;
+        if let Some(n) = st["proxies"][0]["types"]["CDS"]["nack"].as_str() {
+            break n.to_string();
+        }
+        assert!(Instant::now() < deadline, "no CDS NACK: {st:#}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        nack.contains("cluster `outbound|443||secure.example`"),
+        "{nack}"
+    );
+    assert!(nack.contains("trusted_ca"), "{nack}");
+    let client = client_h1();
+    converge(&client, &s.url, "v2", 30, Duration::from_secs(3)).await;
+    let clusters = s.proxy.admin("/clusters").await;
+    assert!(
+        clusters.contains("outbound|80|canary|web.default.svc.cluster.local"),
+        "{clusters}"
+    );
+    assert!(!clusters.contains("secure.example"), "{clusters}");
+}

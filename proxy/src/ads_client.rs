@@ -40,8 +40,19 @@ pub struct XdsUpdate {
     pub kind: XdsKind,
     pub version: String,
     pub resources: BTreeMap<String, Value>,
-    /// `Ok` with the subscriptions of the new configuration, or the reason it was rejected.
-    pub reply: oneshot::Sender<Result<Wanted, String>>,
+    /// Resources of the response that were refused: their previously accepted version (if any)
+    /// stays (CDS and LDS accept the rest of a response, as Envoy does).
+    pub keep: BTreeSet<String>,
+    pub reply: oneshot::Sender<Outcome>,
+}
+
+/// What the proxy did with an update.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// The subscriptions of the configuration now serving, when something was applied.
+    pub applied: Option<Wanted>,
+    /// Why (part of) the update was refused: the NACK's `error_detail`.
+    pub error: Option<String>,
 }
 
 /// Where and as whom to connect.
@@ -74,13 +85,23 @@ pub fn node_from_json(node: &Value) -> Result<Node, String> {
     Node::decode(msg.encode_to_vec().as_slice()).map_err(|e| e.to_string())
 }
 
+/// A response decoded and checked: the good resources, and the problems of the others.
+struct Decoded {
+    resources: BTreeMap<String, Value>,
+    refused: BTreeSet<String>,
+    problems: Vec<String>,
+}
+
 /// Decode and check every resource of a response.
-fn decode(kind: XdsKind, resp: &DiscoveryResponse) -> Result<BTreeMap<String, Value>, String> {
-    let mut out = BTreeMap::new();
-    let mut problems = Vec::new();
+fn decode(kind: XdsKind, resp: &DiscoveryResponse) -> Decoded {
+    let mut d = Decoded {
+        resources: BTreeMap::new(),
+        refused: BTreeSet::new(),
+        problems: Vec::new(),
+    };
     for (i, any) in resp.resources.iter().enumerate() {
         if XdsKind::from_type_url(&any.type_url) != Some(kind) {
-            problems.push(format!(
+            d.problems.push(format!(
                 "resource {i}: type {} in a {} response",
                 any.type_url,
                 kind.short()
@@ -90,24 +111,22 @@ fn decode(kind: XdsKind, resp: &DiscoveryResponse) -> Result<BTreeMap<String, Va
         match sluice_config::envoy::canonical_resource(kind.message(), &any.value) {
             Ok(v) => {
                 let name = kind.name_of(&v);
-                if out.insert(name.clone(), v).is_some() {
-                    problems.push(format!("{} `{name}`: sent twice", kind.short()));
+                if d.resources.insert(name.clone(), v).is_some() {
+                    d.problems
+                        .push(format!("{} `{name}`: sent twice", kind.short()));
                 }
             }
             Err(errors) => {
                 let name = sluice_config::envoy::resource_name(kind.message(), &any.value)
                     .unwrap_or_else(|| format!("#{i}"));
                 for e in errors {
-                    problems.push(format!("{} `{name}`: {e}", kind.short()));
+                    d.problems.push(format!("{} `{name}`: {e}", kind.short()));
                 }
+                d.refused.insert(name);
             }
         }
     }
-    if problems.is_empty() {
-        Ok(out)
-    } else {
-        Err(problems.join("; "))
-    }
+    d
 }
 
 /// Jittered exponential backoff: 250 ms doubling to 5 s, each wait a random 50–100 % of it.
@@ -247,38 +266,56 @@ async fn stream_once(
             move || decode(kind, &resp)
         })
         .await
-        .unwrap_or_else(|e| Err(format!("decoding task failed: {e}")));
-        let outcome = match decoded {
-            Err(e) => Err(e),
-            Ok(resources) => {
-                let (reply, answer) = oneshot::channel();
-                updates
-                    .send(XdsUpdate {
-                        kind,
-                        version: resp.version_info.clone(),
-                        resources,
-                        reply,
-                    })
-                    .await
-                    .map_err(|_| StreamError::ProxyGone)?;
-                answer.await.map_err(|_| StreamError::ProxyGone)?
+        .unwrap_or_else(|e| Decoded {
+            resources: BTreeMap::new(),
+            refused: BTreeSet::new(),
+            problems: vec![format!("decoding task failed: {e}")],
+        });
+        // CDS and LDS take the valid resources of a response and NACK the others (as Envoy);
+        // EDS and RDS responses are taken whole or not at all.
+        let partial = matches!(kind, XdsKind::Cluster | XdsKind::Listener);
+        let outcome = if decoded.problems.is_empty() || partial {
+            let (reply, answer) = oneshot::channel();
+            updates
+                .send(XdsUpdate {
+                    kind,
+                    version: resp.version_info.clone(),
+                    resources: decoded.resources,
+                    keep: decoded.refused,
+                    reply,
+                })
+                .await
+                .map_err(|_| StreamError::ProxyGone)?;
+            let mut o = answer.await.map_err(|_| StreamError::ProxyGone)?;
+            if !decoded.problems.is_empty() {
+                let mut all = decoded.problems;
+                all.extend(o.error.take());
+                o.error = Some(all.join("; "));
+            }
+            o
+        } else {
+            Outcome {
+                applied: None,
+                error: Some(decoded.problems.join("; ")),
             }
         };
-        match outcome {
-            Ok(wanted) => {
+        if let Some(wanted) = outcome.applied {
+            if wanted.endpoints != session.wanted.endpoints {
+                session.wanted.endpoints = wanted.endpoints;
+                send(session.request(XdsKind::Endpoint, None)).await?;
+            }
+            if wanted.routes != session.wanted.routes {
+                session.wanted.routes = wanted.routes;
+                send(session.request(XdsKind::Route, None)).await?;
+            }
+        }
+        match outcome.error {
+            None => {
                 tracing::info!(ty = kind.short(), version = %resp.version_info, resources = resp.resources.len(), "xDS update accepted");
                 session.accepted.insert(kind, resp.version_info.clone());
                 send(session.request(kind, None)).await?;
-                if wanted.endpoints != session.wanted.endpoints {
-                    session.wanted.endpoints = wanted.endpoints;
-                    send(session.request(XdsKind::Endpoint, None)).await?;
-                }
-                if wanted.routes != session.wanted.routes {
-                    session.wanted.routes = wanted.routes;
-                    send(session.request(XdsKind::Route, None)).await?;
-                }
             }
-            Err(message) => {
+            Some(message) => {
                 tracing::error!(ty = kind.short(), version = %resp.version_info, "xDS update rejected, keeping the last good configuration: {message}");
                 send(session.request(kind, Some(message))).await?;
             }

@@ -2,7 +2,7 @@
 //! apply reloads (SIGHUP or `--watch-config`) atomically, keeping the last good configuration when
 //! a new one fails.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +17,7 @@ use sluice_config::envoy::LoadedBootstrap;
 use tokio::sync::mpsc;
 
 use crate::admin::{self, AdminState};
-use crate::ads_client::{self, AdsClientConfig, Wanted, XdsUpdate};
+use crate::ads_client::{self, AdsClientConfig, Outcome, Wanted, XdsUpdate};
 use crate::cluster::Discovery;
 use crate::compile::{self, CompileOptions};
 use crate::metrics::Metrics;
@@ -585,26 +585,73 @@ impl Proxy {
         }
     }
 
-    /// Apply one xDS response and answer the ADS client (ACK with the new subscriptions, or the
-    /// reason for a NACK).
+    /// Apply one xDS response and answer the ADS client (the new subscriptions, and the reason
+    /// for a NACK). For CDS and LDS, resources that fail to compile are left out — their
+    /// previous version keeps serving — and the rest is applied, as Envoy does.
     async fn apply_xds(&mut self, update: XdsUpdate) {
+        let kind = update.kind;
+        let previous = self.xds.of(kind).cloned().unwrap_or_default();
+        let mut resources = update.resources;
+        for name in &update.keep {
+            if let Some(v) = previous.resources.get(name) {
+                resources.insert(name.clone(), v.clone());
+            }
+        }
         let mut candidate = self.xds.clone();
         candidate.types.insert(
-            update.kind,
+            kind,
             TypeResources {
                 version: update.version,
-                resources: update.resources,
+                resources,
             },
         );
         let base = self.base.clone();
-        let answer = match self.apply(base, candidate).await {
-            Ok(_) => Ok(Wanted {
-                endpoints: self.xds.wanted(XdsKind::Endpoint, &self.base.canonical),
-                routes: self.xds.wanted(XdsKind::Route, &self.base.canonical),
-            }),
-            Err((e, _)) => Err(e.to_string()),
-        };
-        let _ = update.reply.send(answer);
+        let mut outcome = Outcome::default();
+        match self.apply(base.clone(), candidate).await {
+            Ok(_) => {}
+            Err((e, mut candidate)) => {
+                let text = e.to_string();
+                let what = match kind {
+                    XdsKind::Cluster => Some("cluster"),
+                    XdsKind::Listener => Some("listener"),
+                    _ => None,
+                };
+                let failing: BTreeSet<String> = match (&e, what) {
+                    (RunError::Config(c), Some(what)) => c
+                        .field_errors()
+                        .iter()
+                        .filter_map(|f| f.path.strip_prefix(&format!("{what} `")))
+                        .filter_map(|rest| rest.split_once('`').map(|(n, _)| n.to_string()))
+                        .collect(),
+                    _ => BTreeSet::new(),
+                };
+                outcome.error = Some(text);
+                if !failing.is_empty() {
+                    if let Some(t) = candidate.types.get_mut(&kind) {
+                        for name in &failing {
+                            match previous.resources.get(name) {
+                                Some(v) => t.resources.insert(name.clone(), v.clone()),
+                                None => t.resources.remove(name),
+                            };
+                        }
+                    }
+                    if let Err((e2, _)) = self.apply(base, candidate).await {
+                        tracing::debug!("the rest of the update does not compile either: {e2}");
+                        outcome.applied = None;
+                        let _ = update.reply.send(outcome);
+                        return;
+                    }
+                } else {
+                    let _ = update.reply.send(outcome);
+                    return;
+                }
+            }
+        }
+        outcome.applied = Some(Wanted {
+            endpoints: self.xds.wanted(XdsKind::Endpoint, &self.base.canonical),
+            routes: self.xds.wanted(XdsKind::Route, &self.base.canonical),
+        });
+        let _ = update.reply.send(outcome);
     }
 
     /// Serve until SIGINT/SIGTERM, reloading on SIGHUP and (with `--watch-config`) on file change.
