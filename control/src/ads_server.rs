@@ -69,12 +69,7 @@ impl Generation {
         }
         let res = self.mesh.for_proxy(role);
         let mut enc = Encoded::default();
-        for (ty, map) in [
-            (XdsType::Cluster, &res.clusters),
-            (XdsType::Endpoint, &res.endpoints),
-            (XdsType::Listener, &res.listeners),
-            (XdsType::Route, &res.routes),
-        ] {
+        for (ty, map) in res.by_type() {
             let list = enc.by_type.entry(ty).or_default();
             for (name, json) in map {
                 match to_any(pool, ty, name, json) {

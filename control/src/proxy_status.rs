@@ -152,15 +152,22 @@ impl From<ProxyEntry> for ProxyView {
 /// Render the status document as the `proxy-status` table.
 pub fn render_table(doc: &serde_json::Value) -> String {
     let mut out = String::new();
-    out.push_str(&format!(
-        "{:<58} {:<8} {:<14} {:<14} {:<14} {:<14}\n",
-        "NAME", "TYPE", "CDS", "EDS", "LDS", "RDS"
-    ));
     let empty = Vec::new();
     let proxies = doc
         .get("proxies")
         .and_then(|p| p.as_array())
         .unwrap_or(&empty);
+    let w = proxies
+        .iter()
+        .filter_map(|p| p.get("node_id").and_then(|v| v.as_str()))
+        .map(str::len)
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    out.push_str(&format!(
+        "{:<w$}  {:<8} {:<14} {:<14} {:<14} {:<14}\n",
+        "NAME", "TYPE", "CDS", "EDS", "LDS", "RDS"
+    ));
     for p in proxies {
         let s = |k: &str| p.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
         let col = |ty: &str| {
@@ -182,7 +189,7 @@ pub fn render_table(doc: &serde_json::Value) -> String {
             }
         };
         out.push_str(&format!(
-            "{:<58} {:<8} {:<14} {:<14} {:<14} {:<14}\n",
+            "{:<w$}  {:<8} {:<14} {:<14} {:<14} {:<14}\n",
             s("node_id"),
             s("role"),
             col("CDS"),

@@ -42,6 +42,19 @@ pub struct ProxyResources {
     pub routes: BTreeMap<String, Value>,
 }
 
+impl ProxyResources {
+    /// Each type's resources, in push order.
+    pub fn by_type(&self) -> [(crate::xds_encode::XdsType, &BTreeMap<String, Value>); 4] {
+        use crate::xds_encode::XdsType;
+        [
+            (XdsType::Cluster, &self.clusters),
+            (XdsType::Endpoint, &self.endpoints),
+            (XdsType::Listener, &self.listeners),
+            (XdsType::Route, &self.routes),
+        ]
+    }
+}
+
 /// The translated mesh: services, clusters, and the inputs listeners are built from.
 #[derive(Debug, Clone, Default)]
 pub struct MeshConfig {

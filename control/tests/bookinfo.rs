@@ -174,15 +174,10 @@ fn gw_json(r: &sluice_control::translate::ProxyResources) -> Value {
 fn bookinfo_resources_encode() {
     let mesh = bookinfo();
     let pool = sluice_proto::descriptor_pool().unwrap();
-    use sluice_control::xds_encode::{to_any, XdsType};
+    use sluice_control::xds_encode::to_any;
     for role in [gateway(), sidecar()] {
         let r = mesh.for_proxy(&role);
-        for (ty, map) in [
-            (XdsType::Cluster, &r.clusters),
-            (XdsType::Endpoint, &r.endpoints),
-            (XdsType::Listener, &r.listeners),
-            (XdsType::Route, &r.routes),
-        ] {
+        for (ty, map) in r.by_type() {
             for (name, v) in map {
                 to_any(&pool, ty, name, v).unwrap_or_else(|e| panic!("{e}"));
             }

@@ -8,7 +8,7 @@ use std::path::Path;
 use sluice_config::istio::{parse_text, Parsed};
 use sluice_control::node_role::Role;
 use sluice_control::translate::MeshConfig;
-use sluice_control::xds_encode::{to_any, XdsType};
+use sluice_control::xds_encode::to_any;
 
 /// `Ok(kinds)`: the documents' kinds (`-Kind` for kinds left to other readers); `Err(text)`:
 /// refused with an error containing `text`.
@@ -131,12 +131,7 @@ fn every_istio_and_argo_corpus_file_has_its_pinned_outcome() {
                 ];
                 for role in roles {
                     let r = mesh.for_proxy(&role);
-                    for (ty, map) in [
-                        (XdsType::Cluster, &r.clusters),
-                        (XdsType::Endpoint, &r.endpoints),
-                        (XdsType::Listener, &r.listeners),
-                        (XdsType::Route, &r.routes),
-                    ] {
+                    for (ty, map) in r.by_type() {
                         for (name, v) in map {
                             if let Err(e) = to_any(&pool, ty, name, v) {
                                 failures.push(format!("{file}: {e}"));

@@ -8,10 +8,13 @@
 //!   by reflection against this pool, which gives Envoy's exact proto3 JSON mapping (both field name
 //!   spellings, durations such as `"1.5s"`, enums by name, `"@type"` inside `typed_config`) and lets the
 //!   validator name any field by its full path.
+//! * [`xds_type`]: the xDS resource types (CDS, EDS, LDS, RDS) and their type URLs.
 
 use std::sync::Mutex;
 
 use prost_reflect::DescriptorPool;
+
+pub mod xds_type;
 
 /// The Envoy v3 API types.
 pub mod envoy {

@@ -110,7 +110,7 @@ fn decode(kind: XdsKind, resp: &DiscoveryResponse) -> Decoded {
         }
         match sluice_config::envoy::canonical_resource(kind.message(), &any.value) {
             Ok(v) => {
-                let name = kind.name_of(&v);
+                let name = crate::xds_state::name_of(kind, &v);
                 if d.resources.insert(name.clone(), v).is_some() {
                     d.problems
                         .push(format!("{} `{name}`: sent twice", kind.short()));

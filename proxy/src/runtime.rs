@@ -210,6 +210,24 @@ pub fn validate_document(path: &std::path::Path) -> Result<String, String> {
     use sluice_config::envoy::{self, DocumentKind};
     let text = envoy::read_file(path).map_err(|e| e.to_string())?;
     let origin = path.display().to_string();
+    // Kubernetes-style resources (Istio, Argo): the control plane's reader and checks.
+    let docs = sluice_config::source::parse_documents(&origin, &text).map_err(|e| e.to_string())?;
+    if docs
+        .first()
+        .is_some_and(|d| d.value.get("apiVersion").is_some())
+    {
+        let parsed = sluice_config::istio::parse_text(&origin, &text).map_err(|e| e.to_string())?;
+        let kinds: Vec<String> = parsed
+            .iter()
+            .map(|p| match p {
+                sluice_config::istio::Parsed::Istio(r) => r.spec.kind().to_string(),
+                sluice_config::istio::Parsed::Other { kind, .. } => {
+                    format!("{kind} (not read here)")
+                }
+            })
+            .collect();
+        return Ok(format!("{origin}: OK ({})", kinds.join(", ")));
+    }
     let v = envoy::validate_text(&origin, &text).map_err(|e| e.to_string())?;
     match v.kind {
         DocumentKind::Bootstrap => {

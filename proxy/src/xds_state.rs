@@ -12,69 +12,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Map, Value};
 
-/// An xDS resource type the proxy subscribes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum XdsKind {
-    Cluster,
-    Endpoint,
-    Listener,
-    Route,
-}
+pub use sluice_proto::xds_type::XdsType as XdsKind;
 
-impl XdsKind {
-    pub const ALL: [XdsKind; 4] = [
-        XdsKind::Cluster,
-        XdsKind::Endpoint,
-        XdsKind::Listener,
-        XdsKind::Route,
-    ];
-
-    /// The protobuf message of the type.
-    pub fn message(self) -> &'static str {
-        match self {
-            XdsKind::Cluster => "envoy.config.cluster.v3.Cluster",
-            XdsKind::Endpoint => "envoy.config.endpoint.v3.ClusterLoadAssignment",
-            XdsKind::Listener => "envoy.config.listener.v3.Listener",
-            XdsKind::Route => "envoy.config.route.v3.RouteConfiguration",
-        }
-    }
-
-    /// The type URL.
-    pub fn type_url(self) -> String {
-        format!("type.googleapis.com/{}", self.message())
-    }
-
-    /// The type of a type URL.
-    pub fn from_type_url(url: &str) -> Option<Self> {
-        let name = url.rsplit('/').next()?;
-        XdsKind::ALL.into_iter().find(|k| k.message() == name)
-    }
-
-    /// Envoy's short name.
-    pub fn short(self) -> &'static str {
-        match self {
-            XdsKind::Cluster => "CDS",
-            XdsKind::Endpoint => "EDS",
-            XdsKind::Listener => "LDS",
-            XdsKind::Route => "RDS",
-        }
-    }
-
-    /// The field naming a resource of this type.
-    fn name_field(self) -> &'static str {
-        match self {
-            XdsKind::Endpoint => "cluster_name",
-            _ => "name",
-        }
-    }
-
-    /// The name of a resource (canonical JSON).
-    pub fn name_of(self, v: &Value) -> String {
-        v.get(self.name_field())
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string()
-    }
+/// The name of a resource (canonical JSON): `name`, or `cluster_name` for endpoints.
+pub fn name_of(kind: XdsKind, v: &Value) -> String {
+    v.get(kind.name_field())
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string()
 }
 
 /// The accepted resources of one type, and the version they came with.
@@ -254,7 +199,7 @@ impl XdsState {
         let mut clusters: Vec<Value> = Vec::new();
         let mut seen = BTreeSet::new();
         for c in static_list(bootstrap, "clusters") {
-            let name = XdsKind::Cluster.name_of(c);
+            let name = name_of(XdsKind::Cluster, c);
             seen.insert(name.clone());
             match self
                 .warm_cluster(c)
@@ -286,7 +231,7 @@ impl XdsState {
             .iter()
             .chain(dynamic.into_iter().flatten())
         {
-            let name = XdsKind::Listener.name_of(l);
+            let name = name_of(XdsKind::Listener, l);
             if !seen.insert(name.clone()) {
                 continue;
             }
@@ -352,7 +297,7 @@ mod tests {
     fn state(kind: XdsKind, items: Vec<Value>) -> TypeResources {
         TypeResources {
             version: "1".into(),
-            resources: items.into_iter().map(|v| (kind.name_of(&v), v)).collect(),
+            resources: items.into_iter().map(|v| (name_of(kind, &v), v)).collect(),
         }
     }
 
