@@ -445,3 +445,89 @@ spec:
     );
     assert!(!clusters.contains("secure.example"), "{clusters}");
 }
+
+/// DestinationRule `consistentHash` (sticky sessions): each user keeps one endpoint of the
+/// subset, and different users spread over both — through Envoy (RING_HASH) and Sluice alike.
+async fn consistent_hash(kind: &str) {
+    let a = upstream("a").await;
+    let b = upstream("b").await;
+    let gw_port = closed_port();
+    let config = render(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: web}
+spec:
+  hosts: [web]
+  ports: [{number: 80, name: http}]
+  resolution: STATIC
+  endpoints:
+  - {address: 127.0.0.1, ports: {http: {{a}}}, labels: {version: v1}}
+  - {address: 127.0.0.1, ports: {http: {{b}}}, labels: {version: v1}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web}
+spec:
+  host: web
+  trafficPolicy:
+    loadBalancer: {consistentHash: {httpHeaderName: x-user}}
+  subsets: [{name: v1, labels: {version: v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: {{gw}}, name: http, protocol: HTTP}, hosts: ["*"]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  http: [{route: [{destination: {host: web, subset: v1}}]}]
+"#,
+        &[
+            ("a", a.port().to_string()),
+            ("b", b.port().to_string()),
+            ("gw", gw_port.to_string()),
+        ],
+    );
+    let control = ControlPlane::start(&[("mesh.yaml", config)]);
+    let metadata =
+        json!({"LABELS": {"istio": "ingressgateway"}, "SLUICE_GATEWAY_ADDRESS": "127.0.0.1"});
+    let _proxy = proxy_of(kind, &ads_bootstrap(control.xds, GATEWAY_NODE, metadata)).await;
+    let st = control.wait_synced(1, Duration::from_secs(10)).await;
+    assert!(st["proxies"][0]["types"]["CDS"]["nack"].is_null(), "{st:#}");
+    let client = client_h1();
+    let url = format!("http://127.0.0.1:{gw_port}/");
+    let mut used = std::collections::BTreeSet::new();
+    for user in 0..40 {
+        let id = format!("user-{user}");
+        let first = get(&client, &url, &[("x-user", &id)]).await.upstream();
+        for _ in 0..10 {
+            assert_eq!(
+                get(&client, &url, &[("x-user", &id)]).await.upstream(),
+                first,
+                "{kind}: {id} moved"
+            );
+        }
+        used.insert(first);
+    }
+    assert_eq!(
+        used.len(),
+        2,
+        "{kind}: 40 users all on one endpoint: {used:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_consistent_hash_keeps_users_on_one_endpoint() {
+    consistent_hash("envoy").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sluice_consistent_hash_keeps_users_on_one_endpoint() {
+    consistent_hash("sluice").await;
+}

@@ -399,11 +399,12 @@ static_resources:
 
     #[test]
     fn unsupported_enum_value_is_named() {
-        let text = MINIMAL.replace("lbPolicy: ROUND_ROBIN", "lbPolicy: RING_HASH");
+        let text = MINIMAL.replace("lbPolicy: ROUND_ROBIN", "lbPolicy: CLUSTER_PROVIDED");
         let err = load_bootstrap_text("t.yaml", &text).unwrap_err();
         assert!(
-            err.to_string()
-                .contains("static_resources.clusters[0].lb_policy: value RING_HASH not supported"),
+            err.to_string().contains(
+                "static_resources.clusters[0].lb_policy: value CLUSTER_PROVIDED not supported"
+            ),
             "{err}"
         );
     }

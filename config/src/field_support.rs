@@ -1,7 +1,7 @@
 //! Which Envoy fields Sluice implements, and the walker that refuses everything else.
 //!
 //! [`SUPPORTED`] lists, per protobuf message, the fields Sluice honours. An enum field may restrict
-//! its values (`lb_policy=ROUND_ROBIN|LEAST_REQUEST|RANDOM`). [`check_message`] walks every field
+//! its values (`lb_policy=ROUND_ROBIN|LEAST_REQUEST|RANDOM|RING_HASH|MAGLEV`). [`check_message`] walks every field
 //! that is *set* in a message (proto3: present, or different from its default), descends into
 //! sub-messages, lists and `google.protobuf.Any` payloads, and reports each field that is set but not
 //! in the table as `path: not supported`. Messages of the `google.protobuf` package (durations,
@@ -98,7 +98,7 @@ pub const SUPPORTED: &[&str] = &[
     "envoy.config.route.v3.RedirectAction: https_redirect scheme_redirect host_redirect port_redirect path_redirect prefix_rewrite regex_rewrite \
         response_code=MOVED_PERMANENTLY|FOUND|SEE_OTHER|TEMPORARY_REDIRECT|PERMANENT_REDIRECT strip_query",
     // Clusters
-    "envoy.config.cluster.v3.Cluster: name type=STATIC|STRICT_DNS|LOGICAL_DNS|EDS eds_cluster_config connect_timeout lb_policy=ROUND_ROBIN|LEAST_REQUEST|RANDOM \
+    "envoy.config.cluster.v3.Cluster: name type=STATIC|STRICT_DNS|LOGICAL_DNS|EDS eds_cluster_config connect_timeout lb_policy=ROUND_ROBIN|LEAST_REQUEST|RANDOM|RING_HASH|MAGLEV ~ring_hash_lb_config ~maglev_lb_config \
         load_assignment typed_extension_protocol_options http2_protocol_options transport_socket circuit_breakers max_requests_per_connection \
         dns_refresh_rate dns_lookup_family=AUTO|V4_ONLY|V6_ONLY|V4_PREFERRED|ALL metadata ~alt_stat_name ~per_connection_buffer_limit_bytes ~respect_dns_ttl",
     "envoy.config.endpoint.v3.ClusterLoadAssignment: cluster_name endpoints",

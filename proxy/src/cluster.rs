@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+use crate::hash_ring::HashRing;
 use crate::metrics::{ClusterStats, IstioStats};
 use crate::upstream_pool::{EndpointPool, PoolSettings};
 use crate::weighted_pick::{fast_random, WeightedPick};
@@ -17,6 +18,9 @@ pub enum LbPolicy {
     RoundRobin,
     LeastRequest,
     Random,
+    /// `RING_HASH` or `MAGLEV`: consistent hashing on the route's `hash_policy` (random when the
+    /// request has no hash).
+    ConsistentHash,
 }
 
 /// Which address families a DNS name contributes (`dns_lookup_family`).
@@ -88,6 +92,8 @@ pub struct PriorityLevel {
     pub priority: u32,
     pub endpoints: Vec<Arc<Endpoint>>,
     pick: Option<WeightedPick>,
+    /// For consistent-hash clusters.
+    ring: Option<HashRing>,
 }
 
 /// All endpoints of a cluster.
@@ -160,8 +166,12 @@ pub enum PickError {
 }
 
 impl Cluster {
-    /// Choose an endpoint and count the request as active.
-    pub fn acquire(self: &Arc<Self>) -> Result<(Arc<Endpoint>, ActiveRequest), PickError> {
+    /// Choose an endpoint and count the request as active. `hash` is the request's hash from the
+    /// route's `hash_policy`, used by consistent-hash clusters.
+    pub fn acquire(
+        self: &Arc<Self>,
+        hash: Option<u64>,
+    ) -> Result<(Arc<Endpoint>, ActiveRequest), PickError> {
         let set = self.endpoints.load();
         let level = set
             .levels
@@ -172,6 +182,10 @@ impl Cluster {
             return Err(PickError::NoHealthyUpstream);
         };
         let idx = match self.lb {
+            LbPolicy::ConsistentHash => match (hash, &level.ring) {
+                (Some(h), Some(ring)) => ring.pick(h),
+                _ => pick.pick_random(fast_random()),
+            },
             LbPolicy::Random => pick.pick_random(fast_random()),
             LbPolicy::RoundRobin => {
                 // Walk the weight intervals in order: deterministic weighted round robin.
@@ -210,6 +224,7 @@ impl Cluster {
     /// Names are resolved only when `resolve` is set (never while validating a configuration).
     pub fn build_endpoints(
         specs: &[EndpointSpec],
+        lb: LbPolicy,
         discovery: &Discovery,
         settings: &PoolSettings,
         previous: Option<&EndpointSet>,
@@ -271,17 +286,20 @@ impl Cluster {
             levels: by_priority
                 .into_iter()
                 .map(|(priority, endpoints)| {
-                    let pick = WeightedPick::new(endpoints.iter().map(|e| {
-                        if e.healthy {
-                            e.weight as u64
-                        } else {
-                            0
-                        }
-                    }));
+                    let weight = |e: &Arc<Endpoint>| if e.healthy { e.weight as u64 } else { 0 };
+                    let pick = WeightedPick::new(endpoints.iter().map(weight));
+                    let ring = (lb == LbPolicy::ConsistentHash)
+                        .then(|| {
+                            HashRing::new(
+                                endpoints.iter().map(|e| (e.hostname.as_str(), weight(e))),
+                            )
+                        })
+                        .flatten();
                     PriorityLevel {
                         priority,
                         endpoints,
                         pick,
+                        ring,
                     }
                 })
                 .collect(),
@@ -301,7 +319,7 @@ impl Cluster {
         istio: IstioStats,
         fingerprint: Vec<u8>,
     ) -> Arc<Self> {
-        let set = Self::build_endpoints(&specs, &discovery, &settings, None, false);
+        let set = Self::build_endpoints(&specs, lb, &discovery, &settings, None, false);
         Arc::new(Cluster {
             name,
             lb,
@@ -323,6 +341,7 @@ impl Cluster {
         let prev = self.endpoints.load();
         let next = Self::build_endpoints(
             &self.specs,
+            self.lb,
             &self.discovery,
             &self.settings,
             Some(&prev),
@@ -382,7 +401,7 @@ mod tests {
         );
         let mut counts = [0; 2];
         for _ in 0..400 {
-            let (e, _g) = c.acquire().unwrap();
+            let (e, _g) = c.acquire(None).unwrap();
             counts[(e.pool.addr.port() - 1) as usize] += 1;
         }
         assert_eq!(counts, [300, 100]);
@@ -395,14 +414,14 @@ mod tests {
             vec![spec(1, 1, 0, false), spec(2, 1, 1, true)],
         );
         for _ in 0..50 {
-            assert_eq!(c.acquire().unwrap().0.pool.addr.port(), 2);
+            assert_eq!(c.acquire(None).unwrap().0.pool.addr.port(), 2);
         }
         let c = cluster(
             LbPolicy::Random,
             vec![spec(1, 1, 0, true), spec(2, 1, 1, true)],
         );
         for _ in 0..50 {
-            assert_eq!(c.acquire().unwrap().0.pool.addr.port(), 1);
+            assert_eq!(c.acquire(None).unwrap().0.pool.addr.port(), 1);
         }
     }
 
@@ -422,7 +441,7 @@ mod tests {
     #[test]
     fn no_endpoints_is_no_healthy_upstream() {
         let c = cluster(LbPolicy::RoundRobin, vec![]);
-        assert_eq!(c.acquire().unwrap_err(), PickError::NoHealthyUpstream);
+        assert_eq!(c.acquire(None).unwrap_err(), PickError::NoHealthyUpstream);
     }
 
     #[test]
@@ -432,10 +451,10 @@ mod tests {
             ..Breakers::default()
         };
         let c = cluster_with(LbPolicy::RoundRobin, vec![spec(1, 1, 0, true)], breakers);
-        let a = c.acquire().unwrap();
-        let _b = c.acquire().unwrap();
-        assert_eq!(c.acquire().unwrap_err(), PickError::Overflow);
+        let a = c.acquire(None).unwrap();
+        let _b = c.acquire(None).unwrap();
+        assert_eq!(c.acquire(None).unwrap_err(), PickError::Overflow);
         drop(a);
-        assert!(c.acquire().is_ok());
+        assert!(c.acquire(None).is_ok());
     }
 }

@@ -867,6 +867,7 @@ fn cluster(
     let lb = match s(v, "lb_policy") {
         Some("LEAST_REQUEST") => LbPolicy::LeastRequest,
         Some("RANDOM") => LbPolicy::Random,
+        Some("RING_HASH" | "MAGLEV") => LbPolicy::ConsistentHash,
         _ => LbPolicy::RoundRobin,
     };
     let mut specs = Vec::new();

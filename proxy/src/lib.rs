@@ -23,6 +23,7 @@ pub mod data_source;
 pub mod demo_upstream;
 pub mod edge;
 pub mod hash_policy;
+pub mod hash_ring;
 pub mod header_ops;
 pub mod matcher;
 pub mod memory;

@@ -590,8 +590,7 @@ fn choose_cluster<'a>(
     f: &'a ForwardAction,
     snapshot: &Snapshot,
     headers: &HeaderMap,
-    query: &str,
-    remote: SocketAddr,
+    hash: Option<u64>,
     random: u64,
 ) -> (
     Option<Arc<Cluster>>,
@@ -612,13 +611,9 @@ fn choose_cluster<'a>(
             None,
         ),
         Target::Weighted(w) => {
-            let idx = if w.use_hash_policy {
-                match request_hash(&f.hash_policy, headers, query, remote.ip()) {
-                    Some(h) => w.pick.pick_hash(h),
-                    None => w.pick.pick_random(random),
-                }
-            } else {
-                w.pick.pick_random(random)
+            let idx = match hash {
+                Some(h) if w.use_hash_policy => w.pick.pick_hash(h),
+                _ => w.pick.pick_random(random),
             };
             let entry = &w.entries[idx];
             (
@@ -648,14 +643,19 @@ async fn forward(
     let remote = conn.remote;
     let start = Instant::now();
     let snapshot = ctx.snapshot.load();
-    let (cluster, entry) = choose_cluster(
-        f,
-        &snapshot,
-        req.headers(),
-        req.uri().query().unwrap_or(""),
-        remote,
-        random,
-    );
+    // The request hash (route `hash_policy`) serves both the sticky weighted pick and
+    // consistent-hash clusters; it is computed once, and only when the route has a policy.
+    let hash = if f.hash_policy.is_empty() {
+        None
+    } else {
+        request_hash(
+            &f.hash_policy,
+            req.headers(),
+            req.uri().query().unwrap_or(""),
+            remote.ip(),
+        )
+    };
+    let (cluster, entry) = choose_cluster(f, &snapshot, req.headers(), hash, random);
     let Some(cluster) = cluster else {
         let status = f.cluster_not_found_status;
         hcm.unrouted
@@ -671,7 +671,7 @@ async fn forward(
     if upgrade && !f.websocket.unwrap_or(hcm.websocket) {
         return local_reply(hcm, StatusCode::FORBIDDEN, "");
     }
-    let (endpoint, active) = match cluster.acquire() {
+    let (endpoint, active) = match cluster.acquire(hash) {
         Ok(x) => x,
         Err(PickError::NoHealthyUpstream) => {
             record(&cluster, 503, grpc, Flag::NoHealthyUpstream, start);
@@ -819,7 +819,7 @@ async fn forward(
         let method = parts.method.clone();
         let pq = new_pq.to_string();
         tokio::spawn(async move {
-            if let Ok((ep, _guard)) = mc.acquire() {
+            if let Ok((ep, _guard)) = mc.acquire(None) {
                 let mut b = Request::builder().method(method).uri(pq);
                 if let Some(h) = b.headers_mut() {
                     *h = mh;
