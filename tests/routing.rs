@@ -670,7 +670,7 @@ fn validate_mode_reports_unsupported_fields_with_path_and_line() {
         String::from_utf8_lossy(&out.stderr)
     );
     let bad = dir.path().join("bad.yaml");
-    std::fs::write(&bad, "static_resources:\n  clusters:\n  - name: a\n    connect_timeout: 1s\n    outlier_detection: {}\n    lb_policy: MAGLEV\n").unwrap();
+    std::fs::write(&bad, "static_resources:\n  clusters:\n  - name: a\n    connect_timeout: 1s\n    outlier_detection: {}\n    lb_policy: CLUSTER_PROVIDED\n").unwrap();
     let out = std::process::Command::new(sluice_bin())
         .args(["proxy", "--mode", "validate", "-c"])
         .arg(&bad)
@@ -680,7 +680,7 @@ fn validate_mode_reports_unsupported_fields_with_path_and_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains(
-            "bad.yaml:6: static_resources.clusters[0].lb_policy: value MAGLEV not supported"
+            "bad.yaml:6: static_resources.clusters[0].lb_policy: value CLUSTER_PROVIDED not supported"
         ),
         "{err}"
     );

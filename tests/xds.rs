@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use support::*;
 
+/// The scenarios start several processes each and some measure time: run them one at a time so
+/// that they do not compete for the machine's two cores.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const GATEWAY_NODE: &str = "router~127.0.0.1~gw-1.istio-system~istio-system.svc.cluster.local";
 
 /// The demo mesh: a `web` service with v1 and v2 endpoints, subsets, a gateway on `gw_port`,
@@ -180,11 +184,13 @@ async fn split_rules_and_live_edit(kind: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_follows_the_virtual_service_and_live_edits() {
+    let _serial = SERIAL.lock().await;
     split_rules_and_live_edit("envoy").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sluice_follows_the_virtual_service_and_live_edits() {
+    let _serial = SERIAL.lock().await;
     split_rules_and_live_edit("sluice").await;
 }
 
@@ -192,6 +198,7 @@ async fn sluice_follows_the_virtual_service_and_live_edits() {
 /// configuration; proxy-status shows the reason; fixing the file recovers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nack_keeps_the_last_good_configuration() {
+    let _serial = SERIAL.lock().await;
     let s = gateway("sluice", 100, 0).await;
     let client = client_h1();
     // Retries, and all traffic to the canary: the proxy must refuse the whole route update.
@@ -289,11 +296,13 @@ async fn control_plane_outage(kind: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_survives_a_control_plane_outage() {
+    let _serial = SERIAL.lock().await;
     control_plane_outage("envoy").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sluice_survives_a_control_plane_outage() {
+    let _serial = SERIAL.lock().await;
     control_plane_outage("sluice").await;
 }
 
@@ -355,11 +364,13 @@ async fn sidecar_outbound(kind: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_sidecar_reaches_services_through_its_outbound_listener() {
+    let _serial = SERIAL.lock().await;
     sidecar_outbound("envoy").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sluice_sidecar_reaches_services_through_its_outbound_listener() {
+    let _serial = SERIAL.lock().await;
     sidecar_outbound("sluice").await;
 }
 
@@ -367,6 +378,7 @@ async fn sluice_sidecar_reaches_services_through_its_outbound_listener() {
 /// serving; a gateway whose labels match no Gateway gets no listeners.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_file_keeps_serving_its_last_good_version() {
+    let _serial = SERIAL.lock().await;
     let s = gateway("sluice", 0, 100).await;
     let client = client_h1();
     s.control.write(
@@ -402,6 +414,7 @@ async fn a_broken_file_keeps_serving_its_last_good_version() {
 /// by name; the other clusters of the same CDS response are applied, as Envoy does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_bad_cluster_does_not_block_the_others() {
+    let _serial = SERIAL.lock().await;
     let s = gateway("sluice", 100, 0).await;
     let secure = r#"
 ---
@@ -524,10 +537,12 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_consistent_hash_keeps_users_on_one_endpoint() {
+    let _serial = SERIAL.lock().await;
     consistent_hash("envoy").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sluice_consistent_hash_keeps_users_on_one_endpoint() {
+    let _serial = SERIAL.lock().await;
     consistent_hash("sluice").await;
 }

@@ -290,6 +290,29 @@ pub struct Proxy {
     xds: XdsState,
     /// Updates from the ADS client, when the bootstrap has `dynamic_resources`.
     xds_updates: Option<mpsc::Receiver<XdsUpdate>>,
+    /// When to give configuration-loading memory back after a burst of xDS updates.
+    release_at: Option<tokio::time::Instant>,
+}
+
+/// When a compile gives its loading memory back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Release {
+    Now,
+    /// After [`RELEASE_AFTER`] without another update.
+    Later,
+}
+
+/// Quiet time after an xDS update before the descriptor cache is dropped and the heap trimmed.
+/// Decoding the descriptors is most of the cost of applying an update; a burst (CDS, EDS, LDS,
+/// RDS, or a rollout's steps) pays it once.
+const RELEASE_AFTER: Duration = Duration::from_secs(5);
+
+/// Wait for the release deadline, or forever when none is set.
+async fn release_due(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The management server of `dynamic_resources.ads_config`: the first endpoint of the static
@@ -455,6 +478,7 @@ impl Proxy {
             base: Arc::new(loaded),
             xds: XdsState::default(),
             xds_updates,
+            release_at: None,
         };
         proxy.sync_listeners()?;
         let current = snapshot.load();
@@ -551,7 +575,7 @@ impl Proxy {
             Ok(loaded) => {
                 let loaded = Arc::new(loaded);
                 let xds = self.xds.clone();
-                let v = self.apply(loaded.clone(), xds).await;
+                let v = self.apply(loaded.clone(), xds, Release::Now).await;
                 if v.is_ok() {
                     self.base = loaded;
                 }
@@ -570,6 +594,7 @@ impl Proxy {
         &mut self,
         base: Arc<LoadedBootstrap>,
         xds: XdsState,
+        release: Release,
     ) -> Result<u64, (RunError, XdsState)> {
         let version = self.version.load(Ordering::Relaxed) + 1;
         let current = self.snapshot.load_full();
@@ -579,7 +604,9 @@ impl Proxy {
         let (compiled, xds) = tokio::task::spawn_blocking(move || {
             let compiled = compile_with_xds(&base, &xds, &metrics, &copts, Some(&current), version);
             drop(current);
-            crate::memory::release_after_load();
+            if release == Release::Now {
+                crate::memory::release_after_load();
+            }
             (compiled, xds)
         })
         .await
@@ -607,6 +634,9 @@ impl Proxy {
     /// for a NACK). For CDS and LDS, resources that fail to compile are left out — their
     /// previous version keeps serving — and the rest is applied, as Envoy does.
     async fn apply_xds(&mut self, update: XdsUpdate) {
+        // xDS updates come in bursts (CDS, EDS, LDS, RDS): keep the decoded descriptors until
+        // the burst is over, then give the memory back.
+        self.release_at = Some(tokio::time::Instant::now() + RELEASE_AFTER);
         let kind = update.kind;
         let previous = self.xds.of(kind).cloned().unwrap_or_default();
         let mut resources = update.resources;
@@ -625,7 +655,7 @@ impl Proxy {
         );
         let base = self.base.clone();
         let mut outcome = Outcome::default();
-        match self.apply(base.clone(), candidate).await {
+        match self.apply(base.clone(), candidate, Release::Later).await {
             Ok(_) => {}
             Err((e, mut candidate)) => {
                 let text = e.to_string();
@@ -653,7 +683,7 @@ impl Proxy {
                             };
                         }
                     }
-                    if let Err((e2, _)) = self.apply(base, candidate).await {
+                    if let Err((e2, _)) = self.apply(base, candidate, Release::Later).await {
                         tracing::debug!("the rest of the update does not compile either: {e2}");
                         outcome.applied = None;
                         let _ = update.reply.send(outcome);
@@ -682,6 +712,10 @@ impl Proxy {
                 _ = self.signals.terminate.recv() => break,
                 _ = self.signals.interrupt.recv() => break,
                 Some(update) = next_update(&mut self.xds_updates) => self.apply_xds(update).await,
+                _ = release_due(self.release_at) => {
+                    self.release_at = None;
+                    let _ = tokio::task::spawn_blocking(crate::memory::release_after_load).await;
+                }
                 _ = tick.tick(), if self.options.watch_config => {
                     let m = mtime(&self.options.config_path);
                     if m != last_mtime {
