@@ -551,6 +551,8 @@ impl Resource {
 pub enum Parsed {
     /// An Istio networking resource.
     Istio(Box<Resource>),
+    /// An Argo Rollouts `Rollout`.
+    Rollout(Box<crate::argo::Rollout>),
     /// A kind Sluice reads elsewhere (`argoproj.io` Rollout, AnalysisTemplate, …): the document is
     /// kept for its reader.
     Other {
@@ -598,6 +600,22 @@ fn parse_document(doc: &Document) -> Result<Parsed, Vec<FieldError>> {
     let api_version = str_field(v, "apiVersion").to_string();
     let kind = str_field(v, "kind").to_string();
     let (group, version) = api_version.split_once('/').unwrap_or(("", &api_version));
+    if api_version == crate::argo::API_VERSION && kind == "Rollout" {
+        let metadata: Metadata = typed(v.get("metadata").unwrap_or(&Value::Null), "metadata")?;
+        if metadata.name.is_empty() {
+            return Err(vec![FieldError::new("metadata.name", "required")]);
+        }
+        let spec: crate::argo::RolloutSpec = typed(v.get("spec").unwrap_or(&Value::Null), "spec")?;
+        let mut errors = Vec::new();
+        crate::argo::check(&spec, &mut errors);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        return Ok(Parsed::Rollout(Box::new(crate::argo::Rollout {
+            metadata,
+            spec,
+        })));
+    }
     if group != GROUP {
         let name = v
             .get("metadata")

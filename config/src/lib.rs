@@ -14,9 +14,13 @@
 //!   does not implement, naming the full field path (`static_resources.listeners[0]...retry_policy:
 //!   not supported`). A field that would change routing is never ignored silently.
 //!
+//! * [`istio`] reads Istio `networking.istio.io` resources and [`argo`] Argo `Rollout`s into
+//!   typed structs that refuse unknown fields, naming `file:line: path`.
+//!
 //! The same reading and validation code serves static files and resources received over xDS, so a
 //! resource is accepted or refused for the same reasons wherever it comes from.
 
+pub mod argo;
 pub mod envoy;
 pub mod error;
 pub mod field_support;

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use sluice_config::argo::Rollout;
 use sluice_config::istio::{self, Parsed, Resource};
 use sluice_config::source::Document;
 
@@ -25,6 +26,7 @@ struct FileState {
     stamp: Option<(SystemTime, u64)>,
     /// The last good content of the file.
     resources: Vec<Resource>,
+    rollouts: Vec<(Rollout, String)>,
     others: Vec<OtherDocument>,
     /// The current content's error, when it has one.
     error: Option<String>,
@@ -127,10 +129,12 @@ impl ConfigStore {
             match parsed {
                 Ok(docs) => {
                     let mut resources = Vec::new();
+                    let mut rollouts = Vec::new();
                     let mut others = Vec::new();
                     for d in docs {
                         match d {
                             Parsed::Istio(r) => resources.push(*r),
+                            Parsed::Rollout(r) => rollouts.push((*r, p.display().to_string())),
                             Parsed::Other {
                                 api_version,
                                 kind,
@@ -144,8 +148,11 @@ impl ConfigStore {
                             }),
                         }
                     }
-                    let same = state.resources == resources && state.error.is_none();
+                    let same = state.resources == resources
+                        && state.rollouts == rollouts
+                        && state.error.is_none();
                     state.resources = resources;
+                    state.rollouts = rollouts;
                     state.others = others;
                     state.error = None;
                     report.changed |= !same;
@@ -186,7 +193,22 @@ impl ConfigStore {
         (by_key.into_values().collect(), warnings)
     }
 
-    /// Documents of other kinds (Rollouts, Kubernetes objects …), with their files.
+    /// Every Rollout (the last good version of each file) with its file, sorted by namespace and
+    /// name; the first file (by path) wins when two define the same Rollout.
+    pub fn rollouts(&self) -> Vec<(Rollout, String)> {
+        let mut by_key: BTreeMap<(String, String), (Rollout, String)> = BTreeMap::new();
+        for state in self.files.values() {
+            for (r, origin) in &state.rollouts {
+                let key = (r.metadata.namespace().to_string(), r.metadata.name.clone());
+                by_key
+                    .entry(key)
+                    .or_insert_with(|| (r.clone(), origin.clone()));
+            }
+        }
+        by_key.into_values().collect()
+    }
+
+    /// Documents of other kinds (AnalysisTemplates, Kubernetes objects …), with their files.
     pub fn others(&self) -> Vec<OtherDocument> {
         self.files
             .values()

@@ -23,6 +23,7 @@ pub mod naming;
 pub mod node_role;
 pub mod proxy_status;
 pub mod registry;
+pub mod rollout_engine;
 pub mod route_translate;
 pub mod server;
 pub mod translate;

@@ -18,7 +18,7 @@ fn read(path: &Path) -> Vec<Resource> {
         .into_iter()
         .filter_map(|p| match p {
             Parsed::Istio(r) => Some(*r),
-            Parsed::Other { .. } => None,
+            Parsed::Other { .. } | Parsed::Rollout(_) => None,
         })
         .collect()
 }

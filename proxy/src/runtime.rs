@@ -221,6 +221,7 @@ pub fn validate_document(path: &std::path::Path) -> Result<String, String> {
             .iter()
             .map(|p| match p {
                 sluice_config::istio::Parsed::Istio(r) => r.spec.kind().to_string(),
+                sluice_config::istio::Parsed::Rollout(_) => "Rollout".to_string(),
                 sluice_config::istio::Parsed::Other { kind, .. } => {
                     format!("{kind} (not read here)")
                 }
