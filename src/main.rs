@@ -82,9 +82,46 @@ enum Command {
         /// Write the bound addresses as JSON `{"xds": …, "api": …}` to this file.
         #[arg(long = "address-file")]
         address_file: Option<PathBuf>,
+        /// Keep release state here (an embedded database); without it state is lost on restart.
+        #[arg(long = "data-dir")]
+        data_dir: Option<PathBuf>,
+        /// Require `Authorization: Bearer <token>` (the file's content) on mutating API calls.
+        #[arg(long = "api-token-file")]
+        api_token_file: Option<PathBuf>,
         /// Log level: trace, debug, info, warn, error.
         #[arg(short = 'l', long = "log-level", default_value = "info")]
         log_level: String,
+    },
+    /// Release tasks (Argo Rollouts): list, get, promote, pause, resume, abort, retry, undo,
+    /// set-weight, apply.
+    Rollout {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: RolloutCommand,
+    },
+    /// Send requests and report the share each version got, with 99 % confidence intervals;
+    /// exit 1 when an expectation (`--expect v1=80,v2=20`) falls outside its interval.
+    Verify {
+        url: String,
+        /// Number of requests.
+        #[arg(short = 'n', long = "requests", default_value_t = 1000)]
+        requests: u64,
+        /// Extra request header, `name: value` (repeatable).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// Where the version is: `body` (trimmed) or `header:NAME`.
+        #[arg(long, default_value = "body")]
+        by: String,
+        /// Expected shares, `v1=80,v2=20` (percent).
+        #[arg(long)]
+        expect: Option<String>,
+        /// Requests in flight at once.
+        #[arg(short = 'c', long, default_value_t = 8)]
+        concurrency: usize,
+        /// Confidence of the intervals, percent: 90, 95, 99 or 99.9.
+        #[arg(long, default_value_t = 99.0)]
+        confidence: f64,
     },
     /// Every proxy connected to the control plane and what it has acknowledged (like
     /// `istioctl proxy-status`).
@@ -98,10 +135,233 @@ enum Command {
     },
 }
 
+/// How to reach the control plane's API.
+#[derive(clap::Args, Clone)]
+struct ApiArgs {
+    /// The control plane's API address.
+    #[arg(long, global = true, default_value = "127.0.0.1:15080")]
+    server: String,
+    /// File holding the API token (sent as `Authorization: Bearer`).
+    #[arg(long = "token-file", global = true)]
+    token_file: Option<PathBuf>,
+    /// Namespace of the Rollout.
+    #[arg(short = 'n', long, global = true, default_value = "default")]
+    namespace: String,
+    /// Output format.
+    #[arg(
+        short = 'o',
+        long = "output",
+        global = true,
+        value_enum,
+        default_value = "table"
+    )]
+    output: StatusFormat,
+}
+
+#[derive(Subcommand)]
+enum RolloutCommand {
+    /// Every Rollout with its phase, step and weight.
+    List,
+    /// One Rollout: steps, weights (desired and acknowledged), revisions, events.
+    Get {
+        name: String,
+        /// Refresh every second until interrupted.
+        #[arg(short = 'w', long)]
+        watch: bool,
+    },
+    /// Go to the next step (ends a pause); `--full` skips every remaining step.
+    Promote {
+        name: String,
+        #[arg(long)]
+        full: bool,
+    },
+    /// Hold the release where it is.
+    Pause { name: String },
+    /// Undo `pause`.
+    Resume { name: String },
+    /// Send all traffic back to the stable revision (idempotent).
+    Abort { name: String },
+    /// Restart an aborted release from its first step.
+    Retry { name: String },
+    /// Release a previous revision (default: the last one that completed).
+    Undo {
+        name: String,
+        #[arg(long = "to-revision")]
+        to_revision: Option<u32>,
+    },
+    /// Set the canary's traffic share by hand (the release pauses until promote or resume).
+    SetWeight { name: String, weight: u32 },
+    /// Apply Rollouts and Istio resources from a YAML file (kept by the control plane).
+    Apply {
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum StatusFormat {
     Table,
     Json,
+}
+
+fn api_client(api: &ApiArgs) -> anyhow::Result<sluice_control::api_client::ApiClient> {
+    let token = match &api.token_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    Ok(sluice_control::api_client::ApiClient {
+        server: api.server.clone(),
+        token,
+        user: std::env::var("USER").ok(),
+    })
+}
+
+async fn rollout_command(api: ApiArgs, command: RolloutCommand) -> anyhow::Result<()> {
+    use sluice_control::rollout_view::{render, render_list};
+    let client = api_client(&api)?;
+    let ns = &api.namespace;
+    let show = |v: &serde_json::Value| match api.output {
+        StatusFormat::Json => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+        StatusFormat::Table => print!("{}", render(v)),
+    };
+    let action = |name: &str, action: &str| format!("/api/v1/rollouts/{ns}/{name}/{action}");
+    match command {
+        RolloutCommand::List => {
+            let v = client.get("/api/v1/rollouts").await?;
+            match api.output {
+                StatusFormat::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+                StatusFormat::Table => print!("{}", render_list(&v)),
+            }
+        }
+        RolloutCommand::Get { name, watch } => loop {
+            let v = client.get(&format!("/api/v1/rollouts/{ns}/{name}")).await?;
+            if watch {
+                print!("\x1b[2J\x1b[H");
+            }
+            show(&v);
+            if !watch {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        },
+        RolloutCommand::Promote { name, full } => show(
+            &client
+                .post(&action(&name, "promote"), serde_json::json!({"full": full}))
+                .await?,
+        ),
+        RolloutCommand::Pause { name } => show(
+            &client
+                .post(&action(&name, "pause"), serde_json::json!({}))
+                .await?,
+        ),
+        RolloutCommand::Resume { name } => show(
+            &client
+                .post(&action(&name, "resume"), serde_json::json!({}))
+                .await?,
+        ),
+        RolloutCommand::Abort { name } => show(
+            &client
+                .post(&action(&name, "abort"), serde_json::json!({}))
+                .await?,
+        ),
+        RolloutCommand::Retry { name } => show(
+            &client
+                .post(&action(&name, "retry"), serde_json::json!({}))
+                .await?,
+        ),
+        RolloutCommand::Undo { name, to_revision } => show(
+            &client
+                .post(
+                    &action(&name, "undo"),
+                    serde_json::json!({"revision": to_revision}),
+                )
+                .await?,
+        ),
+        RolloutCommand::SetWeight { name, weight } => show(
+            &client
+                .post(
+                    &action(&name, "set-weight"),
+                    serde_json::json!({"weight": weight}),
+                )
+                .await?,
+        ),
+        RolloutCommand::Apply { file } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let v = client
+                .call(
+                    http::Method::POST,
+                    "/api/v1/apply",
+                    Some((bytes::Bytes::from(text), "application/yaml")),
+                )
+                .await?;
+            for k in v["applied"].as_array().cloned().unwrap_or_default() {
+                println!("applied {}", k.as_str().unwrap_or(""));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn verify_command(
+    url: String,
+    requests: u64,
+    headers: Vec<String>,
+    by: String,
+    expect: Option<String>,
+    concurrency: usize,
+    confidence: f64,
+) -> anyhow::Result<bool> {
+    use sluice_control::verify::{self, VerifyOptions, VersionFrom};
+    let url: http::Uri = url.parse().map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+    let mut hs = Vec::new();
+    for h in headers {
+        let (k, v) = h
+            .split_once(':')
+            .ok_or_else(|| anyhow::anyhow!("header `{h}`: expected `name: value`"))?;
+        hs.push((
+            http::HeaderName::from_bytes(k.trim().as_bytes())?,
+            http::HeaderValue::from_str(v.trim())?,
+        ));
+    }
+    let by = match by.strip_prefix("header:") {
+        Some(h) => VersionFrom::Header(http::HeaderName::from_bytes(h.as_bytes())?),
+        None if by == "body" => VersionFrom::Body,
+        None => anyhow::bail!("--by takes `body` or `header:NAME`"),
+    };
+    let mut expected = std::collections::BTreeMap::new();
+    for part in expect
+        .iter()
+        .flat_map(|e| e.split(','))
+        .filter(|p| !p.is_empty())
+    {
+        let (v, pct) = part
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--expect `{part}`: expected VERSION=PERCENT"))?;
+        expected.insert(
+            v.trim().to_string(),
+            pct.trim().trim_end_matches('%').parse::<f64>()?,
+        );
+    }
+    let z = verify::z_for(confidence)
+        .ok_or_else(|| anyhow::anyhow!("--confidence takes 90, 95, 99 or 99.9"))?;
+    let options = VerifyOptions {
+        url,
+        requests,
+        concurrency,
+        headers: hs,
+        by,
+        expect: expected,
+        z,
+    };
+    let (n, shares) = verify::run(&options).await?;
+    print!("{}", verify::render(n, &shares, confidence));
+    Ok(shares.iter().all(|s| s.ok))
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
@@ -208,6 +468,8 @@ fn main() -> ExitCode {
             api_address,
             debounce,
             address_file,
+            data_dir,
+            api_token_file,
             log_level,
         } => {
             init_logging(&log_level);
@@ -221,6 +483,8 @@ fn main() -> ExitCode {
                 api_address,
                 debounce,
                 address_file,
+                data_dir,
+                api_token_file,
             };
             match rt.block_on(sluice_control::server::run(options)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -250,6 +514,49 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("{e}");
                     ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Rollout { api, command } => {
+            let rt = match runtime_or_exit(false) {
+                Ok(rt) => rt,
+                Err(code) => return code,
+            };
+            match rt.block_on(rollout_command(api, command)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Verify {
+            url,
+            requests,
+            headers,
+            by,
+            expect,
+            concurrency,
+            confidence,
+        } => {
+            let rt = match runtime_or_exit(true) {
+                Ok(rt) => rt,
+                Err(code) => return code,
+            };
+            match rt.block_on(verify_command(
+                url,
+                requests,
+                headers,
+                by,
+                expect,
+                concurrency,
+                confidence,
+            )) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(2)
                 }
             }
         }

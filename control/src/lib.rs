@@ -17,6 +17,7 @@
 //! * [`server`]: `sluice control` itself: watch, debounce, translate, push.
 
 pub mod ads_server;
+pub mod api_client;
 pub mod cluster_translate;
 pub mod config_store;
 pub mod naming;
@@ -24,7 +25,12 @@ pub mod node_role;
 pub mod proxy_status;
 pub mod registry;
 pub mod rollout_engine;
+pub mod rollout_manager;
+pub mod rollout_overlay;
+pub mod rollout_store;
+pub mod rollout_view;
 pub mod route_translate;
 pub mod server;
 pub mod translate;
+pub mod verify;
 pub mod xds_encode;

@@ -225,6 +225,17 @@ pub fn render_table(doc: &serde_json::Value) -> String {
     out
 }
 
+/// Fetch the status document from a control plane's API address (`HOST:PORT`).
+pub async fn fetch(server: &str) -> Result<serde_json::Value, crate::api_client::ApiClientError> {
+    crate::api_client::ApiClient {
+        server: server.to_string(),
+        token: None,
+        user: None,
+    }
+    .get("/api/v1/proxy-status")
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,46 +253,4 @@ mod tests {
         t.nack_version = "3".into();
         assert_eq!(t.state(), "NACKED");
     }
-}
-
-/// Why the status could not be fetched.
-#[derive(Debug, thiserror::Error)]
-pub enum FetchError {
-    #[error("cannot reach the control plane at {server}: {source}")]
-    Connect {
-        server: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("HTTP: {0}")]
-    Http(#[from] hyper::Error),
-    #[error("bad request: {0}")]
-    Request(#[from] http::Error),
-    #[error("the control plane answered {0}")]
-    Status(http::StatusCode),
-    #[error("the control plane's answer is not JSON: {0}")]
-    Json(#[from] serde_json::Error),
-}
-
-/// Fetch the status document from a control plane's API address (`HOST:PORT`).
-pub async fn fetch(server: &str) -> Result<serde_json::Value, FetchError> {
-    use http_body_util::BodyExt;
-    let stream = tokio::net::TcpStream::connect(server)
-        .await
-        .map_err(|source| FetchError::Connect {
-            server: server.to_string(),
-            source,
-        })?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    let req = http::Request::get("/api/v1/proxy-status")
-        .header("host", server)
-        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
-    let resp = sender.send_request(req).await?;
-    if !resp.status().is_success() {
-        return Err(FetchError::Status(resp.status()));
-    }
-    let body = resp.into_body().collect().await?.to_bytes();
-    Ok(serde_json::from_slice(&body)?)
 }

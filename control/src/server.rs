@@ -1,9 +1,17 @@
-//! `sluice control`: read the configuration directory, translate, serve ADS, and push every
-//! change: the directory is polled, a burst of edits is debounced into one generation, and every
-//! connected proxy gets what changed for it.
+//! `sluice control`: read the configuration directory, run the release tasks, translate, serve
+//! ADS, and push every change.
 //!
-//! The status endpoint (`--api-address`, HTTP) serves `GET /api/v1/proxy-status` (JSON) and
-//! `GET /ready`.
+//! One controller loop owns the directory and publishing: it polls the directory (a burst of
+//! edits is debounced into one generation), reconciles the Rollouts (timed pauses end on time),
+//! and wakes at once when an API operation changed a release. Release state is committed to the
+//! state database before the configuration that carries it is published.
+//!
+//! The API (`--api-address`, HTTP/JSON): `GET /ready`, `GET /api/v1/proxy-status`,
+//! `GET /api/v1/rollouts`, `GET /api/v1/rollouts/{namespace}/{name}`,
+//! `POST /api/v1/rollouts/{namespace}/{name}/{action}` (promote, pause, resume, abort, retry,
+//! undo, set-weight; JSON body `{"full": true}`, `{"revision": 2}`, `{"weight": 30}`), and
+//! `POST /api/v1/apply` (a YAML body of Rollouts and Istio resources). With a token file, every
+//! `POST` needs `Authorization: Bearer <token>`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,18 +20,25 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, StatusCode};
+use serde_json::{json, Value};
+use sluice_config::argo::Rollout;
+use sluice_config::istio::{Parsed, Resource};
 use sluice_proto::envoy::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::ads_server::{AdsService, Generation};
 use crate::config_store::ConfigStore;
 use crate::proxy_status::{ProxyRegistry, ProxyView, StatusDocument};
+use crate::rollout_engine::Operation;
+use crate::rollout_manager::{ManagerError, RolloutManager};
+use crate::rollout_store::{RolloutStore, StoreError};
 use crate::translate::MeshConfig;
 
-/// How often the configuration directory is checked for changes.
+/// How often the configuration directory is checked for changes (and timed pauses for their
+/// deadline).
 const POLL: Duration = Duration::from_millis(50);
 
 /// Options of `sluice control`.
@@ -36,6 +51,10 @@ pub struct ControlOptions {
     pub debounce: Duration,
     /// Write `{"xds": ADDR, "api": ADDR}` here once listening (for ports chosen by the system).
     pub address_file: Option<PathBuf>,
+    /// Where release state is kept; in memory only when `None`.
+    pub data_dir: Option<PathBuf>,
+    /// A file holding the bearer token that mutating API calls must present.
+    pub api_token_file: Option<PathBuf>,
 }
 
 /// Why the control plane could not start.
@@ -59,6 +78,10 @@ pub enum ControlError {
         #[source]
         source: std::io::Error,
     },
+    #[error("API token file {path}: {reason}")]
+    Token { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// The control plane's shared state.
@@ -66,13 +89,18 @@ struct State {
     generations: watch::Sender<Arc<Generation>>,
     registry: Arc<ProxyRegistry>,
     config_errors: Mutex<Vec<String>>,
+    manager: Mutex<RolloutManager>,
+    /// Documents applied through the API, parsed.
+    applied: Mutex<Vec<Parsed>>,
+    /// Wakes the controller after an API call changed something.
+    wake: Notify,
+    token: Option<String>,
 }
 
-fn build(store: &ConfigStore) -> (MeshConfig, Vec<String>) {
-    let (resources, mut warnings) = store.resources();
-    let mesh = MeshConfig::new(resources);
-    warnings.extend(mesh.warnings.iter().cloned());
-    (mesh, warnings)
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned lock means a handler panicked mid-update; the data is plain values and the
+    // next reconcile or scan rewrites it.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn log_scan(report: &crate::config_store::ScanReport) {
@@ -81,34 +109,128 @@ fn log_scan(report: &crate::config_store::ScanReport) {
     }
 }
 
+/// Parse the stored API-applied documents.
+fn parse_applied(store: &RolloutStore) -> Result<Vec<Parsed>, StoreError> {
+    let mut out = Vec::new();
+    for (key, text) in store.applied()? {
+        match sluice_config::istio::parse_text(&format!("api:{key}"), &text) {
+            Ok(docs) => out.extend(docs),
+            Err(e) => tracing::error!("stored document {key} no longer validates: {e}"),
+        }
+    }
+    Ok(out)
+}
+
+/// Istio resources and Rollouts from the directory and the API (the directory wins a name
+/// clash).
+fn inputs(
+    store: &ConfigStore,
+    applied: &[Parsed],
+) -> (Vec<Resource>, Vec<(Rollout, String)>, Vec<String>) {
+    let (mut resources, warnings) = store.resources();
+    let mut rollouts = store.rollouts();
+    for p in applied {
+        match p {
+            Parsed::Istio(r) => {
+                let clash = resources.iter().any(|x| {
+                    x.spec.kind() == r.spec.kind()
+                        && x.metadata.namespace() == r.metadata.namespace()
+                        && x.metadata.name == r.metadata.name
+                });
+                if !clash {
+                    resources.push((**r).clone());
+                }
+            }
+            Parsed::Rollout(r) => {
+                let clash = rollouts.iter().any(|(x, _)| {
+                    x.metadata.namespace() == r.metadata.namespace()
+                        && x.metadata.name == r.metadata.name
+                });
+                if !clash {
+                    rollouts.push(((**r).clone(), "api".into()));
+                }
+            }
+            Parsed::Other { .. } => {}
+        }
+    }
+    resources.sort_by(|a, b| {
+        (a.spec.kind(), a.metadata.namespace(), &a.metadata.name).cmp(&(
+            b.spec.kind(),
+            b.metadata.namespace(),
+            &b.metadata.name,
+        ))
+    });
+    (resources, rollouts, warnings)
+}
+
+/// Translate the mesh with the releases' traffic applied.
+fn build(store: &ConfigStore, state: &State) -> Result<(MeshConfig, Vec<String>), StoreError> {
+    let applied = lock(&state.applied);
+    let (mut resources, rollouts, mut warnings) = inputs(store, &applied);
+    drop(applied);
+    let mut manager = lock(&state.manager);
+    manager.set_rollouts(rollouts);
+    manager.reconcile()?;
+    crate::rollout_overlay::apply(&mut resources, &manager.overlay_input(), &mut warnings);
+    drop(manager);
+    let mesh = MeshConfig::new(resources);
+    warnings.extend(mesh.warnings.iter().cloned());
+    Ok((mesh, warnings))
+}
+
 /// Run the control plane until the process is stopped.
 pub async fn run(options: ControlOptions) -> Result<(), ControlError> {
     if !options.config_dir.is_dir() {
         return Err(ControlError::ConfigDir(options.config_dir.clone()));
     }
+    let token = match &options.api_token_file {
+        Some(path) => {
+            let t = std::fs::read_to_string(path).map_err(|e| ControlError::Token {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            let t = t.trim().to_string();
+            if t.is_empty() {
+                return Err(ControlError::Token {
+                    path: path.clone(),
+                    reason: "empty".into(),
+                });
+            }
+            Some(t)
+        }
+        None => None,
+    };
+    let rollout_store = match &options.data_dir {
+        Some(dir) => RolloutStore::open(dir)?,
+        None => {
+            tracing::warn!("no --data-dir: release state is kept in memory and lost on restart");
+            RolloutStore::in_memory()
+        }
+    };
+    let applied = parse_applied(&rollout_store)?;
+    let manager = RolloutManager::new(rollout_store)?;
     let pool = sluice_proto::descriptor_pool()?;
     let mut store = ConfigStore::new(&options.config_dir);
-    let report = store.scan();
-    log_scan(&report);
-    let (mesh, warnings) = build(&store);
-    for w in &warnings {
-        tracing::warn!("{w}");
-    }
-    tracing::info!(
-        resources = mesh.resources.len(),
-        services = mesh.registry.services.len(),
-        clusters = mesh.clusters.clusters.len(),
-        "configuration loaded"
-    );
+    log_scan(&store.scan());
     for o in store.others() {
         tracing::info!(kind = %o.kind, api_version = %o.api_version, name = %o.name, "skipping a kind this control plane does not translate");
     }
-    let (tx, rx) = watch::channel(Arc::new(Generation::new(1, Arc::new(mesh))));
+    let (tx, rx) = watch::channel(Arc::new(Generation::new(
+        0,
+        Arc::new(MeshConfig::default()),
+    )));
     let state = Arc::new(State {
         generations: tx,
         registry: Arc::new(ProxyRegistry::default()),
         config_errors: Mutex::new(store.errors()),
+        manager: Mutex::new(manager),
+        applied: Mutex::new(applied),
+        wake: Notify::new(),
+        token,
     });
+    // The first generation: state restored from the database is pushed to every proxy that
+    // connects.
+    publish(&store, &state, 1, &[])?;
 
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
@@ -121,8 +243,7 @@ pub async fn run(options: ControlOptions) -> Result<(), ControlError> {
     let api_addr = api.local_addr().unwrap_or(options.api_address);
     tracing::info!(xds = %xds_addr, api = %api_addr, dir = %options.config_dir.display(), "control plane listening");
     if let Some(path) = &options.address_file {
-        let text = serde_json::json!({"xds": xds_addr.to_string(), "api": api_addr.to_string()})
-            .to_string();
+        let text = json!({"xds": xds_addr.to_string(), "api": api_addr.to_string()}).to_string();
         std::fs::write(path, text).map_err(|source| ControlError::AddressFile {
             path: path.clone(),
             source,
@@ -136,86 +257,289 @@ pub async fn run(options: ControlOptions) -> Result<(), ControlError> {
         .add_service(AggregatedDiscoveryServiceServer::new(ads).max_decoding_message_size(64 << 20))
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(xds));
     tokio::spawn(serve_api(api, state.clone()));
-    tokio::spawn(watch_dir(store, options.debounce, state.clone()));
+    tokio::spawn(controller(store, options.debounce, state.clone()));
     grpc.await?;
     Ok(())
 }
 
-/// Poll the directory; after a change, wait for `debounce` of quiet, then publish.
-async fn watch_dir(mut store: ConfigStore, debounce: Duration, state: Arc<State>) {
+/// Translate and publish generation `version`.
+fn publish(
+    store: &ConfigStore,
+    state: &State,
+    version: u64,
+    touched: &[PathBuf],
+) -> Result<(), StoreError> {
+    let (mesh, warnings) = build(store, state)?;
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    tracing::info!(
+        version,
+        services = mesh.registry.services.len(),
+        clusters = mesh.clusters.clusters.len(),
+        files = ?touched,
+        "publishing configuration"
+    );
+    *lock(&state.config_errors) = store.errors();
+    state
+        .generations
+        .send_replace(Arc::new(Generation::new(version, Arc::new(mesh))));
+    lock(&state.manager).published(version);
+    Ok(())
+}
+
+/// Poll the directory and the release deadlines; publish what changed.
+async fn controller(mut store: ConfigStore, debounce: Duration, state: Arc<State>) {
     let mut version = 1;
     loop {
-        tokio::time::sleep(POLL).await;
+        let woken = tokio::select! {
+            _ = tokio::time::sleep(POLL) => false,
+            _ = state.wake.notified() => true,
+        };
         let mut report = store.scan();
         log_scan(&report);
-        if !report.changed {
-            *state
-                .config_errors
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = store.errors();
+        if report.changed {
+            // Debounce: keep reading while edits keep coming (bounded, so a file rewritten
+            // continuously still gets pushed).
+            for _ in 0..100 {
+                tokio::time::sleep(debounce).await;
+                let more = store.scan();
+                log_scan(&more);
+                if !more.changed && more.touched.is_empty() {
+                    break;
+                }
+                report.touched.extend(more.touched);
+            }
+        }
+        let due = match lock(&state.manager).reconcile() {
+            Ok(changed) => changed,
+            Err(e) => {
+                tracing::error!("cannot store release state, not pushing: {e}");
+                continue;
+            }
+        };
+        if !(report.changed || woken || due) {
+            *lock(&state.config_errors) = store.errors();
             continue;
         }
-        // Debounce: keep reading while edits keep coming (bounded, so a file rewritten
-        // continuously still gets pushed).
-        for _ in 0..100 {
-            tokio::time::sleep(debounce).await;
-            let more = store.scan();
-            log_scan(&more);
-            if !more.changed && more.touched.is_empty() {
-                break;
-            }
-            report.touched.extend(more.touched);
-        }
-        let (mesh, warnings) = build(&store);
-        for w in &warnings {
-            tracing::warn!("{w}");
-        }
         version += 1;
-        tracing::info!(version, files = ?report.touched, "configuration changed; pushing");
-        *state
-            .config_errors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = store.errors();
-        state
-            .generations
-            .send_replace(Arc::new(Generation::new(version, Arc::new(mesh))));
+        if let Err(e) = publish(&store, &state, version, &report.touched) {
+            tracing::error!("cannot store release state, not pushing: {e}");
+        }
     }
 }
 
-fn respond(req: &Request<hyper::body::Incoming>, state: &State) -> Response<Full<Bytes>> {
-    let json = |status: StatusCode, body: String| {
-        Response::builder()
-            .status(status)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .unwrap_or_default()
+fn json_response(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
+    let text = serde_json::to_string_pretty(&body).unwrap_or_else(|_| "{}".into());
+    let mut r = Response::new(Full::new(Bytes::from(text)));
+    *r.status_mut() = status;
+    if let Ok(v) = http::HeaderValue::from_str("application/json") {
+        r.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response<Full<Bytes>> {
+    json_response(status, json!({"error": message.into()}))
+}
+
+fn authorized(req: &Request<hyper::body::Incoming>, state: &State) -> bool {
+    let Some(token) = &state.token else {
+        return true;
     };
-    match (req.method().as_str(), req.uri().path()) {
-        ("GET", "/ready") => json(StatusCode::OK, "\"LIVE\"".into()),
-        ("GET", "/api/v1/proxy-status") => {
+    let presented = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // Compare without an early exit, so timing does not reveal how much of a guess matched.
+    presented.is_some_and(|p| {
+        p.len() == token.len()
+            && p.bytes()
+                .zip(token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    })
+}
+
+fn operation(action: &str, body: &Value) -> Result<Operation, String> {
+    Ok(match action {
+        "promote" => Operation::Promote {
+            full: body.get("full").and_then(Value::as_bool).unwrap_or(false),
+        },
+        "pause" => Operation::Pause,
+        "resume" => Operation::Resume,
+        "abort" => Operation::Abort,
+        "retry" => Operation::Retry,
+        "undo" => Operation::Undo {
+            to_revision: body
+                .get("revision")
+                .and_then(Value::as_u64)
+                .map(|n| n as u32),
+        },
+        "set-weight" => Operation::SetWeight(
+            body.get("weight")
+                .and_then(Value::as_u64)
+                .ok_or("set-weight needs {\"weight\": N}")? as u32,
+        ),
+        other => {
+            return Err(format!(
+                "unknown action `{other}` (promote, pause, resume, abort, retry, undo, set-weight)"
+            ))
+        }
+    })
+}
+
+async fn respond(req: Request<hyper::body::Incoming>, state: Arc<State>) -> Response<Full<Bytes>> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if method == http::Method::POST && !authorized(&req, &state) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated: Authorization: Bearer <token> required",
+        );
+    }
+    let by = req
+        .headers()
+        .get("x-sluice-user")
+        .and_then(|v| v.to_str().ok())
+        .map(|u| format!("api ({u})"))
+        .unwrap_or_else(|| "api".into());
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let proxies = || state.registry.list();
+    match (method.as_str(), segments.as_slice()) {
+        ("GET", ["ready"]) => json_response(StatusCode::OK, json!("LIVE")),
+        ("GET", ["api", "v1", "proxy-status"]) => {
             let generation = state.generations.borrow().clone();
             let doc = StatusDocument {
                 version: generation.version,
-                proxies: state
-                    .registry
-                    .list()
-                    .into_iter()
-                    .map(ProxyView::from)
-                    .collect(),
-                config_errors: state
-                    .config_errors
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone(),
+                proxies: proxies().into_iter().map(ProxyView::from).collect(),
+                config_errors: lock(&state.config_errors).clone(),
                 warnings: generation.mesh.warnings.clone(),
             };
-            json(
+            json_response(
                 StatusCode::OK,
-                serde_json::to_string_pretty(&doc)
-                    .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}")),
+                serde_json::to_value(&doc).unwrap_or(Value::Null),
             )
         }
-        _ => json(StatusCode::NOT_FOUND, "{\"error\": \"not found\"}".into()),
+        ("GET", ["api", "v1", "rollouts"]) => {
+            let p = proxies();
+            let m = lock(&state.manager);
+            let list: Vec<Value> = m.keys().iter().filter_map(|k| m.view(k, &p)).collect();
+            json_response(StatusCode::OK, json!({"rollouts": list}))
+        }
+        ("GET", ["api", "v1", "rollouts", ns, name]) => {
+            let p = proxies();
+            match lock(&state.manager).view(&format!("{ns}/{name}"), &p) {
+                Some(v) => json_response(StatusCode::OK, v),
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    format!("rollout {ns}/{name} not found"),
+                ),
+            }
+        }
+        ("POST", ["api", "v1", "rollouts", ns, name, action]) => {
+            let args: Value = if body.is_empty() {
+                Value::Null
+            } else {
+                match serde_json::from_slice(&body) {
+                    Ok(v) => v,
+                    Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
+                }
+            };
+            let op = match operation(action, &args) {
+                Ok(op) => op,
+                Err(e) => return error(StatusCode::BAD_REQUEST, e),
+            };
+            let k = format!("{ns}/{name}");
+            let result = lock(&state.manager).operate(&k, &op, &by);
+            match result {
+                Ok(()) => {
+                    tracing::info!(rollout = %k, op = op.name(), by = %by, "operation applied");
+                    state.wake.notify_one();
+                    let p = proxies();
+                    let view = lock(&state.manager).view(&k, &p).unwrap_or(Value::Null);
+                    json_response(StatusCode::OK, view)
+                }
+                Err(ManagerError::NotFound(k)) => {
+                    error(StatusCode::NOT_FOUND, format!("rollout {k} not found"))
+                }
+                Err(ManagerError::Operation(e)) => error(StatusCode::CONFLICT, e.to_string()),
+                Err(ManagerError::Store(e)) => {
+                    error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                }
+            }
+        }
+        ("POST", ["api", "v1", "apply"]) => apply(&state, &body),
+        _ => error(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+/// `POST /api/v1/apply`: validate every document, then store them; the controller picks them up.
+fn apply(state: &State, body: &[u8]) -> Response<Full<Bytes>> {
+    let text = String::from_utf8_lossy(body);
+    let docs = match sluice_config::source::parse_documents("request", &text) {
+        Ok(d) => d,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    if let Err(e) = sluice_config::istio::parse_text("request", &text) {
+        return error(StatusCode::BAD_REQUEST, e.to_string());
+    }
+    let mut keys = Vec::new();
+    for d in docs {
+        let kind = d
+            .value
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let meta = d.value.get("metadata");
+        let ns = meta
+            .and_then(|m| m.get("namespace"))
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        let name = meta
+            .and_then(|m| m.get("name"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let key = format!("{kind}/{ns}/{name}");
+        let one = serde_json::to_string(&d.value).unwrap_or_default();
+        let m = lock(&state.manager);
+        if let Err(e) = m.store().save_applied(&key, Some(&one)) {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+        }
+        keys.push(key);
+    }
+    let m = lock(&state.manager);
+    match parse_applied(m.store()) {
+        Ok(parsed) if m.durable() => *lock(&state.applied) = parsed,
+        Ok(_) => {
+            // In memory only: keep what this request brought alongside what was there.
+            if let Ok(more) = sluice_config::istio::parse_text("request", &text) {
+                let mut applied = lock(&state.applied);
+                for p in more {
+                    let k = parsed_key(&p);
+                    applied.retain(|x| parsed_key(x) != k);
+                    applied.push(p);
+                }
+            }
+        }
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+    drop(m);
+    state.wake.notify_one();
+    json_response(StatusCode::OK, json!({"applied": keys}))
+}
+
+fn parsed_key(p: &Parsed) -> String {
+    match p {
+        Parsed::Istio(r) => r.key(),
+        Parsed::Rollout(r) => format!("Rollout {}/{}", r.metadata.namespace(), r.metadata.name),
+        Parsed::Other { kind, name, .. } => format!("{kind} {name}"),
     }
 }
 
@@ -227,8 +551,8 @@ async fn serve_api(listener: TcpListener, state: Arc<State>) {
         let state = state.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
-                let r = respond(&req, &state);
-                async move { Ok::<_, Infallible>(r) }
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(respond(req, state).await) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
             let _ = hyper::server::conn::http1::Builder::new()

@@ -570,6 +570,8 @@ pub struct ControlPlane {
     pub dir: tempfile::TempDir,
     pub xds: SocketAddr,
     pub api: SocketAddr,
+    /// Extra flags, kept for restarts.
+    extra: Vec<String>,
 }
 
 impl Drop for ControlPlane {
@@ -579,7 +581,7 @@ impl Drop for ControlPlane {
     }
 }
 
-fn spawn_control(dir: &Path, xds: &str) -> (Child, SocketAddr, SocketAddr) {
+fn spawn_control(dir: &Path, xds: &str, extra: &[String]) -> (Child, SocketAddr, SocketAddr) {
     let address_file = dir.join("addresses.json");
     let _ = std::fs::remove_file(&address_file);
     let stderr = std::fs::OpenOptions::new()
@@ -593,6 +595,8 @@ fn spawn_control(dir: &Path, xds: &str) -> (Child, SocketAddr, SocketAddr) {
         .args(["--xds-address", xds, "--api-address", "127.0.0.1:0"])
         .args(["--debounce", "10ms", "-l", "info", "--address-file"])
         .arg(&address_file)
+        .args(extra)
+        .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr)
@@ -621,17 +625,25 @@ fn spawn_control(dir: &Path, xds: &str) -> (Child, SocketAddr, SocketAddr) {
 impl ControlPlane {
     /// Start a control plane on `files` (name → YAML), xDS on a dynamic port.
     pub fn start(files: &[(&str, String)]) -> ControlPlane {
+        Self::start_with(files, &[])
+    }
+
+    /// [`ControlPlane::start`] with extra flags; the process runs in its own temporary
+    /// directory, so relative paths (`--data-dir state`) stay inside it.
+    pub fn start_with(files: &[(&str, String)], extra: &[&str]) -> ControlPlane {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("config")).unwrap();
         for (name, text) in files {
             std::fs::write(dir.path().join("config").join(name), text).unwrap();
         }
-        let (child, xds, api) = spawn_control(dir.path(), "127.0.0.1:0");
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (child, xds, api) = spawn_control(dir.path(), "127.0.0.1:0", &extra);
         ControlPlane {
             child,
             dir,
             xds,
             api,
+            extra,
         }
     }
 
@@ -650,7 +662,7 @@ impl ControlPlane {
 
     /// Start it again on the same xDS address.
     pub fn restart(&mut self) {
-        let (child, xds, api) = spawn_control(self.dir.path(), &self.xds.to_string());
+        let (child, xds, api) = spawn_control(self.dir.path(), &self.xds.to_string(), &self.extra);
         self.child = child;
         self.xds = xds;
         self.api = api;

@@ -1,0 +1,296 @@
+//! How a release moves traffic: the Rollout's status rewrites the Istio resources it references
+//! before they are translated, as Argo Rollouts rewrites them in Kubernetes.
+//!
+//! * **Subset split** (`destinationRule`): the stable subset selects the stable revision's
+//!   template labels and the canary subset the canary revision's (Argo adds
+//!   `rollouts-pod-template-hash`; here the template labels are the revision's identity). In the
+//!   named VirtualService routes, destinations of the stable subset get `100 - weight` and those
+//!   of the canary subset `weight`.
+//! * **Host split** (`canaryService` / `stableService`): the ServiceEntries of those hosts select
+//!   the canary and stable revisions' endpoints; VirtualService destinations of those hosts get
+//!   the weights.
+//! * **Managed routes**: active `setHeaderRoute`s send their header matches to the canary;
+//!   `setMirrorRoute`s copy their matching requests to it. They go first in the VirtualService,
+//!   in `managedRoutes` order, and disappear when the release ends.
+//! * **Blue-green**: the `activeService` ServiceEntry selects the active revision, the
+//!   `previewService` the revision being released (or the previous one during the scale-down
+//!   delay, for an instant rollback).
+
+use std::collections::BTreeMap;
+
+use sluice_config::argo::{Rollout, StringMatchValue};
+use sluice_config::istio::{
+    Destination, HttpMatch, HttpRoute, Percent, Resource, RouteDestination, Spec, StringMatch,
+    WorkloadEntry,
+};
+
+use crate::naming::resolve_host;
+use crate::rollout_engine::RolloutStatus;
+
+fn string_match(m: &StringMatchValue) -> StringMatch {
+    StringMatch {
+        exact: m.exact.clone(),
+        prefix: m.prefix.clone(),
+        regex: m.regex.clone(),
+    }
+}
+
+fn find<'a>(
+    resources: &'a mut [Resource],
+    kind: &str,
+    ns: &str,
+    name: &str,
+) -> Option<&'a mut Resource> {
+    resources
+        .iter_mut()
+        .find(|r| r.spec.kind() == kind && r.metadata.namespace() == ns && r.metadata.name == name)
+}
+
+/// Restrict the ServiceEntry (or ServiceEntries) of `host` to the endpoints of a revision.
+fn select_revision(
+    resources: &mut [Resource],
+    ns: &str,
+    host: &str,
+    labels: &BTreeMap<String, String>,
+    warnings: &mut Vec<String>,
+) {
+    let fqdn = resolve_host(host, ns);
+    let mut found = false;
+    for r in resources.iter_mut() {
+        let rns = r.metadata.namespace().to_string();
+        let Spec::ServiceEntry(se) = &mut r.spec else {
+            continue;
+        };
+        if !se.hosts.iter().any(|h| resolve_host(h, &rns) == fqdn) {
+            continue;
+        }
+        found = true;
+        match &mut se.workload_selector {
+            Some(sel) => sel.labels.extend(labels.clone()),
+            None => se
+                .endpoints
+                .retain(|e: &WorkloadEntry| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v))),
+        }
+    }
+    if !found {
+        warnings.push(format!("service `{host}`: no ServiceEntry for {fqdn}"));
+    }
+}
+
+/// How a Rollout tells its stable destinations from its canary ones.
+enum Split {
+    /// DestinationRule subsets.
+    Subsets { stable: String, canary: String },
+    /// Service hosts (FQDNs).
+    Hosts { stable: String, canary: String },
+}
+
+impl Split {
+    fn is_stable(&self, d: &Destination, vs_namespace: &str) -> bool {
+        match self {
+            Split::Subsets { stable, .. } => d.subset.as_deref() == Some(stable.as_str()),
+            Split::Hosts { stable, .. } => resolve_host(&d.host, vs_namespace) == *stable,
+        }
+    }
+
+    fn is_canary(&self, d: &Destination, vs_namespace: &str) -> bool {
+        match self {
+            Split::Subsets { canary, .. } => d.subset.as_deref() == Some(canary.as_str()),
+            Split::Hosts { canary, .. } => resolve_host(&d.host, vs_namespace) == *canary,
+        }
+    }
+}
+
+/// Rewrite `resources` for every Rollout's status.
+pub fn apply(
+    resources: &mut [Resource],
+    rollouts: &[(Rollout, RolloutStatus)],
+    warnings: &mut Vec<String>,
+) {
+    for (rollout, status) in rollouts {
+        let ns = rollout.metadata.namespace();
+        let name = &rollout.metadata.name;
+        let labels_of = |n: u32| {
+            status
+                .revision(n)
+                .map(|r| r.labels.clone())
+                .unwrap_or_default()
+        };
+        let stable = labels_of(status.stable);
+        let canary = status
+            .canary
+            .map(labels_of)
+            .unwrap_or_else(|| stable.clone());
+        if let Some(bg) = &rollout.spec.strategy.blue_green {
+            select_revision(resources, ns, &bg.active_service, &stable, warnings);
+            if let Some(preview) = &bg.preview_service {
+                let shown = match (status.canary, status.previous) {
+                    (Some(c), _) => labels_of(c),
+                    (None, Some(p)) => labels_of(p),
+                    (None, None) => stable.clone(),
+                };
+                select_revision(resources, ns, preview, &shown, warnings);
+            }
+            continue;
+        }
+        let Some(canary_spec) = &rollout.spec.strategy.canary else {
+            continue;
+        };
+        let Some(tr) = &canary_spec.traffic_routing else {
+            continue;
+        };
+        let Some(istio) = &tr.istio else { continue };
+        let weight = status.weight.min(100);
+        // Which destinations are stable and which canary.
+        let split = match &istio.destination_rule {
+            Some(dr) => {
+                match find(resources, "DestinationRule", ns, &dr.name) {
+                    Some(Resource {
+                        spec: Spec::DestinationRule(d),
+                        ..
+                    }) => {
+                        for s in &mut d.subsets {
+                            if s.name == dr.stable_subset_name {
+                                s.labels = stable.clone();
+                            } else if s.name == dr.canary_subset_name {
+                                s.labels = canary.clone();
+                            }
+                        }
+                    }
+                    _ => warnings.push(format!(
+                        "Rollout {ns}/{name}: DestinationRule `{}` not found",
+                        dr.name
+                    )),
+                }
+                Split::Subsets {
+                    stable: dr.stable_subset_name.clone(),
+                    canary: dr.canary_subset_name.clone(),
+                }
+            }
+            None => {
+                let st = canary_spec.stable_service.clone().unwrap_or_default();
+                let ca = canary_spec.canary_service.clone().unwrap_or_default();
+                select_revision(resources, ns, &st, &stable, warnings);
+                select_revision(resources, ns, &ca, &canary, warnings);
+                Split::Hosts {
+                    stable: resolve_host(&st, ns),
+                    canary: resolve_host(&ca, ns),
+                }
+            }
+        };
+        let is_stable = |d: &Destination, vns: &str| split.is_stable(d, vns);
+        let is_canary = |d: &Destination, vns: &str| split.is_canary(d, vns);
+        let refs: Vec<_> = istio
+            .virtual_service
+            .iter()
+            .chain(&istio.virtual_services)
+            .collect();
+        for vref in refs {
+            let Some(Resource {
+                spec: Spec::VirtualService(vs),
+                metadata,
+                ..
+            }) = find(resources, "VirtualService", ns, &vref.name)
+            else {
+                warnings.push(format!(
+                    "Rollout {ns}/{name}: VirtualService `{}` not found",
+                    vref.name
+                ));
+                continue;
+            };
+            let vns = metadata.namespace().to_string();
+            let single = vs.http.len() == 1;
+            let mut primary: Option<HttpRoute> = None;
+            for r in &mut vs.http {
+                let named = vref.routes.contains(&r.name) || (vref.routes.is_empty() && single);
+                if !named {
+                    continue;
+                }
+                for d in &mut r.route {
+                    if is_stable(&d.destination, &vns) {
+                        d.weight = Some(100 - weight);
+                    } else if is_canary(&d.destination, &vns) {
+                        d.weight = Some(weight);
+                    }
+                }
+                primary.get_or_insert_with(|| r.clone());
+            }
+            let Some(primary) = primary else {
+                warnings.push(format!(
+                    "Rollout {ns}/{name}: VirtualService `{}` has no route named {:?}",
+                    vref.name, vref.routes
+                ));
+                continue;
+            };
+            let canary_dest = primary
+                .route
+                .iter()
+                .find(|d| is_canary(&d.destination, &vns))
+                .map(|d| d.destination.clone());
+            let Some(canary_dest) = canary_dest else {
+                warnings.push(format!(
+                    "Rollout {ns}/{name}: the named routes of `{}` have no canary destination",
+                    vref.name
+                ));
+                continue;
+            };
+            // Managed routes first, in managedRoutes order.
+            let mut managed = Vec::new();
+            for m in &tr.managed_routes {
+                if let Some(matches) = status.header_routes.get(&m.name) {
+                    managed.push(HttpRoute {
+                        name: m.name.clone(),
+                        matches: matches
+                            .iter()
+                            .map(|h| HttpMatch {
+                                headers: [(
+                                    h.header_name.to_ascii_lowercase(),
+                                    string_match(&h.header_value),
+                                )]
+                                .into(),
+                                ..Default::default()
+                            })
+                            .collect(),
+                        route: vec![RouteDestination {
+                            destination: canary_dest.clone(),
+                            weight: Some(100),
+                            headers: None,
+                        }],
+                        ..Default::default()
+                    });
+                }
+                if let Some(mr) = status.mirror_routes.get(&m.name) {
+                    let mut route = primary.clone();
+                    route.name = m.name.clone();
+                    route.matches = mr
+                        .matches
+                        .iter()
+                        .map(|mm| HttpMatch {
+                            method: mm.method.as_ref().map(string_match),
+                            uri: mm.path.as_ref().map(string_match),
+                            headers: mm
+                                .headers
+                                .iter()
+                                .map(|(k, v)| (k.to_ascii_lowercase(), string_match(v)))
+                                .collect(),
+                            ..Default::default()
+                        })
+                        .collect();
+                    route.mirror = Some(canary_dest.clone());
+                    route.mirror_percentage = Some(Percent {
+                        value: f64::from(mr.percentage.unwrap_or(100)),
+                    });
+                    route.mirrors.clear();
+                    route.mirror_percent = None;
+                    managed.push(route);
+                }
+            }
+            if !managed.is_empty() {
+                vs.http
+                    .retain(|r| !tr.managed_routes.iter().any(|m| m.name == r.name));
+                managed.append(&mut vs.http);
+                vs.http = managed;
+            }
+        }
+    }
+}
