@@ -54,6 +54,25 @@ enum Command {
         #[arg(long = "admin-address-path")]
         admin_address_path: Option<PathBuf>,
     },
+    /// The whole product on this machine: control plane, gateway proxy, two demo upstreams and
+    /// a canary release to try (`--scripted` runs and verifies one, then exits).
+    Demo {
+        /// Run a canary (20 % -> pause -> 50 % -> 100 %) and an abort, verifying each step.
+        #[arg(long)]
+        scripted: bool,
+        /// The gateway's address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        gateway: std::net::SocketAddr,
+        /// The control plane's xDS address.
+        #[arg(long = "xds-address", default_value = "127.0.0.1:15010")]
+        xds_address: std::net::SocketAddr,
+        /// The control plane's API address.
+        #[arg(long = "api-address", default_value = "127.0.0.1:15080")]
+        api_address: std::net::SocketAddr,
+        /// Keep configuration, state and logs here (default: a temporary directory).
+        #[arg(long = "work-dir")]
+        work_dir: Option<PathBuf>,
+    },
     /// Run a tiny upstream that answers every request with NAME (for demos and quick checks).
     DemoUpstream {
         /// Address to listen on.
@@ -557,6 +576,32 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("{e}");
                     ExitCode::from(2)
+                }
+            }
+        }
+        Command::Demo {
+            scripted,
+            gateway,
+            xds_address,
+            api_address,
+            work_dir,
+        } => {
+            let rt = match runtime_or_exit(true) {
+                Ok(rt) => rt,
+                Err(code) => return code,
+            };
+            let options = sluice_control::demo::DemoOptions {
+                gateway,
+                xds: xds_address,
+                api: api_address,
+                scripted,
+                work_dir,
+            };
+            match rt.block_on(sluice_control::demo::run(options)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
                 }
             }
         }

@@ -20,6 +20,7 @@ pub mod ads_server;
 pub mod api_client;
 pub mod cluster_translate;
 pub mod config_store;
+pub mod demo;
 pub mod naming;
 pub mod node_role;
 pub mod proxy_status;
