@@ -119,6 +119,13 @@ enum Command {
         #[command(subcommand)]
         command: RolloutCommand,
     },
+    /// Weights of VirtualService routes that no Rollout manages.
+    Route {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: RouteCommand,
+    },
     /// Send requests and report the share each version got, with 99 % confidence intervals;
     /// exit 1 when an expectation (`--expect v1=80,v2=20`) falls outside its interval.
     Verify {
@@ -210,11 +217,93 @@ enum RolloutCommand {
     },
     /// Set the canary's traffic share by hand (the release pauses until promote or resume).
     SetWeight { name: String, weight: u32 },
+    /// Create a release from a form: DestinationRule, VirtualService and Rollout for SERVICE,
+    /// then start releasing the canary labels.
+    Create {
+        name: String,
+        /// The service (a ServiceEntry host) to release.
+        #[arg(long)]
+        service: String,
+        /// Labels of the stable version's endpoints, `k=v[,k=v]`.
+        #[arg(long = "stable-labels")]
+        stable_labels: String,
+        /// Labels of the canary version's endpoints, `k=v[,k=v]`.
+        #[arg(long = "canary-labels")]
+        canary_labels: String,
+        /// `WEIGHT[:WAIT],…` — a wait of 0 pauses until promoted (e.g. `10:5m,50:0,100`).
+        #[arg(long)]
+        steps: String,
+        /// Also route the service through this Gateway (`namespace/name`).
+        #[arg(long)]
+        gateway: Option<String>,
+    },
     /// Apply Rollouts and Istio resources from a YAML file (kept by the control plane).
     Apply {
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum RouteCommand {
+    /// Set the weights of one route: `sluice route set-weight VS ROUTE stable=70 canary=30`
+    /// (destinations by subset, or by host when they have none).
+    SetWeight {
+        virtual_service: String,
+        route: String,
+        /// `SUBSET=PERCENT`, adding up to 100.
+        #[arg(required = true)]
+        weights: Vec<String>,
+    },
+}
+
+fn labels(text: &str) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    text.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .ok_or_else(|| anyhow::anyhow!("label `{p}`: expected key=value"))
+        })
+        .collect()
+}
+
+async fn route_command(api: ApiArgs, command: RouteCommand) -> anyhow::Result<()> {
+    let client = api_client(&api)?;
+    match command {
+        RouteCommand::SetWeight {
+            virtual_service,
+            route,
+            weights,
+        } => {
+            let mut w = serde_json::Map::new();
+            for item in &weights {
+                let (k, v) = item
+                    .split_once('=')
+                    .ok_or_else(|| anyhow::anyhow!("`{item}`: expected SUBSET=PERCENT"))?;
+                w.insert(
+                    k.trim().to_string(),
+                    v.trim().trim_end_matches('%').parse::<u32>()?.into(),
+                );
+            }
+            let path = format!(
+                "/api/v1/virtualservices/{}/{virtual_service}/routes/{route}/weights",
+                api.namespace
+            );
+            let v = client
+                .post(&path, serde_json::json!({"weights": w}))
+                .await?;
+            match api.output {
+                StatusFormat::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+                StatusFormat::Table => println!(
+                    "{} weights set: {}",
+                    v["route"].as_str().unwrap_or(""),
+                    v["weights"]
+                ),
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -309,6 +398,24 @@ async fn rollout_command(api: ApiArgs, command: RolloutCommand) -> anyhow::Resul
                 )
                 .await?,
         ),
+        RolloutCommand::Create {
+            name,
+            service,
+            stable_labels,
+            canary_labels,
+            steps,
+            gateway,
+        } => {
+            let body = serde_json::json!({
+                "name": name, "namespace": ns, "service": service,
+                "stable_labels": labels(&stable_labels)?, "canary_labels": labels(&canary_labels)?,
+                "steps": steps, "gateway": gateway,
+            });
+            client.post("/api/v1/rollouts", body).await?;
+            // Show the release as it starts.
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            show(&client.get(&format!("/api/v1/rollouts/{ns}/{name}")).await?);
+        }
         RolloutCommand::Apply { file } => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
@@ -542,6 +649,19 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             match rt.block_on(rollout_command(api, command)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Route { api, command } => {
+            let rt = match runtime_or_exit(false) {
+                Ok(rt) => rt,
+                Err(code) => return code,
+            };
+            match rt.block_on(route_command(api, command)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("{e}");

@@ -644,3 +644,130 @@ async fn api_token_is_required_for_changes() {
         "the token must not be logged"
     );
 }
+
+/// `sluice route set-weight` on a plain VirtualService, and `sluice rollout create` from the
+/// form (`--steps 25:0,100`) on a mesh that has only the service and a gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_from_the_form_and_set_route_weights() {
+    let _serial = SERIAL.lock().await;
+    let v1 = upstream("v1").await;
+    let v2 = upstream("v2").await;
+    let gw = closed_port();
+    let mesh = demo_mesh(v1.port(), v2.port(), gw).replace(
+        "  subsets: [{name: stable, labels: {app: web}}, {name: canary, labels: {app: web}}]",
+        "  subsets: [{name: stable, labels: {version: v1}}, {name: canary, labels: {version: v2}}]",
+    );
+    let control = ControlPlane::start_with(&[("mesh.yaml", mesh)], &["--data-dir", "state"]);
+    let metadata =
+        json!({"LABELS": {"istio": "ingressgateway"}, "SLUICE_GATEWAY_ADDRESS": "127.0.0.1"});
+    let _proxy = proxy_of(
+        "sluice",
+        &ads_bootstrap(control.xds, GATEWAY_NODE, metadata),
+    )
+    .await;
+    let url = format!("http://127.0.0.1:{gw}/");
+    control.wait_synced(1, Duration::from_secs(10)).await;
+    assert_eq!(verify(&url, 100, &[], "v1=100").0, 0);
+    let set = |args: &[&str]| {
+        let out = Command::new(sluice_bin())
+            .args([
+                "route",
+                "--server",
+                &control.api.to_string(),
+                "set-weight",
+                "web",
+                "primary",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (ok, text) = set(&["stable=30", "canary=70"]);
+    assert!(ok, "{text}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while verify(&url, 50, &[], "v2=100")
+        .1
+        .get("v1")
+        .copied()
+        .unwrap_or(0)
+        > 30
+    {
+        assert!(Instant::now() < deadline);
+    }
+    assert_eq!(verify(&url, 1000, &[], "v1=30,v2=70").0, 0);
+    let (ok, text) = set(&["stable=30", "canary=60"]);
+    assert!(!ok && text.contains("add up to 90"), "{text}");
+    let (ok, text) = set(&["stable=30", "blue=70"]);
+    assert!(!ok && text.contains("no destination `blue`"), "{text}");
+
+    // The form: a release of `web` named `checkout`, through the gateway.
+    let service_only = demo_mesh(v1.port(), v2.port(), gw)
+        .split("---\n")
+        .filter(|d| d.contains("kind: ServiceEntry") || d.contains("kind: Gateway"))
+        .collect::<Vec<_>>()
+        .join("---\n");
+    control.write("mesh.yaml", &service_only);
+    let (ok, text) = rollout_cli(
+        control.api,
+        &[
+            "create",
+            "checkout",
+            "--service",
+            "web",
+            "--stable-labels",
+            "version=v1",
+            "--canary-labels",
+            "version=v2",
+            "--steps",
+            "25:0,100",
+            "--gateway",
+            "default/gw",
+        ],
+    );
+    assert!(ok, "{text}");
+    wait_for(&control, "checkout", "Paused", Some(2)).await;
+    assert_eq!(verify(&url, 1000, &[], "v1=75,v2=25").0, 0);
+    let (ok, text) = rollout_cli(
+        control.api,
+        &[
+            "create",
+            "checkout",
+            "--service",
+            "web",
+            "--stable-labels",
+            "version=v1",
+            "--canary-labels",
+            "version=v2",
+            "--steps",
+            "25",
+        ],
+    );
+    assert!(!ok && text.contains("exists"), "{text}");
+    let (ok, text) = rollout_cli(
+        control.api,
+        &[
+            "create",
+            "Checkout",
+            "--service",
+            "web",
+            "--stable-labels",
+            "version=v1",
+            "--canary-labels",
+            "version=v2",
+            "--steps",
+            "25",
+        ],
+    );
+    assert!(!ok && text.contains("lowercase DNS label"), "{text}");
+    assert!(rollout_cli(control.api, &["promote", "checkout"]).0);
+    wait_for(&control, "checkout", "Healthy", None).await;
+    assert_eq!(verify(&url, 200, &[], "v2=100").0, 0);
+}

@@ -107,6 +107,22 @@ impl RolloutManager {
         Ok(changed)
     }
 
+    /// Whether a Rollout of this name exists.
+    pub fn exists(&self, k: &str) -> bool {
+        self.rollouts.iter().any(|(r, _)| key(r) == k) || self.statuses.contains_key(k)
+    }
+
+    /// Start a Rollout's history at `rollout` (its first revision, stable at once), stored
+    /// before this returns.
+    pub fn seed(&mut self, rollout: &Rollout) -> Result<(), StoreError> {
+        let k = key(rollout);
+        let mut status = RolloutStatus::default();
+        status.reconcile(&rollout.spec, now_ms());
+        self.store.save_status(&k, &status)?;
+        self.statuses.insert(k, status);
+        Ok(())
+    }
+
     /// Apply an operation; the new status is stored before this returns.
     pub fn operate(&mut self, k: &str, op: &Operation, by: &str) -> Result<(), ManagerError> {
         let (r, _) = self

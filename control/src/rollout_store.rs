@@ -13,6 +13,7 @@ use crate::rollout_engine::RolloutStatus;
 
 const STATUS: TableDefinition<&str, &str> = TableDefinition::new("rollout_status");
 const APPLIED: TableDefinition<&str, &str> = TableDefinition::new("applied_documents");
+const ROUTE_WEIGHTS: TableDefinition<&str, &str> = TableDefinition::new("route_weights");
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +55,7 @@ impl RolloutStore {
         let txn = db.begin_write().map_err(db_err)?;
         txn.open_table(STATUS).map_err(db_err)?;
         txn.open_table(APPLIED).map_err(db_err)?;
+        txn.open_table(ROUTE_WEIGHTS).map_err(db_err)?;
         txn.commit().map_err(db_err)?;
         Ok(RolloutStore { db: Some(db) })
     }
@@ -133,6 +135,17 @@ impl RolloutStore {
     /// Documents applied through the API, by `Kind/namespace/name`.
     pub fn applied(&self) -> Result<BTreeMap<String, String>, StoreError> {
         self.read(APPLIED)
+    }
+
+    /// Route weights set by hand (`sluice route set-weight`), by `namespace/virtualservice/route`,
+    /// as JSON `{"subset or host": percent}`.
+    pub fn route_weights(&self) -> Result<BTreeMap<String, String>, StoreError> {
+        self.read(ROUTE_WEIGHTS)
+    }
+
+    /// Store the weights of one route.
+    pub fn save_route_weights(&self, key: &str, json: &str) -> Result<(), StoreError> {
+        self.write(ROUTE_WEIGHTS, key, Some(json))
     }
 
     /// Store (or, with `None`, remove) a document applied through the API.

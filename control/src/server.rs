@@ -13,6 +13,7 @@
 //! `POST /api/v1/apply` (a YAML body of Rollouts and Istio resources). With a token file, every
 //! `POST` needs `Authorization: Bearer <token>`.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,9 +33,11 @@ use tokio::sync::{watch, Notify};
 use crate::ads_server::{AdsService, Generation};
 use crate::config_store::ConfigStore;
 use crate::proxy_status::{ProxyRegistry, ProxyView, StatusDocument};
+use crate::release_api;
 use crate::rollout_engine::Operation;
-use crate::rollout_manager::{ManagerError, RolloutManager};
+use crate::rollout_manager::RolloutManager;
 use crate::rollout_store::{RolloutStore, StoreError};
+use crate::route_weights::Weights;
 use crate::translate::MeshConfig;
 
 /// How often the configuration directory is checked for changes (and timed pauses for their
@@ -85,19 +88,23 @@ pub enum ControlError {
 }
 
 /// The control plane's shared state.
-struct State {
-    generations: watch::Sender<Arc<Generation>>,
-    registry: Arc<ProxyRegistry>,
-    config_errors: Mutex<Vec<String>>,
-    manager: Mutex<RolloutManager>,
+pub(crate) struct State {
+    pub(crate) generations: watch::Sender<Arc<Generation>>,
+    pub(crate) registry: Arc<ProxyRegistry>,
+    pub(crate) config_errors: Mutex<Vec<String>>,
+    pub(crate) manager: Mutex<RolloutManager>,
     /// Documents applied through the API, parsed.
-    applied: Mutex<Vec<Parsed>>,
+    pub(crate) applied: Mutex<Vec<Parsed>>,
+    /// Route weights set through the API, by `namespace/virtualservice/route`.
+    pub(crate) route_weights: Mutex<BTreeMap<String, Weights>>,
+    /// The Istio resources of the last build, before releases rewrote them (for validation).
+    pub(crate) resources: Mutex<Vec<Resource>>,
     /// Wakes the controller after an API call changed something.
-    wake: Notify,
-    token: Option<String>,
+    pub(crate) wake: Notify,
+    pub(crate) token: Option<String>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A poisoned lock means a handler panicked mid-update; the data is plain values and the
     // next reconcile or scan rewrites it.
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -110,7 +117,7 @@ fn log_scan(report: &crate::config_store::ScanReport) {
 }
 
 /// Parse the stored API-applied documents.
-fn parse_applied(store: &RolloutStore) -> Result<Vec<Parsed>, StoreError> {
+pub(crate) fn parse_applied(store: &RolloutStore) -> Result<Vec<Parsed>, StoreError> {
     let mut out = Vec::new();
     for (key, text) in store.applied()? {
         match sluice_config::istio::parse_text(&format!("api:{key}"), &text) {
@@ -168,6 +175,8 @@ fn build(store: &ConfigStore, state: &State) -> Result<(MeshConfig, Vec<String>)
     let applied = lock(&state.applied);
     let (mut resources, rollouts, mut warnings) = inputs(store, &applied);
     drop(applied);
+    *lock(&state.resources) = resources.clone();
+    crate::route_weights::apply(&mut resources, &lock(&state.route_weights));
     let mut manager = lock(&state.manager);
     manager.set_rollouts(rollouts);
     manager.reconcile()?;
@@ -208,6 +217,15 @@ pub async fn run(options: ControlOptions) -> Result<(), ControlError> {
         }
     };
     let applied = parse_applied(&rollout_store)?;
+    let mut route_weights = BTreeMap::new();
+    for (k, v) in rollout_store.route_weights()? {
+        match serde_json::from_str::<Weights>(&v) {
+            Ok(w) => {
+                route_weights.insert(k, w);
+            }
+            Err(e) => tracing::error!("stored weights of {k} are unreadable: {e}"),
+        }
+    }
     let manager = RolloutManager::new(rollout_store)?;
     let pool = sluice_proto::descriptor_pool()?;
     let mut store = ConfigStore::new(&options.config_dir);
@@ -225,6 +243,8 @@ pub async fn run(options: ControlOptions) -> Result<(), ControlError> {
         config_errors: Mutex::new(store.errors()),
         manager: Mutex::new(manager),
         applied: Mutex::new(applied),
+        route_weights: Mutex::new(route_weights),
+        resources: Mutex::new(Vec::new()),
         wake: Notify::new(),
         token,
     });
@@ -427,21 +447,13 @@ async fn respond(req: Request<hyper::body::Incoming>, state: Arc<State>) -> Resp
             )
         }
         ("GET", ["api", "v1", "rollouts"]) => {
-            let p = proxies();
-            let m = lock(&state.manager);
-            let list: Vec<Value> = m.keys().iter().filter_map(|k| m.view(k, &p)).collect();
-            json_response(StatusCode::OK, json!({"rollouts": list}))
+            json_response(StatusCode::OK, release_api::list(&state))
         }
-        ("GET", ["api", "v1", "rollouts", ns, name]) => {
-            let p = proxies();
-            match lock(&state.manager).view(&format!("{ns}/{name}"), &p) {
-                Some(v) => json_response(StatusCode::OK, v),
-                None => error(
-                    StatusCode::NOT_FOUND,
-                    format!("rollout {ns}/{name} not found"),
-                ),
-            }
-        }
+        ("GET", ["api", "v1", "rollouts", ns, name]) => reply(release_api::get(&state, ns, name)),
+        ("POST", ["api", "v1", "rollouts"]) => match serde_json::from_slice(&body) {
+            Ok(req) => reply(release_api::create(&state, &req, &by)),
+            Err(e) => error(StatusCode::BAD_REQUEST, format!("body: {e}")),
+        },
         ("POST", ["api", "v1", "rollouts", ns, name, action]) => {
             let args: Value = if body.is_empty() {
                 Value::Null
@@ -451,95 +463,37 @@ async fn respond(req: Request<hyper::body::Incoming>, state: Arc<State>) -> Resp
                     Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
                 }
             };
-            let op = match operation(action, &args) {
-                Ok(op) => op,
-                Err(e) => return error(StatusCode::BAD_REQUEST, e),
-            };
-            let k = format!("{ns}/{name}");
-            let result = lock(&state.manager).operate(&k, &op, &by);
-            match result {
-                Ok(()) => {
-                    tracing::info!(rollout = %k, op = op.name(), by = %by, "operation applied");
-                    state.wake.notify_one();
-                    let p = proxies();
-                    let view = lock(&state.manager).view(&k, &p).unwrap_or(Value::Null);
-                    json_response(StatusCode::OK, view)
-                }
-                Err(ManagerError::NotFound(k)) => {
-                    error(StatusCode::NOT_FOUND, format!("rollout {k} not found"))
-                }
-                Err(ManagerError::Operation(e)) => error(StatusCode::CONFLICT, e.to_string()),
-                Err(ManagerError::Store(e)) => {
-                    error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-                }
+            match operation(action, &args) {
+                Ok(op) => reply(release_api::operate(&state, ns, name, &op, &by)),
+                Err(e) => error(StatusCode::BAD_REQUEST, e),
             }
         }
-        ("POST", ["api", "v1", "apply"]) => apply(&state, &body),
+        ("POST", ["api", "v1", "virtualservices", ns, vs, "routes", route, "weights"]) => {
+            let weights = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| serde_json::from_value::<Weights>(v.get("weights")?.clone()).ok());
+            match weights {
+                Some(w) => reply(release_api::set_route_weights(
+                    &state, ns, vs, route, w, &by,
+                )),
+                None => error(
+                    StatusCode::BAD_REQUEST,
+                    "body: expected {\"weights\": {\"SUBSET\": PERCENT, ...}}",
+                ),
+            }
+        }
+        ("POST", ["api", "v1", "apply"]) => reply(release_api::apply(&state, &body)),
         _ => error(StatusCode::NOT_FOUND, "not found"),
     }
 }
 
-/// `POST /api/v1/apply`: validate every document, then store them; the controller picks them up.
-fn apply(state: &State, body: &[u8]) -> Response<Full<Bytes>> {
-    let text = String::from_utf8_lossy(body);
-    let docs = match sluice_config::source::parse_documents("request", &text) {
-        Ok(d) => d,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-    };
-    if let Err(e) = sluice_config::istio::parse_text("request", &text) {
-        return error(StatusCode::BAD_REQUEST, e.to_string());
-    }
-    let mut keys = Vec::new();
-    for d in docs {
-        let kind = d
-            .value
-            .get("kind")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        let meta = d.value.get("metadata");
-        let ns = meta
-            .and_then(|m| m.get("namespace"))
-            .and_then(Value::as_str)
-            .unwrap_or("default");
-        let name = meta
-            .and_then(|m| m.get("name"))
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let key = format!("{kind}/{ns}/{name}");
-        let one = serde_json::to_string(&d.value).unwrap_or_default();
-        let m = lock(&state.manager);
-        if let Err(e) = m.store().save_applied(&key, Some(&one)) {
-            return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-        }
-        keys.push(key);
-    }
-    let m = lock(&state.manager);
-    match parse_applied(m.store()) {
-        Ok(parsed) if m.durable() => *lock(&state.applied) = parsed,
-        Ok(_) => {
-            // In memory only: keep what this request brought alongside what was there.
-            if let Ok(more) = sluice_config::istio::parse_text("request", &text) {
-                let mut applied = lock(&state.applied);
-                for p in more {
-                    let k = parsed_key(&p);
-                    applied.retain(|x| parsed_key(x) != k);
-                    applied.push(p);
-                }
-            }
-        }
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
-    drop(m);
-    state.wake.notify_one();
-    json_response(StatusCode::OK, json!({"applied": keys}))
-}
-
-fn parsed_key(p: &Parsed) -> String {
-    match p {
-        Parsed::Istio(r) => r.key(),
-        Parsed::Rollout(r) => format!("Rollout {}/{}", r.metadata.namespace(), r.metadata.name),
-        Parsed::Other { kind, name, .. } => format!("{kind} {name}"),
+fn reply(r: Result<Value, release_api::ApiError>) -> Response<Full<Bytes>> {
+    match r {
+        Ok(v) => json_response(StatusCode::OK, v),
+        Err(e) => error(
+            StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            e.message,
+        ),
     }
 }
 
