@@ -38,7 +38,25 @@ fn candidates() -> Vec<PathBuf> {
     out
 }
 
+/// Generate Sluice's own gRPC API (`sluice.control.v1`) with the protoc binary that the
+/// `protoc-bin-vendored` package ships, so that no system protoc is needed.
+fn compile_api() {
+    println!("cargo:rerun-if-changed=proto/sluice/control/v1/releases.proto");
+    let protoc = protoc_bin_vendored::protoc_bin_path()
+        .expect("protoc-bin-vendored ships protoc for this platform");
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(protoc);
+    tonic_prost_build::configure()
+        .compile_with_config(
+            config,
+            &["proto/sluice/control/v1/releases.proto"],
+            &["proto"],
+        )
+        .expect("compile proto/sluice/control/v1/releases.proto");
+}
+
 fn main() {
+    compile_api();
     println!("cargo:rerun-if-env-changed=SLUICE_ENVOY_TYPES_DIR");
     println!("cargo:rerun-if-changed=build.rs");
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR for build scripts"));

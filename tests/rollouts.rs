@@ -633,6 +633,55 @@ async fn api_token_is_required_for_changes() {
         "Paused",
         "nothing changed"
     );
+    // The same over gRPC (sluice.control.v1.Releases, on the same address).
+    use sluice_proto::control::v1::releases_client::ReleasesClient;
+    use sluice_proto::control::v1::{ListRequest, RolloutRef};
+    let mut grpc = ReleasesClient::connect(format!("http://{}", control.api))
+        .await
+        .unwrap();
+    let list = grpc.list(ListRequest {}).await.unwrap().into_inner();
+    assert_eq!(list.rollouts.len(), 1);
+    assert_eq!(
+        (
+            list.rollouts[0].phase.as_str(),
+            list.rollouts[0].desired_canary_weight
+        ),
+        ("Paused", 30)
+    );
+    let web = RolloutRef {
+        namespace: String::new(),
+        name: "web".into(),
+    };
+    let mut watch = grpc.watch(web.clone()).await.unwrap().into_inner();
+    assert_eq!(watch.message().await.unwrap().unwrap().phase, "Paused");
+    let denied = grpc.pause(web.clone()).await.unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::Unauthenticated, "{denied:?}");
+    let mut wrong = tonic::Request::new(web.clone());
+    wrong
+        .metadata_mut()
+        .insert("authorization", "Bearer guess".parse().unwrap());
+    assert_eq!(
+        grpc.abort(wrong).await.unwrap_err().code(),
+        tonic::Code::Unauthenticated
+    );
+    assert_eq!(
+        rollout_json(&control, "web").await["phase"],
+        "Paused",
+        "nothing changed"
+    );
+    let mut right = tonic::Request::new(web.clone());
+    right
+        .metadata_mut()
+        .insert("authorization", "Bearer s3cret-token".parse().unwrap());
+    let v = grpc.abort(right).await.unwrap().into_inner();
+    assert_eq!((v.phase.as_str(), v.desired_canary_weight), ("Aborted", 0));
+    let next = tokio::time::timeout(Duration::from_secs(5), watch.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.phase, "Aborted", "Watch streams the change");
+    // And the CLI with the right token (abort is idempotent).
     let (ok, text) = rollout_cli(
         control.api,
         &["--token-file", token_file.to_str().unwrap(), "abort", "web"],

@@ -14,7 +14,6 @@
 //! `POST` needs `Authorization: Bearer <token>`.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -498,20 +497,40 @@ fn reply(r: Result<Value, release_api::ApiError>) -> Response<Full<Bytes>> {
 }
 
 async fn serve_api(listener: TcpListener, state: Arc<State>) {
+    use tonic::codegen::Service;
+    let grpc = sluice_proto::control::v1::releases_server::ReleasesServer::new(
+        crate::grpc_api::ReleaseService {
+            state: state.clone(),
+        },
+    );
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let state = state.clone();
+        let (state, grpc) = (state.clone(), grpc.clone());
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(respond(req, state).await) }
+            // One address, two protocols: gRPC (HTTP/2, `content-type: application/grpc`) and
+            // the HTTP/JSON API (HTTP/1.1 or HTTP/2).
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let (state, mut grpc) = (state.clone(), grpc.clone());
+                async move {
+                    let is_grpc = req
+                        .headers()
+                        .get(http::header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|v| v.starts_with("application/grpc"));
+                    if is_grpc {
+                        grpc.call(req).await
+                    } else {
+                        Ok(respond(req, state).await.map(tonic::body::Body::new))
+                    }
+                }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, svc)
-                .await;
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(io, svc)
+                    .await;
         });
     }
 }

@@ -8,6 +8,8 @@
 //!   by reflection against this pool, which gives Envoy's exact proto3 JSON mapping (both field name
 //!   spellings, durations such as `"1.5s"`, enums by name, `"@type"` inside `typed_config`) and lets the
 //!   validator name any field by its full path.
+//! * [`control`]: Sluice's release API (`sluice.control.v1.Releases`), generated from
+//!   `proto/sluice/control/v1/releases.proto`.
 //! * [`xds_type`]: the xDS resource types (CDS, EDS, LDS, RDS) and their type URLs.
 
 use std::sync::Mutex;
@@ -15,6 +17,14 @@ use std::sync::Mutex;
 use prost_reflect::DescriptorPool;
 
 pub mod xds_type;
+
+/// Sluice's own gRPC API: `sluice.control.v1.Releases`, the release operations.
+pub mod control {
+    pub mod v1 {
+        #![allow(clippy::all, missing_docs)]
+        tonic::include_proto!("sluice.control.v1");
+    }
+}
 
 /// The Envoy v3 API types.
 pub mod envoy {
