@@ -295,6 +295,7 @@ async fn route_command(api: ApiArgs, command: RouteCommand) -> anyhow::Result<()
                 .await?;
             match api.output {
                 StatusFormat::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+                StatusFormat::Yaml => print!("{}", sluice_control::rollout_view::yaml(&v)),
                 StatusFormat::Table => println!(
                     "{} weights set: {}",
                     v["route"].as_str().unwrap_or(""),
@@ -310,6 +311,7 @@ async fn route_command(api: ApiArgs, command: RouteCommand) -> anyhow::Result<()
 enum StatusFormat {
     Table,
     Json,
+    Yaml,
 }
 
 fn api_client(api: &ApiArgs) -> anyhow::Result<sluice_control::api_client::ApiClient> {
@@ -335,6 +337,7 @@ async fn rollout_command(api: ApiArgs, command: RolloutCommand) -> anyhow::Resul
     let ns = &api.namespace;
     let show = |v: &serde_json::Value| match api.output {
         StatusFormat::Json => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+        StatusFormat::Yaml => print!("{}", sluice_control::rollout_view::yaml(v)),
         StatusFormat::Table => print!("{}", render(v)),
     };
     let action = |name: &str, action: &str| format!("/api/v1/rollouts/{ns}/{name}/{action}");
@@ -343,6 +346,7 @@ async fn rollout_command(api: ApiArgs, command: RolloutCommand) -> anyhow::Resul
             let v = client.get("/api/v1/rollouts").await?;
             match api.output {
                 StatusFormat::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+                StatusFormat::Yaml => print!("{}", sluice_control::rollout_view::yaml(&v)),
                 StatusFormat::Table => print!("{}", render_list(&v)),
             }
         }
@@ -630,6 +634,9 @@ fn main() -> ExitCode {
                     match output {
                         StatusFormat::Json => {
                             println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default())
+                        }
+                        StatusFormat::Yaml => {
+                            print!("{}", sluice_control::rollout_view::yaml(&doc))
                         }
                         StatusFormat::Table => {
                             print!("{}", sluice_control::proxy_status::render_table(&doc))

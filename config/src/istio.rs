@@ -1475,9 +1475,9 @@ mod tests {
 
     #[test]
     fn other_kinds_are_passed_through() {
-        let out = parse_text("t.yaml", "apiVersion: argoproj.io/v1alpha1\nkind: Rollout\nmetadata: {name: r}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: s}\n").unwrap();
+        let out = parse_text("t.yaml", "apiVersion: argoproj.io/v1alpha1\nkind: AnalysisTemplate\nmetadata: {name: r}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: s}\n").unwrap();
         assert_eq!(out.len(), 2);
-        assert!(matches!(&out[0], Parsed::Other { kind, .. } if kind == "Rollout"));
+        assert!(matches!(&out[0], Parsed::Other { kind, .. } if kind == "AnalysisTemplate"));
     }
 
     #[test]

@@ -200,3 +200,53 @@ pub fn render_list(list: &Value) -> String {
     }
     out
 }
+
+fn to_yaml(v: &Value) -> yaml_rust2::Yaml {
+    use yaml_rust2::Yaml;
+    match v {
+        Value::Null => Yaml::Null,
+        Value::Bool(b) => Yaml::Boolean(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => Yaml::Integer(i),
+            None => Yaml::Real(n.to_string()),
+        },
+        Value::String(s) => Yaml::String(s.clone()),
+        Value::Array(a) => Yaml::Array(a.iter().map(to_yaml).collect()),
+        Value::Object(m) => Yaml::Hash(
+            m.iter()
+                .map(|(k, v)| (Yaml::String(k.clone()), to_yaml(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// A JSON document as YAML (`-o yaml`).
+pub fn yaml(v: &Value) -> String {
+    let mut out = String::new();
+    let mut emitter = yaml_rust2::YamlEmitter::new(&mut out);
+    if emitter.dump(&to_yaml(v)).is_err() {
+        return v.to_string();
+    }
+    out.push('\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_output_reads_back() {
+        let v = serde_json::json!({"name": "web", "step": 2, "weights": {"canary": 20}, "events": [{"by": "api"}]});
+        let text = yaml(&v);
+        assert!(text.contains("name: web"), "{text}");
+        let back = yaml_rust2::YamlLoader::load_from_str(&text).unwrap();
+        assert_eq!(back[0]["weights"]["canary"].as_i64(), Some(20));
+    }
+
+    #[test]
+    fn bars() {
+        assert_eq!(bar(20, 10), "██········");
+        assert_eq!(bar(100, 4), "████");
+    }
+}
