@@ -80,7 +80,7 @@ pub struct Canary {
     pub traffic_routing: Option<TrafficRouting>,
     #[serde(default)]
     pub steps: Vec<Step>,
-    pub analysis: Option<Value>,
+    pub analysis: Option<RolloutAnalysis>,
     pub max_surge: Option<Value>,
     pub max_unavailable: Option<Value>,
     pub scale_down_delay_seconds: Option<u32>,
@@ -153,9 +153,40 @@ pub struct Step {
     pub set_header_route: Option<SetHeaderRoute>,
     pub set_mirror_route: Option<SetMirrorRoute>,
     pub set_canary_scale: Option<Value>,
-    pub analysis: Option<Value>,
+    pub analysis: Option<RolloutAnalysis>,
     pub experiment: Option<Value>,
     pub plugin: Option<Value>,
+}
+
+/// A reference to analysis templates with arguments: a step's `analysis`, the canary's
+/// background `analysis`, or blue-green `prePromotionAnalysis` / `postPromotionAnalysis`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RolloutAnalysis {
+    #[serde(default)]
+    pub templates: Vec<TemplateRef>,
+    #[serde(default)]
+    pub args: Vec<AnalysisArg>,
+    /// Background analysis: the step from which it runs (0-based).
+    pub starting_step: Option<u32>,
+    pub dry_run: Option<Value>,
+    pub measurement_retention: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TemplateRef {
+    pub template_name: String,
+    #[serde(default)]
+    pub cluster_scope: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AnalysisArg {
+    pub name: String,
+    pub value: Option<String>,
+    pub value_from: Option<Value>,
 }
 
 /// `pause: {}` waits for a promotion; `pause: {duration: 30s}` (or seconds) for a timer.
@@ -242,8 +273,8 @@ pub struct BlueGreen {
     pub scale_down_delay_revision_limit: Option<u32>,
     pub abort_scale_down_delay_seconds: Option<u32>,
     pub preview_replica_count: Option<u32>,
-    pub pre_promotion_analysis: Option<Value>,
-    pub post_promotion_analysis: Option<Value>,
+    pub pre_promotion_analysis: Option<RolloutAnalysis>,
+    pub post_promotion_analysis: Option<RolloutAnalysis>,
     pub anti_affinity: Option<Value>,
     pub active_metadata: Option<Value>,
     pub preview_metadata: Option<Value>,
@@ -270,6 +301,27 @@ fn check_string_match(m: &StringMatchValue, at: &str, errors: &mut Vec<FieldErro
                 format!("{at}.regex"),
                 format!("invalid regex: {e}"),
             ));
+        }
+    }
+}
+
+fn check_analysis(a: &RolloutAnalysis, at: &str, errors: &mut Vec<FieldError>) {
+    if a.templates.is_empty() {
+        errors.push(FieldError::new(
+            format!("{at}.templates"),
+            "at least one template is required",
+        ));
+    }
+    if a.dry_run.is_some() {
+        refuse(errors, format!("{at}.dryRun"), "dry-run metrics");
+    }
+    for (i, arg) in a.args.iter().enumerate() {
+        if arg.value_from.is_some() {
+            refuse(
+                errors,
+                format!("{at}.args[{i}].valueFrom"),
+                "values from pod template hashes or Kubernetes fields; give `value`",
+            );
         }
     }
 }

@@ -553,6 +553,8 @@ pub enum Parsed {
     Istio(Box<Resource>),
     /// An Argo Rollouts `Rollout`.
     Rollout(Box<crate::argo::Rollout>),
+    /// An Argo `AnalysisTemplate` or `ClusterAnalysisTemplate`.
+    AnalysisTemplate(Box<crate::argo_analysis::AnalysisTemplate>),
     /// A kind Sluice reads elsewhere (`argoproj.io` Rollout, AnalysisTemplate, …): the document is
     /// kept for its reader.
     Other {
@@ -615,6 +617,28 @@ fn parse_document(doc: &Document) -> Result<Parsed, Vec<FieldError>> {
             metadata,
             spec,
         })));
+    }
+    if api_version == crate::argo::API_VERSION
+        && (kind == "AnalysisTemplate" || kind == "ClusterAnalysisTemplate")
+    {
+        let metadata: Metadata = typed(v.get("metadata").unwrap_or(&Value::Null), "metadata")?;
+        if metadata.name.is_empty() {
+            return Err(vec![FieldError::new("metadata.name", "required")]);
+        }
+        let spec: crate::argo_analysis::AnalysisTemplateSpec =
+            typed(v.get("spec").unwrap_or(&Value::Null), "spec")?;
+        let mut errors = Vec::new();
+        crate::argo_analysis::check(&spec, &mut errors);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        return Ok(Parsed::AnalysisTemplate(Box::new(
+            crate::argo_analysis::AnalysisTemplate {
+                metadata,
+                spec,
+                cluster: kind == "ClusterAnalysisTemplate",
+            },
+        )));
     }
     if group != GROUP {
         let name = v
@@ -1475,9 +1499,9 @@ mod tests {
 
     #[test]
     fn other_kinds_are_passed_through() {
-        let out = parse_text("t.yaml", "apiVersion: argoproj.io/v1alpha1\nkind: AnalysisTemplate\nmetadata: {name: r}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: s}\n").unwrap();
+        let out = parse_text("t.yaml", "apiVersion: argoproj.io/v1alpha1\nkind: Experiment\nmetadata: {name: r}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: s}\n").unwrap();
         assert_eq!(out.len(), 2);
-        assert!(matches!(&out[0], Parsed::Other { kind, .. } if kind == "AnalysisTemplate"));
+        assert!(matches!(&out[0], Parsed::Other { kind, .. } if kind == "Experiment"));
     }
 
     #[test]

@@ -20,7 +20,9 @@
 //! The same reading and validation code serves static files and resources received over xDS, so a
 //! resource is accepted or refused for the same reasons wherever it comes from.
 
+pub mod analysis_expr;
 pub mod argo;
+pub mod argo_analysis;
 pub mod envoy;
 pub mod error;
 pub mod field_support;

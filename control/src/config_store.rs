@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use sluice_config::argo::Rollout;
+use sluice_config::argo_analysis::AnalysisTemplate;
 use sluice_config::istio::{self, Parsed, Resource};
 use sluice_config::source::Document;
 
@@ -27,6 +28,7 @@ struct FileState {
     /// The last good content of the file.
     resources: Vec<Resource>,
     rollouts: Vec<(Rollout, String)>,
+    templates: Vec<AnalysisTemplate>,
     others: Vec<OtherDocument>,
     /// The current content's error, when it has one.
     error: Option<String>,
@@ -130,11 +132,13 @@ impl ConfigStore {
                 Ok(docs) => {
                     let mut resources = Vec::new();
                     let mut rollouts = Vec::new();
+                    let mut templates = Vec::new();
                     let mut others = Vec::new();
                     for d in docs {
                         match d {
                             Parsed::Istio(r) => resources.push(*r),
                             Parsed::Rollout(r) => rollouts.push((*r, p.display().to_string())),
+                            Parsed::AnalysisTemplate(t) => templates.push(*t),
                             Parsed::Other {
                                 api_version,
                                 kind,
@@ -150,9 +154,11 @@ impl ConfigStore {
                     }
                     let same = state.resources == resources
                         && state.rollouts == rollouts
+                        && state.templates == templates
                         && state.error.is_none();
                     state.resources = resources;
                     state.rollouts = rollouts;
+                    state.templates = templates;
                     state.others = others;
                     state.error = None;
                     report.changed |= !same;
@@ -208,7 +214,15 @@ impl ConfigStore {
         by_key.into_values().collect()
     }
 
-    /// Documents of other kinds (AnalysisTemplates, Kubernetes objects …), with their files.
+    /// Every analysis template (namespaced and cluster-wide).
+    pub fn templates(&self) -> Vec<AnalysisTemplate> {
+        self.files
+            .values()
+            .flat_map(|s| s.templates.iter().cloned())
+            .collect()
+    }
+
+    /// Documents of other kinds (Kubernetes objects …), with their files.
     pub fn others(&self) -> Vec<OtherDocument> {
         self.files
             .values()

@@ -78,6 +78,11 @@ fn parsed_key(p: &Parsed) -> String {
     match p {
         Parsed::Istio(r) => r.key(),
         Parsed::Rollout(r) => format!("Rollout {}/{}", r.metadata.namespace(), r.metadata.name),
+        Parsed::AnalysisTemplate(t) => format!(
+            "AnalysisTemplate {}/{}",
+            t.metadata.namespace(),
+            t.metadata.name
+        ),
         Parsed::Other { kind, name, .. } => format!("{kind} {name}"),
     }
 }

@@ -156,7 +156,7 @@ fn inputs(
                     rollouts.push(((**r).clone(), "api".into()));
                 }
             }
-            Parsed::Other { .. } => {}
+            Parsed::Other { .. } | Parsed::AnalysisTemplate(_) => {}
         }
     }
     resources.sort_by(|a, b| {

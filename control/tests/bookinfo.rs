@@ -18,7 +18,7 @@ fn read(path: &Path) -> Vec<Resource> {
         .into_iter()
         .filter_map(|p| match p {
             Parsed::Istio(r) => Some(*r),
-            Parsed::Other { .. } | Parsed::Rollout(_) => None,
+            Parsed::Other { .. } | Parsed::Rollout(_) | Parsed::AnalysisTemplate(_) => None,
         })
         .collect()
 }

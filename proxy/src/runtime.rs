@@ -222,6 +222,12 @@ pub fn validate_document(path: &std::path::Path) -> Result<String, String> {
             .map(|p| match p {
                 sluice_config::istio::Parsed::Istio(r) => r.spec.kind().to_string(),
                 sluice_config::istio::Parsed::Rollout(_) => "Rollout".to_string(),
+                sluice_config::istio::Parsed::AnalysisTemplate(t) => if t.cluster {
+                    "ClusterAnalysisTemplate"
+                } else {
+                    "AnalysisTemplate"
+                }
+                .to_string(),
                 sluice_config::istio::Parsed::Other { kind, .. } => {
                     format!("{kind} (not read here)")
                 }

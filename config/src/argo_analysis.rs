@@ -1,0 +1,275 @@
+//! Argo `AnalysisTemplate` and `ClusterAnalysisTemplate` (`argoproj.io/v1alpha1`): the metric
+//! checks a release runs. Providers `prometheus` and `web` are read; other providers are refused
+//! by name. Conditions are parsed when the template is read ([`crate::analysis_expr`]), so a
+//! condition Sluice cannot evaluate is refused before any release depends on it.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::analysis_expr::Condition;
+use crate::error::FieldError;
+use crate::istio::{parse_duration, Metadata};
+
+/// A template (namespaced, or cluster-wide when `cluster`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnalysisTemplate {
+    pub metadata: Metadata,
+    pub spec: AnalysisTemplateSpec,
+    pub cluster: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AnalysisTemplateSpec {
+    #[serde(default)]
+    pub args: Vec<Argument>,
+    #[serde(default)]
+    pub metrics: Vec<Metric>,
+    pub dry_run: Option<Value>,
+    pub measurement_retention: Option<Value>,
+}
+
+/// A template argument (`{{args.NAME}}`), with an optional default `value`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Argument {
+    pub name: String,
+    pub value: Option<String>,
+    pub value_from: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Metric {
+    pub name: String,
+    pub interval: Option<String>,
+    pub initial_delay: Option<String>,
+    /// A number, or a string (possibly `{{args.…}}`).
+    pub count: Option<Value>,
+    pub success_condition: Option<String>,
+    pub failure_condition: Option<String>,
+    pub failure_limit: Option<Value>,
+    pub inconclusive_limit: Option<Value>,
+    pub consecutive_error_limit: Option<Value>,
+    #[serde(default)]
+    pub provider: Provider,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Provider {
+    pub prometheus: Option<PrometheusProvider>,
+    pub web: Option<WebProvider>,
+    pub job: Option<Value>,
+    pub kayenta: Option<Value>,
+    pub datadog: Option<Value>,
+    pub new_relic: Option<Value>,
+    pub wavefront: Option<Value>,
+    pub cloud_watch: Option<Value>,
+    pub graphite: Option<Value>,
+    pub influxdb: Option<Value>,
+    pub skywalking: Option<Value>,
+    pub plugin: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Header {
+    pub key: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PrometheusProvider {
+    pub address: String,
+    pub query: String,
+    /// Seconds.
+    pub timeout: Option<u64>,
+    #[serde(default)]
+    pub headers: Vec<Header>,
+    pub insecure: Option<bool>,
+    pub authentication: Option<Value>,
+    pub range_query: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WebProvider {
+    pub url: String,
+    pub method: Option<String>,
+    #[serde(default)]
+    pub headers: Vec<Header>,
+    pub json_path: Option<String>,
+    pub timeout_seconds: Option<u64>,
+    pub body: Option<String>,
+    pub json_body: Option<Value>,
+    pub insecure: Option<bool>,
+    pub authentication: Option<Value>,
+}
+
+fn refuse(errors: &mut Vec<FieldError>, path: String, why: &str) {
+    errors.push(FieldError::new(path, format!("not supported: {why}")));
+}
+
+/// Whether a field is still an unexpanded `{{args.…}}` reference (checked after expansion).
+pub fn has_placeholder(text: &str) -> bool {
+    text.contains("{{")
+}
+
+/// Check what can be checked before arguments are known: providers, durations, conditions.
+pub fn check(spec: &AnalysisTemplateSpec, errors: &mut Vec<FieldError>) {
+    if spec.dry_run.is_some() {
+        refuse(errors, "spec.dryRun".into(), "dry-run metrics");
+    }
+    for (i, a) in spec.args.iter().enumerate() {
+        if a.value_from.is_some() {
+            refuse(
+                errors,
+                format!("spec.args[{i}].valueFrom"),
+                "values from Kubernetes secrets or fields; pass the value from the Rollout",
+            );
+        }
+    }
+    if spec.metrics.is_empty() {
+        errors.push(FieldError::new(
+            "spec.metrics",
+            "at least one metric is required",
+        ));
+    }
+    for (i, m) in spec.metrics.iter().enumerate() {
+        let at = format!("spec.metrics[{i}]");
+        for (name, d) in [
+            ("interval", &m.interval),
+            ("initialDelay", &m.initial_delay),
+        ] {
+            if let Some(d) = d {
+                if !has_placeholder(d) && parse_duration(d).is_none() {
+                    errors.push(FieldError::new(
+                        format!("{at}.{name}"),
+                        format!("`{d}` is not a duration (30s, 5m, 1h)"),
+                    ));
+                }
+            }
+        }
+        for (name, c) in [
+            ("successCondition", &m.success_condition),
+            ("failureCondition", &m.failure_condition),
+        ] {
+            if let Some(c) = c {
+                if let Err(e) = Condition::parse(c) {
+                    errors.push(FieldError::new(
+                        format!("{at}.{name}"),
+                        format!("`{c}`: {e}"),
+                    ));
+                }
+            }
+        }
+        for (name, v) in [
+            ("count", &m.count),
+            ("failureLimit", &m.failure_limit),
+            ("inconclusiveLimit", &m.inconclusive_limit),
+            ("consecutiveErrorLimit", &m.consecutive_error_limit),
+        ] {
+            match v {
+                None | Some(Value::Number(_)) => {}
+                Some(Value::String(s)) if has_placeholder(s) || s.parse::<i64>().is_ok() => {}
+                Some(other) => errors.push(FieldError::new(
+                    format!("{at}.{name}"),
+                    format!("`{other}` is not a whole number"),
+                )),
+            }
+        }
+        let p = &m.provider;
+        let others = [
+            ("job", &p.job),
+            ("kayenta", &p.kayenta),
+            ("datadog", &p.datadog),
+            ("newRelic", &p.new_relic),
+            ("wavefront", &p.wavefront),
+            ("cloudWatch", &p.cloud_watch),
+            ("graphite", &p.graphite),
+            ("influxdb", &p.influxdb),
+            ("skywalking", &p.skywalking),
+            ("plugin", &p.plugin),
+        ];
+        for (name, v) in others {
+            if v.is_some() {
+                refuse(
+                    errors,
+                    format!("{at}.provider.{name}"),
+                    "providers other than prometheus and web",
+                );
+            }
+        }
+        match (&p.prometheus, &p.web) {
+            (Some(_), Some(_)) => errors.push(FieldError::new(
+                format!("{at}.provider"),
+                "only one provider per metric",
+            )),
+            (None, None) if others.iter().all(|(_, v)| v.is_none()) => errors.push(
+                FieldError::new(format!("{at}.provider"), "prometheus or web is required"),
+            ),
+            _ => {}
+        }
+        if let Some(pr) = &p.prometheus {
+            if pr.authentication.is_some() {
+                refuse(
+                    errors,
+                    format!("{at}.provider.prometheus.authentication"),
+                    "SigV4 / OAuth; use headers",
+                );
+            }
+            if pr.range_query.is_some() {
+                refuse(
+                    errors,
+                    format!("{at}.provider.prometheus.rangeQuery"),
+                    "range queries; use an instant query with a range selector",
+                );
+            }
+            if pr.insecure == Some(true) {
+                refuse(
+                    errors,
+                    format!("{at}.provider.prometheus.insecure"),
+                    "skipping TLS verification",
+                );
+            }
+            if pr.address.is_empty() {
+                errors.push(FieldError::new(
+                    format!("{at}.provider.prometheus.address"),
+                    "required",
+                ));
+            }
+            if pr.query.is_empty() {
+                errors.push(FieldError::new(
+                    format!("{at}.provider.prometheus.query"),
+                    "required",
+                ));
+            }
+        }
+        if let Some(w) = &p.web {
+            if w.authentication.is_some() {
+                refuse(
+                    errors,
+                    format!("{at}.provider.web.authentication"),
+                    "OAuth; use headers",
+                );
+            }
+            if w.insecure == Some(true) {
+                refuse(
+                    errors,
+                    format!("{at}.provider.web.insecure"),
+                    "skipping TLS verification",
+                );
+            }
+            if let Some(m) = &w.method {
+                if !matches!(m.as_str(), "GET" | "POST" | "PUT") {
+                    errors.push(FieldError::new(
+                        format!("{at}.provider.web.method"),
+                        format!("`{m}` is not GET, POST or PUT"),
+                    ));
+                }
+            }
+        }
+    }
+}
