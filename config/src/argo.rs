@@ -335,13 +335,7 @@ pub fn check(spec: &RolloutSpec, errors: &mut Vec<FieldError>) {
             "referencing a Deployment; put the template in the Rollout",
         );
     }
-    if spec.analysis.is_some() {
-        refuse(
-            errors,
-            "spec.analysis".into(),
-            "analysis runs are not implemented yet",
-        );
-    }
+    // `spec.analysis` only limits how many finished runs are kept: no effect on traffic.
     if spec.template.metadata.labels.is_empty() {
         errors.push(FieldError::new(
             "spec.template.metadata.labels",
@@ -373,12 +367,8 @@ pub fn check(spec: &RolloutSpec, errors: &mut Vec<FieldError>) {
             ("prePromotionAnalysis", &bg.pre_promotion_analysis),
             ("postPromotionAnalysis", &bg.post_promotion_analysis),
         ] {
-            if v.is_some() {
-                refuse(
-                    errors,
-                    format!("spec.strategy.blueGreen.{name}"),
-                    "analysis runs are not implemented yet",
-                );
+            if let Some(a) = v {
+                check_analysis(a, &format!("spec.strategy.blueGreen.{name}"), errors);
             }
         }
     }
@@ -386,12 +376,8 @@ pub fn check(spec: &RolloutSpec, errors: &mut Vec<FieldError>) {
 
 fn check_canary(c: &Canary, errors: &mut Vec<FieldError>) {
     let at = "spec.strategy.canary";
-    if c.analysis.is_some() {
-        refuse(
-            errors,
-            format!("{at}.analysis"),
-            "analysis runs are not implemented yet",
-        );
+    if let Some(a) = &c.analysis {
+        check_analysis(a, &format!("{at}.analysis"), errors);
     }
     if c.ping_pong.is_some() {
         refuse(errors, format!("{at}.pingPong"), "ping-pong services");
@@ -521,12 +507,14 @@ fn check_canary(c: &Canary, errors: &mut Vec<FieldError>) {
                 errors.push(FieldError::new(format!("{sat}.pause.duration"), e));
             }
         }
-        if s.analysis.is_some() {
-            refuse(
-                errors,
-                format!("{sat}.analysis"),
-                "analysis runs are not implemented yet",
-            );
+        if let Some(a) = &s.analysis {
+            check_analysis(a, &format!("{sat}.analysis"), errors);
+            if a.starting_step.is_some() {
+                errors.push(FieldError::new(
+                    format!("{sat}.analysis.startingStep"),
+                    "only for background analysis",
+                ));
+            }
         }
         if s.experiment.is_some() {
             refuse(
