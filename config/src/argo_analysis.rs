@@ -117,6 +117,27 @@ pub fn has_placeholder(text: &str) -> bool {
     text.contains("{{")
 }
 
+/// `text` with every `{{…}}` replaced by `0`.
+fn without_placeholders(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("{{") {
+        out.push_str(&rest[..i]);
+        match rest[i..].find("}}") {
+            Some(j) => {
+                out.push('0');
+                rest = &rest[i + j + 2..];
+            }
+            None => {
+                rest = &rest[i..];
+                break;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Check what can be checked before arguments are known: providers, durations, conditions.
 pub fn check(spec: &AnalysisTemplateSpec, errors: &mut Vec<FieldError>) {
     if spec.dry_run.is_some() {
@@ -157,7 +178,9 @@ pub fn check(spec: &AnalysisTemplateSpec, errors: &mut Vec<FieldError>) {
             ("failureCondition", &m.failure_condition),
         ] {
             if let Some(c) = c {
-                if let Err(e) = Condition::parse(c) {
+                // Arguments are known only when a run starts: check the syntax with each
+                // `{{args.…}}` standing for a number (checked again, expanded, at run start).
+                if let Err(e) = Condition::parse(&without_placeholders(c)) {
                     errors.push(FieldError::new(
                         format!("{at}.{name}"),
                         format!("`{c}`: {e}"),
