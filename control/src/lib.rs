@@ -17,6 +17,7 @@
 //! * [`server`]: `sluice control` itself: watch, debounce, translate, push.
 
 pub mod ads_server;
+pub mod analysis_provider;
 pub mod analysis_run;
 pub mod api_client;
 pub mod cluster_translate;

@@ -17,7 +17,18 @@ use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
 use serde::{Deserialize, Serialize};
-use sluice_config::argo::{HeaderRoutingMatch, RolloutSpec, SetMirrorRoute};
+use sluice_config::argo::{HeaderRoutingMatch, RolloutAnalysis, RolloutSpec, SetMirrorRoute};
+use sluice_config::argo_analysis::AnalysisTemplate;
+
+use crate::analysis_run::{AnalysisRun, RunKind, RunPhase};
+
+/// What the state machine needs from around it: the Rollout's namespace and the analysis
+/// templates analysis runs are started from.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Env<'a> {
+    pub namespace: &'a str,
+    pub templates: &'a [AnalysisTemplate],
+}
 
 /// Argo's phases, plus `Aborted` (Argo shows an aborted rollout as `Degraded`; Sluice names it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -80,6 +91,12 @@ pub struct RolloutStatus {
     pub undo_target: Option<u32>,
     /// The template hash last seen in the spec (to tell a new edit from an `undo`).
     pub spec_hash: String,
+    /// Aborted by a failed analysis (phase `Degraded`) rather than by a user (`Aborted`).
+    #[serde(default)]
+    pub degraded: bool,
+    /// The current release's analysis runs.
+    #[serde(default)]
+    pub runs: Vec<AnalysisRun>,
     /// Blue-green: the previous active revision, addressable through the preview service until
     /// this time (Unix ms).
     pub previous_until_ms: Option<u64>,
@@ -183,11 +200,16 @@ impl RolloutStatus {
         self.pause_until_ms = None;
         self.pause_reason = None;
         self.aborted = false;
+        self.degraded = false;
         self.user_paused = false;
+        for r in &mut self.runs {
+            r.terminate();
+        }
     }
 
     fn start_release(&mut self, target: u32, now_ms: u64, by: &str) {
         self.clear_release();
+        self.runs.clear();
         self.canary = Some(target);
         self.step = 0;
         self.phase = Phase::Progressing;
@@ -222,6 +244,11 @@ impl RolloutStatus {
 
     /// Bring the status in line with the spec and the time; returns whether anything changed.
     pub fn reconcile(&mut self, spec: &RolloutSpec, now_ms: u64) -> bool {
+        self.reconcile_in(spec, &Env::default(), now_ms)
+    }
+
+    /// [`RolloutStatus::reconcile`] with analysis templates at hand.
+    pub fn reconcile_in(&mut self, spec: &RolloutSpec, env: &Env<'_>, now_ms: u64) -> bool {
         let before = self.clone();
         let hash = template_hash(spec);
         if self.revisions.is_empty() {
@@ -250,8 +277,98 @@ impl RolloutStatus {
             self.previous = None;
             self.previous_until_ms = None;
         }
-        self.advance(spec, now_ms);
+        self.advance(spec, env, now_ms);
         *self != before
+    }
+
+    /// Abort because an analysis run failed: traffic back to stable, phase `Degraded`.
+    fn abort_by_analysis(&mut self, now_ms: u64, why: String) {
+        let stable = self.stable;
+        self.weight = 0;
+        self.header_routes.clear();
+        self.mirror_routes.clear();
+        self.pause_until_ms = None;
+        self.pause_reason = None;
+        self.aborted = true;
+        self.degraded = true;
+        self.phase = Phase::Degraded;
+        self.event(
+            now_ms,
+            "analysis",
+            format!("aborted: {why}; traffic back to stable revision {stable}"),
+        );
+    }
+
+    /// The run of `kind`, started if it does not exist yet. `None` (after aborting) when it
+    /// cannot be started.
+    fn ensure_run(
+        &mut self,
+        kind: RunKind,
+        analysis: &RolloutAnalysis,
+        env: &Env<'_>,
+        now_ms: u64,
+    ) -> Option<RunPhase> {
+        if let Some(r) = self.runs.iter().find(|r| r.kind == kind) {
+            return Some(r.phase);
+        }
+        let id = format!(
+            "{}-{}",
+            self.canary.unwrap_or(self.stable),
+            self.runs.len() + 1
+        );
+        match AnalysisRun::start(id, kind, analysis, env.namespace, env.templates, now_ms) {
+            Ok(run) => {
+                let what = match kind {
+                    RunKind::Step(i) => format!("step {}: analysis", i + 1),
+                    RunKind::Background => "background analysis".into(),
+                    RunKind::PrePromotion => "pre-promotion analysis".into(),
+                };
+                self.event(
+                    now_ms,
+                    "controller",
+                    format!("{what} started ({})", run.templates.join(", ")),
+                );
+                self.runs.push(run);
+                Some(RunPhase::Running)
+            }
+            Err(e) => {
+                self.abort_by_analysis(now_ms, format!("analysis cannot start: {e}"));
+                None
+            }
+        }
+    }
+
+    /// React to a finished run: `true` when the release may go on past it.
+    fn run_outcome(&mut self, kind: RunKind, phase: RunPhase, now_ms: u64) -> bool {
+        let message = self
+            .runs
+            .iter()
+            .find(|r| r.kind == kind)
+            .map(|r| r.message.clone())
+            .unwrap_or_default();
+        match phase {
+            RunPhase::Successful => true,
+            RunPhase::Running => {
+                self.phase = Phase::Progressing;
+                false
+            }
+            RunPhase::Failed | RunPhase::Error => {
+                self.abort_by_analysis(now_ms, format!("analysis {phase:?}: {message}"));
+                false
+            }
+            RunPhase::Inconclusive => {
+                if self.pause_reason.as_deref() != Some("InconclusiveAnalysis") {
+                    self.pause_reason = Some("InconclusiveAnalysis".into());
+                    self.event(
+                        now_ms,
+                        "analysis",
+                        format!("paused for a human: analysis inconclusive: {message}"),
+                    );
+                }
+                self.phase = Phase::Paused;
+                false
+            }
+        }
     }
 
     /// Make `target` the desired revision.
@@ -272,8 +389,32 @@ impl RolloutStatus {
         }
     }
 
-    /// Run steps until one blocks (a pause) or the release completes.
-    fn advance(&mut self, spec: &RolloutSpec, now_ms: u64) {
+    /// Start the background analysis once the release reaches its `startingStep`; `false` when
+    /// it stopped the release (failed: aborted; inconclusive: paused).
+    fn background_ok(&mut self, spec: &RolloutSpec, env: &Env<'_>, now_ms: u64) -> bool {
+        let Some(a) = spec
+            .strategy
+            .canary
+            .as_ref()
+            .and_then(|c| c.analysis.as_ref())
+        else {
+            return true;
+        };
+        if self.step < a.starting_step.unwrap_or(0) as usize {
+            return true;
+        }
+        match self.ensure_run(RunKind::Background, a, env, now_ms) {
+            Some(RunPhase::Successful | RunPhase::Running) => true,
+            Some(phase) => {
+                self.run_outcome(RunKind::Background, phase, now_ms);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Run steps until one blocks (a pause, a running analysis) or the release completes.
+    fn advance(&mut self, spec: &RolloutSpec, env: &Env<'_>, now_ms: u64) {
         if self.canary.is_none() {
             if !self.aborted {
                 self.phase = Phase::Healthy;
@@ -281,7 +422,11 @@ impl RolloutStatus {
             return;
         }
         if self.aborted {
-            self.phase = Phase::Aborted;
+            self.phase = if self.degraded {
+                Phase::Degraded
+            } else {
+                Phase::Aborted
+            };
             return;
         }
         if spec.paused || self.user_paused {
@@ -292,9 +437,16 @@ impl RolloutStatus {
             return;
         }
         if let Some(bg) = &spec.strategy.blue_green {
+            if let Some(a) = &bg.pre_promotion_analysis {
+                match self.ensure_run(RunKind::PrePromotion, a, env, now_ms) {
+                    Some(phase) if self.run_outcome(RunKind::PrePromotion, phase, now_ms) => {}
+                    _ => return,
+                }
+            }
             self.advance_blue_green(bg, now_ms);
             return;
         }
+
         let steps = spec
             .strategy
             .canary
@@ -303,6 +455,9 @@ impl RolloutStatus {
             .unwrap_or(&[]);
         // Bounded: each pass either advances `step` or returns.
         for _ in 0..=steps.len() {
+            if !self.background_ok(spec, env, now_ms) {
+                return;
+            }
             let Some(step) = steps.get(self.step) else {
                 self.complete(now_ms, None);
                 return;
@@ -349,6 +504,18 @@ impl RolloutStatus {
                         self.pause_until_ms = None;
                         self.pause_reason = None;
                     }
+                }
+            } else if let Some(a) = &step.analysis {
+                let kind = RunKind::Step(self.step);
+                match self.ensure_run(kind, a, env, now_ms) {
+                    Some(phase) if self.run_outcome(kind, phase, now_ms) => {
+                        self.event(
+                            now_ms,
+                            "analysis",
+                            format!("step {}: analysis passed", self.step + 1),
+                        );
+                    }
+                    _ => return,
                 }
             } else if let Some(h) = &step.set_header_route {
                 if h.matches.is_empty() {
@@ -436,6 +603,18 @@ impl RolloutStatus {
         now_ms: u64,
         by: &str,
     ) -> Result<(), OperationError> {
+        self.operate_in(spec, &Env::default(), op, now_ms, by)
+    }
+
+    /// [`RolloutStatus::operate`] with analysis templates at hand.
+    pub fn operate_in(
+        &mut self,
+        spec: &RolloutSpec,
+        env: &Env<'_>,
+        op: &Operation,
+        now_ms: u64,
+        by: &str,
+    ) -> Result<(), OperationError> {
         match op {
             Operation::Promote { full } => {
                 if self.canary.is_none() || self.aborted {
@@ -452,7 +631,13 @@ impl RolloutStatus {
                         .canary
                         .as_ref()
                         .and_then(|c| c.steps.get(self.step))
-                        .is_some_and(|s| s.pause.is_some());
+                        .is_some_and(|s| {
+                            s.pause.is_some()
+                                || (s.analysis.is_some()
+                                    && self.pause_reason.as_deref() == Some("InconclusiveAnalysis"))
+                        });
+                    // A human decided past an inconclusive analysis: those runs are done.
+                    self.runs.retain(|r| r.phase != RunPhase::Inconclusive);
                     self.pause_until_ms = None;
                     self.pause_reason = None;
                     if self.step < steps && at_pause {
@@ -502,6 +687,8 @@ impl RolloutStatus {
                     return Err(OperationError::NotAborted(self.phase));
                 }
                 self.aborted = false;
+                self.degraded = false;
+                self.runs.clear();
                 self.step = 0;
                 self.phase = Phase::Progressing;
                 self.event(now_ms, by, "retrying the release from step 1");
@@ -549,8 +736,26 @@ impl RolloutStatus {
                 );
             }
         }
-        self.advance(spec, now_ms);
+        self.advance(spec, env, now_ms);
         Ok(())
+    }
+
+    /// Record a measurement of metric `metric` of run `run_id`; the release reacts on the next
+    /// reconcile. Returns whether the run existed.
+    pub fn record_measurement(
+        &mut self,
+        run_id: &str,
+        metric: usize,
+        now_ms: u64,
+        value: &Result<sluice_config::analysis_expr::Value, String>,
+    ) -> bool {
+        match self.runs.iter_mut().find(|r| r.id == run_id) {
+            Some(r) => {
+                r.record(metric, now_ms, value);
+                true
+            }
+            None => false,
+        }
     }
 
     /// The revision whose labels should serve as "stable" and as "canary" now.
@@ -915,5 +1120,165 @@ spec:
         s.operate(&spec, &Operation::Undo { to_revision: None }, 4, "u")
             .unwrap();
         assert_eq!((s.phase, s.canary, s.stable), (Phase::Healthy, None, 1));
+    }
+
+    fn templates() -> Vec<AnalysisTemplate> {
+        let text = "apiVersion: argoproj.io/v1alpha1\nkind: AnalysisTemplate\nmetadata: {name: rate}\nspec:\n  args: [{name: service}]\n  metrics:\n  - name: success\n    successCondition: result[0] >= 0.95\n    provider: {prometheus: {address: 'http://127.0.0.1:9', query: 'x{s=\"{{args.service}}\"}'}}\n";
+        match parse_text("t.yaml", text)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .remove(0)
+        {
+            Parsed::AnalysisTemplate(t) => vec![*t],
+            other => panic!("{other:?}"),
+        }
+    }
+
+    const WITH_ANALYSIS: &str = "[{setWeight: 20}, {analysis: {templates: [{templateName: rate}], args: [{name: service, value: web}]}}, {setWeight: 50}, {pause: {}}]";
+
+    fn sample(x: f64) -> Result<sluice_config::analysis_expr::Value, String> {
+        Ok(sluice_config::analysis_expr::Value::List(vec![
+            sluice_config::analysis_expr::Value::Number(x),
+        ]))
+    }
+
+    #[test]
+    fn a_step_analysis_gates_the_next_step() {
+        let t = templates();
+        let env = Env {
+            namespace: "default",
+            templates: &t,
+        };
+        let mut s = RolloutStatus::default();
+        s.reconcile_in(&rollout(WITH_ANALYSIS, "v1"), &env, 0);
+        let spec = rollout(WITH_ANALYSIS, "v2");
+        s.reconcile_in(&spec, &env, 1);
+        assert_eq!(
+            (s.phase, s.step, s.weight, s.runs.len()),
+            (Phase::Progressing, 1, 20, 1)
+        );
+        assert!(!s.reconcile_in(&spec, &env, 2), "waits for the measurement");
+        let id = s.runs[0].id.clone();
+        assert!(s.record_measurement(&id, 0, 3, &sample(0.99)));
+        s.reconcile_in(&spec, &env, 4);
+        assert_eq!(
+            (s.phase, s.step, s.weight),
+            (Phase::Paused, 3, 50),
+            "passed: on to 50 %"
+        );
+    }
+
+    #[test]
+    fn a_failed_analysis_aborts_as_degraded() {
+        let t = templates();
+        let env = Env {
+            namespace: "default",
+            templates: &t,
+        };
+        let mut s = RolloutStatus::default();
+        s.reconcile_in(&rollout(WITH_ANALYSIS, "v1"), &env, 0);
+        let spec = rollout(WITH_ANALYSIS, "v2");
+        s.reconcile_in(&spec, &env, 1);
+        let id = s.runs[0].id.clone();
+        s.record_measurement(&id, 0, 2, &sample(0.5));
+        s.reconcile_in(&spec, &env, 3);
+        assert_eq!(
+            (s.phase, s.weight, s.aborted, s.canary),
+            (Phase::Degraded, 0, true, Some(2))
+        );
+        assert!(s.message.contains("analysis Failed"), "{}", s.message);
+        assert!(s.events.iter().any(|e| e.by == "analysis"));
+        s.operate_in(&spec, &env, &Operation::Retry, 4, "u")
+            .unwrap();
+        assert_eq!(
+            (s.phase, s.step, s.runs.len()),
+            (Phase::Progressing, 1, 1),
+            "a fresh run"
+        );
+    }
+
+    #[test]
+    fn an_inconclusive_analysis_pauses_for_a_human() {
+        let t = templates();
+        let env = Env {
+            namespace: "default",
+            templates: &t,
+        };
+        let mut s = RolloutStatus::default();
+        s.reconcile_in(&rollout(WITH_ANALYSIS, "v1"), &env, 0);
+        let spec = rollout(WITH_ANALYSIS, "v2");
+        s.reconcile_in(&spec, &env, 1);
+        let id = s.runs[0].id.clone();
+        s.record_measurement(
+            &id,
+            0,
+            2,
+            &Ok(sluice_config::analysis_expr::Value::List(vec![])),
+        );
+        s.reconcile_in(&spec, &env, 3);
+        assert_eq!((s.phase, s.weight), (Phase::Paused, 20));
+        assert_eq!(s.pause_reason.as_deref(), Some("InconclusiveAnalysis"));
+        s.operate_in(&spec, &env, &Operation::Promote { full: false }, 4, "human")
+            .unwrap();
+        assert_eq!(
+            (s.step, s.weight),
+            (3, 50),
+            "the human's promote goes past it"
+        );
+    }
+
+    #[test]
+    fn background_analysis_and_missing_templates() {
+        let t = templates();
+        let env = Env {
+            namespace: "default",
+            templates: &t,
+        };
+        let text = "[{setWeight: 20}, {pause: {}}]";
+        let bg = |v: &str| {
+            let mut spec = rollout(text, v);
+            if let Some(c) = spec.strategy.canary.as_mut() {
+                c.analysis = Some(RolloutAnalysis {
+                    templates: vec![sluice_config::argo::TemplateRef {
+                        template_name: "rate".into(),
+                        cluster_scope: false,
+                    }],
+                    args: vec![sluice_config::argo::AnalysisArg {
+                        name: "service".into(),
+                        value: Some("web".into()),
+                        value_from: None,
+                    }],
+                    starting_step: Some(1),
+                    ..Default::default()
+                });
+            }
+            spec
+        };
+        let mut s = RolloutStatus::default();
+        s.reconcile_in(&bg("v1"), &env, 0);
+        let spec = bg("v2");
+        s.reconcile_in(&spec, &env, 1);
+        assert_eq!(
+            (s.phase, s.runs.len()),
+            (Phase::Paused, 1),
+            "started from step 1, alongside the pause"
+        );
+        let id = s.runs[0].id.clone();
+        s.record_measurement(&id, 0, 2, &sample(0.1));
+        s.reconcile_in(&spec, &env, 3);
+        assert_eq!((s.phase, s.weight), (Phase::Degraded, 0));
+
+        let mut s = RolloutStatus::default();
+        let none = Env {
+            namespace: "default",
+            templates: &[],
+        };
+        s.reconcile_in(&rollout(WITH_ANALYSIS, "v1"), &none, 0);
+        s.reconcile_in(&rollout(WITH_ANALYSIS, "v2"), &none, 1);
+        assert_eq!(s.phase, Phase::Degraded);
+        assert!(
+            s.message.contains("AnalysisTemplate `rate` not found"),
+            "{}",
+            s.message
+        );
     }
 }

@@ -1,0 +1,246 @@
+//! Taking one measurement: a Prometheus instant query (`/api/v1/query`) or a web request whose
+//! JSON answer is read at `jsonPath`. Every failure — connection refused, timeout, an HTTP
+//! error, a Prometheus `error` status, an answer that is not what was asked — is an `Err`, which
+//! the run counts as an Error measurement, never as a success or a failure.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use serde_json::Value as Json;
+use sluice_config::analysis_expr::Value;
+
+use crate::analysis_run::Provider;
+
+fn client() -> hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+> {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
+
+async fn request(
+    method: &str,
+    url: &str,
+    headers: &[(String, String)],
+    body: Option<&str>,
+    timeout_s: u64,
+) -> Result<(u16, Bytes), String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("`{url}`: {e}"))?;
+    if uri.scheme_str() == Some("https") {
+        return Err(format!(
+            "`{url}`: https providers are not supported yet; use http"
+        ));
+    }
+    let mut b = http::Request::builder().method(method).uri(uri);
+    for (k, v) in headers {
+        b = b.header(k.as_str(), v.as_str());
+    }
+    if body.is_some() {
+        b = b.header(http::header::CONTENT_TYPE, "application/json");
+    }
+    let req = b
+        .body(Full::new(Bytes::from(body.unwrap_or("").to_string())))
+        .map_err(|e| e.to_string())?;
+    let fut = async {
+        let resp = client()
+            .request(req)
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok::<_, String>((status, body))
+    };
+    tokio::time::timeout(Duration::from_secs(timeout_s.max(1)), fut)
+        .await
+        .map_err(|_| format!("{url}: no answer within {timeout_s} s"))?
+}
+
+fn sample(v: &Json) -> Result<f64, String> {
+    // Prometheus samples are `[timestamp, "value"]`; values may be "NaN", "+Inf", "-Inf".
+    let text = v
+        .get(1)
+        .and_then(Json::as_str)
+        .ok_or_else(|| format!("unexpected sample {v}"))?;
+    text.parse::<f64>()
+        .map_err(|_| format!("sample value `{text}` is not a number"))
+}
+
+/// Read a Prometheus `/api/v1/query` answer: a vector is a list of its samples' values, a scalar
+/// a number.
+pub fn prometheus_value(body: &[u8]) -> Result<Value, String> {
+    let v: Json =
+        serde_json::from_slice(body).map_err(|e| format!("the answer is not JSON: {e}"))?;
+    if v["status"] != "success" {
+        return Err(format!(
+            "Prometheus: {} {}",
+            v["errorType"].as_str().unwrap_or("error"),
+            v["error"].as_str().unwrap_or("")
+        ));
+    }
+    match v["data"]["resultType"].as_str() {
+        Some("vector") => Ok(Value::List(
+            v["data"]["result"]
+                .as_array()
+                .map(|l| {
+                    l.iter()
+                        .map(|s| sample(&s["value"]).map(Value::Number))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()?
+                .unwrap_or_default(),
+        )),
+        Some("scalar") => Ok(Value::Number(sample(&v["data"]["result"])?)),
+        Some(other) => Err(format!(
+            "Prometheus answered a {other}; use an instant vector or scalar query"
+        )),
+        None => Err("Prometheus answer without data.resultType".into()),
+    }
+}
+
+/// The value at a JSONPath such as `{$.data.ok}`, `$.results[0].rate` or `$` (the whole answer).
+pub fn json_path(body: &[u8], path: Option<&str>) -> Result<Value, String> {
+    let v: Json =
+        serde_json::from_slice(body).map_err(|e| format!("the answer is not JSON: {e}"))?;
+    let path = path
+        .unwrap_or("$")
+        .trim()
+        .trim_start_matches('{')
+        .trim_end_matches('}')
+        .trim();
+    let rest = path
+        .strip_prefix('$')
+        .ok_or_else(|| format!("jsonPath `{path}` must start with $"))?;
+    let mut cur = &v;
+    let mut chars = rest;
+    while !chars.is_empty() {
+        if let Some(r) = chars.strip_prefix('.') {
+            let end = r.find(['.', '[']).unwrap_or(r.len());
+            cur = cur
+                .get(&r[..end])
+                .ok_or_else(|| format!("jsonPath `{path}`: no `{}`", &r[..end]))?;
+            chars = &r[end..];
+        } else if let Some(r) = chars.strip_prefix('[') {
+            let end = r
+                .find(']')
+                .ok_or_else(|| format!("jsonPath `{path}`: unclosed ["))?;
+            let key = r[..end].trim_matches(['\'', '"']);
+            cur = match key.parse::<usize>() {
+                Ok(i) => cur.get(i),
+                Err(_) => cur.get(key),
+            }
+            .ok_or_else(|| format!("jsonPath `{path}`: no [{key}]"))?;
+            chars = &r[end + 1..];
+        } else {
+            return Err(format!("jsonPath `{path}`: cannot read `{chars}`"));
+        }
+    }
+    Ok(to_value(cur))
+}
+
+fn to_value(v: &Json) -> Value {
+    match v {
+        Json::Number(n) => Value::Number(n.as_f64().unwrap_or(f64::NAN)),
+        Json::Bool(b) => Value::Bool(*b),
+        Json::String(s) => Value::Str(s.clone()),
+        Json::Array(a) => Value::List(a.iter().map(to_value).collect()),
+        Json::Null => Value::Number(f64::NAN),
+        Json::Object(_) => Value::Str(v.to_string()),
+    }
+}
+
+/// Take one measurement.
+pub async fn measure(p: &Provider) -> Result<Value, String> {
+    match p {
+        Provider::Prometheus {
+            address,
+            query,
+            timeout_s,
+            headers,
+        } => {
+            let q: String = url_encode(query);
+            let url = format!("{}/api/v1/query?query={q}", address.trim_end_matches('/'));
+            let (status, body) = request("GET", &url, headers, None, *timeout_s).await?;
+            if status >= 500 || status == 401 || status == 403 || status == 404 {
+                return Err(format!("Prometheus answered HTTP {status}"));
+            }
+            prometheus_value(&body)
+        }
+        Provider::Web {
+            url,
+            method,
+            headers,
+            json_path: path,
+            timeout_s,
+            body,
+        } => {
+            let (status, answer) =
+                request(method, url, headers, body.as_deref(), *timeout_s).await?;
+            if !(200..300).contains(&status) {
+                return Err(format!("{url} answered HTTP {status}"));
+            }
+            json_path(&answer, path.as_deref())
+        }
+    }
+}
+
+/// Percent-encode a query string value.
+fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_answers() {
+        let vector = br#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1700000000.1,"0.97"]}]}}"#;
+        assert_eq!(
+            prometheus_value(vector).unwrap(),
+            Value::List(vec![Value::Number(0.97)])
+        );
+        let empty = br#"{"status":"success","data":{"resultType":"vector","result":[]}}"#;
+        assert_eq!(prometheus_value(empty).unwrap(), Value::List(vec![]));
+        let nan = br#"{"status":"success","data":{"resultType":"scalar","result":[1,"NaN"]}}"#;
+        assert!(matches!(prometheus_value(nan).unwrap(), Value::Number(n) if n.is_nan()));
+        let err = br#"{"status":"error","errorType":"bad_data","error":"parse error"}"#;
+        assert!(prometheus_value(err)
+            .unwrap_err()
+            .contains("bad_data parse error"));
+        let matrix = br#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#;
+        assert!(prometheus_value(matrix).is_err());
+    }
+
+    #[test]
+    fn json_paths() {
+        let body = br#"{"data":{"ok":true,"rates":[0.5,0.99],"name":"x"}}"#;
+        assert_eq!(
+            json_path(body, Some("{$.data.ok}")).unwrap(),
+            Value::Bool(true)
+        );
+        assert_eq!(
+            json_path(body, Some("$.data.rates[1]")).unwrap(),
+            Value::Number(0.99)
+        );
+        assert_eq!(
+            json_path(body, Some("$.data['name']")).unwrap(),
+            Value::Str("x".into())
+        );
+        assert!(json_path(body, Some("$.data.missing")).is_err());
+        assert_eq!(url_encode("a b{c=\"d\"}"), "a%20b%7Bc%3D%22d%22%7D");
+    }
+}
