@@ -363,13 +363,15 @@ pub fn check(spec: &RolloutSpec, errors: &mut Vec<FieldError>) {
                 "required",
             ));
         }
-        for (name, v) in [
-            ("prePromotionAnalysis", &bg.pre_promotion_analysis),
-            ("postPromotionAnalysis", &bg.post_promotion_analysis),
-        ] {
-            if let Some(a) = v {
-                check_analysis(a, &format!("spec.strategy.blueGreen.{name}"), errors);
-            }
+        if let Some(a) = &bg.pre_promotion_analysis {
+            check_analysis(a, "spec.strategy.blueGreen.prePromotionAnalysis", errors);
+        }
+        if bg.post_promotion_analysis.is_some() {
+            refuse(
+                errors,
+                "spec.strategy.blueGreen.postPromotionAnalysis".into(),
+                "analysis after the switch (prePromotionAnalysis is supported)",
+            );
         }
     }
 }

@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 use sluice_config::argo::Rollout;
 
+use crate::analysis_run::Provider;
 use crate::proxy_status::ProxyEntry;
-use crate::rollout_engine::{Operation, OperationError, RolloutStatus};
+use crate::rollout_engine::{Env, Operation, OperationError, RolloutStatus};
 use crate::rollout_store::{RolloutStore, StoreError};
 
 /// Why an API operation failed.
@@ -32,6 +33,18 @@ pub struct RolloutManager {
     rollouts: Vec<(Rollout, String)>,
     /// Per rollout: the weight last published and the configuration version it went out in.
     published: BTreeMap<String, (u32, u64)>,
+    templates: Vec<sluice_config::argo_analysis::AnalysisTemplate>,
+    /// Measurements being taken (rollout, run, metric), so none is taken twice at once.
+    in_flight: std::collections::BTreeSet<(String, String, usize)>,
+}
+
+/// A measurement to take.
+#[derive(Debug, Clone)]
+pub struct Due {
+    pub rollout: String,
+    pub run: String,
+    pub metric: usize,
+    pub provider: Provider,
 }
 
 /// A JSON value without its null fields (unset options), for display.
@@ -69,6 +82,8 @@ impl RolloutManager {
             statuses,
             rollouts: Vec::new(),
             published: BTreeMap::new(),
+            templates: Vec::new(),
+            in_flight: Default::default(),
         })
     }
 
@@ -87,6 +102,63 @@ impl RolloutManager {
         self.rollouts = rollouts;
     }
 
+    /// Replace the analysis templates runs are started from.
+    pub fn set_templates(
+        &mut self,
+        templates: Vec<sluice_config::argo_analysis::AnalysisTemplate>,
+    ) {
+        self.templates = templates;
+    }
+
+    /// Measurements due now (each is marked in flight until [`RolloutManager::record`]).
+    pub fn due(&mut self) -> Vec<Due> {
+        let now = now_ms();
+        let mut out = Vec::new();
+        for (k, s) in &self.statuses {
+            if s.aborted {
+                continue;
+            }
+            for r in &s.runs {
+                for i in r.due(now) {
+                    let key = (k.clone(), r.id.clone(), i);
+                    if self.in_flight.insert(key) {
+                        out.push(Due {
+                            rollout: k.clone(),
+                            run: r.id.clone(),
+                            metric: i,
+                            provider: r.metrics[i].provider.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Record a measurement; the status (and what it implies) is stored before this returns.
+    pub fn record(
+        &mut self,
+        due: &Due,
+        value: &Result<sluice_config::analysis_expr::Value, String>,
+    ) -> Result<(), StoreError> {
+        self.in_flight
+            .remove(&(due.rollout.clone(), due.run.clone(), due.metric));
+        let Some(status) = self.statuses.get_mut(&due.rollout) else {
+            return Ok(());
+        };
+        if status.record_measurement(&due.run, due.metric, now_ms(), value) {
+            if let Some((r, _)) = self.rollouts.iter().find(|(r, _)| key(r) == due.rollout) {
+                let env = Env {
+                    namespace: r.metadata.namespace(),
+                    templates: &self.templates,
+                };
+                status.reconcile_in(&r.spec, &env, now_ms());
+            }
+            self.store.save_status(&due.rollout, status)?;
+        }
+        Ok(())
+    }
+
     /// Reconcile every Rollout at the current time; changed statuses are stored before this
     /// returns. Returns whether any changed.
     pub fn reconcile(&mut self) -> Result<bool, StoreError> {
@@ -99,7 +171,11 @@ impl RolloutManager {
         for (r, _) in &self.rollouts {
             let k = key(r);
             let status = self.statuses.entry(k.clone()).or_default();
-            if status.reconcile(&r.spec, now) {
+            let env = Env {
+                namespace: r.metadata.namespace(),
+                templates: &self.templates,
+            };
+            if status.reconcile_in(&r.spec, &env, now) {
                 self.store.save_status(&k, status)?;
                 changed = true;
             }
@@ -132,7 +208,11 @@ impl RolloutManager {
             .ok_or_else(|| ManagerError::NotFound(k.to_string()))?;
         let status = self.statuses.entry(k.to_string()).or_default();
         let mut next = status.clone();
-        next.operate(&r.spec, op, now_ms(), by)?;
+        let env = Env {
+            namespace: r.metadata.namespace(),
+            templates: &self.templates,
+        };
+        next.operate_in(&r.spec, &env, op, now_ms(), by)?;
         if next != *status {
             self.store.save_status(k, &next)?;
             *status = next;
@@ -250,6 +330,22 @@ impl RolloutManager {
             "aborted": s.aborted,
             "age_s": s.revisions.first().map(|r| now.saturating_sub(r.created_ms) / 1000),
             "events": s.events.iter().rev().take(20).collect::<Vec<_>>(),
+            "analysis": s.runs.iter().map(|run| json!({
+                "id": run.id,
+                "kind": run.kind,
+                "templates": run.templates,
+                "phase": run.phase,
+                "message": run.message,
+                "metrics": run.metrics.iter().map(|m| json!({
+                    "name": m.name,
+                    "phase": m.phase,
+                    "successful": m.successful,
+                    "failed": m.failed,
+                    "inconclusive": m.inconclusive,
+                    "errors": m.errors,
+                    "measurements": m.measurements.iter().rev().take(5).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
         }))
     }
 }

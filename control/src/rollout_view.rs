@@ -140,6 +140,45 @@ pub fn render(v: &Value) -> String {
             ));
         }
     }
+    if let Some(runs) = v
+        .get("analysis")
+        .and_then(Value::as_array)
+        .filter(|r| !r.is_empty())
+    {
+        out.push_str("Analysis:\n");
+        for run in runs {
+            let kind = match &run["kind"] {
+                Value::Object(m) => m
+                    .get("Step")
+                    .map(|i| format!("step {}", i.as_u64().unwrap_or(0) + 1))
+                    .unwrap_or_default(),
+                other => other.as_str().unwrap_or("").to_string(),
+            };
+            out.push_str(&format!(
+                "  {} {:<12} {:<13} {}\n",
+                run["id"].as_str().unwrap_or(""),
+                kind,
+                run["phase"].as_str().unwrap_or(""),
+                run["message"].as_str().unwrap_or("")
+            ));
+            for m in run["metrics"].as_array().cloned().unwrap_or_default() {
+                let last = m["measurements"].get(0);
+                out.push_str(&format!(
+                    "      {:<20} {:<13} ✔{} ✖{} ?{} ⚠{}  last: {} {}\n",
+                    m["name"].as_str().unwrap_or(""),
+                    m["phase"].as_str().unwrap_or(""),
+                    m["successful"],
+                    m["failed"],
+                    m["inconclusive"],
+                    m["errors"],
+                    last.and_then(|l| l["value"].as_str()).unwrap_or("-"),
+                    last.and_then(|l| l["message"].as_str())
+                        .map(|s| format!("({s})"))
+                        .unwrap_or_default()
+                ));
+            }
+        }
+    }
     if let Some(revs) = v.get("revisions").and_then(Value::as_array) {
         out.push_str("Revisions:\n");
         for r in revs {

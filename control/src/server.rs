@@ -129,6 +129,20 @@ pub(crate) fn parse_applied(store: &RolloutStore) -> Result<Vec<Parsed>, StoreEr
 
 /// Istio resources and Rollouts from the directory and the API (the directory wins a name
 /// clash).
+/// Analysis templates from the directory and the API.
+fn templates(
+    store: &ConfigStore,
+    applied: &[Parsed],
+) -> Vec<sluice_config::argo_analysis::AnalysisTemplate> {
+    let mut out = store.templates();
+    for p in applied {
+        if let Parsed::AnalysisTemplate(t) = p {
+            out.push((**t).clone());
+        }
+    }
+    out
+}
+
 fn inputs(
     store: &ConfigStore,
     applied: &[Parsed],
@@ -173,10 +187,12 @@ fn inputs(
 fn build(store: &ConfigStore, state: &State) -> Result<(MeshConfig, Vec<String>), StoreError> {
     let applied = lock(&state.applied);
     let (mut resources, rollouts, mut warnings) = inputs(store, &applied);
+    let analysis_templates = templates(store, &applied);
     drop(applied);
     *lock(&state.resources) = resources.clone();
     crate::route_weights::apply(&mut resources, &lock(&state.route_weights));
     let mut manager = lock(&state.manager);
+    manager.set_templates(analysis_templates);
     manager.set_rollouts(rollouts);
     manager.reconcile()?;
     crate::rollout_overlay::apply(&mut resources, &manager.overlay_input(), &mut warnings);
@@ -310,10 +326,26 @@ fn publish(
 /// Poll the directory and the release deadlines; publish what changed.
 async fn controller(mut store: ConfigStore, debounce: Duration, state: Arc<State>) {
     let mut version = 1;
+    let (measured_tx, mut measured) = tokio::sync::mpsc::unbounded_channel();
     loop {
+        // Measurements due: taken concurrently, their results come back on `measured`.
+        for due in lock(&state.manager).due() {
+            let tx = measured_tx.clone();
+            tokio::spawn(async move {
+                let value = crate::analysis_provider::measure(&due.provider).await;
+                let _ = tx.send((due, value));
+            });
+        }
         let woken = tokio::select! {
             _ = tokio::time::sleep(POLL) => false,
             _ = state.wake.notified() => true,
+            Some((due, value)) = measured.recv() => {
+                tracing::info!(rollout = %due.rollout, run = %due.run, metric = due.metric, value = ?value, "measurement");
+                if let Err(e) = lock(&state.manager).record(&due, &value) {
+                    tracing::error!("cannot store a measurement: {e}");
+                }
+                true
+            }
         };
         let mut report = store.scan();
         log_scan(&report);

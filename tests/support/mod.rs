@@ -737,3 +737,102 @@ pub async fn proxy_of(kind: &str, config: &str) -> ProxyProcess {
         _ => envoy(config).await,
     }
 }
+
+/// A real Prometheus server (Debian's `prometheus`) scraping `targets` (`HOST:PORT` of admin
+/// servers, path `/stats/prometheus`) every second. Panics when Prometheus is not installed:
+/// the analysis tests must not pass without it.
+pub struct Prometheus {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Prometheus {
+    pub async fn start(targets: &[SocketAddr]) -> Prometheus {
+        let addr: SocketAddr = format!("127.0.0.1:{}", closed_port()).parse().unwrap();
+        Self::start_at(targets, addr).await
+    }
+
+    /// Start on a given address.
+    pub async fn start_at(targets: &[SocketAddr], addr: SocketAddr) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        let config = format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n- job_name: sluice\n  metrics_path: /stats/prometheus\n  static_configs: [{{targets: [{}]}}]\n",
+            targets.join(", ")
+        );
+        std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start prometheus (apt-get install prometheus): {e}")
+            });
+        let p = Prometheus { child, addr, dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !matches!(admin_get(addr, "/-/ready").await, Some((200, _))) {
+            assert!(Instant::now() < deadline, "prometheus did not become ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        p
+    }
+
+    /// Stop it (SIGKILL).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Wait until `q` has a non-empty result (the scrapes have produced data).
+    pub async fn wait_for(&self, q: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let v = self.query(q).await;
+            if v["data"]["result"]
+                .as_array()
+                .is_some_and(|r| !r.is_empty())
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no data for {q}: {v}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// An instant query's JSON answer.
+    pub async fn query(&self, q: &str) -> Value {
+        let enc: String = q
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        admin_get(self.addr, &format!("/api/v1/query?query={enc}"))
+            .await
+            .and_then(|(_, b)| serde_json::from_str(&b).ok())
+            .unwrap_or(Value::Null)
+    }
+}

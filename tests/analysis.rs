@@ -1,0 +1,456 @@
+//! End to end: analysis with a real Prometheus (Debian's `prometheus`) scraping a real
+//! `sluice proxy` every second, the proxy driven by `sluice control`, traffic from the test.
+//! A healthy canary passes and completes; a canary answering 500 to half its requests fails its
+//! analysis and is rolled back automatically (the time from the failing measurement to all
+//! traffic on stable is measured); Prometheus stopped mid-release gives errors and the
+//! documented outcome (abort), never a silent success; the unmodified success-rate template of
+//! the corpus (its address pointed at this Prometheus) drives a release.
+
+mod support;
+
+use std::convert::Infallible;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{json, Value};
+use support::*;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const GATEWAY_NODE: &str = "router~127.0.0.1~gw-1.istio-system~istio-system.svc.cluster.local";
+
+/// An upstream answering `name`; with `fail_every = n`, every n-th request gets a 500.
+async fn app(
+    name: &'static str,
+    fail_every: u64,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicU64::new(0));
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let count = count.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |_req| {
+                    let n = count.fetch_add(1, Ordering::Relaxed) + 1;
+                    let status = if fail_every > 0 && n % fail_every == 0 {
+                        500
+                    } else {
+                        200
+                    };
+                    async move {
+                        Ok::<_, Infallible>(
+                            http::Response::builder()
+                                .status(status)
+                                .header("x-upstream", name)
+                                .body(Full::new(Bytes::from(name)))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+fn mesh(v1: u16, v2: u16, gw: u16) -> String {
+    render(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: web}
+spec:
+  hosts: [web]
+  ports: [{number: 80, name: http}]
+  resolution: STATIC
+  endpoints:
+  - {address: 127.0.0.1, ports: {http: {{v1}}}, labels: {app: web, version: v1}}
+  - {address: 127.0.0.1, ports: {http: {{v2}}}, labels: {app: web, version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web}
+spec:
+  host: web
+  subsets: [{name: stable, labels: {app: web}}, {name: canary, labels: {app: web}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: {{gw}}, name: http, protocol: HTTP}, hosts: ["*"]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  http:
+  - name: primary
+    route:
+    - {destination: {host: web, subset: stable}, weight: 100}
+    - {destination: {host: web, subset: canary}, weight: 0}
+"#,
+        &[
+            ("v1", v1.to_string()),
+            ("v2", v2.to_string()),
+            ("gw", gw.to_string()),
+        ],
+    )
+}
+
+/// The canary's success rate over the last 5 s, by Istio's standard metric.
+fn canary_template(prom: std::net::SocketAddr, extra: &str) -> String {
+    format!(
+        r#"apiVersion: argoproj.io/v1alpha1
+kind: AnalysisTemplate
+metadata: {{name: canary-success}}
+spec:
+  args: [{{name: service}}]
+  metrics:
+  - name: success-rate
+    interval: 1s
+    successCondition: result[0] >= 0.95
+{extra}    provider:
+      prometheus:
+        address: http://{prom}
+        query: |
+          sum(rate(istio_requests_total{{reporter="source",destination_service="{{{{args.service}}}}",destination_version="canary",response_code!~"5.*"}}[5s]))
+          /
+          sum(rate(istio_requests_total{{reporter="source",destination_service="{{{{args.service}}}}",destination_version="canary"}}[5s]))
+"#
+    )
+}
+
+fn rollout(version: &str, steps: &str, background: &str) -> String {
+    format!(
+        r#"apiVersion: argoproj.io/v1alpha1
+kind: Rollout
+metadata: {{name: web}}
+spec:
+  template:
+    metadata: {{labels: {{app: web, version: {version}}}}}
+  strategy:
+    canary:
+      trafficRouting:
+        istio:
+          virtualService: {{name: web, routes: [primary]}}
+          destinationRule: {{name: web, canarySubsetName: canary, stableSubsetName: stable}}
+{background}      steps: {steps}
+"#
+    )
+}
+
+const STEP_ANALYSIS: &str = "[{setWeight: 50}, {pause: {duration: 3s}}, {analysis: {templates: [{templateName: canary-success}], args: [{name: service, value: web.default.svc.cluster.local}]}}, {setWeight: 100}, {pause: {}}]";
+
+struct Setup {
+    control: ControlPlane,
+    _proxy: ProxyProcess,
+    prom: Prometheus,
+    url: String,
+    stop: Arc<AtomicBool>,
+    load: tokio::task::JoinHandle<(u64, u64)>,
+    _apps: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Control plane, gateway proxy scraped by Prometheus, and steady traffic through the gateway.
+async fn setup(
+    v2_fail_every: u64,
+    template: impl Fn(std::net::SocketAddr) -> String,
+    steps: &str,
+    background: &str,
+) -> Setup {
+    let (v1, a1) = app("v1", 0).await;
+    let (v2, a2) = app("v2", v2_fail_every).await;
+    let gw = closed_port();
+    // Prometheus is started after the proxy (it needs the admin address) but the template needs
+    // Prometheus' address: reserve it first.
+    let prom_port = closed_port();
+    let prom_addr: std::net::SocketAddr = format!("127.0.0.1:{prom_port}").parse().unwrap();
+    let control = ControlPlane::start_with(
+        &[
+            ("mesh.yaml", mesh(v1.port(), v2.port(), gw)),
+            ("analysis.yaml", template(prom_addr)),
+            ("rollout.yaml", rollout("v1", steps, background)),
+        ],
+        &["--data-dir", "state"],
+    );
+    let metadata =
+        json!({"LABELS": {"istio": "ingressgateway"}, "SLUICE_GATEWAY_ADDRESS": "127.0.0.1"});
+    let proxy = proxy_of(
+        "sluice",
+        &ads_bootstrap(control.xds, GATEWAY_NODE, metadata),
+    )
+    .await;
+    let prom = Prometheus::start_at(&[proxy.admin], prom_addr).await;
+    let url = format!("http://127.0.0.1:{gw}/");
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (stop, url) = (stop.clone(), url.clone());
+        tokio::spawn(async move {
+            let client = client_h1();
+            let (mut ok, mut err) = (0, 0);
+            let deadline = Instant::now() + Duration::from_secs(90);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match client.get(url.parse().unwrap()).await {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    _ => err += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (ok, err)
+        })
+    };
+    // Scrapes of the stable traffic exist before any release starts.
+    prom.wait_for(
+        "sum(irate(istio_requests_total{reporter=\"source\"}[5m]))",
+        Duration::from_secs(30),
+    )
+    .await;
+    Setup {
+        control,
+        _proxy: proxy,
+        prom,
+        url,
+        stop,
+        load,
+        _apps: vec![a1, a2],
+    }
+}
+
+fn get_rollout(control: &ControlPlane) -> Value {
+    let out = Command::new(sluice_bin())
+        .args([
+            "rollout",
+            "--server",
+            &control.api.to_string(),
+            "get",
+            "web",
+            "-o",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
+async fn wait_phase(control: &ControlPlane, phases: &[&str], limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let v = get_rollout(control);
+        if phases.iter().any(|p| v["phase"] == *p) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "never reached {phases:?}: {v:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_until(
+    control: &ControlPlane,
+    what: &str,
+    limit: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let v = get_rollout(control);
+        if done(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "never {what}: {v:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn set_version(control: &ControlPlane, version: &str, steps: &str, background: &str) {
+    control.write("rollout.yaml", &rollout(version, steps, background));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_canary_passes_analysis_and_completes() {
+    let _serial = SERIAL.lock().await;
+    let s = setup(
+        0,
+        |p| canary_template(p, "    count: 3\n"),
+        STEP_ANALYSIS,
+        "",
+    )
+    .await;
+    wait_phase(&s.control, &["Healthy"], Duration::from_secs(15)).await;
+    set_version(&s.control, "v2", STEP_ANALYSIS, "");
+    let v = wait_until(
+        &s.control,
+        "at the final pause or degraded",
+        Duration::from_secs(40),
+        |v| v["phase"] == "Degraded" || (v["phase"] == "Paused" && v["step"] == 5),
+    )
+    .await;
+    assert_eq!(v["phase"], "Paused", "{v:#}");
+    assert_eq!(v["step"], 5, "analysis passed, 100 %, final pause: {v:#}");
+    let run = &v["analysis"][0];
+    assert_eq!(run["phase"], "Successful", "{run:#}");
+    assert_eq!(run["metrics"][0]["successful"], 3);
+    let m = &run["metrics"][0]["measurements"][0];
+    assert!(
+        m["value"].as_str().unwrap_or("").starts_with("[1"),
+        "a success rate of 1: {m:#}"
+    );
+    s.stop.store(true, Ordering::Relaxed);
+    let (ok, err) = s.load.await.unwrap();
+    assert_eq!(err, 0, "{ok} ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_canary_is_rolled_back_automatically() {
+    let _serial = SERIAL.lock().await;
+    // v2 answers 500 to every 2nd request: a 50 % success rate.
+    let s = setup(
+        2,
+        |p| canary_template(p, "    count: 3\n"),
+        STEP_ANALYSIS,
+        "",
+    )
+    .await;
+    wait_phase(&s.control, &["Healthy"], Duration::from_secs(15)).await;
+    set_version(&s.control, "v2", STEP_ANALYSIS, "");
+    let v = wait_phase(&s.control, &["Degraded"], Duration::from_secs(40)).await;
+    let failed_at = v["analysis"][0]["metrics"][0]["measurements"]
+        .as_array()
+        .and_then(|m| m.iter().find(|x| x["phase"] == "Failed"))
+        .and_then(|x| x["at_ms"].as_u64())
+        .expect("a failed measurement");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("analysis Failed"),
+        "{v:#}"
+    );
+    assert_eq!(v["desired_weight"]["canary"], 0);
+    // Time from the failing measurement to all traffic on stable at the proxy.
+    let client = client_h1();
+    let mut run = 0;
+    let stable_at = loop {
+        let r = get(&client, &s.url, &[]).await;
+        run = if r.upstream() == "v1" { run + 1 } else { 0 };
+        if run == 50 {
+            break std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64;
+        }
+    };
+    let rollback_ms = stable_at.saturating_sub(failed_at);
+    eprintln!(
+        "failing measurement -> 100 % stable at the proxy (50 requests in a row): {rollback_ms} ms"
+    );
+    assert!(rollback_ms < 5_000, "{rollback_ms} ms");
+    s.stop.store(true, Ordering::Relaxed);
+    let _ = s.load.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_down_mid_release_aborts_never_succeeds() {
+    let _serial = SERIAL.lock().await;
+    let steps = "[{setWeight: 50}, {pause: {duration: 3s}}, {analysis: {templates: [{templateName: canary-success}], args: [{name: service, value: web.default.svc.cluster.local}]}}, {setWeight: 100}]";
+    let mut s = setup(0, |p| canary_template(p, "    count: 30\n"), steps, "").await;
+    wait_phase(&s.control, &["Healthy"], Duration::from_secs(15)).await;
+    set_version(&s.control, "v2", steps, "");
+    // Let a few measurements succeed, then stop Prometheus.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = get_rollout(&s.control);
+        if v["analysis"][0]["metrics"][0]["successful"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no successful measurement: {v:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    s.prom.kill();
+    let v = wait_phase(
+        &s.control,
+        &["Degraded", "Healthy"],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(
+        v["phase"], "Degraded",
+        "errors must not end in success: {v:#}"
+    );
+    let metric = &v["analysis"][0]["metrics"][0];
+    assert_eq!(v["analysis"][0]["phase"], "Error", "{v:#}");
+    assert!(
+        metric["errors"].as_u64().unwrap_or(0) >= 5,
+        "consecutiveErrorLimit 4: the 5th error ends it: {metric:#}"
+    );
+    assert_eq!(metric["failed"], 0, "errors are not failures");
+    s.stop.store(true, Ordering::Relaxed);
+    let _ = s.load.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_corpus_success_rate_template_drives_a_release() {
+    let _serial = SERIAL.lock().await;
+    let corpus = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/corpus/argo/docs__analysis__prometheus.md.block0-success-rate.yaml"),
+    )
+    .unwrap();
+    assert!(corpus.contains("address: http://prometheus.example.com:9090"));
+    // Only the address changes: it names this test's Prometheus.
+    let template = move |p: std::net::SocketAddr| {
+        corpus.replace("http://prometheus.example.com:9090", &format!("http://{p}"))
+    };
+    let background = "      analysis:\n        templates: [{templateName: success-rate}]\n        args: [{name: service-name, value: web.default.svc.cluster.local}]\n";
+    let steps = "[{setWeight: 50}, {pause: {duration: 8s}}, {setWeight: 100}]";
+    let s = setup(0, template, steps, background).await;
+    wait_phase(&s.control, &["Healthy"], Duration::from_secs(15)).await;
+    set_version(&s.control, "v2", steps, background);
+    let v = wait_until(
+        &s.control,
+        "released or degraded",
+        Duration::from_secs(40),
+        |v| {
+            v["phase"] == "Degraded"
+                || (v["phase"] == "Healthy" && v["stable_revision"]["labels"]["version"] == "v2")
+        },
+    )
+    .await;
+    assert_eq!(v["phase"], "Healthy", "{v:#}");
+    assert_eq!(v["stable_revision"]["labels"]["version"], "v2");
+    let run = &v["analysis"][0];
+    let m = &run["metrics"][0];
+    assert!(
+        m["successful"].as_u64().unwrap_or(0) >= 1,
+        "measured with the corpus query: {run:#}"
+    );
+    assert_eq!(m["failed"], 0);
+    assert_eq!(
+        run["phase"], "Successful",
+        "stopped at the end of the release: {run:#}"
+    );
+    s.stop.store(true, Ordering::Relaxed);
+    let _ = s.load.await;
+}
