@@ -42,7 +42,7 @@ async fn app(
             tokio::spawn(async move {
                 let svc = service_fn(move |_req| {
                     let n = count.fetch_add(1, Ordering::Relaxed) + 1;
-                    let status = if fail_every > 0 && n % fail_every == 0 {
+                    let status = if fail_every > 0 && n.is_multiple_of(fail_every) {
                         500
                     } else {
                         200
