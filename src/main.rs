@@ -498,6 +498,24 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     sluice_config::istio::parse_duration(text).ok_or_else(|| format!("`{text}` is not a duration"))
 }
 
+/// Run `fut` to completion on a new runtime; an error is printed and exits 1.
+fn run_async<E: std::fmt::Display>(
+    multi: bool,
+    fut: impl std::future::Future<Output = Result<(), E>>,
+) -> ExitCode {
+    let rt = match runtime_or_exit(multi) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match rt.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn runtime_or_exit(multi: bool) -> Result<tokio::runtime::Runtime, ExitCode> {
     let mut b = if multi {
         tokio::runtime::Builder::new_multi_thread()
@@ -603,10 +621,6 @@ fn main() -> ExitCode {
             log_level,
         } => {
             init_logging(&log_level);
-            let rt = match runtime_or_exit(true) {
-                Ok(rt) => rt,
-                Err(code) => return code,
-            };
             let options = sluice_control::server::ControlOptions {
                 config_dir,
                 xds_address,
@@ -616,66 +630,23 @@ fn main() -> ExitCode {
                 data_dir,
                 api_token_file,
             };
-            match rt.block_on(sluice_control::server::run(options)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("{e}");
-                    ExitCode::FAILURE
+            run_async(true, sluice_control::server::run(options))
+        }
+        Command::ProxyStatus { server, output } => run_async(false, async move {
+            let doc = sluice_control::proxy_status::fetch(&server).await?;
+            match output {
+                StatusFormat::Json => {
+                    println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default())
+                }
+                StatusFormat::Yaml => print!("{}", sluice_control::rollout_view::yaml(&doc)),
+                StatusFormat::Table => {
+                    print!("{}", sluice_control::proxy_status::render_table(&doc))
                 }
             }
-        }
-        Command::ProxyStatus { server, output } => {
-            let rt = match runtime_or_exit(false) {
-                Ok(rt) => rt,
-                Err(code) => return code,
-            };
-            match rt.block_on(sluice_control::proxy_status::fetch(&server)) {
-                Ok(doc) => {
-                    match output {
-                        StatusFormat::Json => {
-                            println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default())
-                        }
-                        StatusFormat::Yaml => {
-                            print!("{}", sluice_control::rollout_view::yaml(&doc))
-                        }
-                        StatusFormat::Table => {
-                            print!("{}", sluice_control::proxy_status::render_table(&doc))
-                        }
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("{e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::Rollout { api, command } => {
-            let rt = match runtime_or_exit(false) {
-                Ok(rt) => rt,
-                Err(code) => return code,
-            };
-            match rt.block_on(rollout_command(api, command)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("{e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::Route { api, command } => {
-            let rt = match runtime_or_exit(false) {
-                Ok(rt) => rt,
-                Err(code) => return code,
-            };
-            match rt.block_on(route_command(api, command)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("{e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+            Ok::<(), sluice_control::api_client::ApiClientError>(())
+        }),
+        Command::Rollout { api, command } => run_async(false, rollout_command(api, command)),
+        Command::Route { api, command } => run_async(false, route_command(api, command)),
         Command::Verify {
             url,
             requests,
@@ -713,10 +684,6 @@ fn main() -> ExitCode {
             api_address,
             work_dir,
         } => {
-            let rt = match runtime_or_exit(true) {
-                Ok(rt) => rt,
-                Err(code) => return code,
-            };
             let options = sluice_control::demo::DemoOptions {
                 gateway,
                 xds: xds_address,
@@ -724,27 +691,13 @@ fn main() -> ExitCode {
                 scripted,
                 work_dir,
             };
-            match rt.block_on(sluice_control::demo::run(options)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("{e}");
-                    ExitCode::FAILURE
-                }
-            }
+            run_async(true, sluice_control::demo::run(options))
         }
-        Command::DemoUpstream { listen, name } => {
-            let rt = match runtime_or_exit(false) {
-                Ok(rt) => rt,
-                Err(code) => return code,
-            };
-            match rt.block_on(sluice_proxy::demo_upstream::serve(listen, name)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("{listen}: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::DemoUpstream { listen, name } => run_async(false, async move {
+            sluice_proxy::demo_upstream::serve(listen, name)
+                .await
+                .map_err(|e| format!("{listen}: {e}"))
+        }),
         Command::Validate { files } => {
             let mut ok = true;
             for f in files {

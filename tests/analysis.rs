@@ -18,12 +18,10 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use serde_json::{json, Value};
+use serde_json::Value;
 use support::*;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-const GATEWAY_NODE: &str = "router~127.0.0.1~gw-1.istio-system~istio-system.svc.cluster.local";
 
 /// An upstream answering `name`; with `fail_every = n`, every n-th request gets a 500.
 async fn app(
@@ -64,53 +62,6 @@ async fn app(
         }
     });
     (addr, task)
-}
-
-fn mesh(v1: u16, v2: u16, gw: u16) -> String {
-    render(
-        r#"apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: web}
-spec:
-  hosts: [web]
-  ports: [{number: 80, name: http}]
-  resolution: STATIC
-  endpoints:
-  - {address: 127.0.0.1, ports: {http: {{v1}}}, labels: {app: web, version: v1}}
-  - {address: 127.0.0.1, ports: {http: {{v2}}}, labels: {app: web, version: v2}}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: web}
-spec:
-  host: web
-  subsets: [{name: stable, labels: {app: web}}, {name: canary, labels: {app: web}}]
----
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: gw}
-spec:
-  selector: {istio: ingressgateway}
-  servers: [{port: {number: {{gw}}, name: http, protocol: HTTP}, hosts: ["*"]}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: web}
-spec:
-  hosts: ["*"]
-  gateways: [gw]
-  http:
-  - name: primary
-    route:
-    - {destination: {host: web, subset: stable}, weight: 100}
-    - {destination: {host: web, subset: canary}, weight: 0}
-"#,
-        &[
-            ("v1", v1.to_string()),
-            ("v2", v2.to_string()),
-            ("gw", gw.to_string()),
-        ],
-    )
 }
 
 /// The canary's success rate over the last 5 s, by Istio's standard metric.
@@ -183,19 +134,13 @@ async fn setup(
     let prom_addr: std::net::SocketAddr = format!("127.0.0.1:{prom_port}").parse().unwrap();
     let control = ControlPlane::start_with(
         &[
-            ("mesh.yaml", mesh(v1.port(), v2.port(), gw)),
+            ("mesh.yaml", demo_mesh(v1.port(), v2.port(), gw)),
             ("analysis.yaml", template(prom_addr)),
             ("rollout.yaml", rollout("v1", steps, background)),
         ],
         &["--data-dir", "state"],
     );
-    let metadata =
-        json!({"LABELS": {"istio": "ingressgateway"}, "SLUICE_GATEWAY_ADDRESS": "127.0.0.1"});
-    let proxy = proxy_of(
-        "sluice",
-        &ads_bootstrap(control.xds, GATEWAY_NODE, metadata),
-    )
-    .await;
+    let proxy = gateway_proxy("sluice", control.xds).await;
     let prom = Prometheus::start_at(&[proxy.admin], prom_addr).await;
     let url = format!("http://127.0.0.1:{gw}/");
     let stop = Arc::new(AtomicBool::new(false));

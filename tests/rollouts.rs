@@ -13,8 +13,6 @@ use support::*;
 /// One scenario at a time: each starts several processes and checks traffic shares.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-const GATEWAY_NODE: &str = "router~127.0.0.1~gw-1.istio-system~istio-system.svc.cluster.local";
-
 fn corpus(file: &str) -> String {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../shared/corpus/argo")
@@ -245,9 +243,7 @@ async fn header_routing(kind: &str) {
         &[("app.yaml", file("v1")), ("services.yaml", services)],
         &[],
     );
-    let metadata =
-        json!({"LABELS": {"istio": "ingressgateway"}, "SLUICE_GATEWAY_ADDRESS": "127.0.0.1"});
-    let _proxy = proxy_of(kind, &ads_bootstrap(control.xds, GATEWAY_NODE, metadata)).await;
+    let _proxy = gateway_proxy(kind, control.xds).await;
     let url = format!("http://127.0.0.1:{gw}/");
     let host = "host: rollouts-demo.com";
     wait_for(&control, "rollouts-demo", "Healthy", None).await;
@@ -317,53 +313,6 @@ async fn sluice_header_routing_release() {
     header_routing("sluice").await;
 }
 
-fn demo_mesh(v1: u16, v2: u16, gw: u16) -> String {
-    render(
-        r#"apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: web}
-spec:
-  hosts: [web]
-  ports: [{number: 80, name: http}]
-  resolution: STATIC
-  endpoints:
-  - {address: 127.0.0.1, ports: {http: {{v1}}}, labels: {app: web, version: v1}}
-  - {address: 127.0.0.1, ports: {http: {{v2}}}, labels: {app: web, version: v2}}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: web}
-spec:
-  host: web
-  subsets: [{name: stable, labels: {app: web}}, {name: canary, labels: {app: web}}]
----
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: gw}
-spec:
-  selector: {istio: ingressgateway}
-  servers: [{port: {number: {{gw}}, name: http, protocol: HTTP}, hosts: ["*"]}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: web}
-spec:
-  hosts: ["*"]
-  gateways: [gw]
-  http:
-  - name: primary
-    route:
-    - {destination: {host: web, subset: stable}, weight: 100}
-    - {destination: {host: web, subset: canary}, weight: 0}
-"#,
-        &[
-            ("v1", v1.to_string()),
-            ("v2", v2.to_string()),
-            ("gw", gw.to_string()),
-        ],
-    )
-}
-
 fn timed_rollout(version: &str) -> String {
     format!(
         r#"apiVersion: argoproj.io/v1alpha1
@@ -403,13 +352,7 @@ async fn a_killed_control_plane_resumes_the_release_where_it_was() {
         ],
         &["--data-dir", "state"],
     );
-    let metadata =
-        json!({"LABELS": {"istio": "ingressgateway"}, "SLUICE_GATEWAY_ADDRESS": "127.0.0.1"});
-    let _proxy = proxy_of(
-        "sluice",
-        &ads_bootstrap(control.xds, GATEWAY_NODE, metadata),
-    )
-    .await;
+    let _proxy = gateway_proxy("sluice", control.xds).await;
     let url = format!("http://127.0.0.1:{gw}/");
     wait_for(&control, "web", "Healthy", None).await;
     control.write("rollout.yaml", &timed_rollout("v2"));
@@ -531,13 +474,7 @@ spec:
         &[("mesh.yaml", mesh), ("rollout.yaml", rollout("blue"))],
         &[],
     );
-    let metadata =
-        json!({"LABELS": {"istio": "ingressgateway"}, "SLUICE_GATEWAY_ADDRESS": "127.0.0.1"});
-    let _proxy = proxy_of(
-        "sluice",
-        &ads_bootstrap(control.xds, GATEWAY_NODE, metadata),
-    )
-    .await;
+    let _proxy = gateway_proxy("sluice", control.xds).await;
     let url = format!("http://127.0.0.1:{gw}/");
     wait_for(&control, "web", "Healthy", None).await;
     assert_eq!(verify(&url, 100, &[], "blue=100").0, 0);
@@ -707,13 +644,7 @@ async fn create_from_the_form_and_set_route_weights() {
         "  subsets: [{name: stable, labels: {version: v1}}, {name: canary, labels: {version: v2}}]",
     );
     let control = ControlPlane::start_with(&[("mesh.yaml", mesh)], &["--data-dir", "state"]);
-    let metadata =
-        json!({"LABELS": {"istio": "ingressgateway"}, "SLUICE_GATEWAY_ADDRESS": "127.0.0.1"});
-    let _proxy = proxy_of(
-        "sluice",
-        &ads_bootstrap(control.xds, GATEWAY_NODE, metadata),
-    )
-    .await;
+    let _proxy = gateway_proxy("sluice", control.xds).await;
     let url = format!("http://127.0.0.1:{gw}/");
     control.wait_synced(1, Duration::from_secs(10)).await;
     assert_eq!(verify(&url, 100, &[], "v1=100").0, 0);

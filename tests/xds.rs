@@ -13,8 +13,6 @@ use support::*;
 /// that they do not compete for the machine's two cores.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-const GATEWAY_NODE: &str = "router~127.0.0.1~gw-1.istio-system~istio-system.svc.cluster.local";
-
 /// The demo mesh: a `web` service with v1 and v2 endpoints, subsets, a gateway on `gw_port`,
 /// and a VirtualService with a header rule, a cookie rule and a weighted default.
 fn mesh(v1: u16, v2: u16, gw_port: u16, w1: u32, w2: u32, extra_route: &str) -> String {
@@ -98,9 +96,7 @@ async fn gateway(kind: &str, w1: u32, w2: u32) -> Setup {
     let gw_port = closed_port();
     let control =
         ControlPlane::start(&[("mesh.yaml", mesh(v1.port(), v2.port(), gw_port, w1, w2, ""))]);
-    let metadata =
-        json!({"LABELS": {"istio": "ingressgateway"}, "SLUICE_GATEWAY_ADDRESS": "127.0.0.1"});
-    let proxy = proxy_of(kind, &ads_bootstrap(control.xds, GATEWAY_NODE, metadata)).await;
+    let proxy = gateway_proxy(kind, control.xds).await;
     let s = control.wait_synced(1, Duration::from_secs(10)).await;
     assert_eq!(s["proxies"][0]["role"], "gateway", "{s:#}");
     Setup {
@@ -508,9 +504,7 @@ spec:
         ],
     );
     let control = ControlPlane::start(&[("mesh.yaml", config)]);
-    let metadata =
-        json!({"LABELS": {"istio": "ingressgateway"}, "SLUICE_GATEWAY_ADDRESS": "127.0.0.1"});
-    let _proxy = proxy_of(kind, &ads_bootstrap(control.xds, GATEWAY_NODE, metadata)).await;
+    let _proxy = gateway_proxy(kind, control.xds).await;
     let st = control.wait_synced(1, Duration::from_secs(10)).await;
     assert!(st["proxies"][0]["types"]["CDS"]["nack"].is_null(), "{st:#}");
     let client = client_h1();

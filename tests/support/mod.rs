@@ -836,3 +836,64 @@ impl Prometheus {
             .unwrap_or(Value::Null)
     }
 }
+
+/// A `web` service with v1 and v2 endpoints, `stable`/`canary` subsets both selecting `app: web`
+/// (a Rollout points them at revisions), a gateway on `gw`, and a VirtualService whose `primary`
+/// route sends everything to `stable`.
+pub fn demo_mesh(v1: u16, v2: u16, gw: u16) -> String {
+    render(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: web}
+spec:
+  hosts: [web]
+  ports: [{number: 80, name: http}]
+  resolution: STATIC
+  endpoints:
+  - {address: 127.0.0.1, ports: {http: {{v1}}}, labels: {app: web, version: v1}}
+  - {address: 127.0.0.1, ports: {http: {{v2}}}, labels: {app: web, version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web}
+spec:
+  host: web
+  subsets: [{name: stable, labels: {app: web}}, {name: canary, labels: {app: web}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: {{gw}}, name: http, protocol: HTTP}, hosts: ["*"]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  http:
+  - name: primary
+    route:
+    - {destination: {host: web, subset: stable}, weight: 100}
+    - {destination: {host: web, subset: canary}, weight: 0}
+"#,
+        &[
+            ("v1", v1.to_string()),
+            ("v2", v2.to_string()),
+            ("gw", gw.to_string()),
+        ],
+    )
+}
+
+/// The node id of the test gateways (Istio's `router~…` form).
+pub const GATEWAY_NODE: &str = "router~127.0.0.1~gw-1.istio-system~istio-system.svc.cluster.local";
+
+/// A gateway proxy of `kind` on the control plane at `xds`: labels `istio: ingressgateway`,
+/// Gateway ports bound on 127.0.0.1.
+pub async fn gateway_proxy(kind: &str, xds: SocketAddr) -> ProxyProcess {
+    let metadata =
+        json!({"LABELS": {"istio": "ingressgateway"}, "SLUICE_GATEWAY_ADDRESS": "127.0.0.1"});
+    proxy_of(kind, &ads_bootstrap(xds, GATEWAY_NODE, metadata)).await
+}
