@@ -182,9 +182,16 @@ pub async fn run(o: DemoOptions) -> Result<(), DemoError> {
     wait_until("the gateway", &dir, || {
         let probe = probe.clone();
         async move {
+            // Ready when requests are answered by an upstream (not refused, not 404 while the
+            // gateway's routes are still on their way).
             share(&probe, 5, &[])
                 .await
-                .map(|(n, _)| n == 5)
+                .map(|(n, shares)| {
+                    n == 5
+                        && shares
+                            .iter()
+                            .all(|s| s.version == "v1" || s.version == "v2")
+                })
                 .unwrap_or(false)
         }
     })
