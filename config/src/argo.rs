@@ -366,12 +366,8 @@ pub fn check(spec: &RolloutSpec, errors: &mut Vec<FieldError>) {
         if let Some(a) = &bg.pre_promotion_analysis {
             check_analysis(a, "spec.strategy.blueGreen.prePromotionAnalysis", errors);
         }
-        if bg.post_promotion_analysis.is_some() {
-            refuse(
-                errors,
-                "spec.strategy.blueGreen.postPromotionAnalysis".into(),
-                "analysis after the switch (prePromotionAnalysis is supported)",
-            );
+        if let Some(a) = &bg.post_promotion_analysis {
+            check_analysis(a, "spec.strategy.blueGreen.postPromotionAnalysis", errors);
         }
     }
 }

@@ -128,6 +128,8 @@ pub enum RunKind {
     Background,
     /// Blue-green `prePromotionAnalysis`.
     PrePromotion,
+    /// Blue-green `postPromotionAnalysis`.
+    PostPromotion,
 }
 
 /// An analysis run.

@@ -97,6 +97,13 @@ pub struct RolloutStatus {
     /// The current release's analysis runs.
     #[serde(default)]
     pub runs: Vec<AnalysisRun>,
+    /// Blue-green: the active service already serves the new revision (post-promotion
+    /// analysis is running); an abort switches it back.
+    #[serde(default)]
+    pub switched: bool,
+    /// Blue-green: a human promoted; the switch waits only for analysis.
+    #[serde(default)]
+    pub promoted: bool,
     /// Blue-green: the previous active revision, addressable through the preview service until
     /// this time (Unix ms).
     pub previous_until_ms: Option<u64>,
@@ -202,6 +209,8 @@ impl RolloutStatus {
         self.aborted = false;
         self.degraded = false;
         self.user_paused = false;
+        self.switched = false;
+        self.promoted = false;
         for r in &mut self.runs {
             r.terminate();
         }
@@ -291,6 +300,8 @@ impl RolloutStatus {
         self.pause_reason = None;
         self.aborted = true;
         self.degraded = true;
+        self.switched = false;
+        self.promoted = false;
         self.phase = Phase::Degraded;
         self.event(
             now_ms,
@@ -322,6 +333,7 @@ impl RolloutStatus {
                     RunKind::Step(i) => format!("step {}: analysis", i + 1),
                     RunKind::Background => "background analysis".into(),
                     RunKind::PrePromotion => "pre-promotion analysis".into(),
+                    RunKind::PostPromotion => "post-promotion analysis".into(),
                 };
                 self.event(
                     now_ms,
@@ -443,7 +455,7 @@ impl RolloutStatus {
                     _ => return,
                 }
             }
-            self.advance_blue_green(bg, now_ms);
+            self.advance_blue_green(bg, env, now_ms);
             return;
         }
 
@@ -565,9 +577,15 @@ impl RolloutStatus {
         }
     }
 
-    fn advance_blue_green(&mut self, bg: &sluice_config::argo::BlueGreen, now_ms: u64) {
+    fn advance_blue_green(
+        &mut self,
+        bg: &sluice_config::argo::BlueGreen,
+        env: &Env<'_>,
+        now_ms: u64,
+    ) {
         let auto = bg.auto_promotion_enabled.unwrap_or(true);
-        if !auto {
+        let ready = self.switched || self.promoted;
+        if !ready && !auto {
             if self.pause_reason.as_deref() != Some("BlueGreenPause") {
                 self.pause_reason = Some("BlueGreenPause".into());
                 self.event(now_ms, "controller", "preview ready; paused until promoted");
@@ -575,7 +593,7 @@ impl RolloutStatus {
             self.phase = Phase::Paused;
             return;
         }
-        if let Some(secs) = bg.auto_promotion_seconds {
+        if let (false, Some(secs)) = (ready, bg.auto_promotion_seconds) {
             let until = *self
                 .pause_until_ms
                 .get_or_insert(now_ms + u64::from(secs) * 1000);
@@ -590,6 +608,23 @@ impl RolloutStatus {
                 }
                 self.phase = Phase::Paused;
                 return;
+            }
+        }
+        if let Some(a) = &bg.post_promotion_analysis {
+            if !self.switched {
+                self.switched = true;
+                self.pause_until_ms = None;
+                self.pause_reason = None;
+                let c = self.canary.unwrap_or_default();
+                self.event(
+                    now_ms,
+                    "controller",
+                    format!("active switched to revision {c}; post-promotion analysis decides"),
+                );
+            }
+            match self.ensure_run(RunKind::PostPromotion, a, env, now_ms) {
+                Some(phase) if self.run_outcome(RunKind::PostPromotion, phase, now_ms) => {}
+                _ => return,
             }
         }
         self.complete(now_ms, Some(bg));
@@ -621,7 +656,18 @@ impl RolloutStatus {
                     return Err(OperationError::NoRelease("promote"));
                 }
                 self.user_paused = false;
-                if *full || spec.strategy.blue_green.is_some() {
+                let post = spec
+                    .strategy
+                    .blue_green
+                    .as_ref()
+                    .is_some_and(|bg| bg.post_promotion_analysis.is_some());
+                if spec.strategy.blue_green.is_some() && post && !full {
+                    // The switch happens now; post-promotion analysis decides whether it stays.
+                    self.promoted = true;
+                    self.pause_until_ms = None;
+                    self.pause_reason = None;
+                    self.event(now_ms, by, "promoted");
+                } else if *full || spec.strategy.blue_green.is_some() {
                     self.event(now_ms, by, "promoted to the end");
                     self.complete(now_ms, spec.strategy.blue_green.as_ref());
                 } else {
@@ -677,6 +723,8 @@ impl RolloutStatus {
                     self.pause_until_ms = None;
                     self.pause_reason = None;
                     self.user_paused = false;
+                    self.switched = false;
+                    self.promoted = false;
                     self.aborted = true;
                     self.phase = Phase::Aborted;
                     self.event(now_ms, by, format!("aborted: traffic back to stable revision {stable} (revision {c} not released)"));
@@ -1279,6 +1327,45 @@ spec:
             s.message.contains("AnalysisTemplate `rate` not found"),
             "{}",
             s.message
+        );
+    }
+
+    #[test]
+    fn blue_green_post_promotion_analysis_keeps_or_reverts_the_switch() {
+        let t = templates();
+        let env = Env {
+            namespace: "default",
+            templates: &t,
+        };
+        let post = ", postPromotionAnalysis: {templates: [{templateName: rate}], args: [{name: service, value: web}]}";
+        let mut s = RolloutStatus::default();
+        s.reconcile_in(&blue_green("blue", post), &env, 0);
+        let green = blue_green("green", post);
+        s.reconcile_in(&green, &env, 1);
+        assert_eq!(
+            (s.switched, s.stable, s.phase),
+            (true, 1, Phase::Progressing),
+            "switched, not yet stable"
+        );
+        let id = s.runs[0].id.clone();
+        s.record_measurement(&id, 0, 2, &sample(0.99));
+        s.reconcile_in(&green, &env, 3);
+        assert_eq!(
+            (s.switched, s.stable, s.phase),
+            (false, 2, Phase::Healthy),
+            "kept"
+        );
+
+        let mut s = RolloutStatus::default();
+        s.reconcile_in(&blue_green("blue", post), &env, 0);
+        s.reconcile_in(&green, &env, 1);
+        let id = s.runs[0].id.clone();
+        s.record_measurement(&id, 0, 2, &sample(0.2));
+        s.reconcile_in(&green, &env, 3);
+        assert_eq!(
+            (s.switched, s.stable, s.phase),
+            (false, 1, Phase::Degraded),
+            "switched back"
         );
     }
 }

@@ -122,7 +122,14 @@ pub fn apply(
             .map(labels_of)
             .unwrap_or_else(|| stable.clone());
         if let Some(bg) = &rollout.spec.strategy.blue_green {
-            select_revision(resources, ns, &bg.active_service, &stable, warnings);
+            // After the switch (post-promotion analysis running) the active service serves the
+            // new revision; an abort switches it back.
+            let active = if status.switched {
+                canary.clone()
+            } else {
+                stable.clone()
+            };
+            select_revision(resources, ns, &bg.active_service, &active, warnings);
             if let Some(preview) = &bg.preview_service {
                 let shown = match (status.canary, status.previous) {
                     (Some(c), _) => labels_of(c),
