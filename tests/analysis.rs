@@ -399,3 +399,78 @@ async fn the_corpus_success_rate_template_drives_a_release() {
     s.stop.store(true, Ordering::Relaxed);
     let _ = s.load.await;
 }
+
+/// A sidecar in front of its workload reports inbound requests with `reporter="destination"`,
+/// `destination_workload` and `destination_workload_namespace`, so Flagger's built-in
+/// request-success-rate query (on destination-side metrics) works against Sluice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flaggers_destination_side_query_sees_sidecar_inbound_traffic() {
+    let _serial = SERIAL.lock().await;
+    let (app_addr, _app) = app("v1", 2).await; // every 2nd request fails: 50 %
+    let mesh = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: web}}\nspec:\n  hosts: [web]\n  ports: [{{number: 80, name: http}}]\n  resolution: STATIC\n  endpoints: [{{address: 127.0.0.1, ports: {{http: {}}}, labels: {{app: web, version: v1}}}}]\n",
+        app_addr.port()
+    );
+    let control = ControlPlane::start(&[("mesh.yaml", mesh)]);
+    let (outbound, inbound) = (closed_port(), closed_port());
+    let metadata = serde_json::json!({
+        "SLUICE_OUTBOUND_ADDRESS": format!("127.0.0.1:{outbound}"),
+        "SLUICE_INBOUND_ADDRESS": format!("127.0.0.1:{inbound}"),
+        "SLUICE_APP_ADDRESS": app_addr.to_string(),
+        "LABELS": {"app": "web", "version": "v1"},
+        "WORKLOAD_NAME": "web",
+        "NAMESPACE": "default",
+    });
+    let proxy = proxy_of(
+        "sluice",
+        &ads_bootstrap(
+            control.xds,
+            "sidecar~127.0.0.1~web-1.default~default.svc.cluster.local",
+            metadata,
+        ),
+    )
+    .await;
+    let prom = Prometheus::start(&[proxy.admin]).await;
+    let client = client_h1();
+    let url = format!("http://127.0.0.1:{inbound}/");
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let mut statuses = std::collections::BTreeMap::new();
+    while Instant::now() < deadline {
+        *statuses
+            .entry(get(&client, &url, &[]).await.status)
+            .or_insert(0u32) += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        statuses.get(&500).copied().unwrap_or(0) > 10
+            && statuses.get(&200).copied().unwrap_or(0) > 10,
+        "{statuses:?}"
+    );
+    let stats = proxy.admin("/stats/prometheus").await;
+    let line = stats
+        .lines()
+        .find(|l| {
+            l.starts_with("istio_requests_total{")
+                && l.contains("reporter=\"destination\"")
+                && l.contains("response_code=\"500\"")
+        })
+        .unwrap_or_else(|| panic!("no destination-side series:\n{stats}"));
+    for label in [
+        "destination_workload=\"web\"",
+        "destination_workload_namespace=\"default\"",
+        "destination_service=\"web.default.svc.cluster.local\"",
+    ] {
+        assert!(line.contains(label), "{label} missing: {line}");
+    }
+    // Flagger's request-success-rate, as its built-in template writes it.
+    let q = "sum(rate(istio_requests_total{reporter=\"destination\",destination_workload_namespace=\"default\",destination_workload=~\"web\",response_code!~\"5.*\"}[5s])) / sum(rate(istio_requests_total{reporter=\"destination\",destination_workload_namespace=\"default\",destination_workload=~\"web\"}[5s]))";
+    prom.wait_for(q, Duration::from_secs(20)).await;
+    let v = prom.query(q).await;
+    let rate: f64 = v["data"]["result"][0]["value"][1]
+        .as_str()
+        .unwrap_or("nan")
+        .parse()
+        .unwrap_or(f64::NAN);
+    eprintln!("Flagger's success rate over the sidecar's inbound traffic: {rate:.3}");
+    assert!((0.4..=0.6).contains(&rate), "{v}");
+}

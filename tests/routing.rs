@@ -348,7 +348,7 @@ async fn local_replies_and_errors_match_envoy_codes() {
         "response_flags=\"UT\"",
         "response_flags=\"UF\"",
         "response_flags=\"UH\"",
-        "destination_service=\"unknown\",destination_service_name=\"unknown\",destination_service_namespace=\"unknown\",destination_version=\"unknown\",reporter=\"source\",request_protocol=\"http\",response_code=\"404\",response_flags=\"NR\"",
+        "destination_service=\"unknown\",destination_service_name=\"unknown\",destination_service_namespace=\"unknown\",destination_version=\"unknown\",destination_workload=\"unknown\",destination_workload_namespace=\"unknown\",reporter=\"source\",request_protocol=\"http\",response_code=\"404\",response_flags=\"NR\"",
         "response_code=\"503\",response_flags=\"NC\"",
         "envoy_http_downstream_rq_xx{envoy_http_conn_manager_prefix=\"ingress_http\",envoy_response_code_class=\"4\"}",
     ] {

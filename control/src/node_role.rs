@@ -13,6 +13,19 @@ pub const OUTBOUND_ADDRESS_KEY: &str = "SLUICE_OUTBOUND_ADDRESS";
 pub const GATEWAY_ADDRESS_KEY: &str = "SLUICE_GATEWAY_ADDRESS";
 /// A sidecar's outbound listener when the node does not say (Istio's outbound port).
 pub const DEFAULT_OUTBOUND: &str = "127.0.0.1:15001";
+/// Node metadata key: where a sidecar receives traffic for its own workload (Istio: 15006).
+pub const INBOUND_ADDRESS_KEY: &str = "SLUICE_INBOUND_ADDRESS";
+/// Node metadata key: where the sidecar's own workload listens.
+pub const APP_ADDRESS_KEY: &str = "SLUICE_APP_ADDRESS";
+
+/// A sidecar's inbound side: traffic for its workload arrives at `listen` and goes to `app`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Inbound {
+    pub listen: SocketAddr,
+    pub app: SocketAddr,
+    /// The workload's labels (`node.metadata.LABELS`): they tell which service it belongs to.
+    pub labels: BTreeMap<String, String>,
+}
 
 /// The role of a proxy.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -22,8 +35,12 @@ pub enum Role {
         labels: BTreeMap<String, String>,
         bind_ip: String,
     },
-    /// A sidecar: one outbound HTTP listener for every mesh service.
-    Sidecar { outbound: SocketAddr },
+    /// A sidecar: one outbound HTTP listener for every mesh service, and optionally an inbound
+    /// listener in front of its own workload.
+    Sidecar {
+        outbound: SocketAddr,
+        inbound: Option<Inbound>,
+    },
 }
 
 impl Role {
@@ -54,20 +71,25 @@ pub fn namespace(id: &str) -> String {
         .unwrap_or_else(|| "default".into())
 }
 
+/// `node.metadata.LABELS` as a map.
+fn labels(metadata: &Value) -> BTreeMap<String, String> {
+    metadata
+        .get("LABELS")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Decide the role from the node id and metadata (a `google.protobuf.Struct` as JSON).
 pub fn role(id: &str, metadata: &Value) -> Result<Role, RoleError> {
     let kind = id.split('~').next().unwrap_or("");
     match kind {
         "router" => {
-            let labels = metadata
-                .get("LABELS")
-                .and_then(Value::as_object)
-                .map(|m| {
-                    m.iter()
-                        .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let labels = labels(metadata);
             let bind_ip = metadata
                 .get(GATEWAY_ADDRESS_KEY)
                 .and_then(Value::as_str)
@@ -90,7 +112,24 @@ pub fn role(id: &str, metadata: &Value) -> Result<Role, RoleError> {
                 key: OUTBOUND_ADDRESS_KEY,
                 value: text.to_string(),
             })?;
-            Ok(Role::Sidecar { outbound })
+            let addr = |key: &'static str| -> Result<Option<SocketAddr>, RoleError> {
+                match metadata.get(key).and_then(Value::as_str) {
+                    None => Ok(None),
+                    Some(t) => t.parse().map(Some).map_err(|_| RoleError::Address {
+                        key,
+                        value: t.to_string(),
+                    }),
+                }
+            };
+            let inbound = match (addr(INBOUND_ADDRESS_KEY)?, addr(APP_ADDRESS_KEY)?) {
+                (Some(listen), Some(app)) => Some(Inbound {
+                    listen,
+                    app,
+                    labels: labels(metadata),
+                }),
+                _ => None,
+            };
+            Ok(Role::Sidecar { outbound, inbound })
         }
         _ => Err(RoleError::Id(id.to_string())),
     }
@@ -123,8 +162,20 @@ mod tests {
         assert_eq!(
             r,
             Role::Sidecar {
-                outbound: "127.0.0.1:15001".parse().unwrap()
+                outbound: "127.0.0.1:15001".parse().unwrap(),
+                inbound: None,
             }
+        );
+        let md = serde_json::json!({"SLUICE_INBOUND_ADDRESS": "127.0.0.1:15006", "SLUICE_APP_ADDRESS": "127.0.0.1:8080", "LABELS": {"app": "web"}});
+        let Ok(Role::Sidecar {
+            inbound: Some(i), ..
+        }) = role("sidecar~1~web-1.default~x", &md)
+        else {
+            panic!("inbound expected")
+        };
+        assert_eq!(
+            (i.listen.port(), i.app.port(), i.labels["app"].as_str()),
+            (15006, 8080, "web")
         );
         assert!(role("front-proxy", &Value::Null).is_err());
         assert_eq!(namespace("router~1~gw.istio-system~x"), "istio-system");

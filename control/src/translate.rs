@@ -32,6 +32,8 @@ const TLS_INSPECTOR_TYPE: &str =
     "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
 /// Name of a sidecar's outbound listener and of its route configuration.
 pub const OUTBOUND: &str = "outbound";
+/// Name of a sidecar's inbound listener and of its route configuration.
+pub const INBOUND: &str = "inbound";
 
 /// The Envoy resources for one proxy, by resource name, as proto JSON.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -125,8 +127,16 @@ impl MeshConfig {
         };
         let mut warnings = Vec::new();
         let (listeners, routes) = match role {
-            Role::Sidecar { outbound } => {
-                self.sidecar(std::slice::from_ref(outbound), &mut warnings)
+            Role::Sidecar { outbound, inbound } => {
+                let (mut listeners, mut routes) =
+                    self.sidecar(std::slice::from_ref(outbound), &mut warnings);
+                if let Some(inbound) = inbound {
+                    let (name, cluster, listener, route) = self.inbound(inbound);
+                    out.clusters.insert(name, cluster);
+                    listeners.insert(INBOUND.to_string(), listener);
+                    routes.insert(INBOUND.to_string(), route);
+                }
+                (listeners, routes)
             }
             Role::Gateway { labels, bind_ip } => {
                 let selected: Vec<(String, Gateway)> = self
@@ -219,6 +229,44 @@ impl MeshConfig {
             [(OUTBOUND.to_string(), listener)].into(),
             [(OUTBOUND.to_string(), route_config)].into(),
         )
+    }
+
+    /// A sidecar's inbound side: a listener at `inbound.listen` sending everything to its
+    /// workload through the cluster `inbound|PORT||FQDN` (the service whose endpoints carry the
+    /// workload's labels), which the proxy reports with `reporter="destination"`.
+    fn inbound(&self, inbound: &crate::node_role::Inbound) -> (String, Value, Value, Value) {
+        let service = self.registry.services.values().find_map(|svc| {
+            let mine = svc.endpoints.iter().any(|e| {
+                !e.labels.is_empty()
+                    && e.labels
+                        .iter()
+                        .all(|(k, v)| inbound.labels.get(k) == Some(v))
+            });
+            let port = svc.ports.iter().find(|p| p.is_http())?;
+            mine.then(|| (svc.fqdn.clone(), port.number))
+        });
+        let (fqdn, port) =
+            service.unwrap_or_else(|| ("unknown".into(), u32::from(inbound.app.port())));
+        let name = format!("inbound|{port}||{fqdn}");
+        let cluster = json!({
+            "name": name,
+            "type": "STATIC",
+            "connect_timeout": "10s",
+            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                "address": inbound.app.ip().to_string(), "port_value": inbound.app.port()}}}}]}]},
+        });
+        let route = json!({"name": INBOUND, "validate_clusters": false, "virtual_hosts": [{
+            "name": "inbound",
+            "domains": ["*"],
+            "routes": [{"name": "default", "match": {"prefix": "/"}, "route": {"cluster": name, "timeout": "0s"}}],
+        }]});
+        let l = inbound.listen;
+        let listener = json!({
+            "name": INBOUND,
+            "address": {"socket_address": {"address": l.ip().to_string(), "port_value": l.port()}},
+            "filter_chains": [{"filters": [hcm(&format!("inbound_{}_{}", l.ip(), l.port()), INBOUND, false, false)]}],
+        });
+        (name, cluster, listener, route)
     }
 
     /// The mesh VirtualService for a host: one naming it exactly, else the most specific

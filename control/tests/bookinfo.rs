@@ -54,6 +54,7 @@ fn gateway() -> Role {
 fn sidecar() -> Role {
     Role::Sidecar {
         outbound: "127.0.0.1:15001".parse().unwrap(),
+        inbound: None,
     }
 }
 

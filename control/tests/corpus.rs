@@ -127,6 +127,7 @@ fn every_istio_and_argo_corpus_file_has_its_pinned_outcome() {
                 let roles = [
                     Role::Sidecar {
                         outbound: "127.0.0.1:15001".parse().unwrap(),
+                        inbound: None,
                     },
                     Role::Gateway {
                         labels: Default::default(),

@@ -742,20 +742,42 @@ pub fn route_table(v: &Value, path: &str, res: &ClusterResolver<'_>) -> Result<R
 /// Identity values used in Istio metric labels.
 #[derive(Debug, Clone)]
 pub struct Identity {
-    pub reporter: String,
     pub source_workload: String,
     pub source_app: String,
+    /// This proxy's workload namespace (`node.metadata.NAMESPACE`, or the node id's).
+    pub namespace: String,
 }
 
 impl Identity {
-    /// Istio metric handles for a destination (`service`, `name`, `namespace`, `version`) as seen
-    /// by this proxy.
-    pub fn istio_stats(&self, metrics: &Metrics, destination: [String; 4]) -> IstioStats {
-        let mut labels = vec![
-            self.reporter.clone(),
-            self.source_workload.clone(),
-            self.source_app.clone(),
-        ];
+    /// Istio metric handles for requests sent to `cluster`, whose destination is (`service`,
+    /// `name`, `namespace`, `version`). Requests to an `inbound|…` cluster (a sidecar handing
+    /// traffic to its own workload) are reported by the destination, with this proxy's workload
+    /// as `destination_workload`, as Istio's inbound sidecars report them; everything else is
+    /// reported by the source.
+    pub fn istio_stats(
+        &self,
+        metrics: &Metrics,
+        cluster: &str,
+        destination: [String; 4],
+    ) -> IstioStats {
+        let inbound = cluster.starts_with("inbound|");
+        let mut labels = if inbound {
+            vec![
+                "destination".to_string(),
+                "unknown".to_string(),
+                "unknown".to_string(),
+                self.source_workload.clone(),
+                self.namespace.clone(),
+            ]
+        } else {
+            vec![
+                "source".to_string(),
+                self.source_workload.clone(),
+                self.source_app.clone(),
+                "unknown".to_string(),
+                "unknown".to_string(),
+            ]
+        };
         labels.extend(destination);
         IstioStats::new(metrics, labels)
     }
@@ -774,10 +796,21 @@ impl Identity {
             .or(cli_cluster)
             .or_else(|| s(node, "cluster"))
             .unwrap_or("unknown");
+        // `router~IP~NAME.NAMESPACE~DOMAIN`: the namespace is the third part's suffix.
+        let namespace = meta
+            .and_then(|m| s(m, "NAMESPACE"))
+            .map(str::to_string)
+            .or_else(|| {
+                s(node, "id")
+                    .and_then(|id| id.split('~').nth(2))
+                    .and_then(|p| p.split_once('.'))
+                    .map(|(_, ns)| ns.to_string())
+            })
+            .unwrap_or_else(|| "unknown".into());
         Identity {
-            reporter: "source".into(),
             source_workload: workload.to_string(),
             source_app: app.to_string(),
+            namespace,
         }
     }
 }
@@ -976,7 +1009,7 @@ fn cluster(
         idle_timeout: idle_timeout.or(Some(Duration::from_secs(3600))),
     };
     let (service, short, namespace, version) = istio_destination(&name, get(v, "metadata"));
-    let istio = identity.istio_stats(metrics, [service, short, namespace, version]);
+    let istio = identity.istio_stats(metrics, &name, [service, short, namespace, version]);
     Some(Cluster::new(
         name.clone(),
         lb,
@@ -1069,6 +1102,7 @@ fn hcm(
         stats: HcmStats::new(metrics, &stat_prefix),
         unrouted: identity.istio_stats(
             metrics,
+            "",
             [
                 "unknown".into(),
                 "unknown".into(),
