@@ -39,7 +39,8 @@ fn candidates() -> Vec<PathBuf> {
 }
 
 /// Generate Sluice's own gRPC API (`sluice.control.v1`) with the protoc binary that the
-/// `protoc-bin-vendored` package ships, so that no system protoc is needed.
+/// `protoc-bin-vendored` package ships, so that no system protoc is needed. (A build script:
+/// its `expect`s report a broken build environment; no runtime input reaches them.)
 fn compile_api() {
     println!("cargo:rerun-if-changed=proto/sluice/control/v1/releases.proto");
     let protoc = protoc_bin_vendored::protoc_bin_path()

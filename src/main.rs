@@ -361,47 +361,32 @@ async fn rollout_command(api: ApiArgs, command: RolloutCommand) -> anyhow::Resul
             }
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         },
-        RolloutCommand::Promote { name, full } => show(
-            &client
-                .post(&action(&name, "promote"), serde_json::json!({"full": full}))
-                .await?,
-        ),
-        RolloutCommand::Pause { name } => show(
-            &client
-                .post(&action(&name, "pause"), serde_json::json!({}))
-                .await?,
-        ),
-        RolloutCommand::Resume { name } => show(
-            &client
-                .post(&action(&name, "resume"), serde_json::json!({}))
-                .await?,
-        ),
-        RolloutCommand::Abort { name } => show(
-            &client
-                .post(&action(&name, "abort"), serde_json::json!({}))
-                .await?,
-        ),
-        RolloutCommand::Retry { name } => show(
-            &client
-                .post(&action(&name, "retry"), serde_json::json!({}))
-                .await?,
-        ),
-        RolloutCommand::Undo { name, to_revision } => show(
-            &client
-                .post(
-                    &action(&name, "undo"),
-                    serde_json::json!({"revision": to_revision}),
-                )
-                .await?,
-        ),
-        RolloutCommand::SetWeight { name, weight } => show(
-            &client
-                .post(
-                    &action(&name, "set-weight"),
-                    serde_json::json!({"weight": weight}),
-                )
-                .await?,
-        ),
+        RolloutCommand::Promote { .. }
+        | RolloutCommand::Pause { .. }
+        | RolloutCommand::Resume { .. }
+        | RolloutCommand::Abort { .. }
+        | RolloutCommand::Retry { .. }
+        | RolloutCommand::Undo { .. }
+        | RolloutCommand::SetWeight { .. } => {
+            let (name, op, body) = match command {
+                RolloutCommand::Promote { name, full } => {
+                    (name, "promote", serde_json::json!({"full": full}))
+                }
+                RolloutCommand::Pause { name } => (name, "pause", serde_json::json!({})),
+                RolloutCommand::Resume { name } => (name, "resume", serde_json::json!({})),
+                RolloutCommand::Abort { name } => (name, "abort", serde_json::json!({})),
+                RolloutCommand::Retry { name } => (name, "retry", serde_json::json!({})),
+                RolloutCommand::Undo { name, to_revision } => {
+                    (name, "undo", serde_json::json!({"revision": to_revision}))
+                }
+                RolloutCommand::SetWeight { name, weight } => {
+                    (name, "set-weight", serde_json::json!({"weight": weight}))
+                }
+                // The outer arm admits only the operations above.
+                _ => return Ok(()),
+            };
+            show(&client.post(&action(&name, op), body).await?);
+        }
         RolloutCommand::Create {
             name,
             service,
