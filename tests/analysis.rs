@@ -75,6 +75,10 @@ spec:
   metrics:
   - name: success-rate
     interval: 1s
+    # The canary's series needs two scrapes (1 s apart) before a rate exists; on a slow machine
+    # an early measurement is empty, which is Inconclusive: tolerate a few.
+    initialDelay: 1s
+    inconclusiveLimit: 3
     successCondition: result[0] >= 0.95
 {extra}    provider:
       prometheus:
@@ -249,7 +253,9 @@ async fn a_healthy_canary_passes_analysis_and_completes() {
     assert_eq!(v["step"], 5, "analysis passed, 100 %, final pause: {v:#}");
     let run = &v["analysis"][0];
     assert_eq!(run["phase"], "Successful", "{run:#}");
-    assert_eq!(run["metrics"][0]["successful"], 3);
+    let m0 = &run["metrics"][0];
+    assert_eq!(m0["failed"], 0, "{m0:#}");
+    assert!(m0["successful"].as_u64().unwrap_or(0) >= 1, "{m0:#}");
     let m = &run["metrics"][0]["measurements"][0];
     assert!(
         m["value"].as_str().unwrap_or("").starts_with("[1"),
