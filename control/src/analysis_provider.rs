@@ -243,4 +243,80 @@ mod tests {
         assert!(json_path(body, Some("$.data.missing")).is_err());
         assert_eq!(url_encode("a b{c=\"d\"}"), "a%20b%7Bc%3D%22d%22%7D");
     }
+
+    /// A one-route HTTP server answering `status` and `body` (or never, with `hang`).
+    async fn server(status: u16, body: &'static str, hang: bool) -> std::net::SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |_req| async move {
+                        if hang {
+                            tokio::time::sleep(Duration::from_secs(30)).await;
+                        }
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::builder()
+                                .status(status)
+                                .body(Full::new(Bytes::from(body)))
+                                .unwrap(),
+                        )
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn measurements_over_http() {
+        let web = server(200, r#"{"data":{"ok":true}}"#, false).await;
+        let p = Provider::Web {
+            url: format!("http://{web}/health"),
+            method: "GET".into(),
+            headers: vec![("x-tenant".into(), "a".into())],
+            json_path: Some("{$.data.ok}".into()),
+            timeout_s: 2,
+            body: None,
+        };
+        assert_eq!(measure(&p).await, Ok(Value::Bool(true)));
+
+        let prom = server(200, r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"0.5"]}]}}"#, false).await;
+        let q = |address: String| Provider::Prometheus {
+            address,
+            query: "sum(rate(x[1m]))".into(),
+            timeout_s: 1,
+            headers: vec![],
+        };
+        assert_eq!(
+            measure(&q(format!("http://{prom}"))).await,
+            Ok(Value::List(vec![Value::Number(0.5)]))
+        );
+
+        let down = server(503, "", false).await;
+        assert!(measure(&q(format!("http://{down}")))
+            .await
+            .unwrap_err()
+            .contains("HTTP 503"));
+        let slow = server(200, "{}", true).await;
+        assert!(measure(&q(format!("http://{slow}")))
+            .await
+            .unwrap_err()
+            .contains("no answer within 1 s"));
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        assert!(
+            measure(&q(format!("http://{closed}"))).await.is_err(),
+            "connection refused is an error"
+        );
+        assert!(measure(&q("https://127.0.0.1:1".into()))
+            .await
+            .unwrap_err()
+            .contains("https"));
+    }
 }
