@@ -502,3 +502,79 @@ async fn tls_upstream(
     let _keep = plain;
     (Upstream::wrap(addr, name, task, _keep), sni)
 }
+
+/// An Istio Gateway with two HTTPS servers on one port (certificates from files, chosen by SNI),
+/// translated by `sluice control` and served by real Envoy and by `sluice proxy`: `curl
+/// --cacert` reaches each host's service through its own certificate.
+async fn https_gateway(kind: &str) {
+    let pki = Pki::new();
+    let shop = pki.issue("shop", &["shop.example.com"]);
+    let api = pki.issue("api", &["api.example.com"]);
+    let v1 = upstream("v1").await;
+    let v2 = upstream("v2").await;
+    let gw = closed_port();
+    let mut config = render(
+        r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: {{gw}}, name: https-shop, protocol: HTTPS}
+    hosts: [shop.example.com]
+    tls: {mode: SIMPLE, serverCertificate: "{{shop_cert}}", privateKey: "{{shop_key}}"}
+  - port: {number: {{gw}}, name: https-api, protocol: HTTPS}
+    hosts: [api.example.com]
+    tls: {mode: SIMPLE, serverCertificate: "{{api_cert}}", privateKey: "{{api_key}}"}
+"#,
+        &[
+            ("gw", gw.to_string()),
+            ("shop_cert", shop.cert.display().to_string()),
+            ("shop_key", shop.key.display().to_string()),
+            ("api_cert", api.cert.display().to_string()),
+            ("api_key", api.key.display().to_string()),
+        ],
+    );
+    for (name, port) in [("shop", v1.port()), ("api", v2.port())] {
+        config.push_str(&format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}}}\nspec:\n  hosts: [{name}]\n  ports: [{{number: 80, name: http}}]\n  resolution: STATIC\n  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}}}\nspec:\n  hosts: [{name}.example.com]\n  gateways: [gw]\n  http: [{{route: [{{destination: {{host: {name}}}}}]}}]\n"
+        ));
+    }
+    let control = ControlPlane::start(&[("gateway.yaml", config)]);
+    let _proxy = gateway_proxy(kind, control.xds).await;
+    control
+        .wait_synced(1, std::time::Duration::from_secs(10))
+        .await;
+    for (host, want) in [("shop.example.com", "v1"), ("api.example.com", "v2")] {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "-D", "-", "--cacert"])
+            .arg(pki.ca())
+            .args([
+                "--resolve",
+                &format!("{host}:{gw}:127.0.0.1"),
+                &format!("https://{host}:{gw}/"),
+            ])
+            .output()
+            .expect("curl is installed");
+        let text = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+        assert!(
+            out.status.success(),
+            "{kind} {host}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains(&format!("x-upstream: {want}")),
+            "{kind} {host}: {text}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_serves_an_istio_https_gateway() {
+    https_gateway("envoy").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sluice_serves_an_istio_https_gateway() {
+    https_gateway("sluice").await;
+}
