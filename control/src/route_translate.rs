@@ -83,6 +83,11 @@ fn route_match(m: &HttpMatch) -> Value {
         Some(StringMatch {
             prefix: Some(p), ..
         }) => out.insert("prefix".into(), json!(p)),
+        // Envoy's `case_sensitive` does not apply to regexes: Istio makes the regex itself
+        // case-insensitive.
+        Some(StringMatch { regex: Some(r), .. }) if m.ignore_uri_case => {
+            out.insert("safe_regex".into(), json!({"regex": format!("(?i){r}")}))
+        }
         Some(StringMatch { regex: Some(r), .. }) => {
             out.insert("safe_regex".into(), json!({"regex": r}))
         }
