@@ -11,6 +11,14 @@ use std::time::Duration;
 use serde_json::json;
 use support::*;
 
+/// One request: method, host, path and query, extra headers.
+type Case = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
+
 fn config(v1: u16, v2: u16, gw: u16) -> String {
     render(
         r#"apiVersion: networking.istio.io/v1
@@ -118,8 +126,7 @@ async fn envoy_and_sluice_route_the_same_istio_config_identically() {
     let st = control.wait_synced(2, Duration::from_secs(15)).await;
     assert_eq!(st["proxies"].as_array().map(Vec::len), Some(2), "{st:#}");
 
-    // (method, host, path, headers)
-    let cases: &[(&str, &str, &str, &[(&str, &str)])] = &[
+    let cases: &[Case] = &[
         ("POST", "shop.example.com", "/checkout", &[]),
         ("GET", "shop.example.com", "/checkout", &[]),
         ("GET", "shop.example.com", "/ITEMS/42", &[]),
