@@ -116,7 +116,9 @@ pub fn policy(dr: Option<&DestinationRule>, port: u32, subset: Option<&str>) -> 
     p
 }
 
-fn duration(text: &str) -> String {
+/// An Istio duration (`10s`, `1.5s`) as protobuf JSON (`10.000000000s`). Durations were
+/// checked when the resource was read.
+pub(crate) fn proto_duration(text: &str) -> String {
     let d = parse_duration(text).unwrap_or_default();
     format!("{}.{:09}s", d.as_secs(), d.subsec_nanos())
 }
@@ -183,10 +185,10 @@ fn outlier_detection(od: &OutlierDetection) -> Value {
         m.insert("enforcing_consecutive_gateway_failure".into(), json!(100));
     }
     if let Some(i) = &od.interval {
-        m.insert("interval".into(), json!(duration(i)));
+        m.insert("interval".into(), json!(proto_duration(i)));
     }
     if let Some(b) = &od.base_ejection_time {
-        m.insert("base_ejection_time".into(), json!(duration(b)));
+        m.insert("base_ejection_time".into(), json!(proto_duration(b)));
     }
     if let Some(p) = od.max_ejection_percent {
         m.insert("max_ejection_percent".into(), json!(p));
@@ -332,7 +334,7 @@ fn cluster(
         .as_ref()
         .and_then(|cp| cp.tcp.as_ref())
         .and_then(|t| t.connect_timeout.as_deref())
-        .map(duration)
+        .map(proto_duration)
         .unwrap_or_else(|| CONNECT_TIMEOUT.into());
     c.insert("connect_timeout".into(), json!(connect));
     let lb = lb_policy(p);
@@ -349,7 +351,9 @@ fn cluster(
     }
     let h2 =
         port.is_http2() || http.and_then(|h| h.h2_upgrade_policy.as_deref()) == Some("UPGRADE");
-    let idle = http.and_then(|h| h.idle_timeout.as_deref()).map(duration);
+    let idle = http
+        .and_then(|h| h.idle_timeout.as_deref())
+        .map(proto_duration);
     if h2 || idle.is_some() {
         let mut opts = Map::new();
         opts.insert("@type".into(), json!(HTTP_OPTIONS_TYPE));

@@ -76,18 +76,11 @@ impl ReleaseService {
     /// Check the bearer token of a mutating call; returns who asked (for the history).
     fn caller<T>(&self, req: &Request<T>) -> Result<String, Status> {
         if let Some(token) = &self.state.token {
-            let presented = req
+            let authorization = req
                 .metadata()
                 .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "));
-            let ok = presented.is_some_and(|p| {
-                p.len() == token.len()
-                    && p.bytes()
-                        .zip(token.bytes())
-                        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                        == 0
-            });
+                .and_then(|v| v.to_str().ok());
+            let ok = release_api::bearer_matches(authorization, token);
             if !ok {
                 return Err(Status::unauthenticated(
                     "authorization: Bearer <token> required",

@@ -43,6 +43,20 @@ impl From<crate::rollout_store::StoreError> for ApiError {
     }
 }
 
+/// Whether an `Authorization` value carries `token` as a bearer token. The comparison has no
+/// early exit, so timing does not reveal how much of a guess matched.
+pub(crate) fn bearer_matches(authorization: Option<&str>, token: &str) -> bool {
+    authorization
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|p| {
+            p.len() == token.len()
+                && p.bytes()
+                    .zip(token.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
+        })
+}
+
 /// Every Rollout's view.
 pub(crate) fn list(state: &State) -> Value {
     let p = state.registry.list();

@@ -7,11 +7,11 @@ use std::collections::BTreeSet;
 
 use serde_json::{json, Map, Value};
 use sluice_config::istio::{
-    parse_duration, Destination, Fault, HeaderOperations, Headers, HttpMatch, HttpRoute, Percent,
-    StringMatch, VirtualService,
+    Destination, Fault, HeaderOperations, Headers, HttpMatch, HttpRoute, Percent, StringMatch,
+    VirtualService,
 };
 
-use crate::cluster_translate::ClusterSet;
+use crate::cluster_translate::{proto_duration, ClusterSet};
 use crate::naming::{cluster_name, resolve_host};
 use crate::registry::Registry;
 
@@ -44,11 +44,6 @@ pub fn gateway_ref(g: &str, namespace: &str) -> String {
     } else {
         format!("{namespace}/{g}")
     }
-}
-
-fn nanos_duration(text: &str) -> String {
-    let d = parse_duration(text).unwrap_or_default();
-    format!("{}.{:09}s", d.as_secs(), d.subsec_nanos())
 }
 
 fn string_matcher(m: &StringMatch) -> Option<Value> {
@@ -231,7 +226,7 @@ impl RouteContext<'_> {
             m.insert(
                 "delay".into(),
                 json!({
-                    "fixed_delay": nanos_duration(d.fixed_delay.as_deref().unwrap_or("0s")),
+                    "fixed_delay": proto_duration(d.fixed_delay.as_deref().unwrap_or("0s")),
                     "percentage": fraction(pct),
                 }),
             );
@@ -324,7 +319,7 @@ impl RouteContext<'_> {
         // Istio disables Envoy's 15 s default: no timeout unless the route sets one.
         action.insert(
             "timeout".into(),
-            json!(nanos_duration(r.timeout.as_deref().unwrap_or("0s"))),
+            json!(proto_duration(r.timeout.as_deref().unwrap_or("0s"))),
         );
         if let Some(rw) = &r.rewrite {
             if let Some(u) = &rw.uri {
@@ -385,7 +380,7 @@ impl RouteContext<'_> {
                     })),
                 );
                 if let Some(t) = &rt.per_try_timeout {
-                    p.insert("per_try_timeout".into(), json!(nanos_duration(t)));
+                    p.insert("per_try_timeout".into(), json!(proto_duration(t)));
                 }
                 action.insert("retry_policy".into(), Value::Object(p));
             }

@@ -159,7 +159,6 @@ struct Session {
     accepted: HashMap<XdsKind, String>,
     nonces: HashMap<XdsKind, String>,
     wanted: Wanted,
-    first: bool,
 }
 
 impl Session {
@@ -172,7 +171,6 @@ impl Session {
         // Envoy sends the node on the first request of a stream only when asked to; sending it
         // every time is always accepted.
         let node = Some(self.node.clone());
-        self.first = false;
         DiscoveryRequest {
             version_info: self.accepted.get(&kind).cloned().unwrap_or_default(),
             node,
@@ -196,7 +194,6 @@ pub async fn run(config: AdsClientConfig, updates: mpsc::Sender<XdsUpdate>, metr
         accepted: HashMap::new(),
         nonces: HashMap::new(),
         wanted: config.initial.clone(),
-        first: true,
     };
     let mut backoff = Backoff::new();
     loop {
@@ -235,7 +232,6 @@ async fn stream_once(
         let tx = tx.clone();
         async move { tx.send(req).await.map_err(|_| StreamError::ProxyGone) }
     };
-    session.first = true;
     // Wildcard subscriptions first; EDS and RDS follow what is already known (on reconnect).
     for kind in [XdsKind::Cluster, XdsKind::Listener] {
         send(session.request(kind, None)).await?;

@@ -56,24 +56,6 @@ pub enum RunError {
     Xds { origin: String, reason: String },
 }
 
-/// Load, validate and compile the bootstrap file, then resolve the names of new DNS clusters.
-pub fn load(
-    options: &ProxyOptions,
-    metrics: &Metrics,
-    previous: Option<&Snapshot>,
-    version: u64,
-) -> Result<Snapshot, RunError> {
-    let loaded = sluice_config::envoy::load_bootstrap_file(&options.config_path)?;
-    compile_with_xds(
-        &loaded,
-        &XdsState::default(),
-        metrics,
-        &options.compile,
-        previous,
-        version,
-    )
-}
-
 /// Compile a bootstrap joined with the resources accepted over xDS, then resolve the names of
 /// new DNS clusters. Errors in the file carry its lines; errors in xDS resources name the
 /// resource.
