@@ -25,20 +25,6 @@ fn split_routes() -> serde_json::Value {
     ]))
 }
 
-/// One upstream (`app`) behind a proxy routing everything to it, with extra connection-manager
-/// settings.
-async fn app_proxy(hcm_extra: serde_json::Value) -> (Upstream, ProxyProcess) {
-    let up = upstream("app").await;
-    let rc = routes(json!([{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]));
-    let p = sluice(&bootstrap(
-        rc,
-        vec![cluster("app", &[up.port()])],
-        hcm_extra,
-    ))
-    .await;
-    (up, p)
-}
-
 /// Two upstreams (`v1`, `v2`) behind a proxy serving [`split_routes`].
 async fn split_proxy() -> (Upstream, Upstream, ProxyProcess) {
     let stable = upstream("v1").await;

@@ -11,13 +11,87 @@ use hyper::body::Incoming;
 use crate::upstream_pool::PoolReturn;
 
 /// Error type of proxied bodies.
-pub type BodyError = hyper::Error;
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request body sent upstream: the client's body, or none (mirrors, synthetic requests).
 #[derive(Debug)]
 pub enum RequestBody {
+    /// From hyper's HTTP/2 server.
     Incoming(Incoming),
+    /// From the HTTP/1.1 connection driver, which reads the body while the request is routed.
+    Stream(BodyStream),
     Empty,
+}
+
+/// Frames of a request body, sent by the connection that reads them.
+pub type FrameSender = tokio::sync::mpsc::Sender<Result<Frame<Bytes>, BodyError>>;
+
+/// The receiving end of a streamed request body.
+#[derive(Debug)]
+pub struct BodyStream {
+    rx: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, BodyError>>,
+    /// Bytes still to come when the length is known.
+    remaining: Option<u64>,
+    ended: bool,
+}
+
+impl BodyStream {
+    /// A body of `length` bytes (or unknown length) and the sender that feeds it. The channel holds
+    /// two frames, so the reader stays at most two reads ahead of the upstream.
+    pub fn channel(length: Option<u64>) -> (FrameSender, BodyStream) {
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        (
+            tx,
+            BodyStream {
+                rx,
+                remaining: length,
+                ended: false,
+            },
+        )
+    }
+}
+
+impl Body for BodyStream {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        match this.rx.poll_recv(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(r), Some(d)) = (this.remaining.as_mut(), frame.data_ref()) {
+                    *r = r.saturating_sub(d.len() as u64);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.ended = true;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                this.ended = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.remaining {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
 }
 
 impl Body for RequestBody {
@@ -29,7 +103,8 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            RequestBody::Incoming(b) => Pin::new(b).poll_frame(cx),
+            RequestBody::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RequestBody::Stream(b) => Pin::new(b).poll_frame(cx),
             RequestBody::Empty => Poll::Ready(None),
         }
     }
@@ -37,6 +112,7 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Incoming(b) => b.is_end_stream(),
+            RequestBody::Stream(b) => b.is_end_stream(),
             RequestBody::Empty => true,
         }
     }
@@ -44,6 +120,7 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             RequestBody::Incoming(b) => b.size_hint(),
+            RequestBody::Stream(b) => b.size_hint(),
             RequestBody::Empty => SizeHint::with_exact(0),
         }
     }
@@ -98,7 +175,7 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             ResponseBody::Upstream { body, pool } => {
-                let r = Pin::new(&mut *body).poll_frame(cx);
+                let r = Pin::new(&mut *body).poll_frame(cx).map_err(Into::into);
                 // hyper stops polling once `is_end_stream()` holds (e.g. after content-length
                 // bytes), so the connection is released as soon as the end is known.
                 let ended = matches!(r, Poll::Ready(None))

@@ -9,7 +9,7 @@
 //! request never takes a lock and a reload (SIGHUP, file change, later xDS) swaps the whole snapshot
 //! atomically while requests in flight finish on the one they started with.
 //!
-//! Request path ([`server`]): accept → HTTP codec (hyper) → [`vhost_select`] by `:authority` →
+//! Request path ([`server`]): accept → HTTP codec (HTTP/1.1: [`downstream_http1`]; HTTP/2: hyper) → [`vhost_select`] by `:authority` →
 //! first matching route ([`matcher`]) → action: direct response, redirect, or forward to a cluster
 //! (chosen by [`weighted_pick`], sticky with [`hash_policy`]) → endpoint by the cluster's load
 //! balancer → pooled upstream connection ([`upstream_pool`]) → response streamed back.
@@ -17,14 +17,17 @@
 pub mod admin;
 pub mod ads_client;
 pub mod body;
+pub mod buffer_pool;
 pub mod cluster;
 pub mod compile;
 pub mod data_source;
 pub mod demo_upstream;
+pub mod downstream_http1;
 pub mod edge;
 pub mod hash_policy;
 pub mod hash_ring;
 pub mod header_ops;
+pub mod http1_codec;
 pub mod matcher;
 pub mod memory;
 pub mod metrics;
@@ -34,6 +37,7 @@ pub mod runtime;
 pub mod server;
 pub mod snapshot;
 pub mod tls;
+pub mod transport;
 pub mod upstream_pool;
 pub mod vhost_select;
 pub mod weighted_pick;

@@ -1,7 +1,7 @@
 //! Listeners and the per-request proxy path.
 //!
-//! A listener accepts connections and serves HTTP/1.1 and HTTP/2 (h2c prior knowledge) on them
-//! with hyper. Each request reads the listener's current [`HcmConfig`] (one atomic load), routes,
+//! A listener accepts connections and serves HTTP/1.1 on them with Sluice's own connection driver
+//! ([`downstream_http1`]) and HTTP/2 (h2c prior knowledge, or ALPN `h2`) with hyper. Each request reads the listener's current [`HcmConfig`] (one atomic load), routes,
 //! and answers locally (direct response, redirect, error) or forwards to an upstream endpoint.
 //! Local errors follow Envoy: no route 404 (`NR`), unknown cluster 503 (`NC`), no healthy upstream
 //! 503 (`UH`), connect failure 503 (`UF`), overflow 503 (`UO`), upstream timeout 504 (`UT`).
@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::cluster::{Cluster, PickError};
+use crate::downstream_http1::{self, Http1Settings};
 use crate::hash_policy::request_hash;
 use crate::header_ops::{HeaderOps, RequestContext};
 use crate::matcher::RequestView;
@@ -30,6 +31,7 @@ use crate::route_table::{
 };
 use crate::snapshot::{Codec, HcmConfig, ListenerConfig, ServerHeader, Snapshot};
 use crate::tls::select_chain;
+use crate::transport::{Rewind, Transport};
 use crate::upstream_pool::{UpstreamError, UpstreamProtocol};
 use crate::weighted_pick::fast_random;
 use crate::{edge, request_id};
@@ -88,88 +90,116 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ListenerContext>) {
         let ctx = ctx.clone();
         tokio::spawn(async move {
             let config = ctx.listener.load_full();
-            let names = || config.chains.iter().map(|c| c.server_names.as_slice());
-            if !config.is_tls() {
-                let chain = select_chain(names(), None).unwrap_or(0);
-                drop(config);
-                let conn = ConnInfo {
-                    remote,
-                    chain,
-                    secure: false,
-                };
-                serve_connection(stream, ctx, conn).await;
+            if config.is_tls() {
+                // Boxed: a TLS connection's state is large, and a plain connection's task should
+                // not carry room for it (10,000 idle connections would pay for it).
+                Box::pin(serve_tls(stream, remote, ctx, config)).await;
                 return;
             }
-            // Read the ClientHello first: its SNI chooses the filter chain and so the certificate.
-            let acceptor = LazyConfigAcceptor::new(Acceptor::default(), stream);
-            let Ok(Ok(start)) = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor).await else {
-                return;
-            };
-            let sni = start.client_hello().server_name().map(str::to_string);
-            let Some(chain) = select_chain(names(), sni.as_deref()) else {
-                tracing::debug!(sni = ?sni, "no filter chain matches");
-                return;
-            };
-            let Some(tls) = config.chains.get(chain).and_then(|c| c.tls.clone()) else {
-                return;
-            };
+            let names = config.chains.iter().map(|c| c.server_names.as_slice());
+            let chain = select_chain(names, None).unwrap_or(0);
             drop(config);
-            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, start.into_stream(tls)).await {
-                Ok(Ok(stream)) => {
-                    let conn = ConnInfo {
-                        remote,
-                        chain,
-                        secure: true,
-                    };
-                    serve_connection(stream, ctx, conn).await;
-                }
-                Ok(Err(e)) => tracing::debug!(error = %e, %remote, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
-            }
+            let conn = ConnInfo {
+                remote,
+                chain,
+                secure: false,
+            };
+            serve_connection(stream, ctx, conn).await;
         });
     }
 }
 
-/// Serve HTTP/1.1 and HTTP/2 on one established connection (plain or TLS).
-async fn serve_connection<I>(io: I, ctx: Arc<ListenerContext>, conn: ConnInfo)
+/// Accept TLS on a connection: the ClientHello's SNI chooses the filter chain (and so the
+/// certificate), then the connection is served like a plain one.
+async fn serve_tls(
+    stream: tokio::net::TcpStream,
+    remote: SocketAddr,
+    ctx: Arc<ListenerContext>,
+    config: Arc<ListenerConfig>,
+) {
+    // Read the ClientHello first: its SNI chooses the filter chain and so the certificate.
+    let acceptor = LazyConfigAcceptor::new(Acceptor::default(), stream);
+    let Ok(Ok(start)) = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor).await else {
+        return;
+    };
+    let sni = start.client_hello().server_name().map(str::to_string);
+    let Some(chain) = select_chain(
+        config.chains.iter().map(|c| c.server_names.as_slice()),
+        sni.as_deref(),
+    ) else {
+        tracing::debug!(sni = ?sni, "no filter chain matches");
+        return;
+    };
+    let Some(tls) = config.chains.get(chain).and_then(|c| c.tls.clone()) else {
+        return;
+    };
+    drop(config);
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, start.into_stream(tls)).await {
+        Ok(Ok(stream)) => {
+            let conn = ConnInfo {
+                remote,
+                chain,
+                secure: true,
+            };
+            serve_connection(stream, ctx, conn).await;
+        }
+        Ok(Err(e)) => tracing::debug!(error = %e, %remote, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+    }
+}
+
+/// Serve one established connection (plain or TLS): HTTP/1.1 with Sluice's own connection driver,
+/// HTTP/2 (by configuration or by its preface) with hyper.
+async fn serve_connection<T: Transport>(io: T, ctx: Arc<ListenerContext>, conn: ConnInfo) {
+    let Some(hcm) = ctx.hcm(conn.chain) else {
+        return;
+    };
+    hcm.stats.cx_active.inc();
+    let stats = hcm.stats.cx_active.clone();
+    let settings = Http1Settings {
+        max_head: (hcm.max_request_headers_kb as usize * 1024).max(1024),
+        headers_timeout: hcm.request_headers_timeout,
+        idle_timeout: hcm.idle_timeout,
+        detect_h2: hcm.codec == Codec::Auto,
+    };
+    let codec = hcm.codec;
+    drop(hcm);
+    if codec == Codec::Http2 {
+        serve_http2(io, ctx, conn).await;
+    } else if let downstream_http1::Outcome::Http2 { io, prefix } =
+        downstream_http1::serve(io, ctx.clone(), conn, settings).await
+    {
+        serve_http2(Rewind::new(io, prefix), ctx, conn).await;
+    }
+    stats.dec();
+}
+
+/// Serve HTTP/2 (prior knowledge, or ALPN `h2`) on a connection with hyper.
+async fn serve_http2<I>(io: I, ctx: Arc<ListenerContext>, conn: ConnInfo)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let Some(hcm) = ctx.hcm(conn.chain) else {
         return;
     };
-    hcm.stats.cx_active.inc();
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
-        .http1()
-        .timer(TokioTimer::new())
-        .max_buf_size((hcm.max_request_headers_kb as usize * 1024).max(8192));
-    if let Some(t) = hcm.request_headers_timeout {
-        builder.http1().header_read_timeout(t);
-    }
-    builder
-        .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(hcm.max_request_headers_kb * 1024);
-    let builder = match hcm.codec {
-        Codec::Http1 => builder.http1_only(),
-        Codec::Http2 => builder.http2_only(),
-        Codec::Auto => builder,
-    };
-    let stats = hcm.stats.cx_active.clone();
     let idle_timeout = hcm.idle_timeout;
     drop(hcm);
     let activity = Arc::new(ConnActivity::new());
     let svc_activity = activity.clone();
-    let service = service_fn(move |req| {
+    let service = service_fn(move |req: Request<Incoming>| {
         let ctx = ctx.clone();
         let activity = svc_activity.clone();
         async move {
             let _active = activity.begin();
+            let req = req.map(RequestBody::Incoming);
             Ok::<_, Infallible>(handle(req, &ctx, conn).await)
         }
     });
-    let served = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let served = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(served);
     let result = match idle_timeout {
         None => served.await,
@@ -188,8 +218,12 @@ where
     if let Err(e) = result {
         tracing::debug!(error = %e, "connection ended with error");
     }
-    stats.dec();
 }
+
+/// The upstream side of a `101 Switching Protocols` response, carried in the response's
+/// extensions to the downstream connection, which then joins the two byte streams.
+#[derive(Clone)]
+pub struct UpstreamUpgrade(pub hyper::upgrade::OnUpgrade);
 
 /// Request activity on one downstream connection, for `idle_timeout`.
 #[derive(Debug)]
@@ -400,7 +434,7 @@ fn is_websocket(h: &HeaderMap) -> bool {
 
 /// Handle one request (with `request_timeout` when set).
 pub async fn handle(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     ctx: &ListenerContext,
     conn: ConnInfo,
 ) -> Response<ResponseBody> {
@@ -421,7 +455,7 @@ pub async fn handle(
 }
 
 async fn route_request(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     ctx: &ListenerContext,
     hcm: &Arc<HcmConfig>,
     conn: ConnInfo,
@@ -516,7 +550,7 @@ fn apply_response_ops(
 
 fn redirect_location(
     r: &RedirectAction,
-    req: &Request<Incoming>,
+    req: &Request<RequestBody>,
     secure: bool,
     hit: RouteHit<'_>,
 ) -> String {
@@ -630,7 +664,7 @@ fn choose_cluster<'a>(
 
 #[allow(clippy::too_many_arguments)]
 async fn forward(
-    mut req: Request<Incoming>,
+    req: Request<RequestBody>,
     ctx: &ListenerContext,
     hcm: &Arc<HcmConfig>,
     hit: RouteHit<'_>,
@@ -688,7 +722,6 @@ async fn forward(
         }
     };
     rctx.upstream_host = Some(endpoint.pool.addr);
-    let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
     // ---- build the upstream request ----
     let (parts, body) = req.into_parts();
@@ -870,7 +903,7 @@ async fn forward(
         Ok(u) => u,
         Err(_) => return local_reply(hcm, StatusCode::BAD_REQUEST, ""),
     };
-    let mut up = Request::new(RequestBody::Incoming(body));
+    let mut up = Request::new(body);
     *up.method_mut() = parts.method.clone();
     *up.uri_mut() = uri;
     *up.headers_mut() = headers;
@@ -920,18 +953,12 @@ async fn forward(
     drop(active);
 
     if status == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(down) = down_upgrade {
-            let up_upgrade = hyper::upgrade::on(&mut response);
-            tokio::spawn(async move {
-                if let (Ok(d), Ok(u)) = (down.await, up_upgrade.await) {
-                    let mut d = TokioIo::new(d);
-                    let mut u = TokioIo::new(u);
-                    let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
-                }
-            });
-        }
+        let up_upgrade = upgrade.then(|| UpstreamUpgrade(hyper::upgrade::on(&mut response)));
         let (rp, _) = response.into_parts();
         let mut resp = Response::from_parts(rp, ResponseBody::empty());
+        if let Some(u) = up_upgrade {
+            resp.extensions_mut().insert(u);
+        }
         set_server(hcm, resp.headers_mut());
         return resp;
     }

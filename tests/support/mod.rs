@@ -224,6 +224,20 @@ pub async fn upstream(name: &str) -> Upstream {
     }
 }
 
+/// One upstream (`app`) behind a proxy routing everything to it, with extra connection-manager
+/// settings.
+pub async fn app_proxy(hcm_extra: serde_json::Value) -> (Upstream, ProxyProcess) {
+    let up = upstream("app").await;
+    let rc = routes(json!([{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]));
+    let p = sluice(&bootstrap(
+        rc,
+        vec![cluster("app", &[up.port()])],
+        hcm_extra,
+    ))
+    .await;
+    (up, p)
+}
+
 /// A port with nothing listening on it.
 pub fn closed_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -1,0 +1,645 @@
+//! HTTP/1.1 message codec for downstream connections.
+//!
+//! Request heads are parsed in place with `httparse`; the target and header values share the
+//! connection's read buffer (no copy), as hyper's codec does. Bodies are framed by
+//! `Transfer-Encoding: chunked` or `Content-Length` (requests with both, or with any other
+//! transfer coding, are refused like Envoy refuses them). Response heads are written into a
+//! caller's buffer so that a head and a small body leave in one write.
+
+use std::time::SystemTime;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, StatusCode, Uri, Version};
+
+/// Most request headers accepted (Envoy's `max_headers_count` default).
+pub const MAX_HEADERS: usize = 100;
+
+/// Longest chunk-size line accepted (size, extensions, CRLF).
+const MAX_CHUNK_LINE: usize = 4096;
+
+/// The HTTP/2 connection preface, which starts an h2c prior-knowledge connection.
+pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Why a request could not be read; each maps to the status the client gets before the close.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("malformed request: {0}")]
+    Malformed(&'static str),
+    #[error("request headers too large")]
+    HeadersTooLarge,
+    #[error("too many request headers")]
+    TooManyHeaders,
+    #[error("malformed chunked body: {0}")]
+    Chunked(&'static str),
+}
+
+impl CodecError {
+    /// The status of the local reply for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            CodecError::HeadersTooLarge | CodecError::TooManyHeaders => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
+            CodecError::Malformed(_) | CodecError::Chunked(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// How a request body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// No body.
+    Empty,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// A parsed request head.
+#[derive(Debug)]
+pub struct RequestHead {
+    /// Method, target, version and headers (the body is attached by the caller).
+    pub request: Request<()>,
+    pub framing: BodyFraming,
+    /// The client lets the connection carry further requests after this one.
+    pub keep_alive: bool,
+    /// `Expect: 100-continue` was sent.
+    pub expect_continue: bool,
+}
+
+/// Parse a request head at the front of `buf` and remove it from the buffer. `Ok(None)`: the head
+/// is not complete yet (and is still within `max_head` bytes).
+pub fn parse_request(
+    buf: &mut BytesMut,
+    max_head: usize,
+) -> Result<Option<RequestHead>, CodecError> {
+    // Offsets into `buf` of the target and of each header's name and value.
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let (head_len, method, target, version, count) = {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        let base = buf.as_ptr() as usize;
+        let status = match req.parse(buf) {
+            Ok(s) => s,
+            Err(httparse::Error::TooManyHeaders) => return Err(CodecError::TooManyHeaders),
+            Err(httparse::Error::Version) => return Err(CodecError::Malformed("HTTP version")),
+            Err(_) => return Err(CodecError::Malformed("request head")),
+        };
+        let httparse::Status::Complete(head_len) = status else {
+            return if buf.len() > max_head {
+                Err(CodecError::HeadersTooLarge)
+            } else {
+                Ok(None)
+            };
+        };
+        if head_len > max_head {
+            return Err(CodecError::HeadersTooLarge);
+        }
+        let method = req
+            .method
+            .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
+            .ok_or(CodecError::Malformed("method"))?;
+        let path = req.path.ok_or(CodecError::Malformed("request target"))?;
+        let target = (path.as_ptr() as usize - base, path.len());
+        let version = match req.version {
+            Some(1) => Version::HTTP_11,
+            Some(0) => Version::HTTP_10,
+            _ => return Err(CodecError::Malformed("HTTP version")),
+        };
+        let mut count = 0;
+        for h in req.headers.iter() {
+            let name = h.name.as_ptr() as usize - base;
+            let value = h.value.as_ptr() as usize - base;
+            spans[count] = (
+                name as u32,
+                (name + h.name.len()) as u32,
+                value as u32,
+                (value + h.value.len()) as u32,
+            );
+            count += 1;
+        }
+        (head_len, method, target, version, count)
+    };
+    let head = buf.split_to(head_len).freeze();
+
+    let uri = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
+        .map_err(|_| CodecError::Malformed("request target"))?;
+    let mut headers = HeaderMap::with_capacity(count);
+    let mut framing = BodyFraming::Empty;
+    let mut chunked = None;
+    let mut length: Option<u64> = None;
+    let mut close = false;
+    let mut keep_alive_token = false;
+    let mut expect_continue = false;
+    for &(ns, ne, vs, ve) in &spans[..count] {
+        let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
+            .map_err(|_| CodecError::Malformed("header name"))?;
+        // httparse accepted the value's bytes, which are exactly the bytes a HeaderValue allows.
+        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
+            .map_err(|_| CodecError::Malformed("header value"))?;
+        if name == header::TRANSFER_ENCODING {
+            // The last coding decides; anything but chunked as the final coding is refused.
+            let last = value
+                .as_bytes()
+                .rsplit(|b| *b == b',')
+                .next()
+                .map(|c| c.trim_ascii());
+            chunked = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
+        } else if name == header::CONTENT_LENGTH {
+            let n = parse_length(value.as_bytes())?;
+            if length.is_some_and(|l| l != n) {
+                return Err(CodecError::Malformed("conflicting content-length"));
+            }
+            length = Some(n);
+        } else if name == header::CONNECTION {
+            for token in value.as_bytes().split(|b| *b == b',') {
+                let token = token.trim_ascii();
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name == header::EXPECT {
+            expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+        }
+        headers.append(name, value);
+    }
+    match (chunked, length) {
+        (Some(true), None) if version == Version::HTTP_11 => framing = BodyFraming::Chunked,
+        (Some(_), _) => return Err(CodecError::Malformed("transfer-encoding")),
+        (None, Some(0)) | (None, None) => {}
+        (None, Some(n)) => framing = BodyFraming::Length(n),
+    }
+    let keep_alive = !close && (version == Version::HTTP_11 || keep_alive_token);
+
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = headers;
+    Ok(Some(RequestHead {
+        request,
+        framing,
+        keep_alive,
+        expect_continue,
+    }))
+}
+
+fn parse_length(v: &[u8]) -> Result<u64, CodecError> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return Err(CodecError::Malformed("content-length"));
+    }
+    Ok(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// What a chunked decoder produced.
+#[derive(Debug)]
+pub enum Decoded {
+    Data(Bytes),
+    /// The body ended, with its trailers if it had any.
+    End(Option<HeaderMap>),
+    /// More bytes are needed.
+    NeedMore,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+    Done,
+}
+
+/// Incremental decoder of a `Transfer-Encoding: chunked` body.
+#[derive(Debug)]
+pub struct ChunkedDecoder {
+    state: ChunkState,
+}
+
+impl Default for ChunkedDecoder {
+    fn default() -> Self {
+        ChunkedDecoder {
+            state: ChunkState::Size,
+        }
+    }
+}
+
+impl ChunkedDecoder {
+    /// Decode the next piece of the body from the front of `buf`.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, CodecError> {
+        loop {
+            match self.state {
+                ChunkState::Size => {
+                    let Some(eol) = find_crlf(buf) else {
+                        if buf.len() > MAX_CHUNK_LINE {
+                            return Err(CodecError::Chunked("chunk size line too long"));
+                        }
+                        return Ok(Decoded::NeedMore);
+                    };
+                    let line = &buf[..eol];
+                    let size = line
+                        .split(|b| *b == b';')
+                        .next()
+                        .unwrap_or(line)
+                        .trim_ascii();
+                    if size.is_empty() || size.len() > 15 {
+                        return Err(CodecError::Chunked("chunk size"));
+                    }
+                    let mut n = 0u64;
+                    for &d in size {
+                        let v = (d as char)
+                            .to_digit(16)
+                            .ok_or(CodecError::Chunked("chunk size"))?;
+                        n = n * 16 + u64::from(v);
+                    }
+                    let _ = buf.split_to(eol + 2);
+                    self.state = if n == 0 {
+                        ChunkState::Trailers
+                    } else {
+                        ChunkState::Data(n)
+                    };
+                }
+                ChunkState::Data(remaining) => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    let n = remaining.min(buf.len() as u64);
+                    let data = buf.split_to(n as usize).freeze();
+                    self.state = if n == remaining {
+                        ChunkState::DataEnd
+                    } else {
+                        ChunkState::Data(remaining - n)
+                    };
+                    return Ok(Decoded::Data(data));
+                }
+                ChunkState::DataEnd => {
+                    if buf.len() < 2 {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(CodecError::Chunked("missing CRLF after chunk data"));
+                    }
+                    let _ = buf.split_to(2);
+                    self.state = ChunkState::Size;
+                }
+                ChunkState::Trailers => {
+                    if buf.starts_with(b"\r\n") {
+                        let _ = buf.split_to(2);
+                        self.state = ChunkState::Done;
+                        return Ok(Decoded::End(None));
+                    }
+                    let mut slots = [httparse::EMPTY_HEADER; 32];
+                    return match httparse::parse_headers(buf, &mut slots) {
+                        Ok(httparse::Status::Complete((len, parsed))) => {
+                            let mut trailers = HeaderMap::with_capacity(parsed.len());
+                            for h in parsed.iter() {
+                                let name = HeaderName::from_bytes(h.name.as_bytes())
+                                    .map_err(|_| CodecError::Chunked("trailer name"))?;
+                                let value = HeaderValue::from_bytes(h.value)
+                                    .map_err(|_| CodecError::Chunked("trailer value"))?;
+                                trailers.append(name, value);
+                            }
+                            let _ = buf.split_to(len);
+                            self.state = ChunkState::Done;
+                            Ok(Decoded::End(Some(trailers)))
+                        }
+                        Ok(httparse::Status::Partial) if buf.len() <= MAX_CHUNK_LINE * 2 => {
+                            Ok(Decoded::NeedMore)
+                        }
+                        _ => Err(CodecError::Chunked("trailers")),
+                    };
+                }
+                ChunkState::Done => return Ok(Decoded::End(None)),
+            }
+        }
+    }
+}
+
+fn find_crlf(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\r\n")
+}
+
+/// How a response body is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseFraming {
+    /// No body bytes follow the head (HEAD, 1xx, 204, 304, or an empty body).
+    None,
+    /// The body's bytes as they come (the head carries `Content-Length`).
+    Length,
+    /// Chunked transfer coding.
+    Chunked,
+    /// Bytes until the connection closes (HTTP/1.0 clients, unknown length).
+    UntilClose,
+}
+
+/// Extra headers the codec adds to a response head.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HeadExtras {
+    /// `content-length: N` for a body whose size is known but not stated.
+    pub content_length: Option<u64>,
+    pub chunked: bool,
+    /// `connection: close`.
+    pub close: bool,
+    /// `connection: keep-alive` (HTTP/1.0 clients that asked for it).
+    pub keep_alive: bool,
+}
+
+/// Write a response head (`HTTP/1.1` status line, headers, `date` when absent) into `dst`.
+pub fn encode_response_head(
+    dst: &mut Vec<u8>,
+    status: StatusCode,
+    headers: &HeaderMap,
+    extras: HeadExtras,
+) {
+    dst.extend_from_slice(b"HTTP/1.1 ");
+    dst.extend_from_slice(status.as_str().as_bytes());
+    dst.push(b' ');
+    dst.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    dst.extend_from_slice(b"\r\n");
+    // 1xx and 204 responses never carry framing headers (RFC 9110 8.6; Envoy and hyper drop them).
+    let no_framing = status.is_informational() || status == StatusCode::NO_CONTENT;
+    for (name, value) in headers {
+        if no_framing && (name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING) {
+            continue;
+        }
+        dst.extend_from_slice(name.as_str().as_bytes());
+        dst.extend_from_slice(b": ");
+        dst.extend_from_slice(value.as_bytes());
+        dst.extend_from_slice(b"\r\n");
+    }
+    if !headers.contains_key(header::DATE) {
+        dst.extend_from_slice(b"date: ");
+        http_date::write(dst);
+        dst.extend_from_slice(b"\r\n");
+    }
+    if let Some(n) = extras.content_length {
+        dst.extend_from_slice(b"content-length: ");
+        dst.extend_from_slice(itoa_u64(n).as_slice());
+        dst.extend_from_slice(b"\r\n");
+    }
+    if extras.chunked {
+        dst.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if extras.close {
+        dst.extend_from_slice(b"connection: close\r\n");
+    } else if extras.keep_alive {
+        dst.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    dst.extend_from_slice(b"\r\n");
+}
+
+/// A minimal local reply written by the codec itself (for requests it could not read).
+pub fn encode_error(dst: &mut Vec<u8>, status: StatusCode) {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    encode_response_head(
+        dst,
+        status,
+        &headers,
+        HeadExtras {
+            close: true,
+            ..HeadExtras::default()
+        },
+    );
+}
+
+/// Start a chunk of `len` bytes.
+pub fn encode_chunk_start(dst: &mut Vec<u8>, len: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    let mut n = len;
+    loop {
+        i -= 1;
+        digits[i] = HEX[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    dst.extend_from_slice(&digits[i..]);
+    dst.extend_from_slice(b"\r\n");
+}
+
+/// End a chunked body (without trailers: HTTP/1 trailers are not forwarded, as in Envoy's default).
+pub fn encode_chunked_end(dst: &mut Vec<u8>) {
+    dst.extend_from_slice(b"0\r\n\r\n");
+}
+
+/// Decimal digits of `n` without allocating.
+fn itoa_u64(mut n: u64) -> Digits {
+    let mut d = Digits {
+        buf: [0; 20],
+        start: 20,
+    };
+    loop {
+        d.start -= 1;
+        d.buf[d.start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    d
+}
+
+struct Digits {
+    buf: [u8; 20],
+    start: usize,
+}
+
+impl Digits {
+    fn as_slice(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
+/// The `date` header value, formatted once per second per thread.
+mod http_date {
+    use super::SystemTime;
+    use std::cell::RefCell;
+
+    thread_local! {
+        static CACHED: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
+    }
+
+    pub fn write(dst: &mut Vec<u8>) {
+        let now = SystemTime::now();
+        let secs = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        CACHED.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.0 != secs {
+                let text = httpdate::fmt_http_date(now);
+                if text.len() == 29 {
+                    c.1.copy_from_slice(text.as_bytes());
+                    c.0 = secs;
+                }
+            }
+            dst.extend_from_slice(&c.1);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Option<RequestHead>, CodecError> {
+        let mut buf = BytesMut::from(text);
+        parse_request(&mut buf, 60 * 1024)
+    }
+
+    #[test]
+    fn parses_a_head_and_leaves_the_rest() {
+        let mut buf = BytesMut::from(
+            "GET /a?b=1 HTTP/1.1\r\nHost: example.com\r\nX-Two: 1\r\nx-two: 2\r\n\r\nNEXT",
+        );
+        let head = parse_request(&mut buf, 1024).unwrap().unwrap();
+        assert_eq!(&buf[..], b"NEXT");
+        let r = &head.request;
+        assert_eq!(r.method(), Method::GET);
+        assert_eq!(r.uri().path(), "/a");
+        assert_eq!(r.uri().query(), Some("b=1"));
+        assert_eq!(r.headers()["host"], "example.com");
+        assert_eq!(r.headers().get_all("x-two").iter().count(), 2);
+        assert_eq!(head.framing, BodyFraming::Empty);
+        assert!(head.keep_alive);
+    }
+
+    #[test]
+    fn partial_heads_wait_and_oversized_heads_are_refused() {
+        assert!(parse("GET / HTTP/1.1\r\nHost: x\r\n").unwrap().is_none());
+        let mut big =
+            BytesMut::from(format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(200)).as_str());
+        assert!(matches!(
+            parse_request(&mut big, 100),
+            Err(CodecError::HeadersTooLarge)
+        ));
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("h{i}: v\r\n")).collect();
+        let e = parse(&format!("GET / HTTP/1.1\r\n{many}\r\n")).unwrap_err();
+        assert_eq!(e.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    }
+
+    #[test]
+    fn body_framing_follows_the_rfc_and_envoy() {
+        let head = parse("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.framing, BodyFraming::Length(5));
+        let head = parse("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.framing, BodyFraming::Chunked);
+        for bad in [
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+            "GET / HTTP/2.0\r\n\r\n",
+        ] {
+            assert_eq!(
+                parse(bad).unwrap_err().status(),
+                StatusCode::BAD_REQUEST,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn keep_alive_and_expect() {
+        assert!(
+            !parse("GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+                .unwrap()
+                .unwrap()
+                .keep_alive
+        );
+        assert!(!parse("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap().keep_alive);
+        assert!(
+            parse("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+                .unwrap()
+                .unwrap()
+                .keep_alive
+        );
+        let head = parse("PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(head.expect_continue);
+    }
+
+    #[test]
+    fn chunked_bodies_decode_across_reads() {
+        let wire = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 9\r\n\r\nNEXT";
+        // Feed one byte at a time: every split point must work.
+        let mut dec = ChunkedDecoder::default();
+        let mut buf = BytesMut::new();
+        let mut body = Vec::new();
+        let mut trailers = None;
+        for &b in wire.iter() {
+            buf.extend_from_slice(&[b]);
+            loop {
+                match dec.decode(&mut buf).unwrap() {
+                    Decoded::Data(d) => body.extend_from_slice(&d),
+                    Decoded::End(t) => {
+                        trailers = Some(t);
+                        break;
+                    }
+                    Decoded::NeedMore => break,
+                }
+            }
+            if trailers.is_some() {
+                break;
+            }
+        }
+        assert_eq!(body, b"hello world");
+        assert_eq!(trailers.unwrap().unwrap()["x-sum"], "9");
+        assert!(buf.is_empty());
+        let mut bad = BytesMut::from("zz\r\n");
+        assert!(ChunkedDecoder::default().decode(&mut bad).is_err());
+    }
+
+    #[test]
+    fn response_heads() {
+        let mut out = Vec::new();
+        let mut h = HeaderMap::new();
+        h.insert("x-a", HeaderValue::from_static("1"));
+        h.insert("date", HeaderValue::from_static("d"));
+        encode_response_head(
+            &mut out,
+            StatusCode::OK,
+            &h,
+            HeadExtras {
+                content_length: Some(12),
+                close: true,
+                ..HeadExtras::default()
+            },
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nx-a: 1\r\ndate: d\r\ncontent-length: 12\r\nconnection: close\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        encode_chunk_start(&mut out, 255);
+        encode_chunked_end(&mut out);
+        assert_eq!(out, b"ff\r\n0\r\n\r\n");
+        let mut out = Vec::new();
+        encode_response_head(
+            &mut out,
+            StatusCode::NO_CONTENT,
+            &HeaderMap::new(),
+            HeadExtras::default(),
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 204 No Content\r\ndate: "),
+            "{text}"
+        );
+        assert_eq!(
+            text.len(),
+            "HTTP/1.1 204 No Content\r\ndate: \r\n\r\n".len() + 29
+        );
+    }
+}
