@@ -55,6 +55,12 @@ pub fn descriptor_pool() -> Result<DescriptorPool, DescriptorError> {
     Ok(pool)
 }
 
+/// The embedded descriptor set (read-only data of the binary). After a load it can be given back
+/// to the operating system: its pages are clean and come back from the executable when needed.
+pub fn descriptor_bytes() -> &'static [u8] {
+    DESCRIPTOR_BYTES
+}
+
 /// Drop the cached pool once configuration is loaded; a running proxy does not need it until the
 /// next load. (Messages still holding descriptors keep their pool alive until they are dropped.)
 pub fn release_descriptor_pool() {
