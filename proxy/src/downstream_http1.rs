@@ -159,12 +159,12 @@ pub async fn serve<T: Transport>(
         let (mut parts, ()) = request.into_parts();
         let (pump, body) = match framing {
             BodyFraming::Empty => (None, RequestBody::Empty),
-            BodyFraming::Length(n) => {
-                let (tx, rx) = BodyStream::channel(Some(n));
-                (Some(BodyPump::new(framing, tx)), RequestBody::Stream(rx))
-            }
-            BodyFraming::Chunked => {
-                let (tx, rx) = BodyStream::channel(None);
+            BodyFraming::Length(_) | BodyFraming::Chunked => {
+                let length = match framing {
+                    BodyFraming::Length(n) => Some(n),
+                    _ => None,
+                };
+                let (tx, rx) = BodyStream::channel(length);
                 (Some(BodyPump::new(framing, tx)), RequestBody::Stream(rx))
             }
         };
