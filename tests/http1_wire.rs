@@ -1,6 +1,7 @@
 //! HTTP/1.1 on the wire, through a real `sluice proxy`: what a client sees byte for byte from the
 //! proxy's own connection driver (pipelining, chunked bodies both ways, `Expect: 100-continue`,
-//! HTTP/1.0, refused requests), and that idle keep-alive connections hold no buffers.
+//! HTTP/1.0), refused requests compared with real Envoy's answers, and that idle keep-alive
+//! connections hold no buffers.
 
 mod support;
 
@@ -182,11 +183,11 @@ async fn pipelined_chunked_and_100_continue_requests_are_proxied_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http10_bad_and_oversized_requests() {
-    let (_up, p) = app_proxy(json!({"max_request_headers_kb": 8})).await;
+async fn http10_is_served_when_accepted() {
+    let (_up, p) = app_proxy(json!({"http_protocol_options": {"accept_http_10": true}})).await;
     let addr = p.listener("main");
 
-    // HTTP/1.0 without keep-alive: answered, then closed.
+    // Without keep-alive: answered, then closed.
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(b"GET /old HTTP/1.0\r\nHost: x\r\n\r\n")
         .await
@@ -198,7 +199,7 @@ async fn http10_bad_and_oversized_requests() {
     assert_eq!(r.json()["path"], "/old");
     assert!(is_closed(&mut s).await);
 
-    // HTTP/1.0 with keep-alive: the response says keep-alive and the connection stays open.
+    // With keep-alive: the response says keep-alive and the connection stays open.
     let mut s = TcpStream::connect(addr).await.unwrap();
     let mut buf = Vec::new();
     for _ in 0..2 {
@@ -208,30 +209,62 @@ async fn http10_bad_and_oversized_requests() {
         let r = read_response(&mut s, &mut buf).await.expect("response");
         assert!(r.head.contains("connection: keep-alive"), "{}", r.head);
     }
+}
 
-    // Garbage, a body framed two ways, and a head over max_request_headers_kb: refused and closed
-    // (400, 400, 431), as Envoy refuses them.
-    let big = format!(
-        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
-        "a".repeat(9 * 1024)
+/// What a client learns from a refused request: status, body, and whether the proxy closed.
+async fn refusal(addr: std::net::SocketAddr, req: &[u8]) -> (u16, String, bool) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(req).await.unwrap();
+    let r = read_response(&mut s, &mut Vec::new())
+        .await
+        .expect("response");
+    let closed = r.head.contains("connection: close") && is_closed(&mut s).await;
+    (
+        r.status,
+        String::from_utf8_lossy(&r.body).into_owned(),
+        closed,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_are_refused_exactly_as_envoy_refuses_them() {
+    // Real Envoy 1.40 is the oracle: the same bootstrap, the same bytes, the same answer.
+    let up = upstream("app").await;
+    let rc = routes(json!([{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]));
+    let config = bootstrap(
+        rc,
+        vec![cluster("app", &[up.port()])],
+        json!({"max_request_headers_kb": 8}),
     );
-    for (req, status) in [
-        ("NOT HTTP AT ALL\r\n\r\n".to_string(), 400),
+    let envoy = envoy(&config).await;
+    let sluice = sluice(&config).await;
+    let many_headers: String = (0..101).map(|i| format!("h{i}: v\r\n")).collect();
+    let cases: Vec<(&str, String)> = vec![
+        ("garbage", "NOT HTTP AT ALL\r\n\r\n".into()),
         (
-            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
-                .to_string(),
-            400,
+            "content-length and chunked",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".into(),
         ),
-        (big, 431),
-    ] {
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(req.as_bytes()).await.unwrap();
-        let r = read_response(&mut s, &mut Vec::new())
-            .await
-            .expect("response");
-        assert_eq!(r.status, status, "{req:.60}");
-        assert!(r.head.contains("connection: close"));
-        assert!(is_closed(&mut s).await);
+        (
+            "a coding other than chunked",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n".into(),
+        ),
+        (
+            "head over max_request_headers_kb",
+            format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(9 * 1024)),
+        ),
+        (
+            "101 headers",
+            format!("GET / HTTP/1.1\r\nHost: x\r\n{many_headers}\r\n"),
+        ),
+        ("HTTP/1.0 (accept_http_10 off)", "GET / HTTP/1.0\r\nHost: x\r\n\r\n".into()),
+        ("HTTP/1.1 without a host", "GET / HTTP/1.1\r\n\r\n".into()),
+    ];
+    for (name, req) in &cases {
+        let want = refusal(envoy.listener("main"), req.as_bytes()).await;
+        let got = refusal(sluice.listener("main"), req.as_bytes()).await;
+        assert!(want.0 >= 400, "{name}: Envoy accepted it: {want:?}");
+        assert_eq!(got, want, "{name}: sluice (left) vs Envoy (right)");
     }
 }
 

@@ -57,14 +57,15 @@ pub const SUPPORTED: &[&str] = &[
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager: \
         codec_type=AUTO|HTTP1|HTTP2 stat_prefix route_config http_filters generate_request_id \
         use_remote_address xff_num_trusted_hops skip_xff_append strip_matching_host_port strip_any_host_port \
-        request_timeout request_headers_timeout common_http_protocol_options max_request_headers_kb rds \
+        request_timeout request_headers_timeout common_http_protocol_options http_protocol_options \
+        max_request_headers_kb rds \
         upgrade_configs server_name server_header_transformation=OVERWRITE|APPEND_IF_ABSENT|PASS_THROUGH \
         ~access_log ~http2_protocol_options",
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter: name typed_config",
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig: upgrade_type enabled",
     "envoy.extensions.filters.http.router.v3.Router: suppress_envoy_headers ~dynamic_stats ~start_child_span",
     "envoy.config.core.v3.HttpProtocolOptions: idle_timeout ~max_headers_count",
-    "envoy.config.core.v3.Http1ProtocolOptions: ",
+    "envoy.config.core.v3.Http1ProtocolOptions: accept_http_10",
     "envoy.config.core.v3.Http2ProtocolOptions: ~max_concurrent_streams ~initial_stream_window_size ~initial_connection_window_size",
     // Routes
     "envoy.config.route.v3.RouteConfiguration: name virtual_hosts ignore_port_in_host_matching request_headers_to_add request_headers_to_remove response_headers_to_add response_headers_to_remove validate_clusters",

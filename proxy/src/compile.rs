@@ -1129,6 +1129,7 @@ fn hcm(
             .or(Some(Duration::from_secs(3600)))
             .filter(|d| !d.is_zero()),
         max_request_headers_kb: u(v, "max_request_headers_kb").unwrap_or(60) as u32,
+        accept_http_10: get(v, "http_protocol_options").is_some_and(|h| b(h, "accept_http_10")),
         websocket,
         suppress_envoy_headers,
         server_name: HeaderValue::from_str(server_name)

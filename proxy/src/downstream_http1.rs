@@ -22,7 +22,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header;
+use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body as _, Frame};
 use http_body_util::BodyExt;
@@ -42,7 +42,7 @@ use crate::transport::Transport;
 const DIRECT_WRITE: usize = 16 * 1024;
 
 /// Connection settings from the listener's connection manager.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Http1Settings {
     /// Largest request head (`max_request_headers_kb`).
     pub max_head: usize,
@@ -52,6 +52,10 @@ pub struct Http1Settings {
     pub idle_timeout: Option<Duration>,
     /// Recognise the HTTP/2 preface on the first bytes (codec AUTO).
     pub detect_h2: bool,
+    /// Serve HTTP/1.0 requests (`accept_http_10`); otherwise 426 as Envoy.
+    pub accept_http_10: bool,
+    /// The `server` header of the codec's own replies (none with PASS_THROUGH).
+    pub server: Option<HeaderValue>,
 }
 
 /// How the HTTP/1.1 side of a connection ended.
@@ -97,12 +101,21 @@ pub async fn serve<T: Transport>(
                         continue;
                     }
                 } else {
-                    match http1_codec::parse_request(buf, settings.max_head) {
+                    let parsed = match http1_codec::parse_request(buf, settings.max_head) {
+                        Ok(Some(head))
+                            if head.request.version() == Version::HTTP_10
+                                && !settings.accept_http_10 =>
+                        {
+                            Err(CodecError::Http10)
+                        }
+                        other => other,
+                    };
+                    match parsed {
                         Ok(Some(head)) => break head,
                         Ok(None) => {}
                         Err(e) => {
                             tracing::debug!(error = %e, remote = %conn.remote, "bad request");
-                            reply_error(&mut w, e.status()).await;
+                            reply_error(&mut w, &e, settings.server.as_ref()).await;
                             release(rbuf);
                             return Outcome::Closed;
                         }
@@ -130,7 +143,7 @@ pub async fn serve<T: Transport>(
                         match tokio::time::timeout(t, read_more::<T>(&mut r, &mut rbuf)).await {
                             Ok(n) => n,
                             Err(_) => {
-                                reply_error(&mut w, StatusCode::REQUEST_TIMEOUT).await;
+                                // Envoy closes the connection when request_headers_timeout fires.
                                 release(rbuf);
                                 return Outcome::Closed;
                             }
@@ -536,10 +549,14 @@ async fn write_response<W: AsyncWrite + Unpin>(
     })
 }
 
-/// A minimal reply for a request the codec could not read; the connection closes after it.
-async fn reply_error<W: AsyncWrite + Unpin>(w: &mut W, status: StatusCode) {
+/// The reply to a request the codec could not read; the connection closes after it.
+async fn reply_error<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    error: &CodecError,
+    server: Option<&HeaderValue>,
+) {
     let mut wbuf = buffer_pool::take_write();
-    http1_codec::encode_error(&mut wbuf, status);
+    http1_codec::encode_error(&mut wbuf, error, server);
     let _ = w.write_all(&wbuf).await;
     let _ = w.shutdown().await;
     buffer_pool::give_write(wbuf);

@@ -21,11 +21,18 @@ const MAX_CHUNK_LINE: usize = 4096;
 /// The HTTP/2 connection preface, which starts an h2c prior-knowledge connection.
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Why a request could not be read; each maps to the status the client gets before the close.
+/// Why a request could not be read; each maps to the reply Envoy's HTTP/1 codec gives before it
+/// closes the connection.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
     #[error("malformed request: {0}")]
     Malformed(&'static str),
+    #[error("HTTP/1.1 request without a host")]
+    MissingHost,
+    #[error("transfer coding other than chunked")]
+    UnsupportedCoding,
+    #[error("HTTP/1.0 request (accept_http_10 is off)")]
+    Http10,
     #[error("request headers too large")]
     HeadersTooLarge,
     #[error("too many request headers")]
@@ -41,7 +48,20 @@ impl CodecError {
             CodecError::HeadersTooLarge | CodecError::TooManyHeaders => {
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
             }
-            CodecError::Malformed(_) | CodecError::Chunked(_) => StatusCode::BAD_REQUEST,
+            CodecError::UnsupportedCoding => StatusCode::NOT_IMPLEMENTED,
+            CodecError::Http10 => StatusCode::UPGRADE_REQUIRED,
+            CodecError::Malformed(_) | CodecError::MissingHost | CodecError::Chunked(_) => {
+                StatusCode::BAD_REQUEST
+            }
+        }
+    }
+
+    /// The body of the local reply: the reason phrase, except for a missing host (empty), as
+    /// Envoy answers.
+    pub fn body(&self) -> &'static str {
+        match self {
+            CodecError::MissingHost => "",
+            e => e.status().canonical_reason().unwrap_or(""),
         }
     }
 }
@@ -166,11 +186,20 @@ pub fn parse_request(
     }
     match (chunked, length) {
         (Some(true), None) if version == Version::HTTP_11 => framing = BodyFraming::Chunked,
+        (Some(false), None) if version == Version::HTTP_11 => {
+            return Err(CodecError::UnsupportedCoding)
+        }
         (Some(_), _) => return Err(CodecError::Malformed("transfer-encoding")),
         (None, Some(0)) | (None, None) => {}
         (None, Some(n)) => framing = BodyFraming::Length(n),
     }
     let keep_alive = !close && (version == Version::HTTP_11 || keep_alive_token);
+    if version == Version::HTTP_11
+        && uri.authority().is_none()
+        && !headers.contains_key(header::HOST)
+    {
+        return Err(CodecError::MissingHost);
+    }
 
     let mut request = Request::new(());
     *request.method_mut() = method;
@@ -389,19 +418,28 @@ pub fn encode_response_head(
     dst.extend_from_slice(b"\r\n");
 }
 
-/// A minimal local reply written by the codec itself (for requests it could not read).
-pub fn encode_error(dst: &mut Vec<u8>, status: StatusCode) {
+/// The local reply for a request the codec could not read, as Envoy's codec writes it: the reason
+/// phrase as a `text/plain` body (none for a missing host), `server`, and `connection: close`.
+pub fn encode_error(dst: &mut Vec<u8>, error: &CodecError, server: Option<&HeaderValue>) {
+    let body = error.body();
     let mut headers = HeaderMap::new();
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    if !body.is_empty() {
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    }
+    if let Some(server) = server {
+        headers.insert(header::SERVER, server.clone());
+    }
     encode_response_head(
         dst,
-        status,
+        error.status(),
         &headers,
         HeadExtras {
             close: true,
             ..HeadExtras::default()
         },
     );
+    dst.extend_from_slice(body.as_bytes());
 }
 
 /// Start a chunk of `len` bytes.
@@ -526,17 +564,22 @@ mod tests {
 
     #[test]
     fn body_framing_follows_the_rfc_and_envoy() {
-        let head = parse("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n")
+        let head = parse("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
             .unwrap()
             .unwrap();
         assert_eq!(head.framing, BodyFraming::Length(5));
-        let head = parse("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
+        let head = parse("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
             .unwrap()
             .unwrap();
         assert_eq!(head.framing, BodyFraming::Chunked);
+        let e = parse("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n").unwrap_err();
+        assert_eq!(e.status(), StatusCode::NOT_IMPLEMENTED);
+        let e = parse("GET / HTTP/1.1\r\n\r\n").unwrap_err();
+        assert!(matches!(e, CodecError::MissingHost));
+        assert_eq!(e.body(), "");
+        assert!(parse("GET http://x/ HTTP/1.1\r\n\r\n").unwrap().is_some());
         for bad in [
             "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
-            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
             "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
             "POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
             "GET / HTTP/2.0\r\n\r\n",
@@ -552,7 +595,7 @@ mod tests {
     #[test]
     fn keep_alive_and_expect() {
         assert!(
-            !parse("GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+            !parse("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
                 .unwrap()
                 .unwrap()
                 .keep_alive
@@ -564,9 +607,10 @@ mod tests {
                 .unwrap()
                 .keep_alive
         );
-        let head = parse("PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        let head =
+            parse("PUT / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n")
+                .unwrap()
+                .unwrap();
         assert!(head.expect_continue);
     }
 

@@ -161,6 +161,11 @@ async fn serve_connection<T: Transport>(io: T, ctx: Arc<ListenerContext>, conn: 
         headers_timeout: hcm.request_headers_timeout,
         idle_timeout: hcm.idle_timeout,
         detect_h2: hcm.codec == Codec::Auto,
+        accept_http_10: hcm.accept_http_10,
+        server: match hcm.server_header {
+            ServerHeader::PassThrough => None,
+            _ => Some(hcm.server_name.clone()),
+        },
     };
     let codec = hcm.codec;
     drop(hcm);

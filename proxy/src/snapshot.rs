@@ -43,6 +43,8 @@ pub struct HcmConfig {
     pub request_headers_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
     pub max_request_headers_kb: u32,
+    /// `http_protocol_options.accept_http_10`: serve HTTP/1.0 requests (else 426, as Envoy).
+    pub accept_http_10: bool,
     pub websocket: bool,
     pub suppress_envoy_headers: bool,
     pub server_name: HeaderValue,
