@@ -234,7 +234,7 @@ async fn malformed_requests_are_refused_exactly_as_envoy_refuses_them() {
     let config = bootstrap(
         rc,
         vec![cluster("app", &[up.port()])],
-        json!({"max_request_headers_kb": 8}),
+        json!({"max_request_headers_kb": 8, "request_headers_timeout": "0.3s"}),
     );
     let envoy = envoy(&config).await;
     let sluice = sluice(&config).await;
@@ -259,6 +259,10 @@ async fn malformed_requests_are_refused_exactly_as_envoy_refuses_them() {
         ),
         ("HTTP/1.0 (accept_http_10 off)", "GET / HTTP/1.0\r\nHost: x\r\n\r\n".into()),
         ("HTTP/1.1 without a host", "GET / HTTP/1.1\r\n\r\n".into()),
+        (
+            "head not complete within request_headers_timeout",
+            "GET / HTTP/1.1\r\nHost: x\r\n".into(),
+        ),
     ];
     for (name, req) in &cases {
         let want = refusal(envoy.listener("main"), req.as_bytes()).await;

@@ -143,7 +143,8 @@ pub async fn serve<T: Transport>(
                         match tokio::time::timeout(t, read_more::<T>(&mut r, &mut rbuf)).await {
                             Ok(n) => n,
                             Err(_) => {
-                                // Envoy closes the connection when request_headers_timeout fires.
+                                let e = CodecError::HeadersTimeout;
+                                reply_error(&mut w, &e, settings.server.as_ref()).await;
                                 release(rbuf);
                                 return Outcome::Closed;
                             }

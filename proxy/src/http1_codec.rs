@@ -33,6 +33,8 @@ pub enum CodecError {
     UnsupportedCoding,
     #[error("HTTP/1.0 request (accept_http_10 is off)")]
     Http10,
+    #[error("request headers not complete within request_headers_timeout")]
+    HeadersTimeout,
     #[error("request headers too large")]
     HeadersTooLarge,
     #[error("too many request headers")]
@@ -50,17 +52,18 @@ impl CodecError {
             }
             CodecError::UnsupportedCoding => StatusCode::NOT_IMPLEMENTED,
             CodecError::Http10 => StatusCode::UPGRADE_REQUIRED,
+            CodecError::HeadersTimeout => StatusCode::REQUEST_TIMEOUT,
             CodecError::Malformed(_) | CodecError::MissingHost | CodecError::Chunked(_) => {
                 StatusCode::BAD_REQUEST
             }
         }
     }
 
-    /// The body of the local reply: the reason phrase, except for a missing host (empty), as
-    /// Envoy answers.
+    /// The body of the local reply, as Envoy answers: the reason phrase, with two exceptions.
     pub fn body(&self) -> &'static str {
         match self {
             CodecError::MissingHost => "",
+            CodecError::HeadersTimeout => "request header timeout",
             e => e.status().canonical_reason().unwrap_or(""),
         }
     }
