@@ -1,4 +1,5 @@
-//! Micro-benchmarks of the per-request routing work and of configuration compilation.
+//! Micro-benchmarks of the per-request routing and HTTP/1.1 codec work and of configuration
+//! compilation.
 //!
 //! `cargo bench --bench data_plane` (add `-- --quick` for a fast pass). Route tables are compiled
 //! with the same code that serves requests, from canonical Envoy JSON.
@@ -168,6 +169,47 @@ fn picks_and_metrics(c: &mut Criterion) {
     });
 }
 
+/// The HTTP/1.1 codec's per-request work: parsing a typical request head (in place, from a pooled
+/// buffer) and writing a response head.
+fn http1_codec(c: &mut Criterion) {
+    use sluice_proxy::{buffer_pool, http1_codec};
+    const REQUEST: &[u8] = b"GET /api/v1/items?page=2 HTTP/1.1\r\nHost: shop.example.com\r\n\
+        User-Agent: curl/8.5.0\r\nAccept: */*\r\nCookie: session=abc; user=jason\r\n\
+        X-Request-Id: 7f1c2b3a-1111-4222-8333-944455556666\r\n\r\n";
+    c.bench_function("http1_parse_request_head", |b| {
+        b.iter(|| {
+            let mut buf = buffer_pool::take_read();
+            buf.extend_from_slice(REQUEST);
+            let head = http1_codec::parse_request(&mut buf, 60 * 1024);
+            black_box(&head);
+            drop(head);
+            buffer_pool::give_read(buf);
+        })
+    });
+    let mut headers = HeaderMap::new();
+    for (k, v) in [
+        ("content-type", "application/json"),
+        ("content-length", "512"),
+        ("server", "envoy"),
+        ("x-envoy-upstream-service-time", "1"),
+    ] {
+        headers.insert(k, http::HeaderValue::from_static(v));
+    }
+    c.bench_function("http1_encode_response_head", |b| {
+        b.iter(|| {
+            let mut out = buffer_pool::take_write();
+            http1_codec::encode_response_head(
+                &mut out,
+                http::StatusCode::OK,
+                black_box(&headers),
+                http1_codec::HeadExtras::default(),
+            );
+            black_box(&out);
+            buffer_pool::give_write(out);
+        })
+    });
+}
+
 fn compiling(c: &mut Criterion) {
     let rc = many_routes(10_000);
     let hosts = exact_hosts(10_000);
@@ -183,5 +225,11 @@ fn compiling(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, route_matching, picks_and_metrics, compiling);
+criterion_group!(
+    benches,
+    route_matching,
+    picks_and_metrics,
+    http1_codec,
+    compiling
+);
 criterion_main!(benches);
