@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::upstream_pool::PoolReturn;
+use crate::upstream_http1::Http1Body;
 
 /// Error type of proxied bodies.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -129,11 +129,10 @@ impl Body for RequestBody {
 /// A response body sent downstream.
 #[derive(Debug)]
 pub enum ResponseBody {
-    /// Streamed from an upstream; the connection goes back to its pool at the end.
-    Upstream {
-        body: Incoming,
-        pool: Option<PoolReturn>,
-    },
+    /// Read from an upstream HTTP/1.1 connection, which goes back to its pool at the end.
+    Http1(Http1Body),
+    /// Streamed from an upstream HTTP/2 connection.
+    Http2(Incoming),
     /// A locally generated body.
     Full(Option<Bytes>),
 }
@@ -151,20 +150,6 @@ impl ResponseBody {
     }
 }
 
-impl Drop for ResponseBody {
-    fn drop(&mut self) {
-        // A body read to its end gives its connection back even if nobody polled past the end
-        // (empty bodies, HEAD, 204); a body dropped early closes its connection with it.
-        if let ResponseBody::Upstream { body, pool } = self {
-            if body.is_end_stream() {
-                if let Some(p) = pool.take() {
-                    p.release();
-                }
-            }
-        }
-    }
-}
-
 impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BodyError;
@@ -174,33 +159,24 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            ResponseBody::Upstream { body, pool } => {
-                let r = Pin::new(&mut *body).poll_frame(cx).map_err(Into::into);
-                // hyper stops polling once `is_end_stream()` holds (e.g. after content-length
-                // bytes), so the connection is released as soon as the end is known.
-                let ended = matches!(r, Poll::Ready(None))
-                    || (matches!(r, Poll::Ready(Some(Ok(_)))) && body.is_end_stream());
-                if ended {
-                    if let Some(p) = pool.take() {
-                        p.release();
-                    }
-                }
-                r
-            }
+            ResponseBody::Http1(body) => Pin::new(body).poll_frame(cx),
+            ResponseBody::Http2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
             ResponseBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ResponseBody::Upstream { body, .. } => body.is_end_stream(),
+            ResponseBody::Http1(body) => body.is_end_stream(),
+            ResponseBody::Http2(body) => body.is_end_stream(),
             ResponseBody::Full(b) => b.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ResponseBody::Upstream { body, .. } => body.size_hint(),
+            ResponseBody::Http1(body) => body.size_hint(),
+            ResponseBody::Http2(body) => body.size_hint(),
             ResponseBody::Full(b) => {
                 SizeHint::with_exact(b.as_ref().map(|b| b.len() as u64).unwrap_or(0))
             }

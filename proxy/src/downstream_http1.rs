@@ -34,8 +34,9 @@ use crate::buffer_pool;
 use crate::http1_codec::{
     self, BodyFraming, ChunkedDecoder, CodecError, Decoded, HeadExtras, RequestHead, H2_PREFACE,
 };
-use crate::server::{self, ConnInfo, ListenerContext, UpstreamUpgrade};
+use crate::server::{self, ConnInfo, ListenerContext};
 use crate::transport::Transport;
+use crate::upstream_http1::UpgradedUpstream;
 
 /// Body chunks at least this large are written straight from the body instead of being copied
 /// behind the head.
@@ -437,7 +438,7 @@ struct RequestInfo {
 
 enum Written {
     Done { close: bool },
-    Upgrade(UpstreamUpgrade),
+    Upgrade(UpgradedUpstream),
 }
 
 /// Write a response: the head, then the body as it streams (`Content-Length` as given, chunked
@@ -451,7 +452,7 @@ async fn write_response<W: AsyncWrite + Unpin>(
     let status = parts.status;
     let mut wbuf = buffer_pool::take_write();
     if status == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(up) = parts.extensions.remove::<UpstreamUpgrade>() {
+        if let Some(up) = parts.extensions.remove::<UpgradedUpstream>() {
             http1_codec::encode_response_head(
                 &mut wbuf,
                 status,
@@ -513,7 +514,14 @@ async fn write_response<W: AsyncWrite + Unpin>(
         let frame = match next {
             None => break,
             Some(Ok(f)) => f,
-            Some(Err(e)) => return Err(io::Error::other(e)),
+            Some(Err(e)) => {
+                // What arrived before the failure still goes out (as Envoy sends it); the
+                // connection then closes, so the client sees the response cut short.
+                if !wbuf.is_empty() {
+                    let _ = w.write_all(&wbuf).await;
+                }
+                return Err(io::Error::other(e));
+            }
         };
         match frame.into_data() {
             Ok(data) => {
@@ -565,15 +573,15 @@ async fn reply_error<W: AsyncWrite + Unpin>(
 
 /// After a `101 Switching Protocols`: copy bytes both ways between the client and the upgraded
 /// upstream connection until both directions end.
-async fn bridge<R, W>(mut r: R, mut w: W, leftover: Option<BytesMut>, up: UpstreamUpgrade)
+async fn bridge<R, W>(mut r: R, mut w: W, leftover: Option<BytesMut>, up: UpgradedUpstream)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let Ok(upgraded) = up.0.await else {
+    let Some(upgraded) = up.take() else {
         return;
     };
-    let (mut ur, mut uw) = tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
+    let (mut ur, mut uw) = tokio::io::split(upgraded);
     if let Some(b) = leftover.filter(|b| !b.is_empty()) {
         if uw.write_all(&b).await.is_err() {
             return;

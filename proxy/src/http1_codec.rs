@@ -1,10 +1,14 @@
-//! HTTP/1.1 message codec for downstream connections.
+//! HTTP/1.1 message codec, for both ends of the proxy.
 //!
-//! Request heads are parsed in place with `httparse`; the target and header values share the
-//! connection's read buffer (no copy), as hyper's codec does. Bodies are framed by
+//! Downstream: request heads are parsed in place with `httparse`; the target and header values
+//! share the connection's read buffer (no copy), as hyper's codec does. Bodies are framed by
 //! `Transfer-Encoding: chunked` or `Content-Length` (requests with both, or with any other
 //! transfer coding, are refused like Envoy refuses them). Response heads are written into a
 //! caller's buffer so that a head and a small body leave in one write.
+//!
+//! Upstream: request heads are written the same way, and response heads are parsed in place, with
+//! the body framing of RFC 9112 section 6.3 (no body for HEAD, 1xx, 204 and 304; chunked; length;
+//! otherwise until the connection closes).
 
 use std::time::SystemTime;
 
@@ -110,83 +114,32 @@ pub fn parse_request(
             Err(httparse::Error::Version) => return Err(CodecError::Malformed("HTTP version")),
             Err(_) => return Err(CodecError::Malformed("request head")),
         };
-        let httparse::Status::Complete(head_len) = status else {
-            return if buf.len() > max_head {
-                Err(CodecError::HeadersTooLarge)
-            } else {
-                Ok(None)
-            };
+        let Some(head_len) = head_length(status, buf.len(), max_head)? else {
+            return Ok(None);
         };
-        if head_len > max_head {
-            return Err(CodecError::HeadersTooLarge);
-        }
         let method = req
             .method
             .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
             .ok_or(CodecError::Malformed("method"))?;
         let path = req.path.ok_or(CodecError::Malformed("request target"))?;
         let target = (path.as_ptr() as usize - base, path.len());
-        let version = match req.version {
-            Some(1) => Version::HTTP_11,
-            Some(0) => Version::HTTP_10,
-            _ => return Err(CodecError::Malformed("HTTP version")),
-        };
-        let mut count = 0;
-        for h in req.headers.iter() {
-            let name = h.name.as_ptr() as usize - base;
-            let value = h.value.as_ptr() as usize - base;
-            spans[count] = (
-                name as u32,
-                (name + h.name.len()) as u32,
-                value as u32,
-                (value + h.value.len()) as u32,
-            );
-            count += 1;
-        }
+        let version = http1_version(req.version)?;
+        let count = header_spans(req.headers, base, &mut spans);
         (head_len, method, target, version, count)
     };
     let head = buf.split_to(head_len).freeze();
 
     let uri = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
         .map_err(|_| CodecError::Malformed("request target"))?;
-    let mut headers = HeaderMap::with_capacity(count);
     let mut framing = BodyFraming::Empty;
-    let mut chunked = None;
-    let mut length: Option<u64> = None;
-    let mut close = false;
-    let mut keep_alive_token = false;
-    let mut expect_continue = false;
-    for &(ns, ne, vs, ve) in &spans[..count] {
-        let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
-            .map_err(|_| CodecError::Malformed("header name"))?;
-        // httparse accepted the value's bytes, which are exactly the bytes a HeaderValue allows.
-        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
-            .map_err(|_| CodecError::Malformed("header value"))?;
-        if name == header::TRANSFER_ENCODING {
-            // The last coding decides; anything but chunked as the final coding is refused.
-            let last = value
-                .as_bytes()
-                .rsplit(|b| *b == b',')
-                .next()
-                .map(|c| c.trim_ascii());
-            chunked = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
-        } else if name == header::CONTENT_LENGTH {
-            let n = parse_length(value.as_bytes())?;
-            if length.is_some_and(|l| l != n) {
-                return Err(CodecError::Malformed("conflicting content-length"));
-            }
-            length = Some(n);
-        } else if name == header::CONNECTION {
-            for token in value.as_bytes().split(|b| *b == b',') {
-                let token = token.trim_ascii();
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
-            }
-        } else if name == header::EXPECT {
-            expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
-        }
-        headers.append(name, value);
-    }
+    let (headers, f) = collect_headers(&head, &spans[..count])?;
+    let FramingHeaders {
+        chunked,
+        length,
+        close,
+        keep_alive_token,
+        expect_continue,
+    } = f;
     match (chunked, length) {
         (Some(true), None) if version == Version::HTTP_11 => framing = BodyFraming::Chunked,
         (Some(false), None) if version == Version::HTTP_11 => {
@@ -215,6 +168,236 @@ pub fn parse_request(
         keep_alive,
         expect_continue,
     }))
+}
+
+/// The length of a parsed head; `None` while it is incomplete and still within `max_head`.
+fn head_length(
+    status: httparse::Status<usize>,
+    buffered: usize,
+    max_head: usize,
+) -> Result<Option<usize>, CodecError> {
+    match status {
+        httparse::Status::Complete(n) if n > max_head => Err(CodecError::HeadersTooLarge),
+        httparse::Status::Complete(n) => Ok(Some(n)),
+        httparse::Status::Partial if buffered > max_head => Err(CodecError::HeadersTooLarge),
+        httparse::Status::Partial => Ok(None),
+    }
+}
+
+fn http1_version(minor: Option<u8>) -> Result<Version, CodecError> {
+    match minor {
+        Some(1) => Ok(Version::HTTP_11),
+        Some(0) => Ok(Version::HTTP_10),
+        _ => Err(CodecError::Malformed("HTTP version")),
+    }
+}
+
+/// Offsets of a header's name and value in the buffer that was parsed.
+type Span = (u32, u32, u32, u32);
+
+/// Record where each parsed header lies in the buffer starting at `base`; returns the count.
+fn header_spans(headers: &[httparse::Header<'_>], base: usize, spans: &mut [Span]) -> usize {
+    let mut count = 0;
+    for (h, slot) in headers.iter().zip(spans.iter_mut()) {
+        let name = h.name.as_ptr() as usize - base;
+        let value = h.value.as_ptr() as usize - base;
+        *slot = (
+            name as u32,
+            (name + h.name.len()) as u32,
+            value as u32,
+            (value + h.value.len()) as u32,
+        );
+        count += 1;
+    }
+    count
+}
+
+/// The header at `span` of a frozen head; the value shares the head's bytes.
+fn header_at(
+    head: &Bytes,
+    (ns, ne, vs, ve): Span,
+) -> Result<(HeaderName, HeaderValue), CodecError> {
+    let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
+        .map_err(|_| CodecError::Malformed("header name"))?;
+    // httparse accepted the value's bytes, which are exactly the bytes a HeaderValue allows.
+    let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
+        .map_err(|_| CodecError::Malformed("header value"))?;
+    Ok((name, value))
+}
+
+/// What a message's headers say about its framing and its connection.
+#[derive(Debug, Default)]
+struct FramingHeaders {
+    /// `Transfer-Encoding` is present; whether its final coding is chunked.
+    chunked: Option<bool>,
+    length: Option<u64>,
+    /// `Connection: close`.
+    close: bool,
+    /// `Connection: keep-alive`.
+    keep_alive_token: bool,
+    /// `Expect: 100-continue`.
+    expect_continue: bool,
+}
+
+/// Build the header map of a frozen head from its spans, noting the framing headers on the way.
+fn collect_headers(
+    head: &Bytes,
+    spans: &[Span],
+) -> Result<(HeaderMap, FramingHeaders), CodecError> {
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut f = FramingHeaders::default();
+    for &span in spans {
+        let (name, value) = header_at(head, span)?;
+        if name == header::TRANSFER_ENCODING {
+            // The last coding decides.
+            let last = value
+                .as_bytes()
+                .rsplit(|b| *b == b',')
+                .next()
+                .map(|c| c.trim_ascii());
+            f.chunked = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
+        } else if name == header::CONTENT_LENGTH {
+            let n = parse_length(value.as_bytes())?;
+            if f.length.is_some_and(|l| l != n) {
+                return Err(CodecError::Malformed("conflicting content-length"));
+            }
+            f.length = Some(n);
+        } else if name == header::CONNECTION {
+            for token in value.as_bytes().split(|b| *b == b',') {
+                let token = token.trim_ascii();
+                f.close |= token.eq_ignore_ascii_case(b"close");
+                f.keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name == header::EXPECT {
+            f.expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+        }
+        headers.append(name, value);
+    }
+    Ok((headers, f))
+}
+
+/// How an upstream response body is delimited (RFC 9112 section 6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseBodyFraming {
+    /// No body: a response to HEAD, 1xx, 204, 304, or `Content-Length: 0`.
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the upstream closes the connection.
+    UntilClose,
+}
+
+/// A parsed upstream response head.
+#[derive(Debug)]
+pub struct ResponseHead {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub framing: ResponseBodyFraming,
+    /// The connection may carry another request after this response's body.
+    pub keep_alive: bool,
+}
+
+/// Parse a response head at the front of `buf` and remove it from the buffer. `head_request`: the
+/// request was HEAD, so no body follows whatever the headers say. `Ok(None)`: not complete yet.
+pub fn parse_response(
+    buf: &mut BytesMut,
+    head_request: bool,
+    max_head: usize,
+) -> Result<Option<ResponseHead>, CodecError> {
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let (head_len, code, version, count) = {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut headers);
+        let base = buf.as_ptr() as usize;
+        let status = match resp.parse(buf) {
+            Ok(s) => s,
+            Err(httparse::Error::TooManyHeaders) => return Err(CodecError::TooManyHeaders),
+            Err(_) => return Err(CodecError::Malformed("response head")),
+        };
+        let Some(head_len) = head_length(status, buf.len(), max_head)? else {
+            return Ok(None);
+        };
+        let version = http1_version(resp.version)?;
+        let code = resp.code.ok_or(CodecError::Malformed("status"))?;
+        let count = header_spans(resp.headers, base, &mut spans);
+        (head_len, code, version, count)
+    };
+    let status = StatusCode::from_u16(code).map_err(|_| CodecError::Malformed("status"))?;
+    let head = buf.split_to(head_len).freeze();
+    let (headers, f) = collect_headers(&head, &spans[..count])?;
+    let mut keep_alive = !f.close && (version == Version::HTTP_11 || f.keep_alive_token);
+    let framing = if head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        ResponseBodyFraming::Empty
+    } else {
+        match (f.chunked, f.length) {
+            // Both: the transfer coding decides, and the connection is not trusted afterwards.
+            (Some(true), l) => {
+                keep_alive &= l.is_none();
+                ResponseBodyFraming::Chunked
+            }
+            (Some(false), _) | (None, None) => ResponseBodyFraming::UntilClose,
+            (None, Some(0)) => ResponseBodyFraming::Empty,
+            (None, Some(n)) => ResponseBodyFraming::Length(n),
+        }
+    };
+    if framing == ResponseBodyFraming::UntilClose {
+        keep_alive = false;
+    }
+    Ok(Some(ResponseHead {
+        status,
+        version,
+        headers,
+        framing,
+        keep_alive,
+    }))
+}
+
+/// How a request body is written upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestBodyFraming {
+    /// No body, or a body whose `Content-Length` the headers already state.
+    AsIs,
+    /// Add `content-length: N`.
+    Length(u64),
+    /// Add `transfer-encoding: chunked` and chunk the body.
+    Chunked,
+}
+
+/// Write an upstream request head: `METHOD target HTTP/1.1`, the headers, and the framing header.
+pub fn encode_request_head(
+    dst: &mut Vec<u8>,
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    framing: RequestBodyFraming,
+) {
+    dst.extend_from_slice(method.as_str().as_bytes());
+    dst.push(b' ');
+    dst.extend_from_slice(target.as_bytes());
+    dst.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        dst.extend_from_slice(name.as_str().as_bytes());
+        dst.extend_from_slice(b": ");
+        dst.extend_from_slice(value.as_bytes());
+        dst.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        RequestBodyFraming::AsIs => {}
+        RequestBodyFraming::Length(n) => {
+            dst.extend_from_slice(b"content-length: ");
+            dst.extend_from_slice(itoa_u64(n).as_slice());
+            dst.extend_from_slice(b"\r\n");
+        }
+        RequestBodyFraming::Chunked => {
+            dst.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+    }
+    dst.extend_from_slice(b"\r\n");
 }
 
 fn parse_length(v: &[u8]) -> Result<u64, CodecError> {
@@ -528,6 +711,122 @@ mod http_date {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn response(text: &str, head_request: bool) -> ResponseHead {
+        let mut buf = BytesMut::from(text);
+        let head = parse_response(&mut buf, head_request, 60 * 1024)
+            .unwrap()
+            .expect("complete head");
+        assert_eq!(&buf[..], b"BODY", "the head is removed, the body stays");
+        head
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112() {
+        use ResponseBodyFraming as F;
+        let r = response(
+            "HTTP/1.1 200 OK\r\nContent-Length: 4\r\nX-A: 1\r\n\r\nBODY",
+            false,
+        );
+        assert_eq!(
+            (r.status, r.framing, r.keep_alive),
+            (StatusCode::OK, F::Length(4), true)
+        );
+        assert_eq!(r.headers["x-a"], "1");
+        // HEAD, 204 and 304 have no body whatever the headers say.
+        let r = response("HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nBODY", true);
+        assert_eq!(r.framing, F::Empty);
+        for code in [204, 304] {
+            let r = response(
+                &format!("HTTP/1.1 {code} X\r\nContent-Length: 4\r\n\r\nBODY"),
+                false,
+            );
+            assert_eq!(r.framing, F::Empty);
+        }
+        // Chunked wins over a length, and such a connection is not reused.
+        let r = response(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\nBODY",
+            false,
+        );
+        assert_eq!((r.framing, r.keep_alive), (F::Chunked, false));
+        // No length: until close. Another coding than chunked: until close.
+        let r = response("HTTP/1.1 200 OK\r\n\r\nBODY", false);
+        assert_eq!((r.framing, r.keep_alive), (F::UntilClose, false));
+        let r = response(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nBODY",
+            false,
+        );
+        assert_eq!(r.framing, F::UntilClose);
+        // HTTP/1.0 keeps the connection only when it says keep-alive; `close` ends an HTTP/1.1 one.
+        let r = response("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\nBODY", false);
+        assert_eq!((r.framing, r.keep_alive), (F::Empty, false));
+        let r = response(
+            "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\nBODY",
+            false,
+        );
+        assert!(r.keep_alive);
+        let r = response(
+            "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 4\r\n\r\nBODY",
+            false,
+        );
+        assert!(!r.keep_alive);
+    }
+
+    #[test]
+    fn malformed_responses_are_errors_and_partial_ones_wait() {
+        for bad in [
+            "NOT HTTP\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        ] {
+            let mut buf = BytesMut::from(bad);
+            assert!(parse_response(&mut buf, false, 1024).is_err(), "{bad:?}");
+        }
+        let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\nX: y\r\n");
+        assert!(parse_response(&mut buf, false, 1024).unwrap().is_none());
+        let mut big =
+            BytesMut::from(format!("HTTP/1.1 200 OK\r\nX: {}\r\n", "a".repeat(200)).as_str());
+        assert!(parse_response(&mut big, false, 100).is_err());
+    }
+
+    #[test]
+    fn request_heads_carry_the_framing_they_need() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("svc"));
+        let mut out = Vec::new();
+        encode_request_head(
+            &mut out,
+            &Method::GET,
+            "/a?b",
+            &headers,
+            RequestBodyFraming::AsIs,
+        );
+        assert_eq!(out, b"GET /a?b HTTP/1.1\r\nhost: svc\r\n\r\n");
+        out.clear();
+        encode_request_head(
+            &mut out,
+            &Method::POST,
+            "/",
+            &headers,
+            RequestBodyFraming::Length(12),
+        );
+        assert_eq!(
+            out,
+            b"POST / HTTP/1.1\r\nhost: svc\r\ncontent-length: 12\r\n\r\n"
+        );
+        out.clear();
+        encode_request_head(
+            &mut out,
+            &Method::PUT,
+            "/",
+            &headers,
+            RequestBodyFraming::Chunked,
+        );
+        assert_eq!(
+            out,
+            b"PUT / HTTP/1.1\r\nhost: svc\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+    }
 
     fn parse(text: &str) -> Result<Option<RequestHead>, CodecError> {
         let mut buf = BytesMut::from(text);

@@ -12,7 +12,8 @@
 //! Request path ([`server`]): accept → HTTP codec (HTTP/1.1: [`downstream_http1`]; HTTP/2: hyper) → [`vhost_select`] by `:authority` →
 //! first matching route ([`matcher`]) → action: direct response, redirect, or forward to a cluster
 //! (chosen by [`weighted_pick`], sticky with [`hash_policy`]) → endpoint by the cluster's load
-//! balancer → pooled upstream connection ([`upstream_pool`]) → response streamed back.
+//! balancer → pooled upstream connection ([`upstream_pool`]; HTTP/1.1 spoken inline by
+//! [`upstream_http1`], HTTP/2 by hyper) → response streamed back.
 
 pub mod admin;
 pub mod ads_client;
@@ -38,6 +39,7 @@ pub mod server;
 pub mod snapshot;
 pub mod tls;
 pub mod transport;
+pub mod upstream_http1;
 pub mod upstream_pool;
 pub mod vhost_select;
 pub mod weighted_pick;

@@ -32,6 +32,7 @@ use crate::route_table::{
 use crate::snapshot::{Codec, HcmConfig, ListenerConfig, ServerHeader, Snapshot};
 use crate::tls::select_chain;
 use crate::transport::{Rewind, Transport};
+use crate::upstream_http1::UpgradedUpstream;
 use crate::upstream_pool::{UpstreamError, UpstreamProtocol};
 use crate::weighted_pick::fast_random;
 use crate::{edge, request_id};
@@ -225,11 +226,6 @@ where
     }
 }
 
-/// The upstream side of a `101 Switching Protocols` response, carried in the response's
-/// extensions to the downstream connection, which then joins the two byte streams.
-#[derive(Clone)]
-pub struct UpstreamUpgrade(pub hyper::upgrade::OnUpgrade);
-
 /// Request activity on one downstream connection, for `idle_timeout`.
 #[derive(Debug)]
 struct ConnActivity {
@@ -296,6 +292,7 @@ pub enum Flag {
     UpstreamOverflow,
     UpstreamTimeout,
     UpstreamReset,
+    UpstreamProtocolError,
     RequestTimeout,
 }
 
@@ -311,6 +308,7 @@ impl Flag {
             Flag::UpstreamOverflow => "UO",
             Flag::UpstreamTimeout => "UT",
             Flag::UpstreamReset => "UC",
+            Flag::UpstreamProtocolError => "UPE",
             Flag::RequestTimeout => "DT",
         }
     }
@@ -864,13 +862,10 @@ async fn forward(
                 }
                 if let Ok(r) = b.body(RequestBody::Empty) {
                     if let Ok(resp) = ep.pool.send(r, false).await {
-                        if let Some(p) = resp.pool_return {
-                            // Drain so the connection can be reused.
-                            let mut body = resp.response.into_body();
-                            use http_body_util::BodyExt;
-                            while let Some(Ok(_)) = body.frame().await {}
-                            p.release();
-                        }
+                        // Drain so that an HTTP/1.1 connection can be reused.
+                        use http_body_util::BodyExt;
+                        let mut body = resp.into_body();
+                        while let Some(Ok(_)) = body.frame().await {}
                     }
                 }
             }
@@ -942,26 +937,36 @@ async fn forward(
                     cluster.stats.rq_pending_overflow.inc();
                     (Flag::UpstreamOverflow, "upstream connect error or disconnect/reset before headers. reset reason: overflow")
                 }
-                UpstreamError::Reset(_) => (
+                UpstreamError::Reset(_) | UpstreamError::Io(_) => (
                     Flag::UpstreamReset,
                     "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
                 ),
+                UpstreamError::Protocol(_) => (
+                    Flag::UpstreamProtocolError,
+                    "upstream connect error or disconnect/reset before headers. reset reason: protocol error",
+                ),
             };
             tracing::debug!(cluster = %cluster.name, error = %e, "upstream request failed");
-            record(&cluster, 503, grpc, flag, start);
-            return local_reply(hcm, StatusCode::SERVICE_UNAVAILABLE, body);
+            // Envoy answers an upstream protocol error with 502, every other failure with 503.
+            let status = if matches!(flag, Flag::UpstreamProtocolError) {
+                StatusCode::BAD_GATEWAY
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            record(&cluster, status.as_u16(), grpc, flag, start);
+            return local_reply(hcm, status, body);
         }
     };
-    let mut response = upstream.response;
+    let mut response = upstream;
     let status = response.status();
     record(&cluster, status.as_u16(), grpc, Flag::None, start);
     drop(active);
 
     if status == StatusCode::SWITCHING_PROTOCOLS {
-        let up_upgrade = upgrade.then(|| UpstreamUpgrade(hyper::upgrade::on(&mut response)));
+        let up_upgrade = response.extensions_mut().remove::<UpgradedUpstream>();
         let (rp, _) = response.into_parts();
         let mut resp = Response::from_parts(rp, ResponseBody::empty());
-        if let Some(u) = up_upgrade {
+        if let Some(u) = up_upgrade.filter(|_| upgrade) {
             resp.extensions_mut().insert(u);
         }
         set_server(hcm, resp.headers_mut());
@@ -988,13 +993,7 @@ async fn forward(
         &rctx,
     );
     rp.version = Version::HTTP_11;
-    Response::from_parts(
-        rp,
-        ResponseBody::Upstream {
-            body: rbody,
-            pool: upstream.pool_return,
-        },
-    )
+    Response::from_parts(rp, rbody)
 }
 
 fn record(cluster: &Cluster, code: u16, grpc: bool, flag: Flag, start: Instant) {

@@ -1,8 +1,9 @@
 //! Per-endpoint upstream connection pools.
 //!
 //! HTTP/1.1: idle keep-alive connections wait in a lock-free queue; a request takes one (or dials a
-//! new one), and the connection returns to the queue when the response body has been read to its
-//! end. A response dropped early closes its connection, since it still carries unread bytes.
+//! new one), speaks HTTP/1.1 on it from its own task ([`crate::upstream_http1`]), and the
+//! connection returns to the queue when the response body has been read to its end. A response
+//! dropped early closes its connection, since it still carries unread bytes.
 //! HTTP/2: one multiplexed connection per endpoint, shared by clones of its sender and redialled when
 //! it closes.
 
@@ -13,15 +14,16 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use crossbeam_queue::ArrayQueue;
-use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use crate::body::RequestBody;
+use crate::body::{RequestBody, ResponseBody};
+use crate::buffer_pool;
+use crate::upstream_http1::{self, Http1Connection};
 
 /// Most idle HTTP/1.1 connections kept per endpoint.
 const MAX_IDLE: usize = 256;
@@ -67,7 +69,7 @@ impl ConnectionBudget {
     }
 
     /// Give a slot back (the connection closed, or dialling it failed).
-    fn closed(&self) {
+    pub(crate) fn closed(&self) {
         self.open.fetch_sub(1, Ordering::Relaxed);
         self.released.notify_one();
     }
@@ -106,6 +108,10 @@ pub enum UpstreamError {
     ConnectTimeout,
     #[error("upstream reset: {0}")]
     Reset(hyper::Error),
+    #[error("upstream reset: {0}")]
+    Io(std::io::Error),
+    #[error("upstream protocol error: {0}")]
+    Protocol(String),
     #[error("connection overflow")]
     Overflow,
     #[error("TLS handshake failed: {0}")]
@@ -116,19 +122,14 @@ pub enum UpstreamError {
 pub type UpstreamStream =
     tokio_util::either::Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>;
 
-struct IdleConn {
-    sender: http1::SendRequest<RequestBody>,
-    uses: u32,
-    idle_since: Instant,
-}
-
 /// Pool of one endpoint.
 pub struct EndpointPool {
     pub addr: SocketAddr,
-    idle: ArrayQueue<IdleConn>,
+    idle: ArrayQueue<Http1Connection>,
     h2: ArcSwapOption<http2::SendRequest<RequestBody>>,
-    /// Open connections (for `max_connections` and `/clusters`).
-    pub open_connections: AtomicU64,
+    /// Open connections (for `/clusters`); shared with each HTTP/1.1 connection, which counts
+    /// itself out when it closes.
+    pub open_connections: Arc<AtomicU64>,
     pub total_connections: AtomicU64,
     settings: PoolSettings,
 }
@@ -141,46 +142,6 @@ impl std::fmt::Debug for EndpointPool {
     }
 }
 
-/// Returns an HTTP/1.1 connection to its pool when the response body is finished.
-#[derive(Debug)]
-pub struct PoolReturn {
-    pool: Arc<EndpointPool>,
-    conn: Option<http1::SendRequest<RequestBody>>,
-    uses: u32,
-}
-
-impl std::fmt::Debug for IdleConn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IdleConn")
-            .field("uses", &self.uses)
-            .finish()
-    }
-}
-
-impl PoolReturn {
-    /// Give the connection back (called when the response body ended cleanly).
-    pub fn release(mut self) {
-        if let Some(sender) = self.conn.take() {
-            let limit = self.pool.settings.max_requests_per_connection;
-            if limit.is_some_and(|l| self.uses >= l) || sender.is_closed() {
-                return;
-            }
-            let _ = self.pool.idle.push(IdleConn {
-                sender,
-                uses: self.uses,
-                idle_since: Instant::now(),
-            });
-            self.pool.settings.budget.released.notify_one();
-        }
-    }
-}
-
-/// A response and, for HTTP/1.1, the handle that returns its connection.
-pub struct UpstreamResponse {
-    pub response: Response<Incoming>,
-    pub pool_return: Option<PoolReturn>,
-}
-
 impl EndpointPool {
     /// A new, empty pool.
     pub fn new(addr: SocketAddr, settings: PoolSettings) -> Arc<Self> {
@@ -188,7 +149,7 @@ impl EndpointPool {
             addr,
             idle: ArrayQueue::new(MAX_IDLE),
             h2: ArcSwapOption::empty(),
-            open_connections: AtomicU64::new(0),
+            open_connections: Arc::new(AtomicU64::new(0)),
             total_connections: AtomicU64::new(0),
             settings,
         })
@@ -225,7 +186,7 @@ impl EndpointPool {
         self: &Arc<Self>,
         req: Request<RequestBody>,
         upgrade: bool,
-    ) -> Result<UpstreamResponse, UpstreamError> {
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
         match self.settings.protocol {
             UpstreamProtocol::Http2 if !upgrade => self.send_h2(req).await,
             _ => self.send_h1(req, upgrade).await,
@@ -233,11 +194,8 @@ impl EndpointPool {
     }
 
     /// Take an idle HTTP/1.1 connection that is still usable.
-    async fn take_idle(&self) -> Option<IdleConn> {
+    fn take_idle(&self) -> Option<Http1Connection> {
         while let Some(mut c) = self.idle.pop() {
-            if c.sender.is_closed() {
-                continue;
-            }
             if self
                 .settings
                 .idle_timeout
@@ -245,17 +203,33 @@ impl EndpointPool {
             {
                 continue;
             }
-            if c.sender.ready().await.is_ok() {
+            if c.is_usable() {
                 return Some(c);
             }
         }
         None
     }
 
+    /// Give an HTTP/1.1 connection back after a complete exchange; it closes instead when it has
+    /// served `max_requests_per_connection` or the idle queue is full.
+    pub(crate) fn release(&self, mut conn: Http1Connection) {
+        let limit = self.settings.max_requests_per_connection;
+        if limit.is_some_and(|l| conn.uses >= l) {
+            return;
+        }
+        conn.idle_since = Instant::now();
+        if self.idle.push(conn).is_ok() {
+            self.settings.budget.released.notify_one();
+        }
+    }
+
     /// Reserve a connection slot, or (with `reuse`) take an idle connection that comes back while
     /// waiting, counted as a pending request (`max_pending_requests`); overflow when that queue is
     /// full. `Ok(None)` means a slot is reserved: the caller dials, and gives it back on failure.
-    async fn wait_for_connection(&self, reuse: bool) -> Result<Option<IdleConn>, UpstreamError> {
+    async fn wait_for_connection(
+        &self,
+        reuse: bool,
+    ) -> Result<Option<Http1Connection>, UpstreamError> {
         let budget = &self.settings.budget;
         if budget.try_reserve() {
             return Ok(None);
@@ -268,7 +242,7 @@ impl EndpointPool {
         loop {
             let released = budget.released.notified();
             if reuse {
-                if let Some(c) = self.take_idle().await {
+                if let Some(c) = self.take_idle() {
                     return Ok(Some(c));
                 }
             }
@@ -283,46 +257,78 @@ impl EndpointPool {
         self: &Arc<Self>,
         req: Request<RequestBody>,
         upgrade: bool,
-    ) -> Result<UpstreamResponse, UpstreamError> {
-        let mut reused = if upgrade {
-            None
-        } else {
-            self.take_idle().await
-        };
-        if reused.is_none() {
-            reused = self.wait_for_connection(!upgrade).await?;
-        }
-        let (mut sender, uses) = match reused {
-            Some(c) => (c.sender, c.uses),
-            None => {
-                let (sender, conn) = self.open(|io| http1::Builder::new().handshake(io)).await?;
-                let pool = self.clone();
-                tokio::spawn(async move {
-                    let _ = conn.with_upgrades().await;
-                    pool.connection_closed();
-                });
-                (sender, 0)
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        let head_request = req.method() == http::Method::HEAD;
+        let mut head = buffer_pool::take_write();
+        let framing = upstream_http1::encode_head(&mut head, &req);
+        let chunked = framing == crate::http1_codec::RequestBodyFraming::Chunked;
+        let mut body = req.into_body();
+        let mut attempts = 0;
+        let result = loop {
+            attempts += 1;
+            let idle = if upgrade { None } else { self.take_idle() };
+            let idle = match idle {
+                Some(c) => Some(c),
+                None => match self.wait_for_connection(!upgrade).await {
+                    Ok(c) => c,
+                    Err(e) => break Err(e),
+                },
+            };
+            let mut conn = match idle {
+                Some(c) => c,
+                None => match self.open_h1().await {
+                    Ok(c) => c,
+                    Err(e) => break Err(e),
+                },
+            };
+            let reused = conn.uses > 0;
+            conn.uses = conn.uses.saturating_add(1);
+            let mut buf = buffer_pool::take_read();
+            match conn
+                .exchange(&head, &mut body, chunked, &mut buf, head_request)
+                .await
+            {
+                Ok((response_head, complete)) => {
+                    let response =
+                        upstream_http1::into_response(conn, buf, response_head, complete, self);
+                    break Ok(response.map(ResponseBody::Http1));
+                }
+                // A kept-alive connection the upstream had already closed: try another.
+                Err(e) if e.retryable && reused && attempts < 4 => {
+                    buffer_pool::give_read(buf);
+                }
+                Err(e) => {
+                    buffer_pool::give_read(buf);
+                    break Err(e.error);
+                }
             }
         };
-        let response = sender
-            .send_request(req)
-            .await
-            .map_err(UpstreamError::Reset)?;
-        let pool_return = (!upgrade).then(|| PoolReturn {
-            pool: self.clone(),
-            conn: Some(sender),
-            uses: uses + 1,
-        });
-        Ok(UpstreamResponse {
-            response,
-            pool_return,
-        })
+        buffer_pool::give_write(head);
+        result
+    }
+
+    /// Dial a new HTTP/1.1 connection on a reserved budget slot.
+    async fn open_h1(&self) -> Result<Http1Connection, UpstreamError> {
+        match self.dial().await {
+            Ok(stream) => {
+                self.connection_opened();
+                Ok(Http1Connection::new(
+                    stream,
+                    self.open_connections.clone(),
+                    self.settings.budget.clone(),
+                ))
+            }
+            Err(e) => {
+                self.settings.budget.closed();
+                Err(e)
+            }
+        }
     }
 
     async fn send_h2(
         self: &Arc<Self>,
         req: Request<RequestBody>,
-    ) -> Result<UpstreamResponse, UpstreamError> {
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
         let current = self.h2.load_full().filter(|s| !s.is_closed());
         let mut sender = match current {
             Some(s) => (*s).clone(),
@@ -349,10 +355,7 @@ impl EndpointPool {
             .send_request(req)
             .await
             .map_err(UpstreamError::Reset)?;
-        Ok(UpstreamResponse {
-            response,
-            pool_return: None,
-        })
+        Ok(response.map(ResponseBody::Http2))
     }
 
     /// Dial and run the HTTP handshake on a reserved budget slot; the slot is given back if either

@@ -1,0 +1,247 @@
+//! The proxy's HTTP/1.1 client towards upstreams, against an upstream that answers with scripted
+//! bytes: chunked, close-delimited and HTTP/1.0 bodies, interim 1xx responses, an answer that comes
+//! before the request body, a malformed response, and connections the upstream closes while they
+//! sit idle in the pool. Real Envoy on the same bootstrap is the oracle for what the client sees.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// An upstream that answers each request with the bytes its path asks for.
+struct Scripted {
+    port: u16,
+    /// Connections accepted so far.
+    accepted: Arc<AtomicUsize>,
+}
+
+/// What the scripted upstream sends for a path, and whether it closes the connection after.
+fn script(path: &str) -> (&'static [u8], bool) {
+    match path {
+        "/chunked" => (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Up: 1\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+            false,
+        ),
+        "/until-close" => (b"HTTP/1.1 200 OK\r\nX-Up: 1\r\n\r\nread until close", true),
+        "/http10" => (b"HTTP/1.0 200 OK\r\nContent-Length: 6\r\n\r\nhttp10", true),
+        "/interim" => (
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal",
+            false,
+        ),
+        "/no-content" => (b"HTTP/1.1 204 No Content\r\nX-Up: 1\r\n\r\n", false),
+        "/garbage" => (b"this is not HTTP\r\n\r\n", true),
+        "/early" => (
+            b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo long",
+            true,
+        ),
+        "/truncated" => (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort", true),
+        _ => (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false),
+    }
+}
+
+/// Start the scripted upstream. With `idle_close`, it closes a connection that stays idle that
+/// long after a response.
+async fn scripted(idle_close: Option<Duration>) -> Scripted {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(serve_scripted(s, idle_close));
+        }
+    });
+    Scripted { port, accepted }
+}
+
+async fn serve_scripted(mut s: TcpStream, idle_close: Option<Duration>) {
+    let mut buf = Vec::new();
+    loop {
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            let read = match idle_close {
+                Some(t) if buf.is_empty() => {
+                    match tokio::time::timeout(t, s.read(&mut chunk)).await {
+                        Ok(r) => r,
+                        Err(_) => return, // idle too long: close
+                    }
+                }
+                _ => s.read(&mut chunk).await,
+            };
+            match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+        buf.drain(..head_end);
+        let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+        let (reply, close) = script(&path);
+        if path != "/early" {
+            // Read the request body (content-length only: the tests send no chunked bodies).
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap_or(0);
+            while buf.len() < len {
+                let mut chunk = [0u8; 4096];
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            buf.drain(..len);
+        }
+        if s.write_all(reply).await.is_err() || close {
+            return;
+        }
+    }
+}
+
+/// A proxy of `kind` routing everything to the scripted upstream.
+async fn proxy_to(kind: &str, up: &Scripted) -> ProxyProcess {
+    let cfg = bootstrap(
+        routes(json!([{"match": {"prefix": "/"}, "route": {"cluster": "scripted"}}])),
+        vec![cluster("scripted", &[up.port])],
+        json!({}),
+    );
+    proxy_of(kind, &cfg).await
+}
+
+/// What a client sees for one request on a fresh connection: status, body and the response's
+/// `x-up` header, read with curl (which decodes any framing the proxy chose).
+async fn observe(
+    p: &ProxyProcess,
+    method: &str,
+    path: &str,
+    body: Option<usize>,
+) -> (u16, String, bool) {
+    let url = p.url("main", path);
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-s", "-D", "-", "-X", method, "--max-time", "10"]);
+    if method == "HEAD" {
+        cmd.arg("-I");
+    }
+    if let Some(n) = body {
+        cmd.args(["--data-binary", &"x".repeat(n)]);
+    }
+    cmd.arg(&url);
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let has_x_up = head.to_lowercase().contains("\r\nx-up: 1");
+    (status, body.to_string(), has_x_up)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripted_upstream_responses_reach_the_client_as_through_envoy() {
+    let up = scripted(None).await;
+    let sluice = proxy_to("sluice", &up).await;
+    let envoy = proxy_to("envoy", &up).await;
+    let cases: &[(&str, &str, Option<usize>)] = &[
+        ("GET", "/chunked", None),
+        ("GET", "/until-close", None),
+        ("GET", "/http10", None),
+        ("GET", "/interim", None),
+        ("GET", "/no-content", None),
+        ("HEAD", "/", None),
+        ("GET", "/garbage", None),
+        ("GET", "/truncated", None),
+        ("POST", "/", Some(100_000)),
+    ];
+    for &(method, path, body) in cases {
+        let ours = observe(&sluice, method, path, body).await;
+        let theirs = observe(&envoy, method, path, body).await;
+        assert_eq!(ours, theirs, "{method} {path}: sluice vs envoy");
+    }
+    // The values themselves, so that a change in both cannot pass unnoticed.
+    assert_eq!(
+        observe(&sluice, "GET", "/chunked", None).await,
+        (200, "hello world".into(), true)
+    );
+    assert_eq!(
+        observe(&sluice, "GET", "/until-close", None).await,
+        (200, "read until close".into(), true)
+    );
+    assert_eq!(observe(&sluice, "GET", "/interim", None).await.1, "final");
+    assert_eq!(observe(&sluice, "GET", "/garbage", None).await.0, 502);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_connections_are_reused_and_replaced_when_the_upstream_closes_them() {
+    // Sequential requests share one upstream connection, bodiless or not, chunked or not.
+    let up = scripted(None).await;
+    let p = proxy_to("sluice", &up).await;
+    let client = client_h1();
+    for i in 0..30 {
+        let path = ["/", "/chunked", "/no-content"][i % 3];
+        let r = get(&client, &p.url("main", path), &[]).await;
+        assert!(r.status == 200 || r.status == 204, "{path}: {}", r.status);
+    }
+    assert_eq!(
+        up.accepted.load(Ordering::SeqCst),
+        1,
+        "one upstream connection"
+    );
+
+    // An upstream that closes idle connections after 50 ms: each later request finds its pooled
+    // connection closed and must still succeed on a new one.
+    let up = scripted(Some(Duration::from_millis(50))).await;
+    let p = proxy_to("sluice", &up).await;
+    for _ in 0..5 {
+        let r = get(&client, &p.url("main", "/"), &[]).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_before_the_request_body_ends_reaches_the_client_as_through_envoy() {
+    let up = scripted(None).await;
+    for kind in ["sluice", "envoy"] {
+        let p = proxy_to(kind, &up).await;
+        let addr = p.listener("main");
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        // Announce a large body and send only a part: the upstream answers 413 without reading it.
+        s.write_all(b"POST /early HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n")
+            .await
+            .unwrap();
+        s.write_all(&[b'x'; 16384]).await.unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !String::from_utf8_lossy(&got).contains("too long") {
+            let n = tokio::time::timeout_at(deadline, s.read(&mut chunk))
+                .await
+                .expect("an answer before the body is complete")
+                .unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&chunk[..n]);
+        }
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 413"), "{kind}: {text}");
+        assert!(text.ends_with("too long"), "{kind}: {text}");
+    }
+}
