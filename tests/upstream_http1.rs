@@ -14,6 +14,9 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// Number of 64 KiB pieces of `/big`.
+const BIG_CHUNKS: usize = 64;
+
 /// An upstream that answers each request with the bytes its path asks for.
 struct Scripted {
     port: u16,
@@ -86,6 +89,22 @@ async fn serve_scripted(mut s: TcpStream, idle_close: Option<Duration>) {
         let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
         buf.drain(..head_end);
         let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+        if path == "/big" {
+            // 4 MiB in 64 KiB writes, the length stated: the proxy streams it through.
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                BIG_CHUNKS * 65536
+            );
+            if s.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            for i in 0..BIG_CHUNKS {
+                if s.write_all(&[b'a' + (i % 26) as u8; 65536]).await.is_err() {
+                    return;
+                }
+            }
+            continue;
+        }
         let (reply, close) = script(&path);
         if path != "/early" {
             // Read the request body (content-length only: the tests send no chunked bodies).
@@ -196,6 +215,17 @@ async fn keep_alive_connections_are_reused_and_replaced_when_the_upstream_closes
         let path = ["/", "/chunked", "/no-content"][i % 3];
         let r = get(&client, &p.url("main", path), &[]).await;
         assert!(r.status == 200 || r.status == 204, "{path}: {}", r.status);
+    }
+    // A large body streams through, in order, and the connection is still reused after it.
+    for _ in 0..2 {
+        let r = get(&client, &p.url("main", "/big"), &[]).await;
+        assert_eq!(r.body.len(), BIG_CHUNKS * 65536);
+        for (i, piece) in r.body.chunks(65536).enumerate() {
+            assert!(
+                piece.iter().all(|b| *b == b'a' + (i % 26) as u8),
+                "piece {i}"
+            );
+        }
     }
     assert_eq!(
         up.accepted.load(Ordering::SeqCst),

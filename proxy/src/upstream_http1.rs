@@ -110,7 +110,8 @@ impl Http1Connection {
         head_request: bool,
     ) -> Result<(ResponseHead, bool), SendError> {
         let retryable = body.is_end_stream();
-        if let Err(e) = self.io.write_all(head).await {
+        // (A TLS stream may hold written bytes until flushed; for TCP the flush is free.)
+        if let Err(e) = write_flushed(&mut self.io, head).await {
             return Err(SendError {
                 error: UpstreamError::Io(e),
                 retryable,
@@ -233,18 +234,23 @@ async fn write_body<W: AsyncWrite + Unpin>(
             http1_codec::encode_chunk_start(&mut out, data.len());
             out.extend_from_slice(&data);
             out.extend_from_slice(b"\r\n");
-            w.write_all(&out).await?;
+            write_flushed(w, &out).await?;
         } else {
-            w.write_all(&data).await?;
+            write_flushed(w, &data).await?;
         }
     }
     if chunked {
         out.clear();
         http1_codec::encode_chunked_end(&mut out);
-        w.write_all(&out).await?;
+        write_flushed(w, &out).await?;
     }
     buffer_pool::give_write(out);
     Ok(())
+}
+
+async fn write_flushed<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> io::Result<()> {
+    w.write_all(bytes).await?;
+    w.flush().await
 }
 
 /// How the request's body goes on the wire, given its headers.
