@@ -239,12 +239,17 @@ struct FramingHeaders {
     expect_continue: bool,
 }
 
+/// Headers the proxy typically adds to a message it forwards.
+const ADDED_HEADERS: usize = 6;
+
 /// Build the header map of a frozen head from its spans, noting the framing headers on the way.
 fn collect_headers(
     head: &Bytes,
     spans: &[Span],
 ) -> Result<(HeaderMap, FramingHeaders), CodecError> {
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    // Room for the headers the proxy adds on the way (forwarding, request id, server, timing),
+    // so that adding them does not grow the map.
+    let mut headers = HeaderMap::with_capacity(spans.len() + ADDED_HEADERS);
     let mut f = FramingHeaders::default();
     for &span in spans {
         let (name, value) = header_at(head, span)?;

@@ -399,17 +399,19 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
         return;
     }
-    // Headers named in `Connection` are hop-by-hop too.
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
-        .collect();
-    for n in named {
-        h.remove(n);
+    // Headers named in `Connection` are hop-by-hop too. The values are shared, not copied, and
+    // names are looked up without being built (`keep-alive` and `close`, the usual tokens, cost no
+    // allocation).
+    let mut connection = h.get_all(header::CONNECTION).iter();
+    match (connection.next().cloned(), connection.next().is_some()) {
+        (None, _) => {}
+        (Some(only), false) => remove_named(h, &only, keep_upgrade),
+        (Some(_), true) => {
+            let all: Vec<HeaderValue> = h.get_all(header::CONNECTION).iter().cloned().collect();
+            for v in &all {
+                remove_named(h, v, keep_upgrade);
+            }
+        }
     }
     let te_trailers = h
         .get(header::TE)
@@ -427,6 +429,39 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     if te_trailers {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+}
+
+/// Remove the headers a `Connection` value names.
+fn remove_named(h: &mut HeaderMap, connection: &HeaderValue, keep_upgrade: bool) {
+    let Ok(v) = connection.to_str() else {
+        return;
+    };
+    for token in v.split(',').map(str::trim) {
+        if token.is_empty() || (keep_upgrade && token.eq_ignore_ascii_case("upgrade")) {
+            continue;
+        }
+        h.remove(token);
+    }
+}
+
+/// A header value for a count of milliseconds. Values below 1,000 (nearly every upstream service
+/// time) come from a table built once, so that a request does not allocate one.
+fn millis_value(ms: u64) -> HeaderValue {
+    const TABLE: usize = 1000;
+    static SMALL: std::sync::OnceLock<Vec<HeaderValue>> = std::sync::OnceLock::new();
+    if ms >= TABLE as u64 {
+        return HeaderValue::from(ms);
+    }
+    let table = SMALL.get_or_init(|| {
+        (0..TABLE)
+            .map(|n| {
+                // A static slice: clones of the value share it without reference counting.
+                let text: &'static str = Box::leak(n.to_string().into_boxed_str());
+                HeaderValue::from_static(text)
+            })
+            .collect()
+    });
+    table[ms as usize].clone()
 }
 
 fn is_websocket(h: &HeaderMap) -> bool {
@@ -981,7 +1016,7 @@ async fn forward(
     if !hcm.suppress_envoy_headers {
         rp.headers.insert(
             HeaderName::from_static("x-envoy-upstream-service-time"),
-            HeaderValue::from(start.elapsed().as_millis() as u64),
+            millis_value(start.elapsed().as_millis() as u64),
         );
     }
     set_server(hcm, &mut rp.headers);
@@ -1003,4 +1038,47 @@ fn record(cluster: &Cluster, code: u16, grpc: bool, flag: Flag, start: Instant) 
         cluster.stats.rq_time.observe(ms);
     }
     cluster.istio.record(code, grpc, flag.code(), ms);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("connection", "x-other"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("x-other", "2"),
+            ("te", "trailers, gzip"),
+            ("x-kept", "3"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x-kept", "te"]);
+        assert_eq!(h["te"], "trailers");
+
+        // A WebSocket upgrade keeps `upgrade` and `connection`.
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.len(), 2);
+    }
+
+    #[test]
+    fn service_times_share_static_values() {
+        assert_eq!(millis_value(0), "0");
+        assert_eq!(millis_value(42), "42");
+        assert_eq!(millis_value(999), "999");
+        assert_eq!(millis_value(123_456), "123456");
+    }
 }
