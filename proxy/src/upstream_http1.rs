@@ -295,7 +295,7 @@ impl UpgradedUpstream {
 /// Build the response for a head read from `conn`: its body streams from the connection, which
 /// returns to `pool` once the body has been read to its end.
 pub(crate) fn into_response(
-    mut conn: Http1Connection,
+    conn: Http1Connection,
     mut buf: BytesMut,
     head: ResponseHead,
     request_complete: bool,
@@ -309,7 +309,6 @@ pub(crate) fn into_response(
     if head.status == StatusCode::SWITCHING_PROTOCOLS {
         let prefix = buf.split().freeze();
         buffer_pool::give_read(buf);
-        conn.uses = u32::MAX;
         response
             .extensions_mut()
             .insert(UpgradedUpstream::new(conn, prefix));
