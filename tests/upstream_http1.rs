@@ -243,6 +243,35 @@ async fn keep_alive_connections_are_reused_and_replaced_when_the_upstream_closes
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     assert_eq!(up.accepted.load(Ordering::SeqCst), 5);
+
+    // Connections the upstream closed while idle are closed by the proxy too, without a request
+    // coming to find them: the endpoint's open connections drop to zero.
+    let r = get(&client, &p.url("main", "/"), &[]).await;
+    assert_eq!(r.status, 200);
+    let cx_active = || async {
+        p.admin("/clusters")
+            .await
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("scripted::")
+                    .filter(|l| l.contains("::cx_active::"))
+                    .map(|l| l.rsplit("::").next().unwrap_or("").to_string())
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        cx_active().await,
+        "1",
+        "one pooled connection after the request"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    while cx_active().await != "0" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the closed idle connection is never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

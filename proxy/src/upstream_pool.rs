@@ -145,14 +145,16 @@ impl std::fmt::Debug for EndpointPool {
 impl EndpointPool {
     /// A new, empty pool.
     pub fn new(addr: SocketAddr, settings: PoolSettings) -> Arc<Self> {
-        Arc::new(EndpointPool {
+        let pool = Arc::new(EndpointPool {
             addr,
             idle: ArrayQueue::new(MAX_IDLE),
             h2: ArcSwapOption::empty(),
             open_connections: Arc::new(AtomicU64::new(0)),
             total_connections: AtomicU64::new(0),
             settings,
-        })
+        });
+        idle_sweep::register(&pool);
+        pool
     }
 
     async fn dial(&self) -> Result<UpstreamStream, UpstreamError> {
@@ -210,9 +212,28 @@ impl EndpointPool {
         None
     }
 
+    /// Close the idle connections that the upstream has closed or that outlived `idle_timeout`;
+    /// the others stay queued.
+    fn sweep_idle(&self) {
+        for _ in 0..self.idle.len() {
+            let Some(mut c) = self.idle.pop() else {
+                break;
+            };
+            let expired = self
+                .settings
+                .idle_timeout
+                .is_some_and(|t| c.idle_since.elapsed() > t);
+            if !expired && c.is_usable() {
+                // A full queue (requests released meanwhile) drops, and so closes, the connection.
+                let _ = self.idle.push(c);
+            }
+        }
+    }
+
     /// Give an HTTP/1.1 connection back after a complete exchange; it closes instead when it has
     /// served `max_requests_per_connection` or the idle queue is full.
     pub(crate) fn release(&self, mut conn: Http1Connection) {
+        idle_sweep::ensure_running();
         let limit = self.settings.max_requests_per_connection;
         if limit.is_some_and(|l| conn.uses >= l) {
             return;
@@ -393,5 +414,76 @@ impl EndpointPool {
     fn connection_closed(&self) {
         self.open_connections.fetch_sub(1, Ordering::Relaxed);
         self.settings.budget.closed();
+    }
+}
+
+/// Idle HTTP/1.1 connections wait in their pool without a task of their own, so nothing would
+/// notice an upstream closing one until a request takes it. A single sweep over every pool, every
+/// [`idle_sweep::INTERVAL`], closes those (and those past `idle_timeout`), so that they do not
+/// linger in CLOSE_WAIT, nor count as open, while traffic is quiet.
+mod idle_sweep {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex, Weak};
+    use std::time::Duration;
+
+    use super::EndpointPool;
+
+    pub const INTERVAL: Duration = Duration::from_secs(2);
+
+    static POOLS: Mutex<Vec<Weak<EndpointPool>>> = Mutex::new(Vec::new());
+    static RUNNING: AtomicBool = AtomicBool::new(false);
+
+    /// Include a new pool in the sweeps.
+    pub fn register(pool: &Arc<EndpointPool>) {
+        if let Ok(mut pools) = POOLS.lock() {
+            // Dropped pools are forgotten by each sweep, and here whenever the list doubles (so
+            // that registering stays O(1) amortized when no sweep runs yet).
+            if pools.len().is_power_of_two() {
+                pools.retain(|w| w.strong_count() > 0);
+            }
+            pools.push(Arc::downgrade(pool));
+        }
+    }
+
+    /// Start the sweeping task on the current runtime unless it runs already (called when a
+    /// connection goes idle, which is always on a runtime; one relaxed load otherwise).
+    pub fn ensure_running() {
+        if RUNNING.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if !RUNNING.swap(true, Ordering::AcqRel) {
+            handle.spawn(sweep_forever());
+        }
+    }
+
+    /// Clears [`RUNNING`] when the task ends (its runtime shut down), so a later call restarts it.
+    struct Running;
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            RUNNING.store(false, Ordering::Release);
+        }
+    }
+
+    async fn sweep_forever() {
+        let _running = Running;
+        let mut tick = tokio::time::interval(INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let live: Vec<Arc<EndpointPool>> = match POOLS.lock() {
+                Ok(mut pools) => {
+                    pools.retain(|w| w.strong_count() > 0);
+                    pools.iter().filter_map(Weak::upgrade).collect()
+                }
+                Err(_) => return,
+            };
+            for pool in live {
+                pool.sweep_idle();
+            }
+        }
     }
 }
