@@ -89,6 +89,14 @@ async fn serve_scripted(mut s: TcpStream, idle_close: Option<Duration>) {
         let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
         buf.drain(..head_end);
         let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+        if path == "/stall" {
+            // Half a body, then nothing: only the route timeout ends it.
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345")
+                .await;
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            return;
+        }
         if path == "/big" {
             // 4 MiB in 64 KiB writes, the length stated: the proxy streams it through.
             let head = format!(
@@ -130,8 +138,12 @@ async fn serve_scripted(mut s: TcpStream, idle_close: Option<Duration>) {
 
 /// A proxy of `kind` routing everything to the scripted upstream.
 async fn proxy_to(kind: &str, up: &Scripted) -> ProxyProcess {
+    proxy_with_route(kind, up, json!({"cluster": "scripted"})).await
+}
+
+async fn proxy_with_route(kind: &str, up: &Scripted, route: serde_json::Value) -> ProxyProcess {
     let cfg = bootstrap(
-        routes(json!([{"match": {"prefix": "/"}, "route": {"cluster": "scripted"}}])),
+        routes(json!([{"match": {"prefix": "/"}, "route": route}])),
         vec![cluster("scripted", &[up.port])],
         json!({}),
     );
@@ -302,5 +314,41 @@ async fn an_answer_before_the_request_body_ends_reaches_the_client_as_through_en
         let text = String::from_utf8_lossy(&got);
         assert!(text.starts_with("HTTP/1.1 413"), "{kind}: {text}");
         assert!(text.ends_with("too long"), "{kind}: {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_route_timeout_also_ends_a_stalled_body_as_in_envoy() {
+    let up = scripted(None).await;
+    for kind in ["sluice", "envoy"] {
+        let p = proxy_with_route(kind, &up, json!({"cluster": "scripted", "timeout": "1s"})).await;
+        let mut s = TcpStream::connect(p.listener("main")).await.unwrap();
+        let started = tokio::time::Instant::now();
+        s.write_all(b"GET /stall HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+                .await
+                .unwrap_or_else(|_| panic!("{kind}: the stalled response is never ended"))
+                .unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&chunk[..n]);
+        }
+        let waited = started.elapsed();
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 200"), "{kind}: {text}");
+        assert!(
+            text.ends_with("12345"),
+            "{kind}: the half body is passed on: {text}"
+        );
+        assert!(
+            waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+            "{kind}: closed after {waited:?}"
+        );
     }
 }

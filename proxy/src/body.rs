@@ -1,8 +1,10 @@
 //! Body types of proxied messages. Bodies stream frame by frame (data and trailers); nothing is
 //! buffered whole.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -130,14 +132,64 @@ impl Body for RequestBody {
 #[derive(Debug)]
 pub enum ResponseBody {
     /// Read from an upstream HTTP/1.1 connection, which goes back to its pool at the end.
-    Http1(Http1Body),
+    Http1(Http1Body, BodyDeadline),
     /// Streamed from an upstream HTTP/2 connection.
-    Http2(Incoming),
+    Http2(Incoming, BodyDeadline),
     /// A locally generated body.
     Full(Option<Bytes>),
 }
 
+/// The route timeout, still running while an upstream body streams: Envoy's route `timeout`
+/// covers the whole response, not only its head. The timer is made only if the body has to wait
+/// for the upstream, so a body that arrives with its head costs nothing.
+#[derive(Debug, Default)]
+pub struct BodyDeadline {
+    at: Option<Instant>,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl BodyDeadline {
+    /// Whether the deadline has passed; registers `cx` to be woken when it does.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(at) = self.at else {
+            return false;
+        };
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at.into())));
+        timer.as_mut().poll(cx).is_ready()
+    }
+
+    /// Poll `body`; past the deadline, a body still waiting ends with an error (the downstream
+    /// connection is then reset, as Envoy resets a stream whose response headers went out).
+    fn poll_body<B>(
+        &mut self,
+        body: Pin<&mut B>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<BodyError>,
+    {
+        match body.poll_frame(cx) {
+            Poll::Pending if self.expired(cx) => {
+                self.at = None;
+                Poll::Ready(Some(Err("upstream request timeout".into())))
+            }
+            other => other.map(|f| f.map(|r| r.map_err(Into::into))),
+        }
+    }
+}
+
 impl ResponseBody {
+    /// An upstream body that must end by `at` (the route timeout); local bodies ignore it.
+    pub fn with_deadline(mut self, at: Instant) -> Self {
+        if let ResponseBody::Http1(_, d) | ResponseBody::Http2(_, d) = &mut self {
+            d.at = Some(at);
+        }
+        self
+    }
+
     /// An empty local body.
     pub fn empty() -> Self {
         ResponseBody::Full(None)
@@ -159,24 +211,24 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            ResponseBody::Http1(body) => Pin::new(body).poll_frame(cx),
-            ResponseBody::Http2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            ResponseBody::Http1(body, deadline) => deadline.poll_body(Pin::new(body), cx),
+            ResponseBody::Http2(body, deadline) => deadline.poll_body(Pin::new(body), cx),
             ResponseBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ResponseBody::Http1(body) => body.is_end_stream(),
-            ResponseBody::Http2(body) => body.is_end_stream(),
+            ResponseBody::Http1(body, _) => body.is_end_stream(),
+            ResponseBody::Http2(body, _) => body.is_end_stream(),
             ResponseBody::Full(b) => b.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ResponseBody::Http1(body) => body.size_hint(),
-            ResponseBody::Http2(body) => body.size_hint(),
+            ResponseBody::Http1(body, _) => body.size_hint(),
+            ResponseBody::Http2(body, _) => body.size_hint(),
             ResponseBody::Full(b) => {
                 SizeHint::with_exact(b.as_ref().map(|b| b.len() as u64).unwrap_or(0))
             }

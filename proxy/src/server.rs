@@ -1028,6 +1028,11 @@ async fn forward(
         &rctx,
     );
     rp.version = Version::HTTP_11;
+    // The route timeout covers the whole response, as in Envoy, not only its head.
+    let rbody = match f.timeout {
+        Some(t) => rbody.with_deadline(start + t),
+        None => rbody,
+    };
     Response::from_parts(rp, rbody)
 }
 

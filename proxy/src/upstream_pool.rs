@@ -312,7 +312,7 @@ impl EndpointPool {
                 Ok((response_head, complete)) => {
                     let response =
                         upstream_http1::into_response(conn, buf, response_head, complete, self);
-                    break Ok(response.map(ResponseBody::Http1));
+                    break Ok(response.map(|b| ResponseBody::Http1(b, Default::default())));
                 }
                 // A kept-alive connection the upstream had already closed: try another.
                 Err(e) if e.retryable && reused && attempts < 4 => {
@@ -376,7 +376,7 @@ impl EndpointPool {
             .send_request(req)
             .await
             .map_err(UpstreamError::Reset)?;
-        Ok(response.map(ResponseBody::Http2))
+        Ok(response.map(|b| ResponseBody::Http2(b, Default::default())))
     }
 
     /// Dial and run the HTTP handshake on a reserved budget slot; the slot is given back if either
