@@ -350,5 +350,16 @@ async fn the_route_timeout_also_ends_a_stalled_body_as_in_envoy() {
             waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
             "{kind}: closed after {waited:?}"
         );
+        if kind == "sluice" {
+            let stats = p.admin("/stats/prometheus").await;
+            assert!(
+                stats
+                    .lines()
+                    .any(|l| l.starts_with("envoy_cluster_upstream_rq_timeout")
+                        && l.contains("scripted")
+                        && l.ends_with(" 1")),
+                "the expiry is counted as an upstream timeout"
+            );
+        }
     }
 }

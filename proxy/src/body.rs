@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -10,6 +11,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::cluster::Cluster;
 use crate::upstream_http1::Http1Body;
 
 /// Error type of proxied bodies.
@@ -146,6 +148,9 @@ pub enum ResponseBody {
 pub struct BodyDeadline {
     at: Option<Instant>,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The cluster whose `upstream_rq_timeout` counts an expiry (the request's own reference,
+    /// moved here rather than cloned).
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl BodyDeadline {
@@ -174,6 +179,9 @@ impl BodyDeadline {
         match body.poll_frame(cx) {
             Poll::Pending if self.expired(cx) => {
                 self.at = None;
+                if let Some(c) = self.cluster.take() {
+                    c.stats.rq_timeout.inc();
+                }
                 Poll::Ready(Some(Err("upstream request timeout".into())))
             }
             other => other.map(|f| f.map(|r| r.map_err(Into::into))),
@@ -182,10 +190,12 @@ impl BodyDeadline {
 }
 
 impl ResponseBody {
-    /// An upstream body that must end by `at` (the route timeout); local bodies ignore it.
-    pub fn with_deadline(mut self, at: Instant) -> Self {
+    /// An upstream body from `cluster` that must end by `at` (the route timeout); local bodies
+    /// ignore it.
+    pub fn with_deadline(mut self, at: Instant, cluster: Arc<Cluster>) -> Self {
         if let ResponseBody::Http1(_, d) | ResponseBody::Http2(_, d) = &mut self {
             d.at = Some(at);
+            d.cluster = Some(cluster);
         }
         self
     }

@@ -1030,7 +1030,7 @@ async fn forward(
     rp.version = Version::HTTP_11;
     // The route timeout covers the whole response, as in Envoy, not only its head.
     let rbody = match f.timeout {
-        Some(t) => rbody.with_deadline(start + t),
+        Some(t) => rbody.with_deadline(start + t, cluster),
         None => rbody,
     };
     Response::from_parts(rp, rbody)
