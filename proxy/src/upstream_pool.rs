@@ -198,18 +198,20 @@ impl EndpointPool {
     /// Take an idle HTTP/1.1 connection that is still usable.
     fn take_idle(&self) -> Option<Http1Connection> {
         while let Some(mut c) = self.idle.pop() {
-            if self
-                .settings
-                .idle_timeout
-                .is_some_and(|t| c.idle_since.elapsed() > t)
-            {
-                continue;
-            }
-            if c.is_usable() {
+            if self.still_usable(&mut c) {
                 return Some(c);
             }
         }
         None
+    }
+
+    /// An idle connection within `idle_timeout` that the upstream has not closed.
+    fn still_usable(&self, c: &mut Http1Connection) -> bool {
+        let expired = self
+            .settings
+            .idle_timeout
+            .is_some_and(|t| c.idle_since.elapsed() > t);
+        !expired && c.is_usable()
     }
 
     /// Close the idle connections that the upstream has closed or that outlived `idle_timeout`;
@@ -219,11 +221,7 @@ impl EndpointPool {
             let Some(mut c) = self.idle.pop() else {
                 break;
             };
-            let expired = self
-                .settings
-                .idle_timeout
-                .is_some_and(|t| c.idle_since.elapsed() > t);
-            if !expired && c.is_usable() {
+            if self.still_usable(&mut c) {
                 // A full queue (requests released meanwhile) drops, and so closes, the connection.
                 let _ = self.idle.push(c);
             }
@@ -297,10 +295,18 @@ impl EndpointPool {
             };
             let mut conn = match idle {
                 Some(c) => c,
-                None => match self.open_h1().await {
-                    Ok(c) => c,
-                    Err(e) => break Err(e),
-                },
+                None => {
+                    let (open, budget) = (&self.open_connections, &self.settings.budget);
+                    let opened = self
+                        .open(|stream| async move {
+                            Ok(Http1Connection::new(stream, open.clone(), budget.clone()))
+                        })
+                        .await;
+                    match opened {
+                        Ok(c) => c,
+                        Err(e) => break Err(e),
+                    }
+                }
             };
             let reused = conn.uses > 0;
             conn.uses = conn.uses.saturating_add(1);
@@ -328,24 +334,6 @@ impl EndpointPool {
         result
     }
 
-    /// Dial a new HTTP/1.1 connection on a reserved budget slot.
-    async fn open_h1(&self) -> Result<Http1Connection, UpstreamError> {
-        match self.dial().await {
-            Ok(stream) => {
-                self.connection_opened();
-                Ok(Http1Connection::new(
-                    stream,
-                    self.open_connections.clone(),
-                    self.settings.budget.clone(),
-                ))
-            }
-            Err(e) => {
-                self.settings.budget.closed();
-                Err(e)
-            }
-        }
-    }
-
     async fn send_h2(
         self: &Arc<Self>,
         req: Request<RequestBody>,
@@ -356,10 +344,12 @@ impl EndpointPool {
             None => {
                 self.wait_for_connection(false).await?;
                 let (sender, conn) = self
-                    .open(|io| {
+                    .open(|stream| async move {
                         http2::Builder::new(TokioExecutor::new())
                             .timer(TokioTimer::new())
-                            .handshake(io)
+                            .handshake(TokioIo::new(stream))
+                            .await
+                            .map_err(UpstreamError::Reset)
                     })
                     .await?;
                 let pool = self.clone();
@@ -379,20 +369,14 @@ impl EndpointPool {
         Ok(response.map(|b| ResponseBody::Http2(b, Default::default())))
     }
 
-    /// Dial and run the HTTP handshake on a reserved budget slot; the slot is given back if either
-    /// fails.
-    async fn open<T, F, Fut>(&self, handshake: F) -> Result<T, UpstreamError>
+    /// Dial and set the connection up (an HTTP/2 handshake, or wrapping it for HTTP/1.1) on a
+    /// reserved budget slot; the slot is given back if either fails.
+    async fn open<T, F, Fut>(&self, setup: F) -> Result<T, UpstreamError>
     where
-        F: FnOnce(TokioIo<UpstreamStream>) -> Fut,
-        Fut: std::future::Future<Output = Result<T, hyper::Error>>,
+        F: FnOnce(UpstreamStream) -> Fut,
+        Fut: std::future::Future<Output = Result<T, UpstreamError>>,
     {
-        let result = async {
-            let stream = self.dial().await?;
-            handshake(TokioIo::new(stream))
-                .await
-                .map_err(UpstreamError::Reset)
-        }
-        .await;
+        let result = async { setup(self.dial().await?).await }.await;
         match result {
             Ok(parts) => {
                 self.connection_opened();
