@@ -960,7 +960,7 @@ async fn forward(
         },
         None => send.await,
     };
-    let upstream = match result {
+    let mut response = match result {
         Ok(r) => r,
         Err(e) => {
             let (flag, body) = match &e {
@@ -992,7 +992,6 @@ async fn forward(
             return local_reply(hcm, status, body);
         }
     };
-    let mut response = upstream;
     let status = response.status();
     record(&cluster, status.as_u16(), grpc, Flag::None, start);
     drop(active);
