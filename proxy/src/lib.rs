@@ -25,6 +25,7 @@ pub mod data_source;
 pub mod demo_upstream;
 pub mod downstream_http1;
 pub mod edge;
+pub mod h2_stream_executor;
 pub mod hash_policy;
 pub mod hash_ring;
 pub mod header_ops;

@@ -17,12 +17,13 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::cluster::{Cluster, PickError};
 use crate::downstream_http1::{self, Http1Settings};
+use crate::h2_stream_executor::StreamExecutor;
 use crate::hash_policy::request_hash;
 use crate::header_ops::{HeaderOps, RequestContext};
 use crate::matcher::RequestView;
@@ -188,7 +189,8 @@ where
     let Some(hcm) = ctx.hcm(conn.chain) else {
         return;
     };
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    let executor = StreamExecutor::new();
+    let mut builder = hyper::server::conn::http2::Builder::new(executor.clone());
     builder
         .timer(TokioTimer::new())
         .max_header_list_size(hcm.max_request_headers_kb * 1024);
@@ -205,17 +207,17 @@ where
             Ok::<_, Infallible>(handle(req, &ctx, conn).await)
         }
     });
-    let served = builder.serve_connection(TokioIo::new(io), service);
-    tokio::pin!(served);
+    // The connection's streams run in this task (see `h2_stream_executor`).
+    let mut served = executor.drive(builder.serve_connection(TokioIo::new(io), service));
     let result = match idle_timeout {
-        None => served.await,
+        None => (&mut served).await,
         Some(timeout) => {
             tokio::select! {
-                r = served.as_mut() => r,
+                r = &mut served => r,
                 _ = activity.idle_for(timeout) => {
                     // Envoy's idle_timeout: no active request for that long. Let in-flight
                     // responses finish, then close.
-                    served.as_mut().graceful_shutdown();
+                    served.connection().graceful_shutdown();
                     served.await
                 }
             }
