@@ -145,7 +145,7 @@ enum Command {
         /// Requests in flight at once.
         #[arg(short = 'c', long, default_value_t = 8)]
         concurrency: usize,
-        /// Confidence of the intervals, percent: 90, 95, 99 or 99.9.
+        /// Confidence of the intervals, percent: 90, 95, 99, 99.9, 99.99 or 99.999.
         #[arg(long, default_value_t = 99.0)]
         confidence: f64,
     },
@@ -464,7 +464,7 @@ async fn verify_command(
         );
     }
     let z = verify::z_for(confidence)
-        .ok_or_else(|| anyhow::anyhow!("--confidence takes 90, 95, 99 or 99.9"))?;
+        .ok_or_else(|| anyhow::anyhow!("--confidence takes 90, 95, 99, 99.9, 99.99 or 99.999"))?;
     let options = VerifyOptions {
         url,
         requests,

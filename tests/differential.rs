@@ -588,7 +588,7 @@ async fn weighted_routes_agree_with_envoy_in_distribution() {
         for (name, p_expected) in [("v1", 0.7), ("v2", 0.2), ("v3", 0.1)] {
             let got = counts.get(name).copied().unwrap_or(0);
             assert!(
-                within_binomial(got, n, p_expected, 3.29),
+                within_binomial(got, n, p_expected, Z_SUITE),
                 "{kind}: {name} got {got}/{n}, expected {p_expected}"
             );
         }
@@ -600,7 +600,7 @@ async fn weighted_routes_agree_with_envoy_in_distribution() {
         // One random value per request drives both choices (Envoy's stream id): r % 100 < 30 takes
         // the fraction route; otherwise r % 100 in [90, 100) picks v3 among the weights. 40 % in all.
         assert!(
-            within_binomial(fraction, n, 0.4, 3.29),
+            within_binomial(fraction, n, 0.4, Z_SUITE),
             "{kind}: runtime_fraction {fraction}/{n}"
         );
     }

@@ -71,8 +71,8 @@ async fn weighted_split_is_within_a_binomial_bound_over_10000_requests() {
         canary_count as f64 * 100.0 / n as f64
     );
     assert!(
-        within_binomial(canary_count, n, 0.2, 3.29),
-        "canary share {canary_count}/{n} outside the 99.9 % binomial bound of 20 %"
+        within_binomial(canary_count, n, 0.2, Z_SUITE),
+        "canary share {canary_count}/{n} outside the 99.999 % binomial bound of 20 %"
     );
 }
 

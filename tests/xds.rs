@@ -155,8 +155,8 @@ async fn split_rules_and_live_edit(kind: &str) {
     let v2 = count_v2(&client, &s.url, n, &[]).await;
     eprintln!("{kind}: 80/20 over {n} requests -> {v2} canary");
     assert!(
-        within_binomial(v2, n, 0.2, 3.29),
-        "{kind}: {v2} of {n} outside the 99.9 % bound of 20 %"
+        within_binomial(v2, n, 0.2, Z_SUITE),
+        "{kind}: {v2} of {n} outside the 99.999 % bound of 20 %"
     );
     assert_eq!(
         count_v2(&client, &s.url, 30, &[("lane", "test-v2")]).await,

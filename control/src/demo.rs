@@ -262,7 +262,7 @@ async fn share(
             .collect(),
         by: VersionFrom::Body,
         expect: Default::default(),
-        z: verify::z_for(99.9).unwrap_or(verify::Z99),
+        z: verify::z_for(99.99).unwrap_or(verify::Z99),
     };
     let (n, shares) = verify::run(&o).await?;
     Ok((
@@ -299,7 +299,7 @@ async fn wait_phase(
     }
 }
 
-/// One checked step of the script: the share of each expected version, 99.9 % intervals.
+/// One checked step of the script: the share of each expected version, 99.99 % intervals.
 async fn check(
     url: &http::Uri,
     label: &str,
@@ -320,11 +320,11 @@ async fn check(
             .find(|s| s.version == *version)
             .map(|s| s.count)
             .unwrap_or(0);
-        let (lo, hi) = verify::wilson(k, total, verify::z_for(99.9).unwrap_or(verify::Z99));
+        let (lo, hi) = verify::wilson(k, total, verify::z_for(99.99).unwrap_or(verify::Z99));
         let inside = (lo - 1e-9..=hi + 1e-9).contains(&(pct / 100.0));
         ok &= inside;
         line.push_str(&format!(
-            "  {version} {:>5.1}% (expected {pct:.0}%, 99.9 % interval {:.1}-{:.1}%)",
+            "  {version} {:>5.1}% (expected {pct:.0}%, 99.99 % interval {:.1}-{:.1}%)",
             k as f64 * 100.0 / total.max(1) as f64,
             lo * 100.0,
             hi * 100.0

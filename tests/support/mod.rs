@@ -505,7 +505,11 @@ pub async fn get(client: &H1Client, url: &str, headers: &[(&str, &str)]) -> Repl
     send(client, b.body(Full::new(Bytes::new())).unwrap()).await
 }
 
-/// Two-sided binomial bound: |observed - n*p| <= z * sqrt(n p (1-p)); z = 3.29 is 99.9 %.
+/// z for the suite's binomial checks: 4.42 is a two-sided 99.999 % bound, so the few dozen
+/// statistical checks of a test run fail by chance about once in 3,000 runs, not once in 30.
+pub const Z_SUITE: f64 = 4.42;
+
+/// Two-sided binomial bound: |observed - n*p| <= z * sqrt(n p (1-p)).
 pub fn within_binomial(observed: u64, n: u64, p: f64, z: f64) -> bool {
     let mean = n as f64 * p;
     let sd = (n as f64 * p * (1.0 - p)).sqrt();
