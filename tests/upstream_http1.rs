@@ -1,7 +1,7 @@
 //! The proxy's HTTP/1.1 client towards upstreams, against an upstream that answers with scripted
 //! bytes: chunked, close-delimited and HTTP/1.0 bodies, interim 1xx responses, an answer that comes
-//! before the request body, a malformed response, and connections the upstream closes while they
-//! sit idle in the pool. Real Envoy on the same bootstrap is the oracle for what the client sees.
+//! before the request body, a malformed response, request bodies that arrive with their head or
+//! after it, and connections the upstream closes while they sit idle in the pool. Real Envoy on the same bootstrap is the oracle for what the client sees.
 
 mod support;
 
@@ -128,7 +128,20 @@ async fn serve_scripted(mut s: TcpStream, idle_close: Option<Duration>) {
                     Ok(n) => buf.extend_from_slice(&chunk[..n]),
                 }
             }
-            buf.drain(..len);
+            let body: Vec<u8> = buf.drain(..len).collect();
+            if path == "/echo" {
+                // The request body back, and the method that carried it.
+                let method = head.split(' ').next().unwrap_or("").to_uppercase();
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Method: {method}\r\n\r\n",
+                    body.len()
+                );
+                if s.write_all(reply.as_bytes()).await.is_err() || s.write_all(&body).await.is_err()
+                {
+                    return;
+                }
+                continue;
+            }
         }
         if s.write_all(reply).await.is_err() || close {
             return;
@@ -284,6 +297,92 @@ async fn keep_alive_connections_are_reused_and_replaced_when_the_upstream_closes
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_arrive_whole_whether_they_come_with_the_head_or_later() {
+    let up = scripted(None).await;
+    let p = proxy_to("sluice", &up).await;
+    let addr = p.listener("main");
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut reader = Vec::new();
+    // Read one response with a content-length body from the raw connection.
+    async fn response(s: &mut TcpStream, pending: &mut Vec<u8>) -> (String, Vec<u8>) {
+        loop {
+            if let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&pending[..i]).to_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if pending.len() >= i + 4 + len {
+                    let body = pending[i + 4..i + 4 + len].to_vec();
+                    pending.drain(..i + 4 + len);
+                    return (head, body);
+                }
+            }
+            let mut chunk = [0u8; 8192];
+            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+                .await
+                .expect("a response in time")
+                .unwrap();
+            assert!(n > 0, "the proxy closed the connection");
+            pending.extend_from_slice(&chunk[..n]);
+        }
+    }
+    // Bodies that come in the head's packet, of several sizes, on one keep-alive connection:
+    // each reaches the upstream intact, with the method that carried it.
+    for (i, len) in [1usize, 100, 4096, 20_000].into_iter().enumerate() {
+        let method = ["POST", "PUT"][i % 2];
+        let body: Vec<u8> = (0..len).map(|j| b'a' + ((i + j) % 26) as u8).collect();
+        let mut request =
+            format!("{method} /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\n\r\n")
+                .into_bytes();
+        request.extend_from_slice(&body);
+        s.write_all(&request).await.unwrap();
+        let (head, echoed) = response(&mut s, &mut reader).await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(
+            head.contains(&format!("x-method: {}", method.to_lowercase())),
+            "{head}"
+        );
+        assert!(echoed == body, "{method} of {len} bytes came back changed");
+    }
+    // A body that comes after its head, in two pieces with a pause between them.
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n01234")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.write_all(b"56789").await.unwrap();
+    let (head, echoed) = response(&mut s, &mut reader).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(echoed, b"0123456789");
+    // And the next request on the same connection is still framed right.
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nend")
+        .await
+        .unwrap();
+    assert_eq!(response(&mut s, &mut reader).await.1, b"end");
+    // Over HTTP/2 too, where the body comes in DATA frames after HEADERS.
+    let h2 = client_h2();
+    for len in [7usize, 50_000] {
+        let body: Vec<u8> = (0..len).map(|j| b'0' + (j % 10) as u8).collect();
+        let req = hyper::Request::post(p.url("main", "/echo"))
+            .body(http_body_util::Full::new(bytes::Bytes::from(body.clone())))
+            .unwrap();
+        let r = h2.request(req).await.unwrap();
+        assert_eq!(r.status(), 200);
+        let got = http_body_util::BodyExt::collect(r.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert!(got == body, "h2 POST of {len} bytes came back changed");
+    }
+    assert_eq!(
+        up.accepted.load(Ordering::SeqCst),
+        1,
+        "one upstream connection"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,6 +24,9 @@ pub enum RequestBody {
     Incoming(Incoming),
     /// From the HTTP/1.1 connection driver, which reads the body while the request is routed.
     Stream(BodyStream),
+    /// A body that had fully arrived with its head: one data frame, no channel. `None` once
+    /// taken.
+    Full(Option<Bytes>),
     Empty,
 }
 
@@ -109,6 +112,7 @@ impl Body for RequestBody {
         match self.get_mut() {
             RequestBody::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             RequestBody::Stream(b) => Pin::new(b).poll_frame(cx),
+            RequestBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             RequestBody::Empty => Poll::Ready(None),
         }
     }
@@ -117,6 +121,7 @@ impl Body for RequestBody {
         match self {
             RequestBody::Incoming(b) => b.is_end_stream(),
             RequestBody::Stream(b) => b.is_end_stream(),
+            RequestBody::Full(data) => data.is_none(),
             RequestBody::Empty => true,
         }
     }
@@ -125,6 +130,9 @@ impl Body for RequestBody {
         match self {
             RequestBody::Incoming(b) => b.size_hint(),
             RequestBody::Stream(b) => b.size_hint(),
+            RequestBody::Full(data) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
             RequestBody::Empty => SizeHint::with_exact(0),
         }
     }

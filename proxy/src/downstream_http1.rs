@@ -174,6 +174,12 @@ pub async fn serve<T: Transport>(
         let (mut parts, ()) = request.into_parts();
         let (pump, body) = match framing {
             BodyFraming::Empty => (None, RequestBody::Empty),
+            // The whole body came with the head (a small POST): hand it over as it is, so it
+            // goes upstream in the same write as the head.
+            BodyFraming::Length(n) if rbuf.as_ref().is_some_and(|b| b.len() as u64 >= n) => {
+                let body = rbuf.as_mut().map(|b| b.split_to(n as usize).freeze());
+                (None, RequestBody::Full(body))
+            }
             BodyFraming::Length(_) | BodyFraming::Chunked => {
                 let length = match framing {
                     BodyFraming::Length(n) => Some(n),
@@ -186,7 +192,8 @@ pub async fn serve<T: Transport>(
         if expect_continue {
             // As Envoy does by default: answer `100 Continue` itself and not forward the expectation.
             parts.headers.remove(header::EXPECT);
-            if pump.is_some() && w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
+            let has_body = pump.is_some() || !body.is_end_stream();
+            if has_body && w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
                 release(rbuf);
                 return Outcome::Closed;
             }

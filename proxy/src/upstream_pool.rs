@@ -10,10 +10,12 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use crossbeam_queue::ArrayQueue;
+use http_body::Body;
 use hyper::client::conn::http2;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -278,10 +280,32 @@ impl EndpointPool {
         upgrade: bool,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         let head_request = req.method() == http::Method::HEAD;
+        // RFC 9110 9.2.2: only an idempotent request may be sent again by itself.
+        let idempotent = req.method().is_idempotent();
         let mut head = buffer_pool::take_write();
         let framing = upstream_http1::encode_head(&mut head, &req);
         let chunked = framing == crate::http1_codec::RequestBodyFraming::Chunked;
         let mut body = req.into_body();
+        if !chunked && !body.is_end_stream() {
+            // The part of the body that has already arrived (often all of it) goes out in the
+            // same write as the head. A body taken whole leaves the request retryable.
+            let first = std::future::poll_fn(|cx| {
+                Poll::Ready(std::pin::Pin::new(&mut body).poll_frame(cx))
+            })
+            .await;
+            match first {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        head.extend_from_slice(data);
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    buffer_pool::give_write(head);
+                    return Err(UpstreamError::Io(std::io::Error::other(e)));
+                }
+                Poll::Ready(None) | Poll::Pending => {}
+            }
+        }
         let mut attempts = 0;
         let result = loop {
             attempts += 1;
@@ -321,7 +345,7 @@ impl EndpointPool {
                     break Ok(response.map(|b| ResponseBody::Http1(b, Default::default())));
                 }
                 // A kept-alive connection the upstream had already closed: try another.
-                Err(e) if e.retryable && reused && attempts < 4 => {
+                Err(e) if e.retryable && idempotent && reused && attempts < 4 => {
                     buffer_pool::give_read(buf);
                 }
                 Err(e) => {
