@@ -97,6 +97,10 @@ async fn serve_scripted(mut s: TcpStream, idle_close: Option<Duration>) {
             tokio::time::sleep(Duration::from_secs(30)).await;
             return;
         }
+        if path == "/slow" {
+            // A request that holds its connection for a while, so that many run at once.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
         if path == "/big" {
             // 4 MiB in 64 KiB writes, the length stated: the proxy streams it through.
             let head = format!(
@@ -383,6 +387,32 @@ async fn request_bodies_arrive_whole_whether_they_come_with_the_head_or_later() 
         1,
         "one upstream connection"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_connection_of_a_burst_stays_pooled_for_the_next_one() {
+    // 300 requests at once hold 300 upstream connections. All of them go back to the pool, so a
+    // second burst of the same size dials none (a per-endpoint idle cap would close some, only
+    // to dial them again).
+    const BURST: usize = 300;
+    let up = scripted(None).await;
+    let p = proxy_to("sluice", &up).await;
+    let client = client_h1();
+    for round in 0..2 {
+        let mut requests = tokio::task::JoinSet::new();
+        for _ in 0..BURST {
+            let (client, url) = (client.clone(), p.url("main", "/slow"));
+            requests.spawn(async move { get(&client, &url, &[]).await.status });
+        }
+        while let Some(status) = requests.join_next().await {
+            assert_eq!(status.unwrap(), 200, "round {round}");
+        }
+        assert_eq!(
+            up.accepted.load(Ordering::SeqCst),
+            BURST,
+            "upstream connections dialled after round {round}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! Per-endpoint upstream connection pools.
 //!
-//! HTTP/1.1: idle keep-alive connections wait in a lock-free queue; a request takes one (or dials a
+//! HTTP/1.1: idle keep-alive connections wait in a lock-free queue, as many as were in use at once
+//! (the cluster's `max_connections` bounds that, as in Envoy); a request takes one (or dials a
 //! new one), speaks HTTP/1.1 on it from its own task ([`crate::upstream_http1`]), and the
 //! connection returns to the queue when the response body has been read to its end. A response
 //! dropped early closes its connection, since it still carries unread bytes.
@@ -14,7 +15,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use crossbeam_queue::ArrayQueue;
+use crossbeam_queue::SegQueue;
 use http_body::Body;
 use hyper::client::conn::http2;
 use hyper::{Request, Response};
@@ -26,9 +27,6 @@ use tokio::sync::Notify;
 use crate::body::{RequestBody, ResponseBody};
 use crate::buffer_pool;
 use crate::upstream_http1::{self, Http1Connection};
-
-/// Most idle HTTP/1.1 connections kept per endpoint.
-const MAX_IDLE: usize = 256;
 
 /// Upstream protocol of a cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,7 +125,9 @@ pub type UpstreamStream =
 /// Pool of one endpoint.
 pub struct EndpointPool {
     pub addr: SocketAddr,
-    idle: ArrayQueue<Http1Connection>,
+    /// Unbounded: a cap below the peak concurrency would close connections only to dial new
+    /// ones for the next burst.
+    idle: SegQueue<Http1Connection>,
     h2: ArcSwapOption<http2::SendRequest<RequestBody>>,
     /// Open connections (for `/clusters`); shared with each HTTP/1.1 connection, which counts
     /// itself out when it closes.
@@ -149,7 +149,7 @@ impl EndpointPool {
     pub fn new(addr: SocketAddr, settings: PoolSettings) -> Arc<Self> {
         let pool = Arc::new(EndpointPool {
             addr,
-            idle: ArrayQueue::new(MAX_IDLE),
+            idle: SegQueue::new(),
             h2: ArcSwapOption::empty(),
             open_connections: Arc::new(AtomicU64::new(0)),
             total_connections: AtomicU64::new(0),
@@ -224,14 +224,13 @@ impl EndpointPool {
                 break;
             };
             if self.still_usable(&mut c) {
-                // A full queue (requests released meanwhile) drops, and so closes, the connection.
-                let _ = self.idle.push(c);
+                self.idle.push(c);
             }
         }
     }
 
     /// Give an HTTP/1.1 connection back after a complete exchange; it closes instead when it has
-    /// served `max_requests_per_connection` or the idle queue is full.
+    /// served `max_requests_per_connection`.
     pub(crate) fn release(&self, mut conn: Http1Connection) {
         idle_sweep::ensure_running();
         let limit = self.settings.max_requests_per_connection;
@@ -239,9 +238,8 @@ impl EndpointPool {
             return;
         }
         conn.idle_since = Instant::now();
-        if self.idle.push(conn).is_ok() {
-            self.settings.budget.released.notify_one();
-        }
+        self.idle.push(conn);
+        self.settings.budget.released.notify_one();
     }
 
     /// Reserve a connection slot, or (with `reuse`) take an idle connection that comes back while
