@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# CPU per request under load shapes that run.sh does not cover: request bodies, a new connection
+# per request, 1,000 connections, 100 KiB responses, and multiplexed h2c. Sluice, HAProxy and
+# Envoy run one at a time, alternated, each on one worker pinned to CPU 1, with the load generator
+# and the nginx upstreams on CPU 0; a proxy's CPU time (user + system, from /proc/PID/stat) is read
+# before and after a 5 s run and divided by the requests served. Lower is better.
+#   benches/load/shapes.sh [RUN_DIR]   # RUN_DIR: the rendered configs of a run.sh run (its
+#                                      # OUT_DIR/run); default: the newest under target/bench
+#   ROUNDS=2 DURATION=5 SHAPES="get post close c1000 big h2m10 h2m100" PROXIES="sluice haproxy envoy"
+# Needs what run.sh needs (wrk, h2load, nginx, haproxy, envoy) and a release build.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/../.." && pwd)
+run=${1:-$(ls -d "$here"/target/bench/*/run 2>/dev/null | tail -1)}
+[ -f "$run/sluice.yaml" ] || { echo "no run.sh configs in '$run': run benches/load/run.sh first" >&2; exit 2; }
+ROUNDS=${ROUNDS:-2}
+DURATION=${DURATION:-5}
+SHAPES=${SHAPES:-"get post close c1000 big h2m10 h2m100"}
+PROXIES=${PROXIES:-"sluice haproxy envoy"}
+sluice=${SLUICE_BIN:-$here/target/release/sluice}
+work=$(mktemp -d)
+chmod 755 "$work" # nginx workers (an unprivileged user) read /big from here
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+# Upstreams: the harness's nginx configs, plus a 100 KiB file at /big.
+head -c 102400 /dev/urandom > "$work/big"
+printf 'x%.0s' $(seq 4096) > "$work/body4k"
+printf 'wrk.method = "POST"\nwrk.body = string.rep("x", 4096)\n' > "$work/post.lua"
+printf 'wrk.headers["Connection"] = "close"\n' > "$work/close.lua"
+for u in stable canary; do
+  sed -e "s|location / {|location = /big { alias $work/big; default_type application/octet-stream; }\n        location / {|" \
+      -e "s|^pid .*|pid $work/$u.pid;|" "$run/upstream-$u.conf" > "$work/upstream-$u.conf"
+  taskset -c 0 nginx -c "$work/upstream-$u.conf" >/dev/null 2>&1 &
+  pids+=($!)
+done
+sleep 0.5
+
+port_of() { # the listener port of a proxy's config
+  case $1 in
+    haproxy) grep -o 'bind 127.0.0.1:[0-9]*' "$run/haproxy.cfg" | head -1 | cut -d: -f2 ;;
+    *) grep -o 'port_value: [0-9]*' "$run/$1.yaml" | sed -n 2p | cut -d' ' -f2 ;;
+  esac
+}
+
+start() { # proxy -> pid of the proxy itself (taskset execs it)
+  local cmd
+  case $1 in
+    sluice) cmd=("$sluice" proxy -c "$run/sluice.yaml" --concurrency 1 -l error) ;;
+    haproxy) cmd=(haproxy -f "$run/haproxy.cfg") ;;
+    envoy) cmd=(envoy -c "$run/envoy.yaml" --concurrency 1 --disable-hot-restart -l error) ;;
+  esac
+  taskset -c 1 "${cmd[@]}" >/dev/null 2>&1 &
+  echo $!
+}
+
+load() { # shape port seconds -> requests served
+  local url=http://127.0.0.1:$2 d=$3
+  case $1 in
+    get) taskset -c 0 wrk -t1 -c50 -d${d}s "$url/" ;;
+    post) taskset -c 0 wrk -t1 -c50 -d${d}s -s "$work/post.lua" "$url/" ;;
+    close) taskset -c 0 wrk -t1 -c50 -d${d}s -s "$work/close.lua" "$url/" ;;
+    c1000) taskset -c 0 wrk -t1 -c1000 -d${d}s "$url/" ;;
+    big) taskset -c 0 wrk -t1 -c50 -d${d}s "$url/big" ;;
+    h2m10) taskset -c 0 h2load -t1 -c50 -m10 -D "$d" "$url/" ;;
+    h2m100) taskset -c 0 h2load -t1 -c50 -m100 -D "$d" "$url/" ;;
+  esac 2>/dev/null > "$work/load.out"
+  # Only a run where every response was a 2xx counts.
+  local h2_done h2_ok
+  h2_done=$(awk '/^requests:/ {print $6}' "$work/load.out")
+  h2_ok=$(awk '/^status codes:/ {print $3}' "$work/load.out")
+  if grep -q 'Non-2xx' "$work/load.out" || [ "$h2_done" != "$h2_ok" ]; then
+    echo "$1 on port $2: responses other than 2xx, run not counted:" >&2
+    grep -E 'Non-2xx|^requests:|status codes' "$work/load.out" >&2
+    echo 0
+    return
+  fi
+  awk '/requests in/ {print $1} /^requests:/ {print $2}' "$work/load.out"
+}
+
+describe() {
+  case $1 in
+    get) echo "GET, keep-alive, 50 connections (run.sh's load)" ;;
+    post) echo "POST 4 KiB body, keep-alive, 50 connections" ;;
+    close) echo "GET, new connection per request (Connection: close), 50 at once" ;;
+    c1000) echo "GET, keep-alive, 1,000 connections" ;;
+    big) echo "GET of a 100 KiB response, keep-alive, 50 connections" ;;
+    h2m10) echo "h2c, 50 connections x 10 concurrent streams" ;;
+    h2m100) echo "h2c, 50 connections x 100 concurrent streams" ;;
+  esac
+}
+
+results="$work/results.tsv"
+for shape in $SHAPES; do
+  for round in $(seq "$ROUNDS"); do
+    for proxy in $PROXIES; do
+      port=$(port_of "$proxy")
+      pid=$(start "$proxy")
+      pids+=("$pid")
+      sleep 1.5
+      load "$shape" "$port" 2 >/dev/null || true
+      read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+      n=$(load "$shape" "$port" "$DURATION")
+      read -r u2 s2 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+      kill "$pid"
+      while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+      tick=$(getconf CLK_TCK)
+      echo -e "$shape\t$proxy\t$round\t$n\t$(( (u2 - u1) + (s2 - s1) ))\t$tick" >> "$results"
+    done
+  done
+done
+
+python3 - "$results" "$SHAPES" "$PROXIES" <<'EOF'
+import sys, statistics
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
+shapes, proxies = sys.argv[2].split(), sys.argv[3].split()
+cpu = {}
+for shape, proxy, _round, n, ticks, tck in rows:
+    if int(n or 0) > 0:
+        cpu.setdefault((shape, proxy), []).append(int(ticks) / int(tck) * 1e6 / int(n))
+print("CPU µs per request (median of rounds; lower is better)\n")
+print("| load | " + " | ".join(proxies) + " | Sluice ÷ HAProxy | Sluice ÷ Envoy |")
+print("|---" * (len(proxies) + 3) + "|")
+for s in shapes:
+    med = {p: statistics.median(cpu[(s, p)]) for p in proxies if (s, p) in cpu}
+    cells = [f"{med[p]:.1f}" if p in med else "-" for p in proxies]
+    ratio = lambda a, b: f"{med[a] / med[b]:.2f}" if a in med and b in med else "-"
+    print(f"| {s} | " + " | ".join(cells) + f" | {ratio('sluice', 'haproxy')} | {ratio('sluice', 'envoy')} |")
+EOF
+for s in $SHAPES; do echo "  $s: $(describe "$s")"; done
