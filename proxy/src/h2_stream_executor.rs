@@ -116,12 +116,11 @@ impl<C: Future> Future for ConnectionWithStreams<C> {
         this.shared.waker.register(cx.waker());
         loop {
             this.shared.polling.store(true, Ordering::SeqCst);
-            let connection = this.connection.as_mut().poll(cx);
-            this.take_queued();
-            if let Poll::Ready(out) = connection {
+            if let Poll::Ready(out) = this.connection.as_mut().poll(cx) {
                 this.shared.polling.store(false, Ordering::SeqCst);
                 return Poll::Ready(out);
             }
+            this.take_queued();
             // Run every stream that is ready. Finished streams are simply dropped.
             while let Poll::Ready(Some(())) = this.running.poll_next_unpin(cx) {}
             this.shared.polling.store(false, Ordering::SeqCst);

@@ -7,9 +7,11 @@
 //! body the connection goes back to its endpoint's idle queue; dropped before the end, it closes.
 //!
 //! A request body that is still arriving is written while the response head is read, so an
-//! upstream may answer before it has the whole body; the connection is then not reused. A reused
-//! connection that turns out to be closed before any response byte arrives is replaced by another
-//! for bodiless requests, the way hyper's pooling client retries a request it could not start.
+//! upstream may answer before it has the whole body; the connection is then not reused. The part
+//! of a body that has already arrived goes out in the same write as the head
+//! ([`take_ready_body`]). A reused connection that turns out to be closed before any response byte
+//! arrives is replaced by another when the request is idempotent and went out whole with its head,
+//! the way hyper's pooling client retries a request it could not start.
 
 use std::future::Future;
 use std::io;
@@ -253,6 +255,29 @@ async fn write_flushed<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> io::Re
     w.flush().await
 }
 
+/// Append to `head` the part of `body` that has already arrived (often all of it), so that it goes
+/// upstream in the same write; the rest, if any, is left in `body`. Only for a body sent as it is
+/// (not chunked).
+pub(crate) async fn take_ready_body(
+    head: &mut Vec<u8>,
+    body: &mut RequestBody,
+) -> Result<(), BodyError> {
+    if body.is_end_stream() {
+        return Ok(());
+    }
+    let first = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await;
+    match first {
+        Poll::Ready(Some(Ok(frame))) => {
+            if let Some(data) = frame.data_ref() {
+                head.extend_from_slice(data);
+            }
+            Ok(())
+        }
+        Poll::Ready(Some(Err(e))) => Err(e),
+        Poll::Ready(None) | Poll::Pending => Ok(()),
+    }
+}
+
 /// How the request's body goes on the wire, given its headers.
 pub(crate) fn request_framing(headers: &HeaderMap, body: &RequestBody) -> RequestBodyFraming {
     if body.is_end_stream() || headers.contains_key(http::header::CONTENT_LENGTH) {
@@ -314,31 +339,22 @@ pub(crate) fn into_response(
             .insert(UpgradedUpstream::new(conn, prefix));
         return response;
     }
-    let state = match head.framing {
-        ResponseBodyFraming::Empty => None,
-        ResponseBodyFraming::Length(n) => Some(State::Length(n)),
-        ResponseBodyFraming::Chunked => Some(State::Chunked(ChunkedDecoder::default())),
-        ResponseBodyFraming::UntilClose => Some(State::UntilClose),
+    let mut body = Http1Body {
+        conn: Some(Active {
+            conn,
+            buf,
+            reusable,
+            pool: pool.clone(),
+        }),
+        state: State::Done,
     };
-    match state {
-        None => {
-            if reusable && buf.is_empty() {
-                pool.release(conn);
-            }
-            buffer_pool::give_read(buf);
-        }
-        Some(state) => {
-            *response.body_mut() = Http1Body {
-                conn: Some(Active {
-                    conn,
-                    buf,
-                    reusable,
-                    pool: pool.clone(),
-                }),
-                state,
-            };
-        }
+    match head.framing {
+        ResponseBodyFraming::Empty => body.finish(),
+        ResponseBodyFraming::Length(n) => body.state = State::Length(n),
+        ResponseBodyFraming::Chunked => body.state = State::Chunked(ChunkedDecoder::default()),
+        ResponseBodyFraming::UntilClose => body.state = State::UntilClose,
     }
+    *response.body_mut() = body;
     response
 }
 
@@ -374,6 +390,12 @@ impl Http1Body {
             conn: None,
             state: State::Done,
         }
+    }
+
+    /// The body cannot go on: the connection closes with it.
+    fn abandon(&mut self) {
+        self.conn = None;
+        self.state = State::Done;
     }
 
     /// The body has ended: the connection goes back to its pool, or closes.
@@ -420,8 +442,7 @@ impl Body for Http1Body {
                         }
                         Ok(Decoded::NeedMore) => {}
                         Err(e) => {
-                            this.conn = None;
-                            this.state = State::Done;
+                            this.abandon();
                             return Poll::Ready(Some(Err(e.into())));
                         }
                     },
@@ -450,16 +471,14 @@ impl Body for Http1Body {
                         this.finish();
                         return Poll::Ready(None);
                     }
-                    this.conn = None;
-                    this.state = State::Done;
+                    this.abandon();
                     return Poll::Ready(Some(Err(
                         "upstream closed the connection before the end of the body".into(),
                     )));
                 }
                 Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(e)) => {
-                    this.conn = None;
-                    this.state = State::Done;
+                    this.abandon();
                     return Poll::Ready(Some(Err(e.into())));
                 }
             }

@@ -11,12 +11,10 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use crossbeam_queue::SegQueue;
-use http_body::Body;
 use hyper::client::conn::http2;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -284,24 +282,11 @@ impl EndpointPool {
         let framing = upstream_http1::encode_head(&mut head, &req);
         let chunked = framing == crate::http1_codec::RequestBodyFraming::Chunked;
         let mut body = req.into_body();
-        if !chunked && !body.is_end_stream() {
-            // The part of the body that has already arrived (often all of it) goes out in the
-            // same write as the head. A body taken whole leaves the request retryable.
-            let first = std::future::poll_fn(|cx| {
-                Poll::Ready(std::pin::Pin::new(&mut body).poll_frame(cx))
-            })
-            .await;
-            match first {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(data) = frame.data_ref() {
-                        head.extend_from_slice(data);
-                    }
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    buffer_pool::give_write(head);
-                    return Err(UpstreamError::Io(std::io::Error::other(e)));
-                }
-                Poll::Ready(None) | Poll::Pending => {}
+        // A body taken whole with the head leaves the request retryable.
+        if !chunked {
+            if let Err(e) = upstream_http1::take_ready_body(&mut head, &mut body).await {
+                buffer_pool::give_write(head);
+                return Err(UpstreamError::Io(std::io::Error::other(e)));
             }
         }
         let mut attempts = 0;
