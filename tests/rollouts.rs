@@ -86,12 +86,28 @@ async fn rollout_json(control: &ControlPlane, name: &str) -> Value {
     serde_json::from_str(&text).unwrap_or(Value::Null)
 }
 
-/// Wait until the rollout reaches `phase` (and, if given, step) and every proxy ACKed its weight.
+/// Wait until the rollout reaches `phase` (and, if given, step), the test's proxy is connected,
+/// and every connected proxy ACKed its weight.
 async fn wait_for(control: &ControlPlane, name: &str, phase: &str, step: Option<u64>) -> Value {
+    wait_with_proxies(control, name, phase, step, 1).await
+}
+
+/// [`wait_for`] with at least `min_proxies` connected. With none required, "every proxy ACKed"
+/// holds trivially; so it would too for a proxy still reconnecting after a control-plane restart,
+/// which would then be checked while it still serves the weights it had before.
+async fn wait_with_proxies(
+    control: &ControlPlane,
+    name: &str,
+    phase: &str,
+    step: Option<u64>,
+    min_proxies: u64,
+) -> Value {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let v = rollout_json(control, name).await;
-        let acked = v["acked"]["synced"] == v["acked"]["proxies"]
+        let connected = v["acked"]["proxies"].as_u64().unwrap_or(0);
+        let acked = connected >= min_proxies
+            && v["acked"]["synced"] == v["acked"]["proxies"]
             && v["acked"]["weight"] == v["desired_weight"]["canary"];
         if v["phase"] == phase && step.is_none_or(|s| v["step"] == s) && acked {
             // One more moment for the RDS ACK to be the one carrying the routes.
@@ -553,9 +569,10 @@ async fn api_token_is_required_for_changes() {
         ],
         &["--api-token-file", token_file.to_str().unwrap()],
     );
-    wait_for(&control, "web", "Healthy", None).await;
+    // No proxy in this test: only the API is exercised.
+    wait_with_proxies(&control, "web", "Healthy", None, 0).await;
     control.write("rollout.yaml", &timed_rollout("v2"));
-    wait_for(&control, "web", "Paused", Some(2)).await;
+    wait_with_proxies(&control, "web", "Paused", Some(2), 0).await;
     let (ok, text) = rollout_cli(control.api, &["abort", "web"]);
     assert!(
         !ok && text.contains("401") && text.contains("unauthenticated"),

@@ -282,7 +282,9 @@ async fn wait_phase(
     let start = Instant::now();
     loop {
         let v = client.get("/api/v1/rollouts/default/web").await?;
-        let acked = v["acked"]["synced"] == v["acked"]["proxies"]
+        // The demo's proxy must be connected: with none, "every proxy ACKed" holds trivially.
+        let acked = v["acked"]["proxies"].as_u64().unwrap_or(0) >= 1
+            && v["acked"]["synced"] == v["acked"]["proxies"]
             && v["acked"]["weight"] == v["desired_weight"]["canary"];
         if v["phase"] == phase && step.is_none_or(|s| v["step"] == s) && acked {
             tokio::time::sleep(Duration::from_millis(200)).await;
