@@ -66,7 +66,7 @@ pub const SUPPORTED: &[&str] = &[
     "envoy.extensions.filters.http.router.v3.Router: suppress_envoy_headers ~dynamic_stats ~start_child_span",
     "envoy.config.core.v3.HttpProtocolOptions: idle_timeout ~max_headers_count",
     "envoy.config.core.v3.Http1ProtocolOptions: accept_http_10",
-    "envoy.config.core.v3.Http2ProtocolOptions: ~max_concurrent_streams ~initial_stream_window_size ~initial_connection_window_size",
+    "envoy.config.core.v3.Http2ProtocolOptions: max_concurrent_streams initial_stream_window_size initial_connection_window_size",
     // Routes
     "envoy.config.route.v3.RouteConfiguration: name virtual_hosts ignore_port_in_host_matching request_headers_to_add request_headers_to_remove response_headers_to_add response_headers_to_remove validate_clusters",
     "envoy.config.route.v3.VirtualHost: name domains routes request_headers_to_add request_headers_to_remove response_headers_to_add response_headers_to_remove",

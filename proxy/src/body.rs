@@ -12,6 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::cluster::Cluster;
+use crate::downstream_h2::H2RequestBody;
 use crate::upstream_http1::Http1Body;
 
 /// Error type of proxied bodies.
@@ -20,8 +21,8 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 /// A request body sent upstream: the client's body, or none (mirrors, synthetic requests).
 #[derive(Debug)]
 pub enum RequestBody {
-    /// From hyper's HTTP/2 server.
-    Incoming(Incoming),
+    /// From the HTTP/2 connection driver, which receives the stream's DATA frames.
+    H2(H2RequestBody),
     /// From the HTTP/1.1 connection driver, which reads the body while the request is routed.
     Stream(BodyStream),
     /// A body that had fully arrived with its head: one data frame, no channel. `None` once
@@ -110,7 +111,7 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            RequestBody::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RequestBody::H2(b) => Pin::new(b).poll_frame(cx),
             RequestBody::Stream(b) => Pin::new(b).poll_frame(cx),
             RequestBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             RequestBody::Empty => Poll::Ready(None),
@@ -119,7 +120,7 @@ impl Body for RequestBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            RequestBody::Incoming(b) => b.is_end_stream(),
+            RequestBody::H2(b) => b.is_end_stream(),
             RequestBody::Stream(b) => b.is_end_stream(),
             RequestBody::Full(data) => data.is_none(),
             RequestBody::Empty => true,
@@ -128,7 +129,7 @@ impl Body for RequestBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            RequestBody::Incoming(b) => b.size_hint(),
+            RequestBody::H2(b) => b.size_hint(),
             RequestBody::Stream(b) => b.size_hint(),
             RequestBody::Full(data) => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))

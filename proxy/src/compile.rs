@@ -27,7 +27,7 @@ use crate::route_table::{
     RouteAction, RouteMatch, RouteTable, Target, VirtualHost, WeightedEntry, WeightedTarget,
 };
 use crate::snapshot::{
-    Codec, FilterChain, HcmConfig, ListenerConfig, NodeInfo, ServerHeader, Snapshot,
+    Codec, FilterChain, HcmConfig, Http2Options, ListenerConfig, NodeInfo, ServerHeader, Snapshot,
 };
 use crate::upstream_pool::{ConnectionBudget, PoolSettings, UpstreamProtocol};
 use crate::vhost_select::VhostSelector;
@@ -1098,6 +1098,7 @@ fn hcm(
         }
     }
     let server_name = s(v, "server_name").unwrap_or("envoy");
+    let http2 = http2_options(v, path, errors);
     Some(HcmConfig {
         stats: HcmStats::new(metrics, &stat_prefix),
         unrouted: identity.istio_stats(
@@ -1130,6 +1131,7 @@ fn hcm(
             .filter(|d| !d.is_zero()),
         max_request_headers_kb: u(v, "max_request_headers_kb").unwrap_or(60) as u32,
         accept_http_10: get(v, "http_protocol_options").is_some_and(|h| b(h, "accept_http_10")),
+        http2,
         websocket,
         suppress_envoy_headers,
         server_name: HeaderValue::from_str(server_name)
@@ -1140,6 +1142,44 @@ fn hcm(
             _ => ServerHeader::Overwrite,
         },
     })
+}
+
+/// `http2_protocol_options` of a connection manager, in the ranges Envoy's proto allows.
+fn http2_options(v: &Value, path: &str, errors: &mut Errors) -> Http2Options {
+    let mut options = Http2Options::default();
+    let Some(h) = get(v, "http2_protocol_options") else {
+        return options;
+    };
+    let max = u64::from(u32::MAX >> 1);
+    for (key, min, slot) in [
+        (
+            "max_concurrent_streams",
+            1,
+            &mut options.max_concurrent_streams,
+        ),
+        (
+            "initial_stream_window_size",
+            65_535,
+            &mut options.initial_stream_window_size,
+        ),
+        (
+            "initial_connection_window_size",
+            65_535,
+            &mut options.initial_connection_window_size,
+        ),
+    ] {
+        if let Some(n) = u(h, key) {
+            if (min..=max).contains(&n) {
+                *slot = n as u32;
+            } else {
+                errors.push(FieldError::new(
+                    p(path, &format!("http2_protocol_options.{key}")),
+                    format!("must be between {min} and {max}"),
+                ));
+            }
+        }
+    }
+    options
 }
 
 fn listener(

@@ -282,7 +282,7 @@ fn release(buf: Option<BytesMut>) {
 
 /// Read more bytes into the connection's read buffer, taking a buffer from the pool only once the
 /// socket is readable; an idle wait holds none. `Ok(0)` at end of stream.
-async fn read_more<T: Transport>(
+pub(crate) async fn read_more<T: Transport>(
     r: &mut T::Read,
     rbuf: &mut Option<BytesMut>,
 ) -> io::Result<usize> {

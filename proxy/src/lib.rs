@@ -9,7 +9,8 @@
 //! request never takes a lock and a reload (SIGHUP, file change, later xDS) swaps the whole snapshot
 //! atomically while requests in flight finish on the one they started with.
 //!
-//! Request path ([`server`]): accept → HTTP codec (HTTP/1.1: [`downstream_http1`]; HTTP/2: hyper) → [`vhost_select`] by `:authority` →
+//! Request path ([`server`]): accept → HTTP codec (HTTP/1.1: [`downstream_http1`]; HTTP/2: [`downstream_h2`] with
+//! [`h2_frame`] and [`hpack`]) → [`vhost_select`] by `:authority` →
 //! first matching route ([`matcher`]) → action: direct response, redirect, or forward to a cluster
 //! (chosen by [`weighted_pick`], sticky with [`hash_policy`]) → endpoint by the cluster's load
 //! balancer → pooled upstream connection ([`upstream_pool`]; HTTP/1.1 spoken inline by
@@ -23,12 +24,14 @@ pub mod cluster;
 pub mod compile;
 pub mod data_source;
 pub mod demo_upstream;
+pub mod downstream_h2;
 pub mod downstream_http1;
 pub mod edge;
-pub mod h2_stream_executor;
+pub mod h2_frame;
 pub mod hash_policy;
 pub mod hash_ring;
 pub mod header_ops;
+pub mod hpack;
 pub mod http1_codec;
 pub mod matcher;
 pub mod memory;

@@ -1,12 +1,12 @@
 //! Listeners and the per-request proxy path.
 //!
-//! A listener accepts connections and serves HTTP/1.1 on them with Sluice's own connection driver
-//! ([`downstream_http1`]) and HTTP/2 (h2c prior knowledge, or ALPN `h2`) with hyper. Each request reads the listener's current [`HcmConfig`] (one atomic load), routes,
+//! A listener accepts connections and serves them with Sluice's own connection drivers: HTTP/1.1
+//! ([`downstream_http1`]) and HTTP/2 ([`downstream_h2`]: h2c prior knowledge, the preface on an AUTO
+//! listener, or ALPN `h2`). Each request reads the listener's current [`HcmConfig`] (one atomic load), routes,
 //! and answers locally (direct response, redirect, error) or forwards to an upstream endpoint.
 //! Local errors follow Envoy: no route 404 (`NR`), unknown cluster 503 (`NC`), no healthy upstream
 //! 503 (`UH`), connect failure 503 (`UF`), overflow 503 (`UO`), upstream timeout 504 (`UT`).
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,15 +15,12 @@ use arc_swap::ArcSwap;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::cluster::{Cluster, PickError};
+use crate::downstream_h2::{self, H2Settings};
 use crate::downstream_http1::{self, Http1Settings};
-use crate::h2_stream_executor::StreamExecutor;
 use crate::hash_policy::request_hash;
 use crate::header_ops::{HeaderOps, RequestContext};
 use crate::matcher::RequestView;
@@ -32,7 +29,7 @@ use crate::route_table::{
 };
 use crate::snapshot::{Codec, HcmConfig, ListenerConfig, ServerHeader, Snapshot};
 use crate::tls::select_chain;
-use crate::transport::{Rewind, Transport};
+use crate::transport::Transport;
 use crate::upstream_http1::UpgradedUpstream;
 use crate::upstream_pool::{UpstreamError, UpstreamProtocol};
 use crate::weighted_pick::fast_random;
@@ -150,8 +147,8 @@ async fn serve_tls(
     }
 }
 
-/// Serve one established connection (plain or TLS): HTTP/1.1 with Sluice's own connection driver,
-/// HTTP/2 (by configuration or by its preface) with hyper.
+/// Serve one established connection (plain or TLS) with Sluice's own connection drivers: HTTP/1.1,
+/// or HTTP/2 (by configuration, or by its preface on an AUTO listener).
 async fn serve_connection<T: Transport>(io: T, ctx: Arc<ListenerContext>, conn: ConnInfo) {
     let Some(hcm) = ctx.hcm(conn.chain) else {
         return;
@@ -169,118 +166,23 @@ async fn serve_connection<T: Transport>(io: T, ctx: Arc<ListenerContext>, conn: 
             _ => Some(hcm.server_name.clone()),
         },
     };
+    let h2 = H2Settings {
+        max_header_list: settings.max_head,
+        idle_timeout: hcm.idle_timeout,
+        max_concurrent_streams: hcm.http2.max_concurrent_streams,
+        stream_window: hcm.http2.initial_stream_window_size,
+        connection_window: hcm.http2.initial_connection_window_size,
+    };
     let codec = hcm.codec;
     drop(hcm);
     if codec == Codec::Http2 {
-        serve_http2(io, ctx, conn).await;
+        downstream_h2::serve(io, bytes::Bytes::new(), ctx, conn, h2).await;
     } else if let downstream_http1::Outcome::Http2 { io, prefix } =
         downstream_http1::serve(io, ctx.clone(), conn, settings).await
     {
-        serve_http2(Rewind::new(io, prefix), ctx, conn).await;
+        downstream_h2::serve(io, prefix, ctx, conn, h2).await;
     }
     stats.dec();
-}
-
-/// Serve HTTP/2 (prior knowledge, or ALPN `h2`) on a connection with hyper.
-async fn serve_http2<I>(io: I, ctx: Arc<ListenerContext>, conn: ConnInfo)
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let Some(hcm) = ctx.hcm(conn.chain) else {
-        return;
-    };
-    let executor = StreamExecutor::new();
-    let mut builder = hyper::server::conn::http2::Builder::new(executor.clone());
-    builder
-        .timer(TokioTimer::new())
-        .max_header_list_size(hcm.max_request_headers_kb * 1024);
-    let idle_timeout = hcm.idle_timeout;
-    drop(hcm);
-    let activity = Arc::new(ConnActivity::new());
-    let svc_activity = activity.clone();
-    let service = service_fn(move |req: Request<Incoming>| {
-        let ctx = ctx.clone();
-        let activity = svc_activity.clone();
-        async move {
-            let _active = activity.begin();
-            let req = req.map(RequestBody::Incoming);
-            Ok::<_, Infallible>(handle(req, &ctx, conn).await)
-        }
-    });
-    // The connection's streams run in this task (see `h2_stream_executor`).
-    let mut served = executor.drive(builder.serve_connection(TokioIo::new(io), service));
-    let result = match idle_timeout {
-        None => (&mut served).await,
-        Some(timeout) => {
-            tokio::select! {
-                r = &mut served => r,
-                _ = activity.idle_for(timeout) => {
-                    // Envoy's idle_timeout: no active request for that long. Let in-flight
-                    // responses finish, then close.
-                    served.connection().graceful_shutdown();
-                    served.await
-                }
-            }
-        }
-    };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "connection ended with error");
-    }
-}
-
-/// Request activity on one downstream connection, for `idle_timeout`.
-#[derive(Debug)]
-struct ConnActivity {
-    active: std::sync::atomic::AtomicUsize,
-    /// Milliseconds since `start` when the last request ended.
-    last_ms: std::sync::atomic::AtomicU64,
-    start: Instant,
-}
-
-/// Marks one request as active until dropped.
-struct ActiveGuard<'a>(&'a ConnActivity);
-
-impl Drop for ActiveGuard<'_> {
-    fn drop(&mut self) {
-        use std::sync::atomic::Ordering;
-        let now = self.0.start.elapsed().as_millis() as u64;
-        self.0.last_ms.store(now, Ordering::Relaxed);
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl ConnActivity {
-    fn new() -> Self {
-        ConnActivity {
-            active: std::sync::atomic::AtomicUsize::new(0),
-            last_ms: std::sync::atomic::AtomicU64::new(0),
-            start: Instant::now(),
-        }
-    }
-
-    fn begin(&self) -> ActiveGuard<'_> {
-        self.active
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        ActiveGuard(self)
-    }
-
-    /// Resolves once no request has been active for `timeout`.
-    async fn idle_for(&self, timeout: std::time::Duration) {
-        use std::sync::atomic::Ordering;
-        loop {
-            let idle_since = std::time::Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            let deadline = self.start + idle_since + timeout;
-            if self.active.load(Ordering::Relaxed) == 0 && Instant::now() >= deadline {
-                return;
-            }
-            let wake = if Instant::now() < deadline {
-                deadline
-            } else {
-                Instant::now() + timeout
-            };
-            tokio::time::sleep_until(wake.into()).await;
-        }
-    }
 }
 
 /// Envoy's response flags.

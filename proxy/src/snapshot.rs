@@ -45,6 +45,8 @@ pub struct HcmConfig {
     pub max_request_headers_kb: u32,
     /// `http_protocol_options.accept_http_10`: serve HTTP/1.0 requests (else 426, as Envoy).
     pub accept_http_10: bool,
+    /// `http2_protocol_options`: what the listener's HTTP/2 connections announce.
+    pub http2: Http2Options,
     pub websocket: bool,
     pub suppress_envoy_headers: bool,
     pub server_name: HeaderValue,
@@ -53,6 +55,27 @@ pub struct HcmConfig {
     /// `istio_requests_total` for requests that reach no cluster (`NR`, `NC`), with unknown
     /// destination labels, as Istio reports them.
     pub unrouted: IstioStats,
+}
+
+/// `http2_protocol_options` of a connection manager.
+///
+/// The windows are also the most request body a connection buffers for a slow upstream, so the
+/// defaults are smaller than Envoy's (256 MiB each, bounded there by its buffer limits instead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2Options {
+    pub max_concurrent_streams: u32,
+    pub initial_stream_window_size: u32,
+    pub initial_connection_window_size: u32,
+}
+
+impl Default for Http2Options {
+    fn default() -> Self {
+        Http2Options {
+            max_concurrent_streams: 1024,
+            initial_stream_window_size: 1 << 20,
+            initial_connection_window_size: 4 << 20,
+        }
+    }
 }
 
 /// One filter chain of a listener: the server names it serves (SNI), its TLS configuration, and

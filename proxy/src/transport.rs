@@ -1,10 +1,9 @@
 //! The byte stream under a downstream connection: plain TCP or TLS.
 //!
-//! The HTTP/1.1 connection driver reads and writes through separate halves (a response can be
-//! written while the request body is still arriving) and waits for readability without holding a
-//! buffer, so an idle keep-alive connection owns no buffer memory. [`Rewind`] puts bytes already
-//! read back in front of a stream, to hand a connection that turned out to be HTTP/2 to the h2
-//! server.
+//! The HTTP/1.1 and HTTP/2 connection drivers read and write through separate halves (a response
+//! can be written while the request body is still arriving) and wait for readability without
+//! holding a buffer, so an idle keep-alive connection owns no buffer memory. [`Rewind`] puts bytes
+//! already read back in front of a stream (an upgraded upstream connection's first bytes).
 
 use std::io;
 use std::pin::Pin;
