@@ -99,7 +99,8 @@ async fn run_stream(
     ctx: Arc<ListenerContext>,
     conn: ConnInfo,
 ) -> Option<(u32, Response<ResponseBody>)> {
-    let mut handle = pin!(server::handle(req, &ctx, conn));
+    // Boxed, so that this future (which `FuturesUnordered` moves on push) stays small.
+    let mut handle = Box::pin(server::handle(req, &ctx, conn));
     poll_fn(|cx| {
         if shared.cancelled(cx) {
             return Poll::Ready(None);

@@ -9,21 +9,17 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// A new version-4 UUID.
 pub fn generate() -> HeaderValue {
-    let a = fast_random();
-    let mut b = fast_random();
+    let mut raw = [0u8; 16];
+    raw[..8].copy_from_slice(&fast_random().to_be_bytes());
+    raw[8..].copy_from_slice(&fast_random().to_be_bytes());
     // Version 4 in the 13th hex digit, RFC 4122 variant in the 17th.
-    let a = (a & !0xF000) | 0x4000;
-    b = (b & 0x3FFF_FFFF_FFFF_FFFF) | 0x8000_0000_0000_0000;
-    let mut out = [0u8; 36];
-    let mut i = 0;
-    for word in [a, b] {
-        for k in (0..16).rev() {
-            if matches!(i, 8 | 13 | 18 | 23) {
-                out[i] = b'-';
-                i += 1;
-            }
-            out[i] = HEX[((word >> (k * 4)) & 0xF) as usize];
-            i += 1;
+    raw[6] = (raw[6] & 0x0f) | 0x40;
+    raw[8] = (raw[8] & 0x3f) | 0x80;
+    let mut out = [b'-'; 36];
+    for (digits, bytes) in [(0, 0..4), (9, 4..6), (14, 6..8), (19, 8..10), (24, 10..16)] {
+        for (j, byte) in raw[bytes].iter().enumerate() {
+            out[digits + 2 * j] = HEX[usize::from(byte >> 4)];
+            out[digits + 2 * j + 1] = HEX[usize::from(byte & 0xf)];
         }
     }
     // Every byte is an ASCII hex digit or '-', which is always a valid header value.

@@ -852,7 +852,9 @@ async fn forward(
     }
 
     cluster.stats.rq_total.inc();
-    let send = endpoint.pool.send(up, upgrade);
+    // Pinned where it is made: the exchange's future is large, and moving it into the timeout
+    // and then into this future's state would copy it each time.
+    let send = std::pin::pin!(endpoint.pool.send(up, upgrade));
     let result = match f.timeout {
         Some(t) => match tokio::time::timeout(t, send).await {
             Ok(r) => r,
