@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# User-space instructions per request, counted by callgrind: a figure that does not move with the
+# machine's load or steal time, for comparing builds and proxies where wall-clock runs are noisy.
+# Kernel work (the loopback TCP stack, about 70 % of the CPU per request) is not counted.
+# Each proxy runs under valgrind; after a warm-up the counters are zeroed, a fixed load runs, and
+# the dump is divided by the requests served.
+#   benches/load/instructions.sh [RUN_DIR]   # RUN_DIR: the rendered configs of a run.sh run
+#   SHAPES="h1 h2" PROXIES="sluice haproxy" SLUICE_BIN=target/release/sluice
+# Needs valgrind, wrk, h2load, nginx, haproxy, and a release build.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/../.." && pwd)
+run=${1:-$(ls -d "$here"/target/bench/*/run 2>/dev/null | tail -1)}
+[ -f "$run/sluice.yaml" ] || { echo "no run.sh configs in '$run': run benches/load/run.sh first" >&2; exit 2; }
+SHAPES=${SHAPES:-"h1 h2"}
+PROXIES=${PROXIES:-"sluice haproxy"}
+sluice=${SLUICE_BIN:-$here/target/release/sluice}
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+for u in stable canary; do
+  sed -e "s|^pid .*|pid $work/$u.pid;|" "$run/upstream-$u.conf" > "$work/upstream-$u.conf"
+  taskset -c 0 nginx -c "$work/upstream-$u.conf" >/dev/null 2>&1 &
+  pids+=($!)
+done
+sleep 0.5
+
+port_of() {
+  case $1 in
+    haproxy) grep -o 'bind 127.0.0.1:[0-9]*' "$run/haproxy.cfg" | head -1 | cut -d: -f2 ;;
+    *) grep -o 'port_value: [0-9]*' "$run/$1.yaml" | sed -n 2p | cut -d' ' -f2 ;;
+  esac
+}
+
+# shape port requests -> requests served (10 connections, one request at a time on each)
+load() {
+  case $1 in
+    h1) wrk -t1 -c10 -d"$3"s "http://127.0.0.1:$2/" | awk '/requests in/ {print $1}' ;;
+    h2) h2load -t1 -c10 -m1 -n "$3" "http://127.0.0.1:$2/" | awk '/^requests:/ {print $8}' ;;
+  esac
+}
+
+printf '| load | %s |\n|---|%s\n' "$(echo $PROXIES | sed 's/ / | /g')" "$(for _ in $PROXIES; do printf -- '---|'; done)"
+for shape in $SHAPES; do
+  row="| $shape |"
+  for proxy in $PROXIES; do
+    case $proxy in
+      sluice) cmd=("$sluice" proxy -c "$run/sluice.yaml" --concurrency 1 -l error) ;;
+      haproxy) cmd=(haproxy -f "$run/haproxy.cfg") ;;
+    esac
+    out="$work/cg.$proxy.$shape"
+    valgrind --tool=callgrind --callgrind-out-file="$out.%p" "${cmd[@]}" >"$work/$proxy.log" 2>&1 &
+    vpid=$!
+    pids+=("$vpid")
+    port=$(port_of "$proxy")
+    for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.2; done
+    case $shape in h1) load h1 "$port" 2 >/dev/null ;; h2) load h2 "$port" 2000 >/dev/null ;; esac
+    callgrind_control -z "$vpid" >/dev/null 2>&1
+    case $shape in h1) n=$(load h1 "$port" 10) ;; h2) n=$(load h2 "$port" 20000) ;; esac
+    callgrind_control -d "$vpid" >/dev/null 2>&1
+    kill "$vpid"
+    wait "$vpid" 2>/dev/null || true
+    ir=$(awk '/^summary:/ {print $2}' "$out".*.1)
+    row="$row $(python3 -c "print(f'{$ir / $n:,.0f}')") |"
+  done
+  echo "$row"
+done
