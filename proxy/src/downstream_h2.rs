@@ -332,16 +332,6 @@ impl Hasher for StreamIdHasher {
     }
 }
 
-/// Where a stream's response stands.
-enum SendState {
-    /// The proxy path is still working on the response.
-    Handling,
-    /// The body is being polled (inline or in `bodies`).
-    Streaming,
-    /// Waiting for window: the body, and the data it gave that did not fit.
-    Blocked(Box<ResponseBody>, Bytes),
-}
-
 /// A stream as the connection sees it.
 struct Stream {
     shared: Arc<StreamShared>,
@@ -355,7 +345,8 @@ struct Stream {
     recv_length: Option<u64>,
     /// Response DATA this stream may still send.
     send_window: i64,
-    send: SendState,
+    /// Waiting for window: the response body, and the data it gave that did not fit.
+    blocked: Option<(Box<ResponseBody>, Bytes)>,
     /// A HEAD request: the response has no body, whatever its headers say.
     head: bool,
     /// The request has a body (no END_STREAM on its HEADERS).
@@ -916,7 +907,7 @@ where
             self.reset(head.stream, Reason::FlowControlError);
             return Ok(());
         }
-        if matches!(stream.send, SendState::Blocked(..)) {
+        if stream.blocked.is_some() {
             self.unblock(head.stream);
         }
         Ok(())
@@ -1119,7 +1110,7 @@ where
                 recv_release: 0,
                 recv_length: content_length,
                 send_window: self.peer_initial_window,
-                send: SendState::Handling,
+                blocked: None,
                 head,
                 body: !end_stream,
             },
@@ -1203,7 +1194,6 @@ where
         let length = (!bodiless && !parts.headers.contains_key(header::CONTENT_LENGTH))
             .then(|| body.size_hint().exact())
             .flatten();
-        stream.send = SendState::Streaming;
         let buf = self.out.buf();
         let start = begin_header_block(buf);
         hpack::encode_status(buf, status.as_u16());
@@ -1351,12 +1341,7 @@ where
         let Some(stream) = self.streams.get_mut(&id) else {
             return;
         };
-        let SendState::Blocked(..) = stream.send else {
-            return;
-        };
-        let SendState::Blocked(body, data) =
-            std::mem::replace(&mut stream.send, SendState::Streaming)
-        else {
+        let Some((body, data)) = stream.blocked.take() else {
             return;
         };
         self.blocked.retain(|b| *b != id);
@@ -1380,7 +1365,7 @@ where
             end,
         ) {
             Some(rest) => {
-                stream.send = SendState::Blocked(Box::new(body), rest);
+                stream.blocked = Some((Box::new(body), rest));
                 self.blocked.push_back(id);
                 None
             }
@@ -1480,9 +1465,12 @@ fn finish_header_block(buf: &mut [u8], start: usize, id: u32, end_stream: bool) 
     if end_stream {
         flags |= flag::END_STREAM;
     }
-    let mut head = Vec::with_capacity(frame::HEAD_LEN);
-    frame::put_head(&mut head, len, kind::HEADERS, flags, id);
-    buf[start..start + frame::HEAD_LEN].copy_from_slice(&head);
+    buf[start..start + frame::HEAD_LEN].copy_from_slice(&frame::head(
+        len,
+        kind::HEADERS,
+        flags,
+        id,
+    ));
 }
 
 /// Headers that HTTP/2 does not carry (RFC 9113 §8.2.2).

@@ -93,10 +93,25 @@ impl FrameHead {
     }
 }
 
+/// A frame header's bytes.
+pub fn head(len: usize, kind: u8, flags: u8, stream: u32) -> [u8; HEAD_LEN] {
+    let id = stream.to_be_bytes();
+    [
+        (len >> 16) as u8,
+        (len >> 8) as u8,
+        len as u8,
+        kind,
+        flags,
+        id[0],
+        id[1],
+        id[2],
+        id[3],
+    ]
+}
+
 /// Append a frame header.
 pub fn put_head(buf: &mut Vec<u8>, len: usize, kind: u8, flags: u8, stream: u32) {
-    buf.extend_from_slice(&[(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags]);
-    buf.extend_from_slice(&stream.to_be_bytes());
+    buf.extend_from_slice(&head(len, kind, flags, stream));
 }
 
 /// Append a SETTINGS frame with these settings.
