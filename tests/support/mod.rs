@@ -238,8 +238,33 @@ pub async fn app_proxy(hcm_extra: serde_json::Value) -> (Upstream, ProxyProcess)
     (up, p)
 }
 
-/// A port with nothing listening on it.
+/// A free port with nothing listening on it: for a listener a test configures, or a dead upstream.
+///
+/// It is taken below the kernel's ephemeral range (`ip_local_port_range`), where `bind(0)` and
+/// outgoing connections take theirs: a port from `bind(0)` could be taken by a connection some
+/// other test makes before the process given the port binds it (seen once: a gateway listener
+/// that never came up).
 pub fn closed_port() -> u16 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(32_768);
+    const LOW: u64 = 10_000;
+    let span = ephemeral_low.saturating_sub(LOW).max(1);
+    let seed = u64::from(std::process::id()) * 7_919
+        + std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::from(d.subsec_nanos()))
+            .unwrap_or(0);
+    for _ in 0..1_000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + (seed + n * 104_729) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
 }
