@@ -511,7 +511,6 @@ struct Connection<T: Transport, F> {
     goaway: Option<Reason>,
     /// The client sent GOAWAY: no new streams from it.
     peer_goaway: bool,
-    read_closed: bool,
     reset_budget: u32,
     idle_timer: Option<Pin<Box<Sleep>>>,
     idle_since: Instant,
@@ -580,7 +579,6 @@ where
             blocked: VecDeque::new(),
             goaway: None,
             peer_goaway: false,
-            read_closed: false,
             reset_budget: RESET_BUDGET,
             idle_timer: settings
                 .idle_timeout
@@ -605,7 +603,6 @@ where
                     }
                     Poll::Ready(_) => {
                         // The client closed (or the socket failed): nothing more can be asked.
-                        self.read_closed = true;
                         self.release_read_buffer();
                         return Poll::Ready(());
                     }
@@ -679,7 +676,7 @@ where
     }
 
     fn reading(&self) -> bool {
-        !self.read_closed && self.goaway.is_none() && self.out.len() < MAX_PENDING_OUTPUT
+        self.goaway.is_none() && self.out.len() < MAX_PENDING_OUTPUT
     }
 
     fn release_read_buffer(&mut self) {
