@@ -485,6 +485,14 @@ async fn streams_over_the_limit_are_refused_and_the_rest_go_on() {
         .await
         .unwrap();
     tokio::spawn(conn);
+    // One exchange first: the proxy's SETTINGS come before its first response, so the client
+    // knows the limit before it opens the rest (streams sent earlier would be refused, as RFC 9113
+    // allows and Envoy does).
+    let mut first = send.clone();
+    let req = Request::get("http://x/first")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(first.send_request(req).await.unwrap().status(), 200);
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..100 {
         let mut send = send.clone();
