@@ -1202,6 +1202,7 @@ where
         if let Some(n) = length {
             hpack::encode_header(buf, &header::CONTENT_LENGTH, &HeaderValue::from(n));
         }
+        crate::header_pool::give(parts.headers);
         self.finish_headers(start, id, end);
         if end {
             self.finish(id);
@@ -1511,7 +1512,7 @@ impl RequestParts {
             path: None,
             protocol: None,
             // Room for the headers the proxy adds on the way (forwarding, request id).
-            headers: HeaderMap::with_capacity(16),
+            headers: crate::header_pool::take(16),
             cookies: Vec::new(),
             size: 0,
             limit,

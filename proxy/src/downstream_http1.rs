@@ -31,6 +31,7 @@ use tokio::time::Instant;
 
 use crate::body::{BodyStream, FrameSender, RequestBody, ResponseBody};
 use crate::buffer_pool;
+use crate::header_pool;
 use crate::http1_codec::{
     self, BodyFraming, ChunkedDecoder, CodecError, Decoded, HeadExtras, RequestHead, H2_PREFACE,
 };
@@ -498,6 +499,7 @@ async fn write_response<W: AsyncWrite + Unpin>(
         }
     }
     http1_codec::encode_response_head(&mut wbuf, status, &parts.headers, extras);
+    header_pool::give(parts.headers);
     if !has_body {
         drop(body);
         w.write_all(&wbuf).await?;

@@ -10,6 +10,7 @@
 //! the body framing of RFC 9112 section 6.3 (no body for HEAD, 1xx, 204 and 304; chunked; length;
 //! otherwise until the connection closes).
 
+use std::mem::MaybeUninit;
 use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
@@ -105,10 +106,11 @@ pub fn parse_request(
     // Offsets into `buf` of the target and of each header's name and value.
     let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
     let (head_len, method, target, version, count) = {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
+        // httparse fills the headers it finds: the array needs no zeroing first.
+        let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
         let base = buf.as_ptr() as usize;
-        let status = match req.parse(buf) {
+        let status = match req.parse_with_uninit_headers(buf, &mut headers) {
             Ok(s) => s,
             Err(httparse::Error::TooManyHeaders) => return Err(CodecError::TooManyHeaders),
             Err(httparse::Error::Version) => return Err(CodecError::Malformed("HTTP version")),
@@ -239,17 +241,22 @@ struct FramingHeaders {
     expect_continue: bool,
 }
 
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
 /// Headers the proxy typically adds to a message it forwards.
 const ADDED_HEADERS: usize = 6;
 
 /// Build the header map of a frozen head from its spans, noting the framing headers on the way.
+/// Those that only frame or persist this hop (`Transfer-Encoding`, `Connection: keep-alive` or
+/// `close`, `Keep-Alive`, `Proxy-Connection`) are noted and left out of the map.
 fn collect_headers(
     head: &Bytes,
     spans: &[Span],
 ) -> Result<(HeaderMap, FramingHeaders), CodecError> {
     // Room for the headers the proxy adds on the way (forwarding, request id, server, timing),
     // so that adding them does not grow the map.
-    let mut headers = HeaderMap::with_capacity(spans.len() + ADDED_HEADERS);
+    let mut headers = crate::header_pool::take(spans.len() + ADDED_HEADERS);
     let mut f = FramingHeaders::default();
     for &span in spans {
         let (name, value) = header_at(head, span)?;
@@ -261,6 +268,8 @@ fn collect_headers(
                 .next()
                 .map(|c| c.trim_ascii());
             f.chunked = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
+            // Framing is hop-by-hop: noted here, never forwarded, so not kept.
+            continue;
         } else if name == header::CONTENT_LENGTH {
             let n = parse_length(value.as_bytes())?;
             if f.length.is_some_and(|l| l != n) {
@@ -268,11 +277,24 @@ fn collect_headers(
             }
             f.length = Some(n);
         } else if name == header::CONNECTION {
+            let mut only_persistence = true;
             for token in value.as_bytes().split(|b| *b == b',') {
                 let token = token.trim_ascii();
-                f.close |= token.eq_ignore_ascii_case(b"close");
-                f.keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+                let close = token.eq_ignore_ascii_case(b"close");
+                let keep_alive = token.eq_ignore_ascii_case(b"keep-alive");
+                f.close |= close;
+                f.keep_alive_token |= keep_alive;
+                only_persistence &= close || keep_alive || token.is_empty();
             }
+            // `close` and `keep-alive` are fully captured by the flags, and the header is
+            // hop-by-hop: not keeping it spares the forwarding path a strip of the map. A value
+            // naming other headers (or `upgrade`) stays for the proxy to act on.
+            if only_persistence {
+                continue;
+            }
+        } else if name == KEEP_ALIVE || name == PROXY_CONNECTION {
+            // Hop-by-hop, and nothing in the proxy reads them.
+            continue;
         } else if name == header::EXPECT {
             f.expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
         }
@@ -312,10 +334,14 @@ pub fn parse_response(
 ) -> Result<Option<ResponseHead>, CodecError> {
     let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
     let (head_len, code, version, count) = {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut headers);
+        let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
         let base = buf.as_ptr() as usize;
-        let status = match resp.parse(buf) {
+        let status = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut resp,
+            buf,
+            &mut headers,
+        ) {
             Ok(s) => s,
             Err(httparse::Error::TooManyHeaders) => return Err(CodecError::TooManyHeaders),
             Err(_) => return Err(CodecError::Malformed("response head")),
@@ -724,6 +750,34 @@ mod tests {
             .expect("complete head");
         assert_eq!(&buf[..], b"BODY", "the head is removed, the body stays");
         head
+    }
+
+    #[test]
+    fn hop_by_hop_framing_and_persistence_headers_are_noted_not_kept() {
+        let r = response(
+            "HTTP/1.1 200 OK\r\nConnection: Keep-Alive\r\nKeep-Alive: timeout=5\r\n\
+             Transfer-Encoding: chunked\r\nProxy-Connection: close\r\nX-A: 1\r\n\r\nBODY",
+            false,
+        );
+        assert_eq!(
+            (r.framing, r.keep_alive),
+            (ResponseBodyFraming::Chunked, true)
+        );
+        let names: Vec<&str> = r.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-a"]);
+        let r = response(
+            "HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nBODY",
+            false,
+        );
+        assert!(!r.keep_alive && !r.headers.contains_key(header::CONNECTION));
+        // A value that names other headers, or an upgrade, stays for the proxy to act on.
+        for value in ["keep-alive, x-hop", "Upgrade"] {
+            let r = response(
+                &format!("HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: {value}\r\n\r\nBODY"),
+                false,
+            );
+            assert_eq!(r.headers[header::CONNECTION], value);
+        }
     }
 
     #[test]

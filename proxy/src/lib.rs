@@ -31,6 +31,7 @@ pub mod h2_frame;
 pub mod hash_policy;
 pub mod hash_ring;
 pub mod header_ops;
+pub mod header_pool;
 pub mod hpack;
 pub mod http1_codec;
 pub mod matcher;

@@ -200,8 +200,12 @@ impl Metrics {
 }
 
 /// A lock-free-on-read cache of metric handles keyed by the labels that vary per request.
+///
+/// Keys are a few small values (status code, protocol, flags) with few distinct combinations, so
+/// the map hashes with foldhash's fixed-seed fast hasher rather than SipHash: each request looks
+/// its handles up, and SipHash cost more than the rest of the recording.
 pub struct LabelCache<K, V> {
-    map: ArcSwap<HashMap<K, V>>,
+    map: ArcSwap<HashMap<K, V, foldhash::fast::FixedState>>,
     write: Mutex<()>,
 }
 
@@ -214,7 +218,7 @@ impl<K, V> std::fmt::Debug for LabelCache<K, V> {
 impl<K: Eq + Hash + Clone, V: Clone> Default for LabelCache<K, V> {
     fn default() -> Self {
         LabelCache {
-            map: ArcSwap::from_pointee(HashMap::new()),
+            map: ArcSwap::from_pointee(HashMap::default()),
             write: Mutex::new(()),
         }
     }

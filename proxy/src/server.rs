@@ -298,9 +298,18 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     header::TE,
 ];
 
+/// One of [`HOP_BY_HOP`], compared without building the constant's names.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::TE
+        || matches!(name.as_str(), "keep-alive" | "proxy-connection")
+}
+
 fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     // Most messages carry none of these: one pass over the names decides.
-    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    if !h.keys().any(is_hop_by_hop) {
         return;
     }
     // Headers named in `Connection` are hop-by-hop too. The values are shared, not copied, and
@@ -709,19 +718,25 @@ async fn forward(
             }
         }
     }
-    let host_value = entry
+    let rewritten_host = entry
         .and_then(|e| e.host_rewrite.clone())
-        .or_else(|| f.host_rewrite.clone())
-        .or_else(|| received_host.clone());
-    let host_rewritten =
-        entry.is_some_and(|e| e.host_rewrite.is_some()) || f.host_rewrite.is_some();
-    if host_rewritten && !hcm.suppress_envoy_headers {
-        if let Some(v) = received_host {
-            headers.insert(HeaderName::from_static("x-envoy-original-host"), v);
+        .or_else(|| f.host_rewrite.clone());
+    // Moved, not cloned, when it is not rewritten: a clone of a value copied from an HTTP/2
+    // `:authority` would allocate.
+    let host_value = match rewritten_host {
+        Some(rewritten) => {
+            if !hcm.suppress_envoy_headers {
+                if let Some(v) = received_host {
+                    headers.insert(HeaderName::from_static("x-envoy-original-host"), v);
+                }
+            }
+            Some(rewritten)
         }
-    }
-    if let Some(h) = &host_value {
-        headers.insert(header::HOST, h.clone());
+        None => received_host,
+    };
+    // From here on the map's `host` is the upstream authority.
+    if let Some(h) = host_value {
+        headers.insert(header::HOST, h);
     }
     edge::sanitize_request(&mut headers, hcm, remote, conn.secure);
     if let Some(id) = new_id {
@@ -778,7 +793,7 @@ async fn forward(
         };
         let mut mh = headers.clone();
         if m.append_shadow_suffix {
-            if let Some(h) = host_value.as_ref().and_then(|h| h.to_str().ok()) {
+            if let Some(h) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
                 let shadow = match h.rsplit_once(':') {
                     Some((name, port)) if port.parse::<u16>().is_ok() => {
                         format!("{name}-shadow:{port}")
@@ -829,8 +844,8 @@ async fn forward(
     };
     if h2 {
         uri_parts.scheme = Some(http::uri::Scheme::HTTP);
-        let auth = host_value
-            .as_ref()
+        let auth = headers
+            .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .unwrap_or("localhost");
         match auth.parse() {

@@ -281,7 +281,8 @@ impl EndpointPool {
         let mut head = buffer_pool::take_write();
         let framing = upstream_http1::encode_head(&mut head, &req);
         let chunked = framing == crate::http1_codec::RequestBodyFraming::Chunked;
-        let mut body = req.into_body();
+        let (parts, mut body) = req.into_parts();
+        crate::header_pool::give(parts.headers);
         // A body taken whole with the head leaves the request retryable.
         if !chunked {
             if let Err(e) = upstream_http1::take_ready_body(&mut head, &mut body).await {
@@ -383,7 +384,9 @@ impl EndpointPool {
         F: FnOnce(UpstreamStream) -> Fut,
         Fut: std::future::Future<Output = Result<T, UpstreamError>>,
     {
-        let result = async { setup(self.dial().await?).await }.await;
+        // Dialling (TCP, then perhaps a TLS handshake) is the large, rare state of a request's
+        // upstream exchange: boxed, it does not make every request's future carry its size.
+        let result = Box::pin(async { setup(self.dial().await?).await }).await;
         match result {
             Ok(parts) => {
                 self.connection_opened();
