@@ -394,23 +394,48 @@ pub async fn handle(
         *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
         return r;
     };
+    // Pinned where it is made, so that the timeout holds a reference rather than a copy.
+    let route = std::pin::pin!(route_request(req, ctx, &hcm, conn));
     let resp = match hcm.request_timeout {
-        Some(t) => match tokio::time::timeout(t, route_request(req, ctx, &hcm, conn)).await {
+        Some(t) => match tokio::time::timeout(t, route).await {
             Ok(r) => r,
             Err(_) => local_reply(&hcm, StatusCode::REQUEST_TIMEOUT, "request timeout"),
         },
-        None => route_request(req, ctx, &hcm, conn).await,
+        None => route.await,
     };
     hcm.stats.record(resp.status().as_u16());
     resp
 }
 
-async fn route_request(
+/// Route a request: answered here, or an upstream exchange to run. The routing and the building
+/// of the upstream request are synchronous, so that their locals are not part of the request's
+/// future: that future is boxed and moved per request, and its size is copied each time.
+fn route_request<'a>(
     req: Request<RequestBody>,
     ctx: &ListenerContext,
-    hcm: &Arc<HcmConfig>,
+    hcm: &'a Arc<HcmConfig>,
     conn: ConnInfo,
-) -> Response<ResponseBody> {
+) -> impl std::future::Future<Output = Response<ResponseBody>> + 'a {
+    use futures_util::future::Either;
+    match route(req, ctx, hcm, conn) {
+        Routed::Respond(r) => Either::Left(std::future::ready(r)),
+        Routed::Forward(x) => Either::Right(x.run()),
+    }
+}
+
+/// What routing decided.
+enum Routed<'a> {
+    /// A response made here (direct response, redirect, or a local error reply).
+    Respond(Response<ResponseBody>),
+    Forward(Exchange<'a>),
+}
+
+fn route<'a>(
+    req: Request<RequestBody>,
+    ctx: &ListenerContext,
+    hcm: &'a Arc<HcmConfig>,
+    conn: ConnInfo,
+) -> Routed<'a> {
     let remote = conn.remote;
     let raw_host = request_authority(req.uri(), req.headers());
     let mut buf = String::new();
@@ -438,7 +463,7 @@ async fn route_request(
     let random = fast_random();
     let Some(hit) = hcm.routes.route(&view, random) else {
         hcm.unrouted.record(404, false, Flag::NoRoute.code(), 0.0);
-        return local_reply(hcm, StatusCode::NOT_FOUND, "");
+        return Routed::Respond(local_reply(hcm, StatusCode::NOT_FOUND, ""));
     };
     let rctx = RequestContext {
         remote,
@@ -452,7 +477,7 @@ async fn route_request(
             let h = resp.headers_mut();
             apply_response_ops(hcm, hit, None, h, &rctx);
             set_server(hcm, h);
-            resp
+            Routed::Respond(resp)
         }
         RouteAction::Redirect(r) => {
             let location = redirect_location(r, &req, conn.secure, hit);
@@ -461,9 +486,11 @@ async fn route_request(
                 resp.headers_mut().insert(header::LOCATION, v);
             }
             apply_response_ops(hcm, hit, None, resp.headers_mut(), &rctx);
-            resp
+            Routed::Respond(resp)
         }
-        RouteAction::Forward(f) => forward(req, ctx, hcm, hit, f, conn, rctx, new_id, random).await,
+        RouteAction::Forward(f) => {
+            prepare_forward(req, ctx, hcm, hit, f, conn, rctx, new_id, random)
+        }
     }
 }
 
@@ -613,18 +640,36 @@ fn choose_cluster<'a>(
     }
 }
 
+/// An upstream request ready to go, with what its response needs on the way back.
+struct Exchange<'a> {
+    hcm: &'a Arc<HcmConfig>,
+    hit: RouteHit<'a>,
+    f: &'a ForwardAction,
+    entry: Option<&'a crate::route_table::WeightedEntry>,
+    rctx: RequestContext<'a>,
+    cluster: Arc<Cluster>,
+    endpoint: Arc<crate::cluster::Endpoint>,
+    active: crate::cluster::ActiveRequest,
+    start: Instant,
+    grpc: bool,
+    upgrade: bool,
+    up: Request<RequestBody>,
+}
+
+/// Pick the cluster and endpoint of a forward action and build the upstream request (headers,
+/// path rewrites, host, mirrors), or answer here when that fails.
 #[allow(clippy::too_many_arguments)]
-async fn forward(
+fn prepare_forward<'a>(
     req: Request<RequestBody>,
     ctx: &ListenerContext,
-    hcm: &Arc<HcmConfig>,
-    hit: RouteHit<'_>,
-    f: &ForwardAction,
+    hcm: &'a Arc<HcmConfig>,
+    hit: RouteHit<'a>,
+    f: &'a ForwardAction,
     conn: ConnInfo,
-    mut rctx: RequestContext<'_>,
+    mut rctx: RequestContext<'a>,
     new_id: Option<HeaderValue>,
     random: u64,
-) -> Response<ResponseBody> {
+) -> Routed<'a> {
     let remote = conn.remote;
     let start = Instant::now();
     let snapshot = ctx.snapshot.load();
@@ -645,7 +690,7 @@ async fn forward(
         let status = f.cluster_not_found_status;
         hcm.unrouted
             .record(status.as_u16(), false, Flag::NoCluster.code(), 0.0);
-        return local_reply(hcm, status, "");
+        return Routed::Respond(local_reply(hcm, status, ""));
     };
     let grpc = req
         .headers()
@@ -654,22 +699,26 @@ async fn forward(
         .is_some_and(|v| v.starts_with("application/grpc"));
     let upgrade = is_websocket(req.headers());
     if upgrade && !f.websocket.unwrap_or(hcm.websocket) {
-        return local_reply(hcm, StatusCode::FORBIDDEN, "");
+        return Routed::Respond(local_reply(hcm, StatusCode::FORBIDDEN, ""));
     }
     let (endpoint, active) = match cluster.acquire(hash) {
         Ok(x) => x,
         Err(PickError::NoHealthyUpstream) => {
             record(&cluster, 503, grpc, Flag::NoHealthyUpstream, start);
-            return local_reply(hcm, StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
+            return Routed::Respond(local_reply(
+                hcm,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no healthy upstream",
+            ));
         }
         Err(PickError::Overflow) => {
             cluster.stats.rq_pending_overflow.inc();
             record(&cluster, 503, grpc, Flag::UpstreamOverflow, start);
-            return local_reply(
+            return Routed::Respond(local_reply(
                 hcm,
                 StatusCode::SERVICE_UNAVAILABLE,
                 "upstream connect error or disconnect/reset before headers. reset reason: overflow",
-            );
+            ));
         }
     };
     rctx.upstream_host = Some(endpoint.pool.addr);
@@ -839,7 +888,7 @@ async fn forward(
         ),
         Some(p) => match p.parse() {
             Ok(pq) => Some(pq),
-            Err(_) => return local_reply(hcm, StatusCode::BAD_REQUEST, ""),
+            Err(_) => return Routed::Respond(local_reply(hcm, StatusCode::BAD_REQUEST, "")),
         },
     };
     if h2 {
@@ -850,12 +899,12 @@ async fn forward(
             .unwrap_or("localhost");
         match auth.parse() {
             Ok(a) => uri_parts.authority = Some(a),
-            Err(_) => return local_reply(hcm, StatusCode::BAD_REQUEST, ""),
+            Err(_) => return Routed::Respond(local_reply(hcm, StatusCode::BAD_REQUEST, "")),
         }
     }
     let uri = match Uri::from_parts(uri_parts) {
         Ok(u) => u,
-        Err(_) => return local_reply(hcm, StatusCode::BAD_REQUEST, ""),
+        Err(_) => return Routed::Respond(local_reply(hcm, StatusCode::BAD_REQUEST, "")),
     };
     let mut up = Request::new(body);
     *up.method_mut() = parts.method.clone();
@@ -866,94 +915,129 @@ async fn forward(
         up.headers_mut().remove(header::HOST);
     }
 
-    cluster.stats.rq_total.inc();
-    // Pinned where it is made: the exchange's future is large, and moving it into the timeout
-    // and then into this future's state would copy it each time.
-    let send = std::pin::pin!(endpoint.pool.send(up, upgrade));
-    let result = match f.timeout {
-        Some(t) => match tokio::time::timeout(t, send).await {
-            Ok(r) => r,
-            Err(_) => {
-                cluster.stats.rq_timeout.inc();
-                record(&cluster, 504, grpc, Flag::UpstreamTimeout, start);
-                return local_reply(hcm, StatusCode::GATEWAY_TIMEOUT, "upstream request timeout");
-            }
-        },
-        None => send.await,
-    };
-    let mut response = match result {
-        Ok(r) => r,
-        Err(e) => {
-            let (flag, body) = match &e {
-                UpstreamError::Connect(_) | UpstreamError::ConnectTimeout | UpstreamError::Tls(_) => {
-                    cluster.stats.cx_connect_fail.inc();
-                    (Flag::UpstreamConnectFailure, "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure")
-                }
-                UpstreamError::Overflow => {
-                    cluster.stats.rq_pending_overflow.inc();
-                    (Flag::UpstreamOverflow, "upstream connect error or disconnect/reset before headers. reset reason: overflow")
-                }
-                UpstreamError::Reset(_) | UpstreamError::Io(_) => (
-                    Flag::UpstreamReset,
-                    "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
-                ),
-                UpstreamError::Protocol(_) => (
-                    Flag::UpstreamProtocolError,
-                    "upstream connect error or disconnect/reset before headers. reset reason: protocol error",
-                ),
-            };
-            tracing::debug!(cluster = %cluster.name, error = %e, "upstream request failed");
-            // Envoy answers an upstream protocol error with 502, every other failure with 503.
-            let status = if matches!(flag, Flag::UpstreamProtocolError) {
-                StatusCode::BAD_GATEWAY
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            record(&cluster, status.as_u16(), grpc, flag, start);
-            return local_reply(hcm, status, body);
-        }
-    };
-    let status = response.status();
-    record(&cluster, status.as_u16(), grpc, Flag::None, start);
-    drop(active);
-
-    if status == StatusCode::SWITCHING_PROTOCOLS {
-        let up_upgrade = response.extensions_mut().remove::<UpgradedUpstream>();
-        let (rp, _) = response.into_parts();
-        let mut resp = Response::from_parts(rp, ResponseBody::empty());
-        if let Some(u) = up_upgrade.filter(|_| upgrade) {
-            resp.extensions_mut().insert(u);
-        }
-        set_server(hcm, resp.headers_mut());
-        return resp;
-    }
-
-    let (mut rp, rbody) = response.into_parts();
-    strip_hop_by_hop(&mut rp.headers, false);
-    if parts.method == Method::HEAD {
-        // nothing special: hyper handles HEAD bodies.
-    }
-    if !hcm.suppress_envoy_headers {
-        rp.headers.insert(
-            HeaderName::from_static("x-envoy-upstream-service-time"),
-            millis_value(start.elapsed().as_millis() as u64),
-        );
-    }
-    set_server(hcm, &mut rp.headers);
-    apply_response_ops(
+    Routed::Forward(Exchange {
         hcm,
         hit,
-        entry.map(|e| &e.response_headers),
-        &mut rp.headers,
-        &rctx,
-    );
-    rp.version = Version::HTTP_11;
-    // The route timeout covers the whole response, as in Envoy, not only its head.
-    let rbody = match f.timeout {
-        Some(t) => rbody.with_deadline(start + t, cluster),
-        None => rbody,
-    };
-    Response::from_parts(rp, rbody)
+        f,
+        entry,
+        rctx,
+        cluster,
+        endpoint,
+        active,
+        start,
+        grpc,
+        upgrade,
+        up,
+    })
+}
+
+impl Exchange<'_> {
+    /// Send the request upstream and turn the answer into the downstream response.
+    async fn run(self) -> Response<ResponseBody> {
+        let Exchange {
+            hcm,
+            hit,
+            f,
+            entry,
+            rctx,
+            cluster,
+            endpoint,
+            active,
+            start,
+            grpc,
+            upgrade,
+            up,
+        } = self;
+        cluster.stats.rq_total.inc();
+        // Pinned where it is made: the exchange's future is large, and moving it into the timeout
+        // and then into this future's state would copy it each time.
+        let send = std::pin::pin!(endpoint.pool.send(up, upgrade));
+        let result = match f.timeout {
+            Some(t) => match tokio::time::timeout(t, send).await {
+                Ok(r) => r,
+                Err(_) => {
+                    cluster.stats.rq_timeout.inc();
+                    record(&cluster, 504, grpc, Flag::UpstreamTimeout, start);
+                    return local_reply(
+                        hcm,
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "upstream request timeout",
+                    );
+                }
+            },
+            None => send.await,
+        };
+        let mut response = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let (flag, body) = match &e {
+                    UpstreamError::Connect(_) | UpstreamError::ConnectTimeout | UpstreamError::Tls(_) => {
+                        cluster.stats.cx_connect_fail.inc();
+                        (Flag::UpstreamConnectFailure, "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure")
+                    }
+                    UpstreamError::Overflow => {
+                        cluster.stats.rq_pending_overflow.inc();
+                        (Flag::UpstreamOverflow, "upstream connect error or disconnect/reset before headers. reset reason: overflow")
+                    }
+                    UpstreamError::Reset(_) | UpstreamError::Io(_) => (
+                        Flag::UpstreamReset,
+                        "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+                    ),
+                    UpstreamError::Protocol(_) => (
+                        Flag::UpstreamProtocolError,
+                        "upstream connect error or disconnect/reset before headers. reset reason: protocol error",
+                    ),
+                };
+                tracing::debug!(cluster = %cluster.name, error = %e, "upstream request failed");
+                // Envoy answers an upstream protocol error with 502, every other failure with 503.
+                let status = if matches!(flag, Flag::UpstreamProtocolError) {
+                    StatusCode::BAD_GATEWAY
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                record(&cluster, status.as_u16(), grpc, flag, start);
+                return local_reply(hcm, status, body);
+            }
+        };
+        let status = response.status();
+        record(&cluster, status.as_u16(), grpc, Flag::None, start);
+        drop(active);
+
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            let up_upgrade = response.extensions_mut().remove::<UpgradedUpstream>();
+            let (rp, _) = response.into_parts();
+            let mut resp = Response::from_parts(rp, ResponseBody::empty());
+            if let Some(u) = up_upgrade.filter(|_| upgrade) {
+                resp.extensions_mut().insert(u);
+            }
+            set_server(hcm, resp.headers_mut());
+            return resp;
+        }
+
+        let (mut rp, rbody) = response.into_parts();
+        strip_hop_by_hop(&mut rp.headers, false);
+        if !hcm.suppress_envoy_headers {
+            rp.headers.insert(
+                HeaderName::from_static("x-envoy-upstream-service-time"),
+                millis_value(start.elapsed().as_millis() as u64),
+            );
+        }
+        set_server(hcm, &mut rp.headers);
+        apply_response_ops(
+            hcm,
+            hit,
+            entry.map(|e| &e.response_headers),
+            &mut rp.headers,
+            &rctx,
+        );
+        rp.version = Version::HTTP_11;
+        // The route timeout covers the whole response, as in Envoy, not only its head.
+        let rbody = match f.timeout {
+            Some(t) => rbody.with_deadline(start + t, cluster),
+            None => rbody,
+        };
+        Response::from_parts(rp, rbody)
+    }
 }
 
 fn record(cluster: &Cluster, code: u16, grpc: bool, flag: Flag, start: Instant) {
