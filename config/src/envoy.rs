@@ -94,7 +94,7 @@ pub fn dynamic_from_json(
             message: format!("unknown message type {full_name}"),
         })?;
     let mut value = value.clone();
-    wrap_single_values(&mut value, &desc);
+    relax_to_schema(&mut value, &desc);
     let mut track = serde_path_to_error::Track::new();
     let de = serde_path_to_error::Deserializer::new(&value, &mut track);
     DynamicMessage::deserialize(desc, de).map_err(|e| {
@@ -109,9 +109,11 @@ pub fn dynamic_from_json(
     })
 }
 
-/// Envoy accepts a single value where a repeated field expects a list (`filters: {name: ...}`);
-/// wrap such values in a one-element list, following the message schema.
-fn wrap_single_values(value: &mut Value, desc: &prost_reflect::MessageDescriptor) {
+/// Envoy's JSON parsing is more lenient than proto3 JSON in two ways, followed here by walking
+/// the message schema: a single value where a repeated field expects a list
+/// (`filters: {name: ...}`) becomes a one-element list, and enum names match case-insensitively
+/// (`lb_policy: round_robin`) and are rewritten to their canonical spelling.
+fn relax_to_schema(value: &mut Value, desc: &prost_reflect::MessageDescriptor) {
     let Value::Object(map) = value else {
         return;
     };
@@ -122,7 +124,7 @@ fn wrap_single_values(value: &mut Value, desc: &prost_reflect::MessageDescriptor
             .and_then(|t| t.rsplit('/').next())
             .map(str::to_string);
         if let Some(inner) = type_name.and_then(|t| desc.parent_pool().get_message_by_name(&t)) {
-            wrap_single_values(value, &inner);
+            relax_to_schema(value, &inner);
         }
         return;
     }
@@ -137,6 +139,13 @@ fn wrap_single_values(value: &mut Value, desc: &prost_reflect::MessageDescriptor
         if field.is_list() && !child.is_array() && !child.is_null() {
             *child = Value::Array(vec![child.take()]);
         }
+        if let Some(en) = field.kind().as_enum() {
+            match child {
+                Value::Array(items) => items.iter_mut().for_each(|i| canonical_enum_name(i, en)),
+                other => canonical_enum_name(other, en),
+            }
+            continue;
+        }
         let Some(msg) = field.kind().as_message().cloned() else {
             continue;
         };
@@ -144,16 +153,28 @@ fn wrap_single_values(value: &mut Value, desc: &prost_reflect::MessageDescriptor
             let value_kind = msg.map_entry_value_field().kind();
             if let (Some(vmsg), Value::Object(entries)) = (value_kind.as_message(), child) {
                 for v in entries.values_mut() {
-                    wrap_single_values(v, vmsg);
+                    relax_to_schema(v, vmsg);
                 }
             }
         } else if let Value::Array(items) = child {
             for item in items {
-                wrap_single_values(item, &msg);
+                relax_to_schema(item, &msg);
             }
         } else {
-            wrap_single_values(child, &msg);
+            relax_to_schema(child, &msg);
         }
+    }
+}
+
+/// An enum name in another case (`round_robin`) → the declared name (`ROUND_ROBIN`). Names that
+/// match no value in any case are left for the parser to reject.
+fn canonical_enum_name(value: &mut Value, en: &prost_reflect::EnumDescriptor) {
+    let Value::String(name) = value else { return };
+    if en.get_value_by_name(name).is_some() {
+        return;
+    }
+    if let Some(v) = en.values().find(|v| v.name().eq_ignore_ascii_case(name)) {
+        *name = v.name().to_string();
     }
 }
 
@@ -383,6 +404,20 @@ static_resources:
         );
         let b = load_bootstrap_text("t.yaml", &text);
         assert!(b.is_ok(), "{:?}", b.err().map(|e| e.to_string()));
+    }
+
+    #[test]
+    fn enum_names_match_in_any_case_as_envoy_does() {
+        let text = MINIMAL
+            .replace("lbPolicy: ROUND_ROBIN", "lbPolicy: least_request")
+            .replace("type: STATIC", "type: Static");
+        let c = load_bootstrap_text("t.yaml", &text).unwrap().canonical;
+        let cluster = &c["static_resources"]["clusters"][0];
+        assert_eq!(cluster["lb_policy"], "LEAST_REQUEST");
+        assert_eq!(cluster["type"], "STATIC", "{cluster}");
+        let text = MINIMAL.replace("lbPolicy: ROUND_ROBIN", "lbPolicy: roundrobin");
+        let err = load_bootstrap_text("t.yaml", &text).unwrap_err();
+        assert!(err.to_string().contains("roundrobin"), "{err}");
     }
 
     #[test]
