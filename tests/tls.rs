@@ -1,6 +1,7 @@
 //! TLS end to end with certificates made at test time (rcgen): TLS 1.2 and 1.3, ALPN h2 and
-//! http/1.1, SNI selection between filter chains, mTLS accepted and refused, `curl --cacert`,
-//! upstream TLS, and certificate reload on SIGHUP.
+//! http/1.1, SNI selection between filter chains, mTLS accepted and refused (by chain and by
+//! name), `curl --cacert`, an X.509 v1 certificate, upstream certificate checks compared with
+//! real Envoy's, and certificate reload on SIGHUP.
 
 mod support;
 
@@ -53,10 +54,17 @@ impl Pki {
         self.dir.path().join("ca.pem")
     }
 
+    /// A certificate for `names`: DNS names, and URIs for names that start with `spiffe://`.
     fn issue(&self, file: &str, names: &[&str]) -> Issued {
-        let params =
-            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .unwrap();
+        let (uris, dns): (Vec<&str>, Vec<&str>) =
+            names.iter().partition(|n| n.starts_with("spiffe://"));
+        let mut params =
+            CertificateParams::new(dns.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        for u in uris {
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::URI(u.try_into().unwrap()));
+        }
         let key = KeyPair::generate().unwrap();
         let issuer = Issuer::from_params(&self.ca_params, &self.ca_key);
         let cert = params.signed_by(&key, &issuer).unwrap();
@@ -221,6 +229,26 @@ async fn tls_get(
     })
 }
 
+/// `curl --cacert CA https://HOST:PORT/` resolved to loopback; the echoed request as JSON.
+fn curl_json(ca: &std::path::Path, host: &str, port: u16) -> Value {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(ca)
+        .args([
+            "--resolve",
+            &format!("{host}:{port}:127.0.0.1"),
+            &format!("https://{host}:{port}/"),
+        ])
+        .output()
+        .expect("curl is installed");
+    assert!(
+        out.status.success(),
+        "curl {host}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn opts<'a>(sni: &'a str) -> ClientOptions<'a> {
     ClientOptions {
         sni,
@@ -284,6 +312,7 @@ async fn mutual_tls_accepts_known_clients_and_refuses_others() {
     let pki = Pki::new();
     let server = pki.issue("server", &["mtls.example.com"]);
     let client = pki.issue("client", &["client.example.com"]);
+    let unnamed = pki.issue("unnamed", &["other.example.com"]);
     let stranger_ca = Pki::new();
     let stranger = stranger_ca.issue("stranger", &["client.example.com"]);
     let up = upstream("app").await;
@@ -295,7 +324,12 @@ async fn mutual_tls_accepts_known_clients_and_refuses_others() {
                 &server,
                 json!({
                     "require_client_certificate": true,
-                    "common_tls_context": {"validation_context": {"trusted_ca": {"filename": ca}}}
+                    "common_tls_context": {"validation_context": {
+                        "trusted_ca": {"filename": ca},
+                        "match_typed_subject_alt_names": [
+                            {"san_type": "DNS", "matcher": {"suffix": "client.example.com"}}
+                        ]
+                    }}
                 }),
             ),
         )],
@@ -332,6 +366,19 @@ async fn mutual_tls_accepts_known_clients_and_refuses_others() {
         .is_err(),
         "certificate from another CA"
     );
+    assert!(
+        tls_get(
+            addr,
+            &pki,
+            ClientOptions {
+                client_cert: Some(&unnamed),
+                ..opts("mtls.example.com")
+            }
+        )
+        .await
+        .is_err(),
+        "trusted certificate whose name matches no matcher"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -346,22 +393,7 @@ async fn curl_with_cacert_and_certificate_reload() {
     ))
     .await;
     let port = p.listener("main").port();
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "--cacert"])
-        .arg(pki.ca())
-        .args([
-            "--resolve",
-            &format!("site.example.com:{port}:127.0.0.1"),
-            &format!("https://site.example.com:{port}/"),
-        ])
-        .output()
-        .expect("curl is installed");
-    assert!(
-        out.status.success(),
-        "curl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let body: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let body = curl_json(&pki.ca(), "site.example.com", port);
     assert_eq!(body["upstream"], "app");
 
     // Replace the certificate files in place and reload: new connections get the new certificate.
@@ -409,41 +441,173 @@ async fn curl_with_cacert_and_certificate_reload() {
     assert_eq!((r.status, r.peer), (200, second.der));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upstream_tls_verifies_the_server_and_presents_a_client_certificate() {
+/// Upstream TLS checked as Envoy checks it, by real Envoy and by Sluice on the same bootstrap:
+/// the chain against `trusted_ca` when one is given (any certificate without it), the names
+/// against `match_typed_subject_alt_names` / `match_subject_alt_names`, and never the `sni`
+/// against the certificate. Both present a client certificate, which the upstream requires.
+async fn upstream_tls_checks(kind: &str) {
     let pki = Pki::new();
-    let backend = pki.issue("backend", &["backend.internal"]);
-    let client = pki.issue("proxy-client", &["proxy.internal"]);
-    let up = tls_upstream("secure-backend", &pki, &backend).await;
-    let mut c = cluster("secure", &[up.0.port()]);
-    c["transport_socket"] = json!({"name": "envoy.transport_sockets.tls", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-        "sni": "backend.internal",
-        "common_tls_context": {
-            "validation_context": {"trusted_ca": {"filename": pki.ca()}},
-            "tls_certificates": [{"certificate_chain": {"filename": client.cert}, "private_key": {"filename": client.key}}]
-        }
-    }});
-    let mut wrong_name = c.clone();
-    wrong_name["name"] = json!("wrong_name");
-    wrong_name["load_assignment"]["cluster_name"] = json!("wrong_name");
-    wrong_name["transport_socket"]["typed_config"]["sni"] = json!("other.internal");
-    let rc = routes(json!([
-        {"match": {"prefix": "/wrong"}, "route": {"cluster": "wrong_name"}},
-        {"match": {"prefix": "/"}, "route": {"cluster": "secure"}}
-    ]));
-    let p = sluice(&bootstrap(rc, vec![c, wrong_name], json!({}))).await;
-    let cl = client_h1();
-    let r = get(&cl, &p.url("main", "/"), &[]).await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
-    assert_eq!(r.upstream(), "secure-backend");
-    assert_eq!(
-        up.1.lock().unwrap().as_deref(),
-        Some("backend.internal"),
-        "SNI sent upstream"
+    let backend = pki.issue(
+        "backend",
+        &[
+            "backend.internal",
+            "spiffe://cluster.local/ns/shop/sa/backend",
+        ],
     );
-    let r = get(&cl, &p.url("main", "/wrong"), &[]).await;
-    assert_eq!(r.status, 503, "a certificate for another name is refused");
+    let client = pki.issue("proxy-client", &["proxy.internal"]);
+    let other_ca = Pki::new();
+    let up = tls_upstream("secure-backend", &pki, &backend).await;
+    let cases: [(&str, Value, u16); 7] = [
+        ("secure", json!({"trusted_ca": {"filename": pki.ca()}}), 200),
+        ("unverified", Value::Null, 200),
+        (
+            "wrong-ca",
+            json!({"trusted_ca": {"filename": other_ca.ca()}}),
+            503,
+        ),
+        (
+            "spiffe",
+            json!({"trusted_ca": {"filename": pki.ca()}, "match_typed_subject_alt_names": [
+                {"san_type": "URI", "matcher": {"prefix": "spiffe://cluster.local/ns/shop/"}}]}),
+            200,
+        ),
+        (
+            "wrong-san",
+            json!({"trusted_ca": {"filename": pki.ca()}, "match_typed_subject_alt_names": [
+                {"san_type": "DNS", "matcher": {"exact": "other.internal"}}]}),
+            503,
+        ),
+        (
+            "legacy-san",
+            json!({"trusted_ca": {"filename": pki.ca()},
+                   "match_subject_alt_names": [{"exact": "backend.internal"}]}),
+            200,
+        ),
+        // Another name in `sni` than the certificate's: Envoy does not compare them.
+        (
+            "other-sni",
+            json!({"trusted_ca": {"filename": pki.ca()}}),
+            200,
+        ),
+    ];
+    let mut clusters = Vec::new();
+    let mut route_list = Vec::new();
+    for (name, validation, _) in &cases {
+        let mut common = json!({
+            "tls_certificates": [{"certificate_chain": {"filename": client.cert}, "private_key": {"filename": client.key}}]
+        });
+        if !validation.is_null() {
+            common["validation_context"] = validation.clone();
+        }
+        let sni = if *name == "other-sni" {
+            "other.internal"
+        } else {
+            "backend.internal"
+        };
+        let mut c = cluster(name, &[up.0.port()]);
+        c["transport_socket"] = json!({"name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": sni,
+            "common_tls_context": common
+        }});
+        clusters.push(c);
+        route_list
+            .push(json!({"match": {"prefix": format!("/{name}")}, "route": {"cluster": name}}));
+    }
+    let p = proxy_of(
+        kind,
+        &bootstrap(routes(json!(route_list)), clusters, json!({})),
+    )
+    .await;
+    let cl = client_h1();
+    for (name, _, want) in &cases {
+        let r = get(&cl, &p.url("main", &format!("/{name}")), &[]).await;
+        assert_eq!(r.status, *want, "{kind} {name}: {:?}", r.body);
+        if *want == 200 {
+            assert_eq!(r.upstream(), "secure-backend", "{kind} {name}");
+            // Each cluster has its own connections, so this request made a new one.
+            let sni = if *name == "other-sni" {
+                "other.internal"
+            } else {
+                "backend.internal"
+            };
+            assert_eq!(
+                up.1.lock().unwrap().as_deref(),
+                Some(sni),
+                "{kind} {name}: SNI sent upstream"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_checks_upstream_certificates() {
+    upstream_tls_checks("envoy").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sluice_checks_upstream_certificates_as_envoy_does() {
+    upstream_tls_checks("sluice").await;
+}
+
+/// An X.509 v1 certificate (what `openssl x509 -req` makes without extensions; Envoy's own
+/// examples ship some) is served, and a key that is not the certificate's is refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_certificate_is_served_and_a_foreign_key_refused() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let v1 = Issued {
+        cert: fixtures.join("x509-v1.pem"),
+        key: fixtures.join("x509-v1.key"),
+        der: CertificateDer::from_pem_file(fixtures.join("x509-v1.pem")).unwrap(),
+    };
+    let up = upstream("app").await;
+    let p = sluice(&tls_bootstrap(
+        vec![(vec![], downstream_tls(&v1, json!({})))],
+        vec![cluster("app", &[up.port()])],
+        "app",
+    ))
+    .await;
+    let port = p.listener("main").port();
+    let body = curl_json(&v1.cert, "v1.example.com", port);
+    assert_eq!(body["upstream"], "app");
+
+    let pki = Pki::new();
+    let foreign = pki.issue("foreign", &["v1.example.com"]);
+    for cert in [&v1, &foreign] {
+        let wrong = Issued {
+            cert: cert.cert.clone(),
+            key: if std::ptr::eq(cert, &v1) {
+                foreign.key.clone()
+            } else {
+                v1.key.clone()
+            },
+            der: cert.der.clone(),
+        };
+        let file = pki.dir.path().join("mismatch.json");
+        std::fs::write(
+            &file,
+            tls_bootstrap(
+                vec![(vec![], downstream_tls(&wrong, json!({})))],
+                vec![cluster("app", &[up.port()])],
+                "app",
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new(sluice_bin())
+            .args(["proxy", "--mode", "validate", "-c"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).to_string()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{text}");
+        assert!(
+            text.contains(
+                "tls_certificates[0].private_key: the private key does not match the certificate"
+            ),
+            "{text}"
+        );
+    }
 }
 
 /// An echo upstream behind TLS that requires a client certificate from `pki`; records the SNI.

@@ -51,7 +51,8 @@ pub const SUPPORTED: &[&str] = &[
     "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext: tls_params tls_certificates validation_context alpn_protocols",
     "envoy.extensions.transport_sockets.tls.v3.TlsParameters: tls_minimum_protocol_version=TLS_AUTO|TLSv1_2|TLSv1_3 tls_maximum_protocol_version=TLS_AUTO|TLSv1_2|TLSv1_3",
     "envoy.extensions.transport_sockets.tls.v3.TlsCertificate: certificate_chain private_key",
-    "envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext: trusted_ca",
+    "envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext: trusted_ca match_typed_subject_alt_names match_subject_alt_names",
+    "envoy.extensions.transport_sockets.tls.v3.SubjectAltNameMatcher: san_type=DNS|URI|EMAIL|IP_ADDRESS matcher",
     "envoy.config.listener.v3.Filter: name typed_config",
     // HTTP connection manager
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager: \

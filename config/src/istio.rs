@@ -1208,19 +1208,15 @@ fn check_port_policy(
                 "Kubernetes secrets; use caCertificates/clientCertificate/privateKey files",
             );
         }
-        if !tls.subject_alt_names.is_empty() {
-            refuse(
-                errors,
+        if !tls.subject_alt_names.is_empty()
+            && tls.ca_certificates.is_none()
+            && tls.insecure_skip_verify != Some(true)
+        {
+            // Envoy refuses names to match without a CA to check the chain against.
+            errors.push(FieldError::new(
                 format!("{at}.tls.subjectAltNames"),
-                "SAN verification other than the SNI name",
-            );
-        }
-        if tls.insecure_skip_verify == Some(true) {
-            refuse(
-                errors,
-                format!("{at}.tls.insecureSkipVerify"),
-                "upstream certificates are always verified",
-            );
+                "needs caCertificates",
+            ));
         }
         if mode == "MUTUAL" && (tls.client_certificate.is_none() || tls.private_key.is_none()) {
             errors.push(FieldError::new(
@@ -1404,12 +1400,11 @@ fn check_gateway(gw: &Gateway, errors: &mut Vec<FieldError>) {
                     &format!("`{other}` (SIMPLE and MUTUAL are)"),
                 ),
             }
-            if !tls.subject_alt_names.is_empty() {
-                refuse(
-                    errors,
+            if !tls.subject_alt_names.is_empty() && mode != "MUTUAL" {
+                errors.push(FieldError::new(
                     format!("{at}.tls.subjectAltNames"),
-                    "client SAN verification",
-                );
+                    "client names are checked only with mode MUTUAL",
+                ));
             }
             if !tls.cipher_suites.is_empty() {
                 refuse(

@@ -211,10 +211,12 @@ fn upstream_tls(tls: &ClientTls, sni: &str) -> Option<Value> {
         return None;
     }
     let mut common = Map::new();
-    if let Some(ca) = &tls.ca_certificates {
+    // `insecureSkipVerify` drops the whole validation context: any certificate is accepted.
+    let verify = tls.insecure_skip_verify != Some(true);
+    if let Some(ca) = tls.ca_certificates.as_ref().filter(|_| verify) {
         common.insert(
             "validation_context".into(),
-            json!({"trusted_ca": {"filename": ca}}),
+            validation_context(ca, &tls.subject_alt_names),
         );
     }
     if mode == "MUTUAL" {
@@ -233,6 +235,20 @@ fn upstream_tls(tls: &ClientTls, sni: &str) -> Option<Value> {
             "common_tls_context": Value::Object(common),
         }
     }))
+}
+
+/// Envoy's `CertificateValidationContext` for Istio's `caCertificates` and `subjectAltNames`
+/// (any name type, exact match), upstream and downstream alike.
+pub(crate) fn validation_context(ca: &str, subject_alt_names: &[String]) -> Value {
+    let mut vc = json!({"trusted_ca": {"filename": ca}});
+    if !subject_alt_names.is_empty() {
+        let names: Vec<Value> = subject_alt_names
+            .iter()
+            .map(|n| json!({"exact": n}))
+            .collect();
+        vc["match_subject_alt_names"] = Value::Array(names);
+    }
+    vc
 }
 
 /// A locality string `region/zone/subzone` as Envoy's `Locality`.
@@ -429,4 +445,74 @@ pub fn clusters(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_config::istio::{parse_text, Parsed};
+
+    fn tls_of(dr_tls: &str) -> Value {
+        let text = format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: api}}
+spec:
+  hosts: [api.example.com]
+  ports: [{{number: 443, name: https, protocol: HTTPS}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: api}}
+spec:
+  host: api.example.com
+  trafficPolicy:
+    tls: {dr_tls}
+"
+        );
+        let resources: Vec<Resource> = parse_text("t.yaml", &text)
+            .unwrap()
+            .into_iter()
+            .filter_map(|p| match p {
+                Parsed::Istio(r) => Some(*r),
+                _ => None,
+            })
+            .collect();
+        let registry = Registry::build(&resources);
+        let set = clusters(&resources, &registry, &mut Vec::new());
+        let cluster = set
+            .clusters
+            .get("outbound|443||api.example.com")
+            .unwrap_or_else(|| panic!("{:?}", set.clusters.keys()));
+        cluster["transport_socket"]["typed_config"].clone()
+    }
+
+    #[test]
+    fn subject_alt_names_become_envoy_san_matchers() {
+        let tc = tls_of(
+            "{mode: SIMPLE, caCertificates: /ca.pem, subjectAltNames: [api.example.com, spiffe://td/ns/a/sa/b]}",
+        );
+        assert_eq!(tc["sni"], "api.example.com");
+        assert_eq!(
+            tc["common_tls_context"]["validation_context"],
+            json!({"trusted_ca": {"filename": "/ca.pem"}, "match_subject_alt_names": [
+                {"exact": "api.example.com"}, {"exact": "spiffe://td/ns/a/sa/b"}]})
+        );
+    }
+
+    #[test]
+    fn insecure_skip_verify_drops_the_validation_context() {
+        let tc = tls_of("{mode: SIMPLE, caCertificates: /ca.pem, insecureSkipVerify: true}");
+        assert!(
+            tc["common_tls_context"].get("validation_context").is_none(),
+            "{tc}"
+        );
+        let tc = tls_of("{mode: SIMPLE, caCertificates: /ca.pem}");
+        assert_eq!(
+            tc["common_tls_context"]["validation_context"]["trusted_ca"]["filename"],
+            "/ca.pem"
+        );
+    }
 }

@@ -470,7 +470,7 @@ fn downstream_tls(t: &sluice_config::istio::ServerTls) -> Value {
     if let (true, Some(ca)) = (mutual, &t.ca_certificates) {
         common.insert(
             "validation_context".into(),
-            json!({"trusted_ca": {"filename": ca}}),
+            crate::cluster_translate::validation_context(ca, &t.subject_alt_names),
         );
     }
     let mut ctx = Map::new();

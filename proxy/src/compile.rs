@@ -133,7 +133,7 @@ fn regex(v: &Value, path: &str, errors: &mut Errors) -> Option<regex::Regex> {
     }
 }
 
-fn string_matcher(v: &Value, path: &str, errors: &mut Errors) -> Option<StringMatcher> {
+pub(crate) fn string_matcher(v: &Value, path: &str, errors: &mut Errors) -> Option<StringMatcher> {
     let ignore_case = b(v, "ignore_case");
     let kind = if let Some(x) = s(v, "exact") {
         StringMatch::Exact(x.into())

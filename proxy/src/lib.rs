@@ -37,6 +37,7 @@ pub mod http1_codec;
 pub mod matcher;
 pub mod memory;
 pub mod metrics;
+pub mod peer_validation;
 pub mod request_id;
 pub mod route_table;
 pub mod runtime;

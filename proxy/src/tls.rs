@@ -4,13 +4,17 @@
 //! Certificates and keys are PEM, from files or inline; they are read when the configuration is
 //! compiled, so SIGHUP reloads them and a bad file keeps the last good configuration serving.
 //! Supported: `tls_certificates`, `alpn_protocols`, `tls_params` minimum/maximum version (TLS 1.2,
-//! 1.3), `validation_context.trusted_ca` with `require_client_certificate` (mTLS), and the
-//! upstream `sni`. Upstream TLS always verifies the server against `trusted_ca`.
+//! 1.3), `validation_context.trusted_ca` with `require_client_certificate` (mTLS),
+//! `validation_context.match_typed_subject_alt_names` / `match_subject_alt_names`, and the
+//! upstream `sni`. Peer certificates are checked as Envoy checks them ([`crate::peer_validation`]):
+//! upstream, against `trusted_ca` when one is given and never against the server name.
 
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -18,6 +22,7 @@ use serde_json::Value;
 use sluice_config::FieldError;
 
 use crate::data_source;
+use crate::peer_validation::{DownstreamVerifier, SanMatchers, UpstreamVerifier};
 
 const DOWNSTREAM_TLS: &str = "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
 const UPSTREAM_TLS: &str = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
@@ -102,11 +107,8 @@ fn private_key(pem: &[u8], path: &str) -> Result<PrivateKeyDer<'static>, FieldEr
         .map_err(|e| FieldError::new(path, format!("invalid PEM private key: {e}")))
 }
 
-/// The first `tls_certificates` entry: chain and key.
-fn identity(
-    common: &Value,
-    path: &str,
-) -> Result<Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>, FieldError> {
+/// The first `tls_certificates` entry: chain and key, checked to belong together.
+fn identity(common: &Value, path: &str) -> Result<Option<SingleCertAndKey>, FieldError> {
     let Some(first) = common
         .get("tls_certificates")
         .and_then(Value::as_array)
@@ -139,24 +141,80 @@ fn identity(
         &data_source::read(key_src, &format!("{cpath}.private_key"))?,
         &format!("{cpath}.private_key"),
     )?;
-    Ok(Some((chain, key)))
+    certified_key(chain, key, &cpath).map(Some)
 }
 
-fn trusted_roots(common: &Value, path: &str) -> Result<Option<RootCertStore>, FieldError> {
-    let Some(ca) = common
-        .get("validation_context")
-        .and_then(|v| v.get("trusted_ca"))
-    else {
-        return Ok(None);
+/// A chain and its private key, with the key checked against the certificate's public key.
+///
+/// rustls's own check parses the certificate with webpki, which refuses X.509 v1 certificates;
+/// Envoy serves those (self-signed v1 certificates are common in examples), so those are read
+/// with x509-parser instead.
+fn certified_key(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    path: &str,
+) -> Result<SingleCertAndKey, FieldError> {
+    let signing = provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| FieldError::new(format!("{path}.private_key"), e.to_string()))?;
+    let spki = signing.public_key().map(|k| k.as_ref().to_vec());
+    let ck = CertifiedKey::new(chain, signing);
+    let mismatch = || {
+        FieldError::new(
+            format!("{path}.private_key"),
+            "the private key does not match the certificate",
+        )
     };
-    let cpath = format!("{path}.validation_context.trusted_ca");
+    match ck.keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+        Err(rustls::Error::InconsistentKeys(_)) => return Err(mismatch()),
+        Err(_) => {
+            let bad_cert = |e: String| {
+                FieldError::new(
+                    format!("{path}.certificate_chain"),
+                    format!("invalid certificate: {e}"),
+                )
+            };
+            let der = ck.end_entity_cert().map_err(|e| bad_cert(e.to_string()))?;
+            let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+                .map_err(|e| bad_cert(e.to_string()))?;
+            if spki.is_some_and(|k| k != cert.public_key().raw) {
+                return Err(mismatch());
+            }
+        }
+    }
+    Ok(SingleCertAndKey::from(ck))
+}
+
+/// `validation_context`: the trusted roots (if any) and the subject-alternative-name matchers.
+fn validation(
+    common: &Value,
+    path: &str,
+) -> Result<(Option<Arc<RootCertStore>>, SanMatchers), FieldError> {
+    let Some(vc) = common.get("validation_context") else {
+        return Ok((None, SanMatchers::default()));
+    };
+    let vpath = format!("{path}.validation_context");
+    let sans = SanMatchers::from_config(vc, &vpath)?;
+    let Some(ca) = vc.get("trusted_ca") else {
+        if !sans.is_empty() {
+            // Envoy refuses this too: names alone prove nothing without a chain to trust.
+            return Err(FieldError::new(
+                format!("{vpath}.trusted_ca"),
+                "required when subject alternative names are matched",
+            ));
+        }
+        return Ok((None, sans));
+    };
+    let cpath = format!("{vpath}.trusted_ca");
     let mut roots = RootCertStore::empty();
     for cert in certificate_chain(&data_source::read(ca, &cpath)?, &cpath)? {
         roots
             .add(cert)
             .map_err(|e| FieldError::new(&cpath, format!("invalid CA certificate: {e}")))?;
     }
-    Ok(Some(roots))
+    Ok((Some(Arc::new(roots)), sans))
 }
 
 fn alpn(common: &Value) -> Vec<Vec<u8>> {
@@ -179,7 +237,7 @@ pub fn server_config(socket: &Value, path: &str) -> Result<Arc<ServerConfig>, Fi
     let empty = Value::Null;
     let common = tc.get("common_tls_context").unwrap_or(&empty);
     let cpath = format!("{tpath}.common_tls_context");
-    let (chain, key) = identity(common, &cpath)?.ok_or_else(|| {
+    let identity = identity(common, &cpath)?.ok_or_else(|| {
         FieldError::new(
             format!("{cpath}.tls_certificates"),
             "a certificate is required",
@@ -192,9 +250,9 @@ pub fn server_config(socket: &Value, path: &str) -> Result<Arc<ServerConfig>, Fi
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&versions(common, &cpath)?)
         .map_err(|e| FieldError::new(&cpath, e.to_string()))?;
-    let builder = match trusted_roots(common, &cpath)? {
-        Some(roots) => {
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+    let builder = match validation(common, &cpath)? {
+        (Some(roots), sans) => {
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider());
             let verifier = if require {
                 verifier
             } else {
@@ -203,19 +261,22 @@ pub fn server_config(socket: &Value, path: &str) -> Result<Arc<ServerConfig>, Fi
             let verifier = verifier
                 .build()
                 .map_err(|e| FieldError::new(&cpath, e.to_string()))?;
+            let verifier: Arc<dyn ClientCertVerifier> = if sans.is_empty() {
+                verifier
+            } else {
+                Arc::new(DownstreamVerifier::new(verifier, sans))
+            };
             builder.with_client_cert_verifier(verifier)
         }
-        None if require => {
+        (None, _) if require => {
             return Err(FieldError::new(
                 format!("{tpath}.require_client_certificate"),
                 "needs common_tls_context.validation_context.trusted_ca",
             ))
         }
-        None => builder.with_no_client_auth(),
+        (None, _) => builder.with_no_client_auth(),
     };
-    let mut config = builder
-        .with_single_cert(chain, key)
-        .map_err(|e| FieldError::new(format!("{cpath}.tls_certificates[0]"), e.to_string()))?;
+    let mut config = builder.with_cert_resolver(Arc::new(identity));
     config.alpn_protocols = alpn(common);
     Ok(Arc::new(config))
 }
@@ -224,7 +285,7 @@ pub fn server_config(socket: &Value, path: &str) -> Result<Arc<ServerConfig>, Fi
 #[derive(Debug, Clone)]
 pub struct UpstreamTls {
     pub config: Arc<ClientConfig>,
-    /// Server name sent and verified (`sni`); endpoints are verified by IP address without it.
+    /// Server name sent (`sni`). As in Envoy, it is not compared with the certificate.
     pub sni: Option<ServerName<'static>>,
 }
 
@@ -235,20 +296,21 @@ pub fn client_config(socket: &Value, path: &str, h2: bool) -> Result<UpstreamTls
     let empty = Value::Null;
     let common = tc.get("common_tls_context").unwrap_or(&empty);
     let cpath = format!("{tpath}.common_tls_context");
-    let roots = trusted_roots(common, &cpath)?.ok_or_else(|| {
-        FieldError::new(
-            format!("{cpath}.validation_context.trusted_ca"),
-            "required: Sluice verifies upstream certificates",
-        )
-    })?;
+    let (roots, sans) = validation(common, &cpath)?;
+    if roots.is_none() {
+        tracing::warn!(
+            at = %cpath,
+            "upstream TLS without validation_context.trusted_ca: the server's certificate is \
+             not verified (as in Envoy)"
+        );
+    }
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&versions(common, &cpath)?)
         .map_err(|e| FieldError::new(&cpath, e.to_string()))?
-        .with_root_certificates(roots);
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(UpstreamVerifier::new(roots, sans, provider())));
     let mut config = match identity(common, &cpath)? {
-        Some((chain, key)) => builder
-            .with_client_auth_cert(chain, key)
-            .map_err(|e| FieldError::new(format!("{cpath}.tls_certificates[0]"), e.to_string()))?,
+        Some(identity) => builder.with_client_cert_resolver(Arc::new(identity)),
         None => builder.with_no_client_auth(),
     };
     let mut protocols = alpn(common);
