@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# CPU per request under load shapes that run.sh does not cover: request bodies, a new connection
-# per request, 1,000 connections, 100 KiB responses, and multiplexed h2c. Sluice, HAProxy and
+# CPU per request under load shapes that run.sh does not cover: request bodies (4 KiB and 1 MiB),
+# browser-sized request heads, a new connection per request, 1,000 connections, 100 KiB responses,
+# and h2c multiplexed, uploading and downloading. Sluice, HAProxy and
 # Envoy run one at a time, alternated, each on one worker pinned to CPU 1, with the load generator
 # and the nginx upstreams on CPU 0; a proxy's CPU time (user + system, from /proc/PID/stat) is read
 # before and after a 5 s run and divided by the requests served. Lower is better.
 #   benches/load/shapes.sh [RUN_DIR]   # RUN_DIR: the rendered configs of a run.sh run (its
 #                                      # OUT_DIR/run); default: the newest under target/bench
 #   ROUNDS=2 DURATION=5 SHAPES="get post close c1000 big h2 h2m10 h2m100" PROXIES="sluice haproxy envoy"
+#   (more shapes: hdrs upload h2big h2post)
 # Needs what run.sh needs (wrk, h2load, nginx, haproxy, envoy) and a release build.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
@@ -28,8 +30,25 @@ head -c 102400 /dev/urandom > "$work/big"
 printf 'x%.0s' $(seq 4096) > "$work/body4k"
 printf 'wrk.method = "POST"\nwrk.body = string.rep("x", 4096)\n' > "$work/post.lua"
 printf 'wrk.headers["Connection"] = "close"\n' > "$work/close.lua"
+head -c 65536 /dev/zero | tr '\0' x > "$work/body64k"
+printf 'wrk.method = "POST"\nwrk.body = string.rep("x", 1048576)\n' > "$work/upload.lua"
+# A browser's request head: 14 headers, 1.3 KiB, a 600-byte cookie.
+cat > "$work/hdrs.lua" <<'LUA'
+wrk.headers["User-Agent"] = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"
+wrk.headers["Accept"] = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
+wrk.headers["Accept-Language"] = "en-GB,en;q=0.9,fr;q=0.8"
+wrk.headers["Accept-Encoding"] = "gzip, deflate, br, zstd"
+wrk.headers["Referer"] = "https://shop.example.com/catalogue/items?page=3&sort=price"
+wrk.headers["Cookie"] = "session=" .. string.rep("a", 300) .. "; prefs=" .. string.rep("b", 280)
+wrk.headers["Sec-Fetch-Dest"] = "document"
+wrk.headers["Sec-Fetch-Mode"] = "navigate"
+wrk.headers["Sec-Fetch-Site"] = "same-origin"
+wrk.headers["Sec-Fetch-User"] = "?1"
+wrk.headers["Upgrade-Insecure-Requests"] = "1"
+wrk.headers["Cache-Control"] = "max-age=0"
+LUA
 for u in stable canary; do
-  sed -e "s|location / {|location = /big { alias $work/big; default_type application/octet-stream; }\n        location / {|" \
+  sed -e "s|location / {|client_max_body_size 0;\n        location = /big { alias $work/big; default_type application/octet-stream; }\n        location / {|" \
       -e "s|^pid .*|pid $work/$u.pid;|" "$run/upstream-$u.conf" > "$work/upstream-$u.conf"
   taskset -c 0 nginx -c "$work/upstream-$u.conf" >/dev/null 2>&1 &
   pids+=($!)
@@ -62,6 +81,10 @@ load() { # shape port seconds -> requests served
     close) taskset -c 0 wrk -t1 -c50 -d${d}s -s "$work/close.lua" "$url/" ;;
     c1000) taskset -c 0 wrk -t1 -c1000 -d${d}s "$url/" ;;
     big) taskset -c 0 wrk -t1 -c50 -d${d}s "$url/big" ;;
+    hdrs) taskset -c 0 wrk -t1 -c50 -d${d}s -s "$work/hdrs.lua" "$url/" ;;
+    upload) taskset -c 0 wrk -t1 -c10 -d${d}s -s "$work/upload.lua" "$url/" ;;
+    h2big) taskset -c 0 h2load -t1 -c50 -m1 -D "$d" "$url/big" ;;
+    h2post) taskset -c 0 h2load -t1 -c50 -m1 -D "$d" -d "$work/body64k" "$url/" ;;
     h2) taskset -c 0 h2load -t1 -c50 -m1 -D "$d" "$url/" ;;
     h2m10) taskset -c 0 h2load -t1 -c50 -m10 -D "$d" "$url/" ;;
     # 10 x 100: 1,000 streams in flight, within the default circuit breakers (1,024 requests);
@@ -88,6 +111,10 @@ describe() {
     close) echo "GET, new connection per request (Connection: close), 50 at once" ;;
     c1000) echo "GET, keep-alive, 1,000 connections" ;;
     big) echo "GET of a 100 KiB response, keep-alive, 50 connections" ;;
+    hdrs) echo "GET with a browser's request head (14 headers, 1.3 KiB), 50 connections" ;;
+    upload) echo "POST 1 MiB body, keep-alive, 10 connections" ;;
+    h2big) echo "h2c GET of a 100 KiB response, 50 connections x 1 stream" ;;
+    h2post) echo "h2c POST 64 KiB body, 50 connections x 1 stream" ;;
     h2) echo "h2c, 50 connections x 1 stream (run.sh's h2c load)" ;;
     h2m10) echo "h2c, 50 connections x 10 concurrent streams" ;;
     h2m100) echo "h2c, 10 connections x 100 concurrent streams" ;;
