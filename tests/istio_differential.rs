@@ -1,8 +1,8 @@
 //! Differential: one `sluice control` translating a set of Istio resources that exercise many
 //! VirtualService features, served at once to real Envoy 1.40 (gateway on 127.0.0.2) and to
 //! `sluice proxy` (gateway on 127.0.0.1). Every request goes through both; status, the upstream
-//! reached, the method, path and host it saw, chosen headers, redirect locations and direct
-//! response bodies must be identical.
+//! reached, the method, path and host it saw, chosen headers, redirect locations, direct
+//! response bodies and fault injection (abort and delay) must be identical.
 
 mod support;
 
@@ -85,6 +85,14 @@ spec:
   - name: header-prefix
     match: [{headers: {x-user: {prefix: beta-}}}]
     route: [{destination: {host: web, subset: v2}}]
+  - name: fault-abort
+    match: [{uri: {prefix: /ratings}, headers: {end-user: {exact: jason}}}]
+    fault: {abort: {httpStatus: 500, percentage: {value: 100}}}
+    route: [{destination: {host: web, subset: v1}}]
+  - name: fault-delay
+    match: [{uri: {prefix: /slow}}]
+    fault: {delay: {fixedDelay: 0.2s, percentage: {value: 100}}}
+    route: [{destination: {host: web, subset: v2}}]
   - name: default
     route: [{destination: {host: web, subset: v1}}]
 ---
@@ -153,6 +161,19 @@ async fn envoy_and_sluice_route_the_same_istio_config_identically() {
         ("GET", "shop.example.com:80", "/", &[]),
         ("GET", "api.internal.example.com", "/", &[]),
         ("GET", "unknown.example.com", "/", &[]),
+        (
+            "GET",
+            "shop.example.com",
+            "/ratings",
+            &[("end-user", "jason")],
+        ),
+        (
+            "GET",
+            "shop.example.com",
+            "/ratings",
+            &[("end-user", "mia")],
+        ),
+        ("GET", "shop.example.com", "/slow", &[]),
     ];
     let client = client_h1();
     let mut mismatches = Vec::new();
@@ -167,12 +188,15 @@ async fn envoy_and_sluice_route_the_same_istio_config_identically() {
             for (k, v) in *headers {
                 b = b.header(*k, *v);
             }
+            let t = std::time::Instant::now();
             let r = send(
                 &client,
                 b.body(http_body_util::Full::new(bytes::Bytes::new()))
                     .unwrap(),
             )
             .await;
+            // Envoy's timers may fire a little early against a client's clock.
+            let delayed = t.elapsed() >= Duration::from_millis(150);
             let seen = r.json();
             let h = |name: &str| {
                 r.headers
@@ -202,6 +226,7 @@ async fn envoy_and_sluice_route_the_same_istio_config_identically() {
                 "location": h("location"),
                 "x-resp": h("x-resp"),
                 "body": if seen.is_null() { String::from_utf8_lossy(&r.body).to_string() } else { String::new() },
+                "delayed": delayed,
             }));
         }
         envoy_outcomes.push(outcomes[0].clone());
@@ -232,8 +257,11 @@ async fn envoy_and_sluice_route_the_same_istio_config_identically() {
         (7, "path", "/list/of/cart"),
         (9, "location", "http://new.example.com/landing"),
         (10, "body", "short and stout"),
-        (11, "upstream", "v2"), // header prefix
-        (14, "upstream", "v2"), // wildcard host
+        (11, "upstream", "v2"),             // header prefix
+        (14, "upstream", "v2"),             // wildcard host
+        (16, "body", "fault filter abort"), // Istio fault abort for end-user jason
+        (17, "upstream", "v1"),
+        (18, "upstream", "v2"), // after the fault delay
     ];
     for (i, field, want) in expect {
         let got = &envoy_outcomes[*i][*field];
@@ -245,5 +273,8 @@ async fn envoy_and_sluice_route_the_same_istio_config_identically() {
         );
     }
     assert_eq!(envoy_outcomes[10]["status"], 418);
+    assert_eq!(envoy_outcomes[16]["status"], 500);
+    assert_eq!(envoy_outcomes[18]["delayed"], true);
+    assert_eq!(envoy_outcomes[17]["delayed"], false);
     assert_eq!(envoy_outcomes[9]["status"], 308);
 }

@@ -65,13 +65,22 @@ pub const SUPPORTED: &[&str] = &[
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter: name typed_config",
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig: upgrade_type enabled",
     "envoy.extensions.filters.http.router.v3.Router: suppress_envoy_headers ~dynamic_stats ~start_child_span",
+    // Fault injection (filter, and per route / virtual host). The runtime keys only name where a
+    // runtime override would come from; Sluice has no runtime layer, so the configured values hold.
+    "envoy.extensions.filters.http.fault.v3.HTTPFault: delay abort upstream_cluster headers downstream_nodes max_active_faults \
+        ~delay_percent_runtime ~abort_percent_runtime ~delay_duration_runtime ~abort_http_status_runtime \
+        ~max_active_faults_runtime ~abort_grpc_status_runtime ~disable_downstream_cluster_stats",
+    "envoy.extensions.filters.common.fault.v3.FaultDelay: fixed_delay header_delay percentage",
+    "envoy.extensions.filters.common.fault.v3.FaultDelay.HeaderDelay: ",
+    "envoy.extensions.filters.http.fault.v3.FaultAbort: http_status grpc_status header_abort percentage",
+    "envoy.extensions.filters.http.fault.v3.FaultAbort.HeaderAbort: ",
     "envoy.config.core.v3.HttpProtocolOptions: idle_timeout ~max_headers_count",
     "envoy.config.core.v3.Http1ProtocolOptions: accept_http_10",
     "envoy.config.core.v3.Http2ProtocolOptions: max_concurrent_streams initial_stream_window_size initial_connection_window_size",
     // Routes
     "envoy.config.route.v3.RouteConfiguration: name virtual_hosts ignore_port_in_host_matching request_headers_to_add request_headers_to_remove response_headers_to_add response_headers_to_remove validate_clusters",
-    "envoy.config.route.v3.VirtualHost: name domains routes request_headers_to_add request_headers_to_remove response_headers_to_add response_headers_to_remove",
-    "envoy.config.route.v3.Route: name match route redirect direct_response request_headers_to_add request_headers_to_remove response_headers_to_add response_headers_to_remove ~metadata ~decorator",
+    "envoy.config.route.v3.VirtualHost: name domains routes request_headers_to_add request_headers_to_remove response_headers_to_add response_headers_to_remove typed_per_filter_config",
+    "envoy.config.route.v3.Route: name match route redirect direct_response request_headers_to_add request_headers_to_remove response_headers_to_add response_headers_to_remove typed_per_filter_config ~metadata ~decorator",
     "envoy.config.route.v3.RouteMatch: prefix path safe_regex path_separated_prefix case_sensitive headers query_parameters runtime_fraction grpc",
     "envoy.config.route.v3.RouteMatch.GrpcRouteMatchOptions: ",
     "envoy.config.route.v3.HeaderMatcher: name exact_match safe_regex_match present_match prefix_match suffix_match contains_match string_match invert_match treat_missing_header_as_empty",

@@ -16,6 +16,7 @@ use serde_json::Value;
 use sluice_config::FieldError;
 
 use crate::cluster::{Breakers, Cluster, Discovery, DnsFamily, EndpointSpec, LbPolicy};
+use crate::fault::FaultConfig;
 use crate::hash_policy::{HashPolicy, HashSource};
 use crate::header_ops::{AppendAction, HeaderAdd, HeaderOps, HeaderTemplate};
 use crate::matcher::{
@@ -36,6 +37,7 @@ use crate::weighted_pick::WeightedPick;
 const HCM_TYPE: &str =
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const ROUTER_TYPE: &str = "envoy.extensions.filters.http.router.v3.Router";
+const FAULT_TYPE: &str = "envoy.extensions.filters.http.fault.v3.HTTPFault";
 const UPSTREAM_HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
 /// Envoy's default route timeout.
@@ -644,6 +646,91 @@ fn direct_response(v: &Value, path: &str, errors: &mut Errors) -> Option<DirectR
     Some(DirectResponse { status, body })
 }
 
+fn type_name(v: &Value) -> &str {
+    s(v, "@type")
+        .map(|t| t.rsplit('/').next().unwrap_or(""))
+        .unwrap_or("")
+}
+
+/// An `HTTPFault` (the fault filter's configuration, or a route's override).
+fn fault_config(v: &Value, path: &str, errors: &mut Errors) -> Option<FaultConfig> {
+    use crate::fault::{AbortSource, DelaySource, FaultAbort, FaultDelay};
+    let before = errors.len();
+    let percentage = |x: &Value| get(x, "percentage").map(fraction).unwrap_or((0, 100));
+    let delay = get(v, "delay").map(|d| FaultDelay {
+        source: if get(d, "header_delay").is_some() {
+            DelaySource::Header
+        } else {
+            DelaySource::Fixed(dur(d, "fixed_delay").unwrap_or_default())
+        },
+        percentage: percentage(d),
+    });
+    let abort = get(v, "abort").and_then(|a| {
+        let source = if get(a, "header_abort").is_some() {
+            AbortSource::Header
+        } else if let Some(g) = u(a, "grpc_status") {
+            AbortSource::Grpc(g as u32)
+        } else {
+            let code = u(a, "http_status").unwrap_or(0);
+            match u16::try_from(code)
+                .ok()
+                .filter(|c| (200..600).contains(c))
+                .and_then(|c| StatusCode::from_u16(c).ok())
+            {
+                Some(c) => AbortSource::Http(c),
+                None => {
+                    errors.push(FieldError::new(
+                        format!("{path}.abort.http_status"),
+                        format!("{code} is not in [200, 600)"),
+                    ));
+                    return None;
+                }
+            }
+        };
+        Some(FaultAbort {
+            source,
+            percentage: percentage(a),
+        })
+    });
+    let headers = arr(v, "headers")
+        .iter()
+        .enumerate()
+        .filter_map(|(i, h)| header_matcher(h, &format!("{path}.headers[{i}]"), errors))
+        .collect();
+    if errors.len() > before {
+        return None;
+    }
+    Some(FaultConfig {
+        delay,
+        abort,
+        upstream_cluster: s(v, "upstream_cluster")
+            .filter(|c| !c.is_empty())
+            .map(str::to_string),
+        headers,
+        downstream_nodes: arr(v, "downstream_nodes")
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect(),
+        max_active_faults: u(v, "max_active_faults"),
+    })
+}
+
+/// A route's or virtual host's fault override from `typed_per_filter_config`.
+fn fault_override(v: &Value, path: &str, errors: &mut Errors) -> Option<Arc<FaultConfig>> {
+    let map = get(v, "typed_per_filter_config")?.as_object()?;
+    map.iter()
+        .find(|(_, c)| type_name(c) == FAULT_TYPE)
+        .and_then(|(name, c)| {
+            fault_config(
+                c,
+                &format!("{path}.typed_per_filter_config[\"{name}\"]"),
+                errors,
+            )
+        })
+        .map(Arc::new)
+}
+
 fn route(v: &Value, path: &str, res: &ClusterResolver<'_>, errors: &mut Errors) -> Option<Route> {
     let before = errors.len();
     let matcher = route_match(
@@ -666,6 +753,7 @@ fn route(v: &Value, path: &str, res: &ClusterResolver<'_>, errors: &mut Errors) 
     };
     let request_headers = request_ops(v, path, errors);
     let response_headers = response_ops(v, path, errors);
+    let fault = fault_override(v, path, errors);
     if errors.len() > before {
         return None;
     }
@@ -675,6 +763,7 @@ fn route(v: &Value, path: &str, res: &ClusterResolver<'_>, errors: &mut Errors) 
         action: action?,
         request_headers,
         response_headers,
+        fault,
     })
 }
 
@@ -713,6 +802,7 @@ pub fn route_table(v: &Value, path: &str, res: &ClusterResolver<'_>) -> Result<R
             routes,
             request_headers: request_ops(vh, &vpath, &mut errors),
             response_headers: response_ops(vh, &vpath, &mut errors),
+            fault: fault_override(vh, &vpath, &mut errors),
         });
     }
     let selector = match VhostSelector::new(domains.iter().map(|(d, i)| (d.as_str(), *i))) {
@@ -1054,6 +1144,7 @@ fn hcm(
             "the router filter is required",
         ));
     }
+    let mut fault = None;
     for (i, f) in filters.iter().enumerate() {
         let fpath = format!("{path}.http_filters[{i}]");
         let ty = get(f, "typed_config")
@@ -1063,7 +1154,15 @@ fn hcm(
             Some(t) => t == ROUTER_TYPE,
             None => s(f, "name") == Some("envoy.filters.http.router"),
         };
-        if !is_router {
+        let is_fault = match ty {
+            Some(t) => t == FAULT_TYPE,
+            None => s(f, "name") == Some("envoy.filters.http.fault"),
+        };
+        if is_fault {
+            let empty = Value::Object(Default::default());
+            let config = get(f, "typed_config").unwrap_or(&empty);
+            fault = fault_config(config, &p(&fpath, "typed_config"), errors).map(Arc::new);
+        } else if !is_router {
             errors.push(FieldError::new(
                 fpath,
                 format!("http filter `{}` not supported", s(f, "name").unwrap_or("")),
@@ -1134,6 +1233,7 @@ fn hcm(
         http2,
         websocket,
         suppress_envoy_headers,
+        fault,
         server_name: HeaderValue::from_str(server_name)
             .unwrap_or(HeaderValue::from_static("envoy")),
         server_header: match s(v, "server_header_transformation") {
@@ -1309,6 +1409,21 @@ pub fn bootstrap(
     version: u64,
 ) -> Result<Snapshot, Errors> {
     let mut errors = Vec::new();
+    // Runtime layers are accepted but not read: say so where they could change routing.
+    if let Some(layers) = get(v, "layered_runtime").map(|r| arr(r, "layers")) {
+        for (i, layer) in layers.iter().enumerate() {
+            let kind = ["static_layer", "disk_layer", "rtds_layer"]
+                .into_iter()
+                .find(|k| get(layer, k).is_some_and(|l| l != &Value::Object(Default::default())));
+            if let Some(kind) = kind {
+                tracing::warn!(
+                    at = %format!("layered_runtime.layers[{i}].{kind}"),
+                    "runtime layers are not read: runtime keys (route runtime_fraction, fault \
+                     percentages) keep their configured values"
+                );
+            }
+        }
+    }
     let node = get(v, "node").cloned().unwrap_or(Value::Null);
     let identity = Identity::from_node(&node, options.service_cluster.as_deref());
     let sr = get(v, "static_resources").cloned().unwrap_or(Value::Null);

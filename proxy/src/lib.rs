@@ -27,6 +27,7 @@ pub mod demo_upstream;
 pub mod downstream_h2;
 pub mod downstream_http1;
 pub mod edge;
+pub mod fault;
 pub mod h2_frame;
 pub mod hash_policy;
 pub mod hash_ring;

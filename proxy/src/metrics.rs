@@ -41,6 +41,10 @@ pub struct Metrics {
     pub downstream_rq_total: IntCounterVec,
     pub downstream_rq_xx: IntCounterVec,
     pub downstream_cx_active: IntGaugeVec,
+    pub fault_delays_injected: IntCounterVec,
+    pub fault_aborts_injected: IntCounterVec,
+    pub fault_faults_overflow: IntCounterVec,
+    pub fault_active_faults: IntGaugeVec,
     pub upstream_rq_total: IntCounterVec,
     pub upstream_rq: IntCounterVec,
     pub upstream_rq_time: HistogramVec,
@@ -101,6 +105,14 @@ impl Metrics {
             hcm,
         )?;
         r.register(Box::new(downstream_cx_active.clone()))?;
+        let fault_active_faults = IntGaugeVec::new(
+            Opts::new(
+                "envoy_http_fault_active_faults",
+                "Requests with an injected fault in progress",
+            ),
+            hcm,
+        )?;
+        r.register(Box::new(fault_active_faults.clone()))?;
         let config_reload_total = IntCounter::new(
             "sluice_config_reload_total",
             "Configuration reloads applied",
@@ -133,6 +145,25 @@ impl Metrics {
                 ],
             )?,
             downstream_cx_active,
+            fault_delays_injected: counter_vec(
+                &r,
+                "envoy_http_fault_delays_injected",
+                "Requests delayed by the fault filter",
+                hcm,
+            )?,
+            fault_aborts_injected: counter_vec(
+                &r,
+                "envoy_http_fault_aborts_injected",
+                "Requests aborted by the fault filter",
+                hcm,
+            )?,
+            fault_faults_overflow: counter_vec(
+                &r,
+                "envoy_http_fault_faults_overflow",
+                "Faults not injected because max_active_faults were active",
+                hcm,
+            )?,
+            fault_active_faults,
             upstream_rq_total: counter_vec(
                 &r,
                 "envoy_cluster_upstream_rq_total",
@@ -288,6 +319,11 @@ pub struct HcmStats {
     /// Index 0..5 = 1xx..5xx.
     pub rq_xx: [IntCounter; 5],
     pub cx_active: IntGauge,
+    /// The fault filter's `http.<prefix>.fault.*`.
+    pub fault_delays: IntCounter,
+    pub fault_aborts: IntCounter,
+    pub fault_overflow: IntCounter,
+    pub fault_active: IntGauge,
 }
 
 impl HcmStats {
@@ -298,6 +334,10 @@ impl HcmStats {
             rq_total: m.downstream_rq_total.with_label_values(&[prefix]),
             rq_xx: [xx("1"), xx("2"), xx("3"), xx("4"), xx("5")],
             cx_active: m.downstream_cx_active.with_label_values(&[prefix]),
+            fault_delays: m.fault_delays_injected.with_label_values(&[prefix]),
+            fault_aborts: m.fault_aborts_injected.with_label_values(&[prefix]),
+            fault_overflow: m.fault_faults_overflow.with_label_values(&[prefix]),
+            fault_active: m.fault_active_faults.with_label_values(&[prefix]),
         }
     }
 

@@ -9,6 +9,7 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use regex::Regex;
 
 use crate::cluster::Cluster;
+use crate::fault::FaultConfig;
 use crate::hash_policy::HashPolicy;
 use crate::header_ops::HeaderOps;
 use crate::matcher::{HeaderMatcher, PathMatch, QueryMatcher, RequestView};
@@ -34,6 +35,8 @@ pub struct VirtualHost {
     pub routes: Vec<Route>,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
+    /// The fault filter's configuration for this virtual host (`typed_per_filter_config`).
+    pub fault: Option<Arc<FaultConfig>>,
 }
 
 /// One route: a match and an action.
@@ -44,6 +47,9 @@ pub struct Route {
     pub action: RouteAction,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
+    /// The fault filter's configuration for this route (`typed_per_filter_config`); it replaces
+    /// the virtual host's and the filter's own.
+    pub fault: Option<Arc<FaultConfig>>,
 }
 
 /// `envoy.config.route.v3.RouteMatch`.

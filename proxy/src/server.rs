@@ -21,6 +21,7 @@ use crate::body::{RequestBody, ResponseBody};
 use crate::cluster::{Cluster, PickError};
 use crate::downstream_h2::{self, H2Settings};
 use crate::downstream_http1::{self, Http1Settings};
+use crate::fault::{Abort, FaultConfig, FaultDecision, FaultInput};
 use crate::hash_policy::request_hash;
 use crate::header_ops::{HeaderOps, RequestContext};
 use crate::matcher::RequestView;
@@ -198,6 +199,8 @@ pub enum Flag {
     UpstreamReset,
     UpstreamProtocolError,
     RequestTimeout,
+    FaultInjected,
+    DelayInjected,
 }
 
 impl Flag {
@@ -214,6 +217,8 @@ impl Flag {
             Flag::UpstreamReset => "UC",
             Flag::UpstreamProtocolError => "UPE",
             Flag::RequestTimeout => "DT",
+            Flag::FaultInjected => "FI",
+            Flag::DelayInjected => "DI",
         }
     }
 }
@@ -414,14 +419,16 @@ pub async fn handle(
 /// future: that future is boxed and moved per request, and its size is copied each time.
 fn route_request<'a>(
     req: Request<RequestBody>,
-    ctx: &ListenerContext,
+    ctx: &'a ListenerContext,
     hcm: &'a Arc<HcmConfig>,
     conn: ConnInfo,
 ) -> impl std::future::Future<Output = Response<ResponseBody>> + 'a {
     use futures_util::future::Either;
     match route(req, ctx, hcm, conn) {
         Routed::Respond(r) => Either::Left(std::future::ready(r)),
-        Routed::Forward(x) => Either::Right(x.run()),
+        Routed::Forward(x) => Either::Right(Either::Left(x.run())),
+        // Boxed: a delayed request is rare, and its future must not grow every request's.
+        Routed::Delayed(d) => Either::Right(Either::Right(Box::pin(d.run(ctx)))),
     }
 }
 
@@ -430,6 +437,202 @@ enum Routed<'a> {
     /// A response made here (direct response, redirect, or a local error reply).
     Respond(Response<ResponseBody>),
     Forward(Exchange<'a>),
+    /// A fault delay first (`envoy.filters.http.fault`).
+    Delayed(Box<Delayed<'a>>),
+}
+
+/// A request the fault filter holds for `delay`, then aborts or forwards.
+struct Delayed<'a> {
+    delay: std::time::Duration,
+    abort: Option<Abort>,
+    req: Request<RequestBody>,
+    hcm: &'a Arc<HcmConfig>,
+    hit: RouteHit<'a>,
+    f: &'a ForwardAction,
+    conn: ConnInfo,
+    rctx: RequestContext<'a>,
+    new_id: Option<HeaderValue>,
+    random: u64,
+    cluster: Arc<Cluster>,
+    start: Instant,
+    _active: ActiveFault,
+}
+
+impl<'a> Delayed<'a> {
+    async fn run(self, ctx: &'a ListenerContext) -> Response<ResponseBody> {
+        tokio::time::sleep(self.delay).await;
+        let grpc = is_grpc(self.req.headers());
+        if let Some(abort) = self.abort {
+            return fault_abort(self.hcm, &self.cluster, abort, grpc, self.start);
+        }
+        match prepare_forward(
+            self.req,
+            ctx,
+            self.hcm,
+            self.hit,
+            self.f,
+            self.conn,
+            self.rctx,
+            self.new_id,
+            self.random,
+            self.start,
+            Flag::DelayInjected,
+        ) {
+            Ok(x) => x.run().await,
+            Err(r) => r,
+        }
+    }
+}
+
+/// One fault in progress, counted in `active_faults` (for `max_active_faults`) while it lives.
+struct ActiveFault(prometheus::IntGauge);
+
+impl ActiveFault {
+    fn new(gauge: &prometheus::IntGauge) -> Self {
+        gauge.inc();
+        ActiveFault(gauge.clone())
+    }
+}
+
+impl Drop for ActiveFault {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// What route matching reads of a request, borrowed; `host` as prepared for matching.
+fn request_view<'r>(req: &'r Request<RequestBody>, host: &'r str, secure: bool) -> RequestView<'r> {
+    RequestView {
+        method: req.method().as_str(),
+        scheme: if secure { "https" } else { "http" },
+        authority: host,
+        path: req.uri().path(),
+        query: req.uri().query().unwrap_or(""),
+        path_and_query: req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/"),
+        headers: req.headers(),
+    }
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// The fault filter's answer: the status with body `fault filter abort`, or a gRPC status in a
+/// trailers-only response; counted with flag `FI` for the route's cluster.
+fn fault_abort(
+    hcm: &HcmConfig,
+    cluster: &Cluster,
+    abort: Abort,
+    grpc: bool,
+    start: Instant,
+) -> Response<ResponseBody> {
+    hcm.stats.fault_aborts.inc();
+    match abort {
+        Abort::Http(status) => {
+            record(cluster, status.as_u16(), grpc, Flag::FaultInjected, start);
+            local_reply(hcm, status, "fault filter abort")
+        }
+        Abort::Grpc(code) => {
+            record(cluster, 200, true, Flag::FaultInjected, start);
+            let mut resp = local_response(StatusCode::OK, bytes::Bytes::new());
+            let h = resp.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            h.insert("grpc-status", HeaderValue::from(code));
+            h.insert(
+                "grpc-message",
+                HeaderValue::from_static("fault filter abort"),
+            );
+            set_server(hcm, resp.headers_mut());
+            resp
+        }
+    }
+}
+
+/// Apply the fault filter to a forwarded request: `Err` gives the request back unchanged.
+// Both variants are large and moved once; boxing either would allocate.
+#[allow(clippy::too_many_arguments, clippy::result_large_err)]
+fn inject_fault<'a>(
+    fault: &FaultConfig,
+    req: Request<RequestBody>,
+    view_host: &str,
+    ctx: &ListenerContext,
+    hcm: &'a Arc<HcmConfig>,
+    hit: RouteHit<'a>,
+    f: &'a ForwardAction,
+    conn: ConnInfo,
+    rctx: RequestContext<'a>,
+    new_id: Option<HeaderValue>,
+    random: u64,
+) -> Result<Routed<'a>, Request<RequestBody>> {
+    // The cluster the router will pick: the same random value and hash give the same choice.
+    let snapshot = ctx.snapshot.load();
+    let hash = (!f.hash_policy.is_empty())
+        .then(|| {
+            request_hash(
+                &f.hash_policy,
+                req.headers(),
+                req.uri().query().unwrap_or(""),
+                conn.remote.ip(),
+            )
+        })
+        .flatten();
+    let (cluster, _) = choose_cluster(f, &snapshot, req.headers(), hash, random);
+    let decision = {
+        let view = request_view(&req, view_host, conn.secure);
+        fault.decide(&FaultInput {
+            view: &view,
+            cluster: cluster.as_ref().map(|c| c.name.as_str()),
+            active: hcm.stats.fault_active.get().max(0) as u64,
+            random: [fast_random(), fast_random()],
+        })
+    };
+    let plan = match decision {
+        FaultDecision::None => return Err(req),
+        FaultDecision::Overflow => {
+            hcm.stats.fault_overflow.inc();
+            return Err(req);
+        }
+        FaultDecision::Inject(plan) => plan,
+    };
+    // Without a cluster there is nothing to count against; the router answers as usual.
+    let Some(cluster) = cluster else {
+        return Err(req);
+    };
+    let start = Instant::now();
+    let Some(delay) = plan.delay else {
+        let abort = plan.abort.unwrap_or(Abort::Http(StatusCode::OK));
+        let _active = ActiveFault::new(&hcm.stats.fault_active);
+        let grpc = is_grpc(req.headers());
+        return Ok(Routed::Respond(fault_abort(
+            hcm, &cluster, abort, grpc, start,
+        )));
+    };
+    hcm.stats.fault_delays.inc();
+    Ok(Routed::Delayed(Box::new(Delayed {
+        delay,
+        abort: plan.abort,
+        _active: ActiveFault::new(&hcm.stats.fault_active),
+        req,
+        hcm,
+        hit,
+        f,
+        conn,
+        rctx,
+        new_id,
+        random,
+        cluster,
+        start,
+    })))
 }
 
 fn route<'a>(
@@ -442,20 +645,7 @@ fn route<'a>(
     let raw_host = request_authority(req.uri(), req.headers());
     let mut buf = String::new();
     let host = match_host(raw_host, hcm, ctx.local.port(), &mut buf);
-    let path_and_query = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    let view = RequestView {
-        method: req.method().as_str(),
-        scheme: if conn.secure { "https" } else { "http" },
-        authority: host,
-        path: req.uri().path(),
-        query: req.uri().query().unwrap_or(""),
-        path_and_query,
-        headers: req.headers(),
-    };
+    let view = request_view(&req, host, conn.secure);
     // Envoy regenerates x-request-id for edge requests (use_remote_address) and adds one when
     // missing. One random value per request drives both `runtime_fraction` and the weighted
     // cluster choice, as Envoy's stream random value does (so the two are correlated the same way).
@@ -491,7 +681,52 @@ fn route<'a>(
             Routed::Respond(resp)
         }
         RouteAction::Forward(f) => {
-            prepare_forward(req, ctx, hcm, hit, f, conn, rctx, new_id, random)
+            // The fault filter, when the connection manager has one: the route's configuration,
+            // else the virtual host's, else the filter's own.
+            let req = match hcm.fault.as_ref().map(|own| {
+                hit.route
+                    .fault
+                    .as_ref()
+                    .or(hit.vhost.fault.as_ref())
+                    .unwrap_or(own)
+            }) {
+                Some(fault) if fault.is_active() => {
+                    let host = host.to_string();
+                    match inject_fault(
+                        fault,
+                        req,
+                        &host,
+                        ctx,
+                        hcm,
+                        hit,
+                        f,
+                        conn,
+                        rctx,
+                        new_id.clone(),
+                        random,
+                    ) {
+                        Ok(routed) => return routed,
+                        Err(req) => req,
+                    }
+                }
+                _ => req,
+            };
+            match prepare_forward(
+                req,
+                ctx,
+                hcm,
+                hit,
+                f,
+                conn,
+                rctx,
+                new_id,
+                random,
+                Instant::now(),
+                Flag::None,
+            ) {
+                Ok(x) => Routed::Forward(x),
+                Err(r) => Routed::Respond(r),
+            }
         }
     }
 }
@@ -656,11 +891,14 @@ struct Exchange<'a> {
     grpc: bool,
     upgrade: bool,
     up: Request<RequestBody>,
+    /// `DI` when the fault filter delayed the request.
+    flag: Flag,
 }
 
 /// Pick the cluster and endpoint of a forward action and build the upstream request (headers,
 /// path rewrites, host, mirrors), or answer here when that fails.
-#[allow(clippy::too_many_arguments)]
+// Both variants are large and moved once; boxing either would allocate per request.
+#[allow(clippy::too_many_arguments, clippy::result_large_err)]
 fn prepare_forward<'a>(
     req: Request<RequestBody>,
     ctx: &ListenerContext,
@@ -671,9 +909,10 @@ fn prepare_forward<'a>(
     mut rctx: RequestContext<'a>,
     new_id: Option<HeaderValue>,
     random: u64,
-) -> Routed<'a> {
+    start: Instant,
+    flag: Flag,
+) -> Result<Exchange<'a>, Response<ResponseBody>> {
     let remote = conn.remote;
-    let start = Instant::now();
     let snapshot = ctx.snapshot.load();
     // The request hash (route `hash_policy`) serves both the sticky weighted pick and
     // consistent-hash clusters; it is computed once, and only when the route has a policy.
@@ -692,22 +931,18 @@ fn prepare_forward<'a>(
         let status = f.cluster_not_found_status;
         hcm.unrouted
             .record(status.as_u16(), false, Flag::NoCluster.code(), 0.0);
-        return Routed::Respond(local_reply(hcm, status, ""));
+        return Err(local_reply(hcm, status, ""));
     };
-    let grpc = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"));
+    let grpc = is_grpc(req.headers());
     let upgrade = is_websocket(req.headers());
     if upgrade && !f.websocket.unwrap_or(hcm.websocket) {
-        return Routed::Respond(local_reply(hcm, StatusCode::FORBIDDEN, ""));
+        return Err(local_reply(hcm, StatusCode::FORBIDDEN, ""));
     }
     let (endpoint, active) = match cluster.acquire(hash) {
         Ok(x) => x,
         Err(PickError::NoHealthyUpstream) => {
             record(&cluster, 503, grpc, Flag::NoHealthyUpstream, start);
-            return Routed::Respond(local_reply(
+            return Err(local_reply(
                 hcm,
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no healthy upstream",
@@ -716,7 +951,7 @@ fn prepare_forward<'a>(
         Err(PickError::Overflow) => {
             cluster.stats.rq_pending_overflow.inc();
             record(&cluster, 503, grpc, Flag::UpstreamOverflow, start);
-            return Routed::Respond(local_reply(
+            return Err(local_reply(
                 hcm,
                 StatusCode::SERVICE_UNAVAILABLE,
                 "upstream connect error or disconnect/reset before headers. reset reason: overflow",
@@ -890,7 +1125,7 @@ fn prepare_forward<'a>(
         ),
         Some(p) => match p.parse() {
             Ok(pq) => Some(pq),
-            Err(_) => return Routed::Respond(local_reply(hcm, StatusCode::BAD_REQUEST, "")),
+            Err(_) => return Err(local_reply(hcm, StatusCode::BAD_REQUEST, "")),
         },
     };
     if h2 {
@@ -901,12 +1136,12 @@ fn prepare_forward<'a>(
             .unwrap_or("localhost");
         match auth.parse() {
             Ok(a) => uri_parts.authority = Some(a),
-            Err(_) => return Routed::Respond(local_reply(hcm, StatusCode::BAD_REQUEST, "")),
+            Err(_) => return Err(local_reply(hcm, StatusCode::BAD_REQUEST, "")),
         }
     }
     let uri = match Uri::from_parts(uri_parts) {
         Ok(u) => u,
-        Err(_) => return Routed::Respond(local_reply(hcm, StatusCode::BAD_REQUEST, "")),
+        Err(_) => return Err(local_reply(hcm, StatusCode::BAD_REQUEST, "")),
     };
     let mut up = Request::new(body);
     *up.method_mut() = parts.method.clone();
@@ -917,7 +1152,7 @@ fn prepare_forward<'a>(
         up.headers_mut().remove(header::HOST);
     }
 
-    Routed::Forward(Exchange {
+    Ok(Exchange {
         hcm,
         hit,
         f,
@@ -930,6 +1165,7 @@ fn prepare_forward<'a>(
         grpc,
         upgrade,
         up,
+        flag,
     })
 }
 
@@ -949,6 +1185,7 @@ impl Exchange<'_> {
             grpc,
             upgrade,
             up,
+            flag,
         } = self;
         cluster.stats.rq_total.inc();
         // Pinned where it is made: the exchange's future is large, and moving it into the timeout
@@ -1002,7 +1239,7 @@ impl Exchange<'_> {
             }
         };
         let status = response.status();
-        record(&cluster, status.as_u16(), grpc, Flag::None, start);
+        record(&cluster, status.as_u16(), grpc, flag, start);
         drop(active);
 
         if status == StatusCode::SWITCHING_PROTOCOLS {

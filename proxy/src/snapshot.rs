@@ -49,6 +49,9 @@ pub struct HcmConfig {
     pub http2: Http2Options,
     pub websocket: bool,
     pub suppress_envoy_headers: bool,
+    /// The fault filter (`envoy.filters.http.fault`) when the connection manager has one: its
+    /// own configuration, which routes and virtual hosts may replace.
+    pub fault: Option<Arc<crate::fault::FaultConfig>>,
     pub server_name: HeaderValue,
     pub server_header: ServerHeader,
     pub stats: HcmStats,
