@@ -190,16 +190,24 @@ async fn sluice_follows_the_virtual_service_and_live_edits() {
     split_rules_and_live_edit("sluice").await;
 }
 
-/// A route Sluice cannot honour (retries) is NACKed; the proxy keeps routing on the old
-/// configuration; proxy-status shows the reason; fixing the file recovers.
+/// A route Sluice cannot honour (a retry condition it does not implement) is NACKed; the proxy
+/// keeps routing on the old configuration; proxy-status shows the reason; fixing the file
+/// recovers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nack_keeps_the_last_good_configuration() {
     let _serial = SERIAL.lock().await;
     let s = gateway("sluice", 100, 0).await;
     let client = client_h1();
-    // Retries, and all traffic to the canary: the proxy must refuse the whole route update.
-    s.control
-        .write("mesh.yaml", &s.mesh(0, 100, "    retries: {attempts: 3}\n"));
+    // Retries on Envoy's rate-limit header, and all traffic to the canary: the proxy must
+    // refuse the whole route update.
+    s.control.write(
+        "mesh.yaml",
+        &s.mesh(
+            0,
+            100,
+            "    retries: {attempts: 3, retryOn: envoy-ratelimited}\n",
+        ),
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     let nack = loop {
         let st = s.control.status().await;
@@ -212,8 +220,13 @@ async fn nack_keeps_the_last_good_configuration() {
         assert!(Instant::now() < deadline, "no NACK: {st:#}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert!(nack.contains("RDS `http."), "{nack}");
-    assert!(nack.contains("route.retry_policy: not supported"), "{nack}");
+    // The route configuration is checked as part of the listener it serves.
+    assert!(
+        nack.contains(
+            "route_config.virtual_hosts[0].routes[2].route.retry_policy.retry_on: retry condition `envoy-ratelimited` not supported"
+        ),
+        "{nack}"
+    );
     assert_eq!(
         count_v2(&client, &s.url, 50, &[]).await,
         0,
@@ -225,7 +238,7 @@ async fn nack_keeps_the_last_good_configuration() {
         .unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
-        table.contains("NACKED") && table.contains("retry_policy: not supported"),
+        table.contains("NACKED") && table.contains("`envoy-ratelimited` not supported"),
         "{table}"
     );
     assert!(
@@ -406,8 +419,8 @@ async fn a_broken_file_keeps_serving_its_last_good_version() {
         .contains("last good version keeps serving"));
 }
 
-/// One cluster Sluice cannot build (TLS origination without a CA to verify against) is NACKed
-/// by name; the other clusters of the same CDS response are applied, as Envoy does.
+/// One cluster Sluice cannot build (TLS origination with a CA file that does not exist) is
+/// NACKed by name; the other clusters of the same CDS response are applied, as Envoy does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_bad_cluster_does_not_block_the_others() {
     let _serial = SERIAL.lock().await;
@@ -427,7 +440,7 @@ kind: DestinationRule
 metadata: {name: secure}
 spec:
   host: secure.example
-  trafficPolicy: {tls: {mode: SIMPLE}}
+  trafficPolicy: {tls: {mode: SIMPLE, caCertificates: /nonexistent/sluice-test-ca.pem}}
 "#;
     // A new service with an unbuildable cluster, and the weights moved to the canary.
     s.control.write("mesh.yaml", &(s.mesh(0, 100, "") + secure));

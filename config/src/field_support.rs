@@ -91,7 +91,13 @@ pub const SUPPORTED: &[&str] = &[
     "envoy.config.core.v3.RuntimeFractionalPercent: default_value runtime_key",
     "envoy.type.v3.FractionalPercent: numerator denominator",
     "envoy.config.route.v3.RouteAction: cluster cluster_header weighted_clusters timeout prefix_rewrite regex_rewrite \
-        host_rewrite_literal request_mirror_policies hash_policy upgrade_configs cluster_not_found_response_code=SERVICE_UNAVAILABLE|NOT_FOUND|INTERNAL_SERVER_ERROR",
+        host_rewrite_literal request_mirror_policies hash_policy upgrade_configs cluster_not_found_response_code=SERVICE_UNAVAILABLE|NOT_FOUND|INTERNAL_SERVER_ERROR \
+        retry_policy",
+    "envoy.config.route.v3.RetryPolicy: retry_on num_retries per_try_timeout retry_back_off retriable_status_codes \
+        retry_host_predicate host_selection_retry_max_attempts",
+    "envoy.config.route.v3.RetryPolicy.RetryBackOff: base_interval max_interval",
+    "envoy.config.route.v3.RetryPolicy.RetryHostPredicate: name typed_config",
+    "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate: ",
     "envoy.config.route.v3.WeightedCluster: clusters total_weight ~runtime_key_prefix",
     "envoy.config.route.v3.WeightedCluster.ClusterWeight: name weight request_headers_to_add request_headers_to_remove response_headers_to_add response_headers_to_remove host_rewrite_literal",
     "envoy.type.matcher.v3.RegexMatchAndSubstitute: pattern substitution",
@@ -117,7 +123,7 @@ pub const SUPPORTED: &[&str] = &[
     "envoy.config.endpoint.v3.LbEndpoint: endpoint load_balancing_weight health_status ~metadata",
     "envoy.config.endpoint.v3.Endpoint: address ~hostname",
     "envoy.config.cluster.v3.CircuitBreakers: thresholds",
-    "envoy.config.cluster.v3.CircuitBreakers.Thresholds: priority=DEFAULT max_connections max_pending_requests max_requests ~max_retries ~track_remaining",
+    "envoy.config.cluster.v3.CircuitBreakers.Thresholds: priority=DEFAULT max_connections max_pending_requests max_requests max_retries ~track_remaining",
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions: explicit_http_config common_http_protocol_options",
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig: http_protocol_options http2_protocol_options",
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.UseDownstreamHttpConfig: http_protocol_options http2_protocol_options",

@@ -371,18 +371,7 @@ impl RouteContext<'_> {
         }
         if let Some(rt) = &r.retries {
             if rt.attempts > 0 {
-                let mut p = Map::new();
-                p.insert("num_retries".into(), json!(rt.attempts));
-                p.insert(
-                    "retry_on".into(),
-                    json!(rt.retry_on.clone().unwrap_or_else(|| {
-                        "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes".into()
-                    })),
-                );
-                if let Some(t) = &rt.per_try_timeout {
-                    p.insert("per_try_timeout".into(), json!(proto_duration(t)));
-                }
-                action.insert("retry_policy".into(), Value::Object(p));
+                action.insert("retry_policy".into(), retry_policy(rt));
             }
         }
         out.insert("route".into(), Value::Object(action));
@@ -479,7 +468,75 @@ fn grpc_code(name: &str) -> u32 {
         .unwrap_or(2)
 }
 
+/// Istio's retry policy: its defaults (503 retried, other hosts preferred), with the
+/// VirtualService's `attempts`, `perTryTimeout` and `retryOn`, where a number in `retryOn` is a
+/// status code to retry.
+fn retry_policy(rt: &sluice_config::istio::Retries) -> Value {
+    let default_on = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes";
+    let mut codes = vec![503u32];
+    let mut on: Vec<&str> = Vec::new();
+    for token in rt.retry_on.as_deref().unwrap_or(default_on).split(',') {
+        let token = token.trim();
+        match token.parse::<u32>() {
+            Ok(code) => {
+                if !codes.contains(&code) {
+                    codes.push(code);
+                }
+                if !on.contains(&"retriable-status-codes") {
+                    on.push("retriable-status-codes");
+                }
+            }
+            Err(_) if !token.is_empty() && !on.contains(&token) => on.push(token),
+            Err(_) => {}
+        }
+    }
+    let mut p = json!({
+        "num_retries": rt.attempts,
+        "retry_on": on.join(","),
+        "retriable_status_codes": codes,
+        "retry_host_predicate": [{
+            "name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}
+        }],
+        "host_selection_retry_max_attempts": 5,
+    });
+    if let Some(t) = &rt.per_try_timeout {
+        p["per_try_timeout"] = json!(proto_duration(t));
+    }
+    p
+}
+
 /// The fault filter entry a listener needs when one of its routes injects faults.
 pub fn fault_filter() -> Value {
     json!({"name": FAULT_FILTER, "typed_config": {"@type": FAULT_TYPE}})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn retries(attempts: u32, on: Option<&str>) -> sluice_config::istio::Retries {
+        sluice_config::istio::Retries {
+            attempts,
+            per_try_timeout: Some("2s".into()),
+            retry_on: on.map(str::to_string),
+            retry_remote_localities: None,
+        }
+    }
+
+    #[test]
+    fn retries_keep_istio_defaults_and_take_status_codes_from_retry_on() {
+        let p = retry_policy(&retries(3, None));
+        assert_eq!(p["num_retries"], 3);
+        assert_eq!(
+            p["retry_on"],
+            "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+        );
+        assert_eq!(p["retriable_status_codes"], json!([503]));
+        assert_eq!(p["per_try_timeout"], "2.000000000s");
+        assert_eq!(p["host_selection_retry_max_attempts"], 5);
+        let p = retry_policy(&retries(2, Some("5xx, 429,gateway-error")));
+        assert_eq!(p["retry_on"], "5xx,retriable-status-codes,gateway-error");
+        assert_eq!(p["retriable_status_codes"], json!([503, 429]));
+    }
 }

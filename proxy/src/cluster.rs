@@ -109,6 +109,8 @@ pub struct Breakers {
     pub max_connections: u64,
     pub max_pending_requests: u64,
     pub max_requests: u64,
+    /// Retries in progress at once, over the whole cluster.
+    pub max_retries: u64,
 }
 
 impl Default for Breakers {
@@ -118,6 +120,7 @@ impl Default for Breakers {
             max_connections: 1024,
             max_pending_requests: 1024,
             max_requests: 1024,
+            max_retries: 3,
         }
     }
 }
@@ -133,6 +136,8 @@ pub struct Cluster {
     pub settings: PoolSettings,
     pub breakers: Breakers,
     pub active_requests: AtomicU64,
+    /// Retries in progress (`max_retries`).
+    pub active_retries: AtomicU64,
     rr: AtomicUsize,
     pub stats: ClusterStats,
     pub istio: IstioStats,
@@ -329,6 +334,7 @@ impl Cluster {
             settings,
             breakers,
             active_requests: AtomicU64::new(0),
+            active_retries: AtomicU64::new(0),
             rr: AtomicUsize::new(0),
             stats,
             istio,

@@ -23,6 +23,7 @@ use crate::matcher::{
     HeaderCheck, HeaderMatcher, HeaderSource, PathMatch, QueryMatcher, StringMatch, StringMatcher,
 };
 use crate::metrics::{ClusterStats, HcmStats, IstioStats, Metrics};
+use crate::retry_policy::{RetryOn, RetryPolicy};
 use crate::route_table::{
     ClusterRef, DirectResponse, ForwardAction, MirrorPolicy, MirrorTarget, RedirectAction, Route,
     RouteAction, RouteMatch, RouteTable, Target, VirtualHost, WeightedEntry, WeightedTarget,
@@ -577,10 +578,19 @@ fn forward_action(
         Some("INTERNAL_SERVER_ERROR") => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::SERVICE_UNAVAILABLE,
     };
+    let retry =
+        get(v, "retry_policy").and_then(|r| retry_policy(r, &p(path, "retry_policy"), errors));
+    // Envoy announces the per-try timeout when it is the shorter one.
+    let expected = match (timeout, retry.as_ref().and_then(|r| r.per_try_timeout)) {
+        (Some(t), Some(pt)) if pt < t => Some(pt),
+        (None, Some(pt)) => Some(pt),
+        (t, _) => t,
+    };
     Some(ForwardAction {
         target,
-        timeout_header: timeout.map(|t| HeaderValue::from(t.as_millis() as u64)),
+        timeout_header: expected.map(|t| HeaderValue::from(t.as_millis() as u64)),
         timeout,
+        retry: retry.map(Arc::new),
         prefix_rewrite: s(v, "prefix_rewrite").map(str::to_string),
         regex_rewrite: get(v, "regex_rewrite")
             .and_then(|r| rewrite(r, &p(path, "regex_rewrite"), errors)),
@@ -591,6 +601,62 @@ fn forward_action(
         websocket,
         cluster_not_found_status,
     })
+}
+
+/// A route's `retry_policy`.
+fn retry_policy(v: &Value, path: &str, errors: &mut Errors) -> Option<RetryPolicy> {
+    let retry_on = match RetryOn::parse(s(v, "retry_on").unwrap_or("")) {
+        Ok(on) => on,
+        Err(e) => {
+            errors.push(FieldError::new(p(path, "retry_on"), e));
+            return None;
+        }
+    };
+    let mut policy = RetryPolicy {
+        retry_on,
+        num_retries: u(v, "num_retries").map_or(1, |n| n.min(u64::from(u32::MAX)) as u32),
+        per_try_timeout: dur(v, "per_try_timeout").filter(|d| !d.is_zero()),
+        retriable_status_codes: arr(v, "retriable_status_codes")
+            .iter()
+            .filter_map(Value::as_u64)
+            .map(|c| c.min(u64::from(u16::MAX)) as u16)
+            .collect(),
+        host_selection_max_attempts: u(v, "host_selection_retry_max_attempts")
+            .map_or(1, |n| n.clamp(1, 100) as u32),
+        ..RetryPolicy::default()
+    };
+    if let Some(b) = get(v, "retry_back_off") {
+        if let Some(base) = dur(b, "base_interval").filter(|d| !d.is_zero()) {
+            policy.base_interval = base;
+            policy.max_interval = base * 10;
+        }
+        if let Some(max) = dur(b, "max_interval") {
+            if max < policy.base_interval {
+                errors.push(FieldError::new(
+                    format!("{path}.retry_back_off.max_interval"),
+                    "must not be below base_interval",
+                ));
+                return None;
+            }
+            policy.max_interval = max;
+        }
+    }
+    for (i, pred) in arr(v, "retry_host_predicate").iter().enumerate() {
+        match s(pred, "name") {
+            Some("envoy.retry_host_predicates.previous_hosts") => policy.previous_hosts = true,
+            other => {
+                errors.push(FieldError::new(
+                    format!("{path}.retry_host_predicate[{i}].name"),
+                    format!(
+                        "retry host predicate `{}` not supported",
+                        other.unwrap_or("")
+                    ),
+                ));
+                return None;
+            }
+        }
+    }
+    Some(policy)
 }
 
 fn redirect_action(v: &Value, path: &str, errors: &mut Errors) -> Option<RedirectAction> {
@@ -1074,6 +1140,7 @@ fn cluster(
             max_pending_requests: u(t, "max_pending_requests")
                 .unwrap_or(breakers.max_pending_requests),
             max_requests: u(t, "max_requests").unwrap_or(breakers.max_requests),
+            max_retries: u(t, "max_retries").unwrap_or(breakers.max_retries),
         };
     }
     let tls = match get(v, "transport_socket") {

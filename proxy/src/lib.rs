@@ -40,6 +40,7 @@ pub mod memory;
 pub mod metrics;
 pub mod peer_validation;
 pub mod request_id;
+pub mod retry_policy;
 pub mod route_table;
 pub mod runtime;
 pub mod server;

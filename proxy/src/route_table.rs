@@ -13,6 +13,7 @@ use crate::fault::FaultConfig;
 use crate::hash_policy::HashPolicy;
 use crate::header_ops::HeaderOps;
 use crate::matcher::{HeaderMatcher, PathMatch, QueryMatcher, RequestView};
+use crate::retry_policy::RetryPolicy;
 use crate::vhost_select::VhostSelector;
 use crate::weighted_pick::WeightedPick;
 
@@ -161,8 +162,11 @@ pub struct ForwardAction {
     pub target: Target,
     /// `None` = no timeout (`timeout: 0s`).
     pub timeout: Option<Duration>,
-    /// `x-envoy-expected-rq-timeout-ms` for this timeout, formatted once.
+    /// `x-envoy-expected-rq-timeout-ms` for this timeout (or the shorter per-try timeout),
+    /// formatted once.
     pub timeout_header: Option<HeaderValue>,
+    /// `retry_policy`.
+    pub retry: Option<Arc<RetryPolicy>>,
     pub prefix_rewrite: Option<String>,
     pub regex_rewrite: Option<(Regex, String)>,
     pub host_rewrite: Option<HeaderValue>,

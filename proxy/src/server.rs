@@ -8,6 +8,7 @@
 //! 503 (`UH`), connect failure 503 (`UF`), overflow 503 (`UO`), upstream timeout 504 (`UT`).
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -25,6 +26,7 @@ use crate::fault::{Abort, FaultConfig, FaultDecision, FaultInput};
 use crate::hash_policy::request_hash;
 use crate::header_ops::{HeaderOps, RequestContext};
 use crate::matcher::RequestView;
+use crate::retry_policy::{Outcome, RetryPolicy};
 use crate::route_table::{
     ClusterRef, ForwardAction, MirrorTarget, RedirectAction, RouteAction, RouteHit, Target,
 };
@@ -201,6 +203,7 @@ pub enum Flag {
     RequestTimeout,
     FaultInjected,
     DelayInjected,
+    RetryLimitExceeded,
 }
 
 impl Flag {
@@ -219,6 +222,7 @@ impl Flag {
             Flag::RequestTimeout => "DT",
             Flag::FaultInjected => "FI",
             Flag::DelayInjected => "DI",
+            Flag::RetryLimitExceeded => "URX",
         }
     }
 }
@@ -893,6 +897,8 @@ struct Exchange<'a> {
     up: Request<RequestBody>,
     /// `DI` when the fault filter delayed the request.
     flag: Flag,
+    /// The request's hash, for the endpoint of a retry.
+    hash: Option<u64>,
 }
 
 /// Pick the cluster and endpoint of a forward action and build the upstream request (headers,
@@ -1166,6 +1172,7 @@ fn prepare_forward<'a>(
         upgrade,
         up,
         flag,
+        hash,
     })
 }
 
@@ -1185,29 +1192,61 @@ impl Exchange<'_> {
             grpc,
             upgrade,
             up,
-            flag,
+            mut flag,
+            hash,
         } = self;
         cluster.stats.rq_total.inc();
-        // Pinned where it is made: the exchange's future is large, and moving it into the timeout
-        // and then into this future's state would copy it each time.
-        let send = std::pin::pin!(endpoint.pool.send(up, upgrade));
-        let result = match f.timeout {
-            Some(t) => match tokio::time::timeout(t, send).await {
-                Ok(r) => r,
-                Err(_) => {
-                    cluster.stats.rq_timeout.inc();
-                    record(&cluster, 504, grpc, Flag::UpstreamTimeout, start);
-                    return local_reply(
-                        hcm,
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "upstream request timeout",
-                    );
-                }
-            },
-            None => send.await,
+        let timed_out = |cluster: &Cluster| {
+            cluster.stats.rq_timeout.inc();
+            record(cluster, 504, grpc, Flag::UpstreamTimeout, start);
+            local_reply(hcm, StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")
+        };
+        // A route with a retry policy keeps what it needs to send the request again; a streamed
+        // body cannot be sent twice, so such a request gets one try.
+        let replay = f
+            .retry
+            .as_deref()
+            .filter(|_| !upgrade)
+            .and_then(|policy| Replay::of(&up).map(|r| (policy, r)));
+        let mut active = Some(active);
+        let result = if let Some((policy, replay)) = replay {
+            // Boxed: the retry loop must not grow the future of requests without one.
+            let retried = Box::pin(send_with_retries(
+                policy,
+                &cluster,
+                endpoint.clone(),
+                active.take(),
+                hash,
+                up,
+                replay,
+            ));
+            let (result, last, exhausted) = match f.timeout {
+                Some(t) => match tokio::time::timeout(t, retried).await {
+                    Ok(r) => r,
+                    Err(_) => return timed_out(&cluster),
+                },
+                None => retried.await,
+            };
+            active = last;
+            if exhausted && result.is_ok() && matches!(flag, Flag::None) {
+                flag = Flag::RetryLimitExceeded;
+            }
+            result
+        } else {
+            // Pinned where it is made: the exchange's future is large, and moving it into the
+            // timeout and then into this future's state would copy it each time.
+            let send = std::pin::pin!(endpoint.pool.send(up, upgrade));
+            match f.timeout {
+                Some(t) => match tokio::time::timeout(t, send).await {
+                    Ok(r) => r,
+                    Err(_) => return timed_out(&cluster),
+                },
+                None => send.await,
+            }
         };
         let mut response = match result {
             Ok(r) => r,
+            Err(UpstreamError::PerTryTimeout) => return timed_out(&cluster),
             Err(e) => {
                 let (flag, body) = match &e {
                     UpstreamError::Connect(_) | UpstreamError::ConnectTimeout | UpstreamError::Tls(_) => {
@@ -1226,6 +1265,7 @@ impl Exchange<'_> {
                         Flag::UpstreamProtocolError,
                         "upstream connect error or disconnect/reset before headers. reset reason: protocol error",
                     ),
+                    UpstreamError::PerTryTimeout => (Flag::UpstreamTimeout, "upstream request timeout"),
                 };
                 tracing::debug!(cluster = %cluster.name, error = %e, "upstream request failed");
                 // Envoy answers an upstream protocol error with 502, every other failure with 503.
@@ -1276,6 +1316,151 @@ impl Exchange<'_> {
             None => rbody,
         };
         Response::from_parts(rp, rbody)
+    }
+}
+
+/// What a request keeps to be sent again: its head and a body that arrived whole.
+struct Replay {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    body: Option<bytes::Bytes>,
+}
+
+impl Replay {
+    /// `None` when the body is streamed: it cannot be sent twice.
+    fn of(req: &Request<RequestBody>) -> Option<Replay> {
+        let body = match req.body() {
+            RequestBody::Empty => None,
+            RequestBody::Full(Some(b)) => Some(b.clone()),
+            _ => return None,
+        };
+        Some(Replay {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+            body,
+        })
+    }
+
+    fn request(&self) -> Request<RequestBody> {
+        let body = match &self.body {
+            Some(b) => RequestBody::Full(Some(b.clone())),
+            None => RequestBody::Empty,
+        };
+        let mut r = Request::new(body);
+        *r.method_mut() = self.method.clone();
+        *r.uri_mut() = self.uri.clone();
+        *r.version_mut() = self.version;
+        *r.headers_mut() = self.headers.clone();
+        r
+    }
+}
+
+/// One retry in progress, counted against the cluster's `max_retries`.
+struct RetryGuard(Arc<Cluster>);
+
+impl Drop for RetryGuard {
+    fn drop(&mut self) {
+        self.0.active_retries.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn outcome_of(result: &Result<Response<ResponseBody>, UpstreamError>) -> Option<Outcome> {
+    Some(match result {
+        Ok(r) => Outcome::Status(r.status().as_u16()),
+        Err(UpstreamError::Connect(_) | UpstreamError::ConnectTimeout | UpstreamError::Tls(_)) => {
+            Outcome::ConnectFailure
+        }
+        Err(UpstreamError::PerTryTimeout) => Outcome::PerTryTimeout,
+        Err(UpstreamError::Reset(e)) if refused_stream(e) => Outcome::RefusedStream,
+        Err(UpstreamError::Reset(_) | UpstreamError::Io(_) | UpstreamError::Protocol(_)) => {
+            Outcome::Reset
+        }
+        // A full connection pool is not retried (Envoy answers `UO` at once).
+        Err(UpstreamError::Overflow) => return None,
+    })
+}
+
+fn refused_stream(e: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.to_string().contains("REFUSED_STREAM") {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// Send under a retry policy. Returns the last try's result, the active-request guard of its
+/// endpoint, and whether the retries ran out on an outcome the policy would have retried.
+async fn send_with_retries(
+    policy: &RetryPolicy,
+    cluster: &Arc<Cluster>,
+    mut endpoint: Arc<crate::cluster::Endpoint>,
+    mut active: Option<crate::cluster::ActiveRequest>,
+    hash: Option<u64>,
+    first: Request<RequestBody>,
+    replay: Replay,
+) -> (
+    Result<Response<ResponseBody>, UpstreamError>,
+    Option<crate::cluster::ActiveRequest>,
+    bool,
+) {
+    let mut next = Some(first);
+    let mut retries = 0;
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut _retrying: Option<RetryGuard> = None;
+    loop {
+        let req = next.take().unwrap_or_else(|| replay.request());
+        let result = match policy.per_try_timeout {
+            Some(t) => tokio::time::timeout(t, endpoint.pool.send(req, false))
+                .await
+                .unwrap_or(Err(UpstreamError::PerTryTimeout)),
+            None => endpoint.pool.send(req, false).await,
+        };
+        let retriable = outcome_of(&result)
+            .is_some_and(|o| policy.retriable(o, result.as_ref().ok().map(Response::headers)));
+        if !retriable {
+            if retries > 0 {
+                cluster.stats.rq_retry_success.inc();
+            }
+            return (result, active, false);
+        }
+        if retries >= policy.num_retries {
+            return (result, active, true);
+        }
+        if cluster.active_retries.load(Ordering::Relaxed) >= cluster.breakers.max_retries {
+            cluster.stats.rq_retry_overflow.inc();
+            return (result, active, true);
+        }
+        // The next host: with `previous_hosts`, one not tried yet if a few picks find one.
+        if policy.previous_hosts {
+            tried.push(endpoint.pool.addr);
+        }
+        let mut pick = cluster.acquire(hash);
+        for _ in 1..policy.host_selection_max_attempts {
+            match &pick {
+                Ok((ep, _)) if tried.contains(&ep.pool.addr) => pick = cluster.acquire(hash),
+                _ => break,
+            }
+        }
+        let Ok((ep, guard)) = pick else {
+            return (result, active, true);
+        };
+        cluster.active_retries.fetch_add(1, Ordering::Relaxed);
+        _retrying = Some(RetryGuard(cluster.clone()));
+        // The answer being retried is dropped, which closes its connection if unread.
+        drop(result);
+        drop(active.take());
+        endpoint = ep;
+        active = Some(guard);
+        retries += 1;
+        cluster.stats.rq_retry.inc();
+        tokio::time::sleep(policy.backoff(retries, fast_random())).await;
     }
 }
 

@@ -100,6 +100,8 @@ pub struct PoolSettings {
 /// Why an upstream request failed before response headers.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
+    #[error("upstream per-try timeout")]
+    PerTryTimeout,
     #[error("connection failure: {0}")]
     Connect(std::io::Error),
     #[error("connection timeout")]
