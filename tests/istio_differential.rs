@@ -2,7 +2,7 @@
 //! VirtualService features, served at once to real Envoy 1.40 (gateway on 127.0.0.2) and to
 //! `sluice proxy` (gateway on 127.0.0.1). Every request goes through both; status, the upstream
 //! reached, the method, path and host it saw, chosen headers, redirect locations, direct
-//! response bodies and fault injection (abort and delay) must be identical.
+//! response bodies, fault injection (abort and delay) and CORS must be identical.
 
 mod support;
 
@@ -85,6 +85,16 @@ spec:
   - name: header-prefix
     match: [{headers: {x-user: {prefix: beta-}}}]
     route: [{destination: {host: web, subset: v2}}]
+  - name: cors
+    match: [{uri: {prefix: /api}}]
+    corsPolicy:
+      allowOrigins: [{exact: "https://shop.example.com"}, {regex: "https://[a-z]+[.]partner[.]test"}]
+      allowMethods: [GET, POST]
+      allowHeaders: [x-token]
+      exposeHeaders: [x-trace]
+      maxAge: 24h
+      allowCredentials: true
+    route: [{destination: {host: web, subset: v1}}]
   - name: fault-abort
     match: [{uri: {prefix: /ratings}, headers: {end-user: {exact: jason}}}]
     fault: {abort: {httpStatus: 500, percentage: {value: 100}}}
@@ -174,6 +184,27 @@ async fn envoy_and_sluice_route_the_same_istio_config_identically() {
             &[("end-user", "mia")],
         ),
         ("GET", "shop.example.com", "/slow", &[]),
+        (
+            "OPTIONS",
+            "shop.example.com",
+            "/api/cart",
+            &[
+                ("origin", "https://shop.example.com"),
+                ("access-control-request-method", "POST"),
+            ],
+        ),
+        (
+            "GET",
+            "shop.example.com",
+            "/api/cart",
+            &[("origin", "https://eu.partner.test")],
+        ),
+        (
+            "GET",
+            "shop.example.com",
+            "/api/cart",
+            &[("origin", "https://evil.test")],
+        ),
     ];
     let client = client_h1();
     let mut mismatches = Vec::new();
@@ -227,6 +258,12 @@ async fn envoy_and_sluice_route_the_same_istio_config_identically() {
                 "x-resp": h("x-resp"),
                 "body": if seen.is_null() { String::from_utf8_lossy(&r.body).to_string() } else { String::new() },
                 "delayed": delayed,
+                "cors": r
+                    .headers
+                    .iter()
+                    .filter(|(n, _)| n.as_str().starts_with("access-control-"))
+                    .map(|(n, v)| format!("{n}={}", v.to_str().unwrap_or("?")))
+                    .collect::<Vec<_>>(),
             }));
         }
         envoy_outcomes.push(outcomes[0].clone());
@@ -262,6 +299,7 @@ async fn envoy_and_sluice_route_the_same_istio_config_identically() {
         (16, "body", "fault filter abort"), // Istio fault abort for end-user jason
         (17, "upstream", "v1"),
         (18, "upstream", "v2"), // after the fault delay
+        (20, "upstream", "v1"), // a CORS request goes upstream
     ];
     for (i, field, want) in expect {
         let got = &envoy_outcomes[*i][*field];
@@ -276,5 +314,19 @@ async fn envoy_and_sluice_route_the_same_istio_config_identically() {
     assert_eq!(envoy_outcomes[16]["status"], 500);
     assert_eq!(envoy_outcomes[18]["delayed"], true);
     assert_eq!(envoy_outcomes[17]["delayed"], false);
+    // The preflight is answered by the proxy, with the policy Istio wrote.
+    assert_eq!(envoy_outcomes[19]["upstream"], "-");
+    let cors = envoy_outcomes[19]["cors"].to_string();
+    for want in [
+        "access-control-allow-methods=GET,POST",
+        "access-control-max-age=86400",
+        "access-control-allow-credentials=true",
+    ] {
+        assert!(cors.contains(want), "{cors}");
+    }
+    assert!(envoy_outcomes[20]["cors"]
+        .to_string()
+        .contains("access-control-allow-origin=https://eu.partner.test"));
+    assert_eq!(envoy_outcomes[21]["cors"], json!([]));
     assert_eq!(envoy_outcomes[9]["status"], 308);
 }

@@ -448,11 +448,11 @@ static_resources:
     fn unsupported_extension_type_is_named() {
         let text = MINIMAL.replace(
             "          - name: envoy.filters.http.router\n",
-            "          - name: envoy.filters.http.cors\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors\n          - name: envoy.filters.http.router\n",
+            "          - name: envoy.filters.http.lua\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua\n          - name: envoy.filters.http.router\n",
         );
         let err = load_bootstrap_text("t.yaml", &text).unwrap_err();
         assert!(
-            err.to_string().contains("http_filters[0].typed_config: type envoy.extensions.filters.http.cors.v3.Cors not supported"),
+            err.to_string().contains("http_filters[0].typed_config: type envoy.extensions.filters.http.lua.v3.Lua not supported"),
             "{err}"
         );
     }

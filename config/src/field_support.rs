@@ -74,6 +74,10 @@ pub const SUPPORTED: &[&str] = &[
     "envoy.extensions.filters.common.fault.v3.FaultDelay.HeaderDelay: ",
     "envoy.extensions.filters.http.fault.v3.FaultAbort: http_status grpc_status header_abort percentage",
     "envoy.extensions.filters.http.fault.v3.FaultAbort.HeaderAbort: ",
+    // CORS (filter, and policies per route / virtual host). `shadow_enabled` only feeds statistics.
+    "envoy.extensions.filters.http.cors.v3.Cors: ",
+    "envoy.extensions.filters.http.cors.v3.CorsPolicy: allow_origin_string_match allow_methods allow_headers expose_headers \
+        max_age allow_credentials filter_enabled ~shadow_enabled allow_private_network_access forward_not_matching_preflights",
     "envoy.config.core.v3.HttpProtocolOptions: idle_timeout ~max_headers_count",
     "envoy.config.core.v3.Http1ProtocolOptions: accept_http_10",
     "envoy.config.core.v3.Http2ProtocolOptions: max_concurrent_streams initial_stream_window_size initial_connection_window_size",

@@ -2,7 +2,7 @@
 //! WorkloadEntry and Gateway (API versions `v1`, `v1beta1`, `v1alpha3`).
 //!
 //! Each kind is a typed struct that denies unknown fields, so a field Sluice does not model is
-//! refused with its path and line (`vs.yaml:14: spec.http[0].corsPolicy: not supported`) instead
+//! refused with its path and line (`vs.yaml:14: spec.http[0].delegate: not supported`) instead
 //! of being ignored. Fields that Istio defines but that Sluice cannot honour are modelled and then
 //! refused by [`Resource::check`] with a reason. Values are checked here too (durations, header
 //! names, percentages), so that a bad resource is rejected when it is read, not when it is pushed.
@@ -104,8 +104,28 @@ pub struct HttpRoute {
     pub mirror_percent: Option<u32>,
     #[serde(default)]
     pub mirrors: Vec<MirrorPolicy>,
-    pub cors_policy: Option<Value>,
+    pub cors_policy: Option<CorsPolicy>,
     pub headers: Option<Headers>,
+}
+
+/// `CorsPolicy` of an HTTP route.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CorsPolicy {
+    #[serde(default)]
+    pub allow_origins: Vec<StringMatch>,
+    /// Deprecated exact origins.
+    #[serde(default)]
+    pub allow_origin: Vec<String>,
+    #[serde(default)]
+    pub allow_methods: Vec<String>,
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    pub max_age: Option<String>,
+    pub allow_credentials: Option<bool>,
+    pub unmatched_preflights: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -877,8 +897,23 @@ fn check_virtual_service(vs: &VirtualService, errors: &mut Vec<FieldError>) {
         if r.delegate.is_some() {
             refuse(errors, format!("{at}.delegate"), "delegate VirtualServices");
         }
-        if r.cors_policy.is_some() {
-            refuse(errors, format!("{at}.corsPolicy"), "CORS");
+        if let Some(c) = &r.cors_policy {
+            if let Some(u) = c.unmatched_preflights.as_deref() {
+                if !matches!(u, "UNSPECIFIED" | "FORWARD" | "IGNORE") {
+                    errors.push(FieldError::new(
+                        format!("{at}.corsPolicy.unmatchedPreflights"),
+                        format!("`{u}` is not one of UNSPECIFIED, FORWARD, IGNORE"),
+                    ));
+                }
+            }
+            if let Some(m) = c.max_age.as_deref() {
+                if parse_duration(m).is_none() {
+                    errors.push(FieldError::new(
+                        format!("{at}.corsPolicy.maxAge"),
+                        format!("`{m}` is not a duration"),
+                    ));
+                }
+            }
         }
         let actions = [
             !r.route.is_empty(),
@@ -1482,13 +1517,13 @@ mod tests {
     fn istio_fields_sluice_refuses_are_named() {
         let err = parse_text(
             "t.yaml",
-            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x}\nspec:\n  hosts: [a]\n  http:\n  - route:\n    - destination: {host: a}\n    corsPolicy: {allowOrigins: [{exact: x}]}\n",
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x}\nspec:\n  hosts: [a]\n  http:\n  - route:\n    - destination: {host: a}\n    delegate: {name: other}\n",
         )
         .unwrap_err()
         .to_string();
         assert_eq!(
             err,
-            "t.yaml:9: spec.http[0].corsPolicy: not supported: CORS"
+            "t.yaml:9: spec.http[0].delegate: not supported: delegate VirtualServices"
         );
     }
 

@@ -17,6 +17,9 @@ use crate::registry::Registry;
 
 const FAULT_FILTER: &str = "envoy.filters.http.fault";
 const FAULT_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
+const CORS_FILTER: &str = "envoy.filters.http.cors";
+const CORS_POLICY_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy";
 
 /// Where routes are being built.
 pub struct RouteContext<'a> {
@@ -35,6 +38,7 @@ pub struct RouteContext<'a> {
 #[derive(Debug, Default)]
 pub struct RouteNeeds {
     pub fault_filter: bool,
+    pub cors_filter: bool,
 }
 
 /// A gateway reference as written in a VirtualService of `namespace`, made `namespace/name`.
@@ -426,12 +430,17 @@ impl RouteContext<'_> {
                 route.insert("match".into(), route_match(m));
                 self.action(r, namespace, &mut route, warnings);
                 apply_headers(&r.headers, &mut route);
+                let mut per_filter = Map::new();
                 if let Some(f) = &r.fault {
                     needs.fault_filter = true;
-                    route.insert(
-                        "typed_per_filter_config".into(),
-                        json!({FAULT_FILTER: self.fault(f)}),
-                    );
+                    per_filter.insert(FAULT_FILTER.into(), self.fault(f));
+                }
+                if let Some(c) = &r.cors_policy {
+                    needs.cors_filter = true;
+                    per_filter.insert(CORS_FILTER.into(), cors_policy(c));
+                }
+                if !per_filter.is_empty() {
+                    route.insert("typed_per_filter_config".into(), Value::Object(per_filter));
                 }
                 out.push(Value::Object(route));
             }
@@ -504,6 +513,46 @@ fn retry_policy(rt: &sluice_config::istio::Retries) -> Value {
         p["per_try_timeout"] = json!(proto_duration(t));
     }
     p
+}
+
+/// Istio's `corsPolicy` as Envoy's `CorsPolicy` (lists joined with commas, `maxAge` in seconds,
+/// `unmatchedPreflights: IGNORE` answering preflights of other origins without forwarding them).
+fn cors_policy(c: &sluice_config::istio::CorsPolicy) -> Value {
+    let mut origins: Vec<Value> = c.allow_origin.iter().map(|o| json!({"exact": o})).collect();
+    origins.extend(c.allow_origins.iter().filter_map(string_matcher));
+    let mut p = json!({
+        "@type": CORS_POLICY_TYPE,
+        "allow_origin_string_match": origins,
+        "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+    });
+    for (key, list) in [
+        ("allow_methods", &c.allow_methods),
+        ("allow_headers", &c.allow_headers),
+        ("expose_headers", &c.expose_headers),
+    ] {
+        if !list.is_empty() {
+            p[key] = json!(list.join(","));
+        }
+    }
+    if let Some(age) = c
+        .max_age
+        .as_deref()
+        .and_then(sluice_config::istio::parse_duration)
+    {
+        p["max_age"] = json!(age.as_secs().to_string());
+    }
+    if let Some(creds) = c.allow_credentials {
+        p["allow_credentials"] = json!(creds);
+    }
+    if c.unmatched_preflights.as_deref() == Some("IGNORE") {
+        p["forward_not_matching_preflights"] = json!(false);
+    }
+    p
+}
+
+/// The CORS filter entry a listener needs when one of its routes has a CORS policy.
+pub fn cors_filter() -> Value {
+    json!({"name": CORS_FILTER, "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}})
 }
 
 /// The fault filter entry a listener needs when one of its routes injects faults.

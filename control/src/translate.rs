@@ -21,7 +21,7 @@ use crate::cluster_translate::{self, ClusterSet};
 use crate::naming::{cluster_name, host_aliases, host_matches, resolve_host};
 use crate::node_role::Role;
 use crate::registry::Registry;
-use crate::route_translate::{fault_filter, RouteContext, RouteNeeds};
+use crate::route_translate::{cors_filter, fault_filter, RouteContext, RouteNeeds};
 
 pub const HCM_TYPE: &str =
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
@@ -222,7 +222,7 @@ impl MeshConfig {
                 &format!("outbound_{}_{}", addr.ip(), addr.port()),
                 OUTBOUND,
                 false,
-                needs.fault_filter,
+                &needs,
             )]}],
         });
         (
@@ -264,7 +264,7 @@ impl MeshConfig {
         let listener = json!({
             "name": INBOUND,
             "address": {"socket_address": {"address": l.ip().to_string(), "port_value": l.port()}},
-            "filter_chains": [{"filters": [hcm(&format!("inbound_{}_{}", l.ip(), l.port()), INBOUND, false, false)]}],
+            "filter_chains": [{"filters": [hcm(&format!("inbound_{}_{}", l.ip(), l.port()), INBOUND, false, &RouteNeeds::default())]}],
         });
         (name, cluster, listener, route)
     }
@@ -374,8 +374,7 @@ impl MeshConfig {
                     rds.clone(),
                     json!({"name": rds, "virtual_hosts": vhosts, "validate_clusters": false}),
                 );
-                chains
-                    .push(json!({"filters": [hcm(&stat_prefix, &rds, true, needs.fault_filter)]}));
+                chains.push(json!({"filters": [hcm(&stat_prefix, &rds, true, &needs)]}));
             } else {
                 for (i, (gref, s)) in tls.iter().enumerate() {
                     let sname = if s.name.is_empty() {
@@ -404,7 +403,7 @@ impl MeshConfig {
                     }
                     chain.insert(
                         "filters".into(),
-                        json!([hcm(&stat_prefix, &rds, true, needs.fault_filter)]),
+                        json!([hcm(&stat_prefix, &rds, true, &needs)]),
                     );
                     chains.push(Value::Object(chain));
                 }
@@ -483,9 +482,13 @@ fn downstream_tls(t: &sluice_config::istio::ServerTls) -> Value {
 }
 
 /// An HTTP connection manager that takes its routes from RDS over ADS.
-fn hcm(stat_prefix: &str, route_config: &str, edge: bool, fault: bool) -> Value {
+fn hcm(stat_prefix: &str, route_config: &str, edge: bool, needs: &RouteNeeds) -> Value {
+    // Istio's order: CORS, then faults, then the router.
     let mut filters = Vec::new();
-    if fault {
+    if needs.cors_filter {
+        filters.push(cors_filter());
+    }
+    if needs.fault_filter {
         filters.push(fault_filter());
     }
     filters

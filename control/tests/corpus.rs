@@ -23,7 +23,7 @@ const EXPECTED: &[(&str, Result<&str, &str>)] = &[
     ("istio/tcp-echo__tcp-echo-20-v2.yaml", Err("tcp-echo__tcp-echo-20-v2.yaml:24: spec.tcp: not supported")),
     ("istio/testdata-config__destination-rule-all.yaml", Err(":59: spec.subsets[1].trafficPolicy.loadBalancer.consistentHash.httpCookie.ttl: not supported")),
     ("istio/testdata-config__rule-default-route-append-headers.yaml", Ok("ServiceEntry VirtualService")),
-    ("istio/testdata-config__rule-default-route-cors-policy.yaml", Err(":31: spec.http[0].corsPolicy: not supported: CORS")),
+    ("istio/testdata-config__rule-default-route-cors-policy.yaml", Ok("ServiceEntry VirtualService")),
     ("istio/testdata-config__rule-redirect-injection.yaml", Ok("ServiceEntry VirtualService")),
     ("istio/testdata-config__rule-regex-route.yaml", Err(":54: spec.http[0].match[0].sourceLabels: not supported")),
     ("istio/testdata-config__static-weighted-se.yaml", Ok("ServiceEntry")),

@@ -16,6 +16,7 @@ use serde_json::Value;
 use sluice_config::FieldError;
 
 use crate::cluster::{Breakers, Cluster, Discovery, DnsFamily, EndpointSpec, LbPolicy};
+use crate::cors::CorsPolicy;
 use crate::fault::FaultConfig;
 use crate::hash_policy::{HashPolicy, HashSource};
 use crate::header_ops::{AppendAction, HeaderAdd, HeaderOps, HeaderTemplate};
@@ -39,6 +40,8 @@ const HCM_TYPE: &str =
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const ROUTER_TYPE: &str = "envoy.extensions.filters.http.router.v3.Router";
 const FAULT_TYPE: &str = "envoy.extensions.filters.http.fault.v3.HTTPFault";
+const CORS_TYPE: &str = "envoy.extensions.filters.http.cors.v3.Cors";
+const CORS_POLICY_TYPE: &str = "envoy.extensions.filters.http.cors.v3.CorsPolicy";
 const UPSTREAM_HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
 /// Envoy's default route timeout.
@@ -782,19 +785,64 @@ fn fault_config(v: &Value, path: &str, errors: &mut Errors) -> Option<FaultConfi
     })
 }
 
-/// A route's or virtual host's fault override from `typed_per_filter_config`.
-fn fault_override(v: &Value, path: &str, errors: &mut Errors) -> Option<Arc<FaultConfig>> {
+/// The `typed_per_filter_config` entry of type `ty` of a route or virtual host, compiled.
+fn per_filter<T>(
+    v: &Value,
+    ty: &str,
+    path: &str,
+    errors: &mut Errors,
+    compile: impl FnOnce(&Value, &str, &mut Errors) -> Option<T>,
+) -> Option<Arc<T>> {
     let map = get(v, "typed_per_filter_config")?.as_object()?;
-    map.iter()
-        .find(|(_, c)| type_name(c) == FAULT_TYPE)
-        .and_then(|(name, c)| {
-            fault_config(
-                c,
-                &format!("{path}.typed_per_filter_config[\"{name}\"]"),
-                errors,
-            )
+    let (name, c) = map.iter().find(|(_, c)| type_name(c) == ty)?;
+    compile(
+        c,
+        &format!("{path}.typed_per_filter_config[\"{name}\"]"),
+        errors,
+    )
+    .map(Arc::new)
+}
+
+fn fault_override(v: &Value, path: &str, errors: &mut Errors) -> Option<Arc<FaultConfig>> {
+    per_filter(v, FAULT_TYPE, path, errors, fault_config)
+}
+
+fn cors_override(v: &Value, path: &str, errors: &mut Errors) -> Option<Arc<CorsPolicy>> {
+    per_filter(v, CORS_POLICY_TYPE, path, errors, cors_policy)
+}
+
+/// A `CorsPolicy`.
+fn cors_policy(v: &Value, path: &str, errors: &mut Errors) -> Option<CorsPolicy> {
+    let before = errors.len();
+    let text = |k: &str, errors: &mut Errors| {
+        s(v, k)
+            .filter(|t| !t.is_empty())
+            .and_then(|t| header_value(t, &p(path, k), errors))
+    };
+    let allow_origins = arr(v, "allow_origin_string_match")
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| {
+            string_matcher(m, &format!("{path}.allow_origin_string_match[{i}]"), errors)
         })
-        .map(Arc::new)
+        .collect();
+    let policy = CorsPolicy {
+        enabled: get(v, "filter_enabled")
+            .map(|f| get(f, "default_value").map(fraction).unwrap_or((0, 100))),
+        allow_origins,
+        allow_methods: text("allow_methods", errors),
+        allow_headers: text("allow_headers", errors),
+        expose_headers: text("expose_headers", errors),
+        max_age: text("max_age", errors),
+        allow_credentials: v.get("allow_credentials").and_then(Value::as_bool),
+        allow_private_network_access: v
+            .get("allow_private_network_access")
+            .and_then(Value::as_bool),
+        forward_not_matching_preflights: v
+            .get("forward_not_matching_preflights")
+            .and_then(Value::as_bool),
+    };
+    (errors.len() == before).then_some(policy)
 }
 
 fn route(v: &Value, path: &str, res: &ClusterResolver<'_>, errors: &mut Errors) -> Option<Route> {
@@ -820,6 +868,7 @@ fn route(v: &Value, path: &str, res: &ClusterResolver<'_>, errors: &mut Errors) 
     let request_headers = request_ops(v, path, errors);
     let response_headers = response_ops(v, path, errors);
     let fault = fault_override(v, path, errors);
+    let cors = cors_override(v, path, errors);
     if errors.len() > before {
         return None;
     }
@@ -830,6 +879,7 @@ fn route(v: &Value, path: &str, res: &ClusterResolver<'_>, errors: &mut Errors) 
         request_headers,
         response_headers,
         fault,
+        cors,
     })
 }
 
@@ -869,6 +919,7 @@ pub fn route_table(v: &Value, path: &str, res: &ClusterResolver<'_>) -> Result<R
             request_headers: request_ops(vh, &vpath, &mut errors),
             response_headers: response_ops(vh, &vpath, &mut errors),
             fault: fault_override(vh, &vpath, &mut errors),
+            cors: cors_override(vh, &vpath, &mut errors),
         });
     }
     let selector = match VhostSelector::new(domains.iter().map(|(d, i)| (d.as_str(), *i))) {
@@ -1212,6 +1263,7 @@ fn hcm(
         ));
     }
     let mut fault = None;
+    let mut cors = false;
     for (i, f) in filters.iter().enumerate() {
         let fpath = format!("{path}.http_filters[{i}]");
         let ty = get(f, "typed_config")
@@ -1225,7 +1277,13 @@ fn hcm(
             Some(t) => t == FAULT_TYPE,
             None => s(f, "name") == Some("envoy.filters.http.fault"),
         };
-        if is_fault {
+        let is_cors = match ty {
+            Some(t) => t == CORS_TYPE,
+            None => s(f, "name") == Some("envoy.filters.http.cors"),
+        };
+        if is_cors {
+            cors = true;
+        } else if is_fault {
             let empty = Value::Object(Default::default());
             let config = get(f, "typed_config").unwrap_or(&empty);
             fault = fault_config(config, &p(&fpath, "typed_config"), errors).map(Arc::new);
@@ -1301,6 +1359,7 @@ fn hcm(
         websocket,
         suppress_envoy_headers,
         fault,
+        cors,
         server_name: HeaderValue::from_str(server_name)
             .unwrap_or(HeaderValue::from_static("envoy")),
         server_header: match s(v, "server_header_transformation") {

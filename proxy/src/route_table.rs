@@ -9,6 +9,7 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use regex::Regex;
 
 use crate::cluster::Cluster;
+use crate::cors::CorsPolicy;
 use crate::fault::FaultConfig;
 use crate::hash_policy::HashPolicy;
 use crate::header_ops::HeaderOps;
@@ -38,6 +39,8 @@ pub struct VirtualHost {
     pub response_headers: HeaderOps,
     /// The fault filter's configuration for this virtual host (`typed_per_filter_config`).
     pub fault: Option<Arc<FaultConfig>>,
+    /// The CORS filter's policy for this virtual host.
+    pub cors: Option<Arc<CorsPolicy>>,
 }
 
 /// One route: a match and an action.
@@ -51,6 +54,8 @@ pub struct Route {
     /// The fault filter's configuration for this route (`typed_per_filter_config`); it replaces
     /// the virtual host's and the filter's own.
     pub fault: Option<Arc<FaultConfig>>,
+    /// The CORS filter's policy for this route; its settings come before the virtual host's.
+    pub cors: Option<Arc<CorsPolicy>>,
 }
 
 /// `envoy.config.route.v3.RouteMatch`.

@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::cluster::{Cluster, PickError};
+use crate::cors::{CorsDecision, Policies};
 use crate::downstream_h2::{self, H2Settings};
 use crate::downstream_http1::{self, Http1Settings};
 use crate::fault::{Abort, FaultConfig, FaultDecision, FaultInput};
@@ -431,8 +432,33 @@ fn route_request<'a>(
     match route(req, ctx, hcm, conn) {
         Routed::Respond(r) => Either::Left(std::future::ready(r)),
         Routed::Forward(x) => Either::Right(Either::Left(x.run())),
-        // Boxed: a delayed request is rare, and its future must not grow every request's.
-        Routed::Delayed(d) => Either::Right(Either::Right(Box::pin(d.run(ctx)))),
+        // Boxed: delayed and CORS requests are rare, and their futures must not grow every
+        // request's.
+        other => Either::Right(Either::Right(boxed_routed(other, ctx))),
+    }
+}
+
+type BoxedResponse<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Response<ResponseBody>> + Send + 'a>>;
+
+/// The response of a routing decision, as a boxed future.
+fn boxed_routed<'a>(routed: Routed<'a>, ctx: &'a ListenerContext) -> BoxedResponse<'a> {
+    match routed {
+        Routed::Respond(r) => Box::pin(std::future::ready(r)),
+        Routed::Forward(x) => Box::pin(x.run()),
+        Routed::Delayed(d) => Box::pin(d.run(ctx)),
+        Routed::Cors(c) => {
+            let (inner, headers) = *c;
+            let response = boxed_routed(inner, ctx);
+            Box::pin(async move {
+                let mut r = response.await;
+                let h = r.headers_mut();
+                for (name, value) in &headers {
+                    h.insert(name.clone(), value.clone());
+                }
+                r
+            })
+        }
     }
 }
 
@@ -443,6 +469,8 @@ enum Routed<'a> {
     Forward(Exchange<'a>),
     /// A fault delay first (`envoy.filters.http.fault`).
     Delayed(Box<Delayed<'a>>),
+    /// A CORS request (`envoy.filters.http.cors`): these headers go on whatever answers it.
+    Cors(Box<(Routed<'a>, HeaderMap)>),
 }
 
 /// A request the fault filter holds for `delay`, then aborts or forwards.
@@ -667,6 +695,37 @@ fn route<'a>(
         protocol: protocol_name(req.version()),
         upstream_host: None,
     };
+    if hcm.cors && (hit.route.cors.is_some() || hit.vhost.cors.is_some()) {
+        let policies = Policies([hit.route.cors.as_deref(), hit.vhost.cors.as_deref()]);
+        match policies.decide(req.method(), req.headers(), fast_random()) {
+            CorsDecision::None => {}
+            CorsDecision::Preflight(headers) => {
+                let mut resp = local_response(StatusCode::OK, bytes::Bytes::new());
+                resp.headers_mut().extend(headers);
+                set_server(hcm, resp.headers_mut());
+                return Routed::Respond(resp);
+            }
+            CorsDecision::Response(headers) => {
+                let inner = route_action(req, ctx, hcm, hit, conn, rctx, new_id, random);
+                return Routed::Cors(Box::new((inner, headers)));
+            }
+        }
+    }
+    route_action(req, ctx, hcm, hit, conn, rctx, new_id, random)
+}
+
+/// Run the route's action: a direct response, a redirect, or a forward (after the fault filter).
+#[allow(clippy::too_many_arguments)]
+fn route_action<'a>(
+    req: Request<RequestBody>,
+    ctx: &ListenerContext,
+    hcm: &'a Arc<HcmConfig>,
+    hit: RouteHit<'a>,
+    conn: ConnInfo,
+    rctx: RequestContext<'a>,
+    new_id: Option<HeaderValue>,
+    random: u64,
+) -> Routed<'a> {
     match &hit.route.action {
         RouteAction::Direct(d) => {
             let mut resp = local_response(d.status, d.body.clone().unwrap_or_default());
@@ -695,7 +754,9 @@ fn route<'a>(
                     .unwrap_or(own)
             }) {
                 Some(fault) if fault.is_active() => {
-                    let host = host.to_string();
+                    let mut buf = String::new();
+                    let raw_host = request_authority(req.uri(), req.headers());
+                    let host = match_host(raw_host, hcm, ctx.local.port(), &mut buf).to_string();
                     match inject_fault(
                         fault,
                         req,

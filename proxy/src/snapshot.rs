@@ -52,6 +52,9 @@ pub struct HcmConfig {
     /// The fault filter (`envoy.filters.http.fault`) when the connection manager has one: its
     /// own configuration, which routes and virtual hosts may replace.
     pub fault: Option<Arc<crate::fault::FaultConfig>>,
+    /// The connection manager has the CORS filter (`envoy.filters.http.cors`): routes' and
+    /// virtual hosts' CORS policies apply.
+    pub cors: bool,
     pub server_name: HeaderValue,
     pub server_header: ServerHeader,
     pub stats: HcmStats,
