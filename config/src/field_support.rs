@@ -121,7 +121,19 @@ pub const SUPPORTED: &[&str] = &[
     // Clusters
     "envoy.config.cluster.v3.Cluster: name type=STATIC|STRICT_DNS|LOGICAL_DNS|EDS eds_cluster_config connect_timeout lb_policy=ROUND_ROBIN|LEAST_REQUEST|RANDOM|RING_HASH|MAGLEV ~ring_hash_lb_config ~maglev_lb_config \
         load_assignment typed_extension_protocol_options http2_protocol_options transport_socket circuit_breakers max_requests_per_connection \
-        dns_refresh_rate dns_lookup_family=AUTO|V4_ONLY|V6_ONLY|V4_PREFERRED|ALL metadata ~alt_stat_name ~per_connection_buffer_limit_bytes ~respect_dns_ttl",
+        dns_refresh_rate dns_lookup_family=AUTO|V4_ONLY|V6_ONLY|V4_PREFERRED|ALL metadata ~alt_stat_name ~per_connection_buffer_limit_bytes ~respect_dns_ttl \
+        outlier_detection common_lb_config",
+    // Outlier detection: ejection on failures in a row. Success-rate and failure-percentage
+    // ejection are not implemented (a warning says so unless `enforcing_success_rate` is 0); their
+    // tuning fields are accepted with it. `interval` only paces Envoy's un-ejection checks.
+    "envoy.config.cluster.v3.OutlierDetection: consecutive_5xx enforcing_consecutive_5xx consecutive_gateway_failure \
+        enforcing_consecutive_gateway_failure split_external_local_origin_errors consecutive_local_origin_failure \
+        enforcing_consecutive_local_origin_failure base_ejection_time max_ejection_time max_ejection_percent ~interval \
+        enforcing_success_rate ~success_rate_minimum_hosts ~success_rate_request_volume ~success_rate_stdev_factor \
+        ~enforcing_local_origin_success_rate ~enforcing_failure_percentage ~enforcing_failure_percentage_local_origin \
+        ~failure_percentage_threshold ~failure_percentage_minimum_hosts ~failure_percentage_request_volume",
+    "envoy.config.cluster.v3.Cluster.CommonLbConfig: healthy_panic_threshold",
+    "envoy.type.v3.Percent: value",
     "envoy.config.endpoint.v3.ClusterLoadAssignment: cluster_name endpoints",
     "envoy.config.endpoint.v3.LocalityLbEndpoints: lb_endpoints load_balancing_weight priority ~locality",
     "envoy.config.endpoint.v3.LbEndpoint: endpoint load_balancing_weight health_status ~metadata",

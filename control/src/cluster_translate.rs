@@ -171,18 +171,28 @@ fn circuit_breakers(pool: Option<&ConnectionPool>) -> Value {
     }]})
 }
 
+/// Istio's outlier detection: ejection on failures in a row (enforced at 100 % when a count is
+/// given), success-rate ejection off.
 fn outlier_detection(od: &OutlierDetection) -> Value {
     let mut m = Map::new();
+    m.insert("enforcing_success_rate".into(), json!(0));
     let five = od
         .consecutive5xx_errors
         .or(od.consecutive_5xx_errors_alt)
         .or(od.consecutive_errors);
     if let Some(n) = five {
         m.insert("consecutive_5xx".into(), json!(n));
+        m.insert(
+            "enforcing_consecutive_5xx".into(),
+            json!(if n > 0 { 100 } else { 0 }),
+        );
     }
     if let Some(n) = od.consecutive_gateway_errors {
         m.insert("consecutive_gateway_failure".into(), json!(n));
-        m.insert("enforcing_consecutive_gateway_failure".into(), json!(100));
+        m.insert(
+            "enforcing_consecutive_gateway_failure".into(),
+            json!(if n > 0 { 100 } else { 0 }),
+        );
     }
     if let Some(i) = &od.interval {
         m.insert("interval".into(), json!(proto_duration(i)));
@@ -193,14 +203,16 @@ fn outlier_detection(od: &OutlierDetection) -> Value {
     if let Some(p) = od.max_ejection_percent {
         m.insert("max_ejection_percent".into(), json!(p));
     }
-    if let Some(p) = od.min_health_percent {
-        m.insert("healthy_panic_threshold".into(), json!({"value": p}));
-    }
-    if let Some(s) = od.split_external_local_origin_errors {
-        m.insert("split_external_local_origin_errors".into(), json!(s));
-    }
-    if let Some(n) = od.consecutive_local_origin_failures {
-        m.insert("consecutive_local_origin_failure".into(), json!(n));
+    if od.split_external_local_origin_errors == Some(true) {
+        m.insert("split_external_local_origin_errors".into(), json!(true));
+        if let Some(n) = od.consecutive_local_origin_failures.filter(|n| *n > 0) {
+            m.insert("consecutive_local_origin_failure".into(), json!(n));
+            m.insert(
+                "enforcing_consecutive_local_origin_failure".into(),
+                json!(100),
+            );
+        }
+        m.insert("enforcing_local_origin_success_rate".into(), json!(0));
     }
     Value::Object(m)
 }
@@ -392,6 +404,11 @@ fn cluster(
     }
     if let Some(od) = &p.outlier_detection {
         c.insert("outlier_detection".into(), outlier_detection(od));
+        // Istio turns panic mode off (0 %) unless `minHealthPercent` says otherwise.
+        c.insert(
+            "common_lb_config".into(),
+            json!({"healthy_panic_threshold": {"value": od.min_health_percent.unwrap_or(0)}}),
+        );
     }
     if let Some(ts) = p.tls.as_ref().and_then(|t| upstream_tls(t, &svc.fqdn)) {
         c.insert("transport_socket".into(), ts);

@@ -3,12 +3,13 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
 use crate::hash_ring::HashRing;
 use crate::metrics::{ClusterStats, IstioStats};
+use crate::outlier::{Detector, FailureCounts, Observed, OutlierConfig};
 use crate::upstream_pool::{EndpointPool, PoolSettings};
 use crate::weighted_pick::{fast_random, WeightedPick};
 
@@ -84,6 +85,8 @@ pub struct Endpoint {
     pub total_requests: AtomicU64,
     /// `host:port` as configured (for `/clusters`).
     pub hostname: String,
+    /// Failures in a row, for outlier detection.
+    pub failures: FailureCounts,
 }
 
 /// The endpoints of one priority level.
@@ -143,6 +146,8 @@ pub struct Cluster {
     pub istio: IstioStats,
     /// Encoded configuration, to reuse the cluster (and its pools) across reloads when unchanged.
     pub fingerprint: Vec<u8>,
+    /// `outlier_detection`, when configured.
+    pub outlier: Option<Detector>,
 }
 
 /// Guard counting one active request on a cluster and an endpoint.
@@ -234,6 +239,7 @@ impl Cluster {
         settings: &PoolSettings,
         previous: Option<&EndpointSet>,
         resolve: bool,
+        ejected: Option<(&Detector, Instant)>,
     ) -> EndpointSet {
         let mut by_priority: std::collections::BTreeMap<u32, Vec<Arc<Endpoint>>> =
             Default::default();
@@ -284,14 +290,39 @@ impl Cluster {
                         active_requests: AtomicU64::new(0),
                         total_requests: AtomicU64::new(0),
                         hostname: format!("{}:{}", spec.host, spec.port),
+                        failures: FailureCounts::default(),
                     }));
             }
         }
+        Self::levels(by_priority, lb, ejected)
+    }
+
+    /// The priority levels of these endpoints: unhealthy and ejected ones get no traffic, unless
+    /// ejections would leave less than the panic threshold of a level (then they are ignored
+    /// there, as in Envoy's panic mode).
+    fn levels(
+        by_priority: std::collections::BTreeMap<u32, Vec<Arc<Endpoint>>>,
+        lb: LbPolicy,
+        ejected: Option<(&Detector, Instant)>,
+    ) -> EndpointSet {
         EndpointSet {
             levels: by_priority
                 .into_iter()
                 .map(|(priority, endpoints)| {
-                    let weight = |e: &Arc<Endpoint>| if e.healthy { e.weight as u64 } else { 0 };
+                    let out = |e: &Arc<Endpoint>| {
+                        ejected.is_some_and(|(d, now)| d.is_ejected(e.pool.addr, now))
+                    };
+                    let left = endpoints.iter().filter(|e| e.healthy && !out(e)).count();
+                    let panic = ejected.is_some_and(|(d, _)| {
+                        (left as u64) * 100 < endpoints.len() as u64 * d.config.panic_threshold
+                    });
+                    let weight = |e: &Arc<Endpoint>| {
+                        if e.healthy && (panic || !out(e)) {
+                            e.weight as u64
+                        } else {
+                            0
+                        }
+                    };
                     let pick = WeightedPick::new(endpoints.iter().map(weight));
                     let ring = (lb == LbPolicy::ConsistentHash)
                         .then(|| {
@@ -311,6 +342,61 @@ impl Cluster {
         }
     }
 
+    /// Count an attempt's outcome at `endpoint` for outlier detection; eject it when it has
+    /// failed too often, and take it back when its time is up.
+    pub fn observe(self: &Arc<Self>, endpoint: &Endpoint, outcome: Observed) {
+        let Some(detector) = &self.outlier else {
+            return;
+        };
+        if endpoint
+            .failures
+            .observe(&detector.config, outcome, fast_random())
+            .is_none()
+        {
+            return;
+        }
+        let total: usize = self
+            .endpoints
+            .load()
+            .levels
+            .iter()
+            .map(|l| l.endpoints.len())
+            .sum();
+        let Some(time) = detector.eject(endpoint.pool.addr, total, Instant::now()) else {
+            return;
+        };
+        tracing::info!(cluster = %self.name, endpoint = %endpoint.pool.addr, ?time, "outlier ejected");
+        self.stats.outlier_ejections.inc();
+        self.reweigh();
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(time).await;
+            cluster.reweigh();
+        });
+    }
+
+    /// Rebuild the picks of the current endpoints with the ejections as they are now.
+    fn reweigh(&self) {
+        let current = self.endpoints.load();
+        let by_priority = current
+            .levels
+            .iter()
+            .map(|l| (l.priority, l.endpoints.clone()))
+            .collect();
+        let now = Instant::now();
+        let next = Self::levels(
+            by_priority,
+            self.lb,
+            self.outlier.as_ref().map(|d| (d, now)),
+        );
+        if let Some(d) = &self.outlier {
+            self.stats
+                .outlier_ejections_active
+                .set(d.ejected(now) as i64);
+        }
+        self.endpoints.store(Arc::new(next));
+    }
+
     /// Construct a cluster and resolve its endpoints.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -323,8 +409,9 @@ impl Cluster {
         stats: ClusterStats,
         istio: IstioStats,
         fingerprint: Vec<u8>,
+        outlier: Option<OutlierConfig>,
     ) -> Arc<Self> {
-        let set = Self::build_endpoints(&specs, lb, &discovery, &settings, None, false);
+        let set = Self::build_endpoints(&specs, lb, &discovery, &settings, None, false, None);
         Arc::new(Cluster {
             name,
             lb,
@@ -339,6 +426,7 @@ impl Cluster {
             stats,
             istio,
             fingerprint,
+            outlier: outlier.map(Detector::new),
         })
     }
 
@@ -352,6 +440,7 @@ impl Cluster {
             &self.settings,
             Some(&prev),
             true,
+            self.outlier.as_ref().map(|d| (d, Instant::now())),
         );
         self.endpoints.store(Arc::new(next));
     }
@@ -386,6 +475,7 @@ mod tests {
             ClusterStats::new(&m, "c"),
             IstioStats::new(&m, vec!["x".into(); 7]),
             vec![],
+            None,
         )
     }
 

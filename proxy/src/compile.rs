@@ -24,6 +24,7 @@ use crate::matcher::{
     HeaderCheck, HeaderMatcher, HeaderSource, PathMatch, QueryMatcher, StringMatch, StringMatcher,
 };
 use crate::metrics::{ClusterStats, HcmStats, IstioStats, Metrics};
+use crate::outlier::OutlierConfig;
 use crate::retry_policy::{RetryOn, RetryPolicy};
 use crate::route_table::{
     ClusterRef, DirectResponse, ForwardAction, MirrorPolicy, MirrorTarget, RedirectAction, Route,
@@ -1218,6 +1219,7 @@ fn cluster(
     };
     let (service, short, namespace, version) = istio_destination(&name, get(v, "metadata"));
     let istio = identity.istio_stats(metrics, &name, [service, short, namespace, version]);
+    let outlier = get(v, "outlier_detection").map(|o| outlier_config(o, v, path));
     Some(Cluster::new(
         name.clone(),
         lb,
@@ -1228,7 +1230,58 @@ fn cluster(
         ClusterStats::new(metrics, &name),
         istio,
         fingerprint,
+        outlier,
     ))
+}
+
+/// A cluster's `outlier_detection` (and its `common_lb_config.healthy_panic_threshold`).
+fn outlier_config(o: &Value, cluster: &Value, path: &str) -> OutlierConfig {
+    let d = OutlierConfig::default();
+    let pct = |k: &str, default: u64| u(o, k).map_or(default, |n| n.min(100));
+    let count =
+        |k: &str, default: u32| u(o, k).map_or(default, |n| n.min(u64::from(u32::MAX)) as u32);
+    if u(o, "enforcing_failure_percentage").is_some_and(|p| p > 0) {
+        tracing::warn!(
+            at = %format!("{path}.outlier_detection.enforcing_failure_percentage"),
+            "failure-percentage ejection is not implemented"
+        );
+    }
+    if u(o, "enforcing_success_rate") != Some(0) {
+        tracing::warn!(
+            at = %format!("{path}.outlier_detection"),
+            "success-rate ejection is not implemented (set enforcing_success_rate: 0 to say so); \
+             ejection on consecutive failures applies"
+        );
+    }
+    OutlierConfig {
+        consecutive_5xx: count("consecutive_5xx", d.consecutive_5xx),
+        enforcing_consecutive_5xx: pct("enforcing_consecutive_5xx", d.enforcing_consecutive_5xx),
+        consecutive_gateway_failure: count(
+            "consecutive_gateway_failure",
+            d.consecutive_gateway_failure,
+        ),
+        enforcing_consecutive_gateway_failure: pct(
+            "enforcing_consecutive_gateway_failure",
+            d.enforcing_consecutive_gateway_failure,
+        ),
+        split_local_origin: b(o, "split_external_local_origin_errors"),
+        consecutive_local_origin_failure: count(
+            "consecutive_local_origin_failure",
+            d.consecutive_local_origin_failure,
+        ),
+        enforcing_consecutive_local_origin_failure: pct(
+            "enforcing_consecutive_local_origin_failure",
+            d.enforcing_consecutive_local_origin_failure,
+        ),
+        base_ejection_time: dur(o, "base_ejection_time").unwrap_or(d.base_ejection_time),
+        max_ejection_time: dur(o, "max_ejection_time").unwrap_or(d.max_ejection_time),
+        max_ejection_percent: pct("max_ejection_percent", d.max_ejection_percent),
+        panic_threshold: get(cluster, "common_lb_config")
+            .and_then(|c| get(c, "healthy_panic_threshold"))
+            .and_then(|t| t.get("value"))
+            .and_then(Value::as_f64)
+            .map_or(d.panic_threshold, |v| v.clamp(0.0, 100.0) as u64),
+    }
 }
 
 // ---- listeners and bootstrap ----------------------------------------------------------------

@@ -39,6 +39,7 @@ pub mod http1_codec;
 pub mod matcher;
 pub mod memory;
 pub mod metrics;
+pub mod outlier;
 pub mod peer_validation;
 pub mod request_id;
 pub mod retry_policy;

@@ -54,6 +54,8 @@ pub struct Metrics {
     pub upstream_rq_retry: IntCounterVec,
     pub upstream_rq_retry_success: IntCounterVec,
     pub upstream_rq_retry_overflow: IntCounterVec,
+    pub outlier_ejections_enforced: IntCounterVec,
+    pub outlier_ejections_active: IntGaugeVec,
     pub istio_requests_total: IntCounterVec,
     pub istio_request_duration: HistogramVec,
     pub config_reload_total: IntCounter,
@@ -116,6 +118,14 @@ impl Metrics {
             hcm,
         )?;
         r.register(Box::new(fault_active_faults.clone()))?;
+        let outlier_ejections_active = IntGaugeVec::new(
+            Opts::new(
+                "envoy_cluster_outlier_detection_ejections_active",
+                "Endpoints ejected by outlier detection now",
+            ),
+            cl,
+        )?;
+        r.register(Box::new(outlier_ejections_active.clone()))?;
         let config_reload_total = IntCounter::new(
             "sluice_config_reload_total",
             "Configuration reloads applied",
@@ -167,6 +177,13 @@ impl Metrics {
                 hcm,
             )?,
             fault_active_faults,
+            outlier_ejections_enforced: counter_vec(
+                &r,
+                "envoy_cluster_outlier_detection_ejections_enforced_total",
+                "Endpoints ejected by outlier detection",
+                cl,
+            )?,
+            outlier_ejections_active,
             upstream_rq_total: counter_vec(
                 &r,
                 "envoy_cluster_upstream_rq_total",
@@ -298,6 +315,8 @@ pub struct ClusterStats {
     pub rq_retry: IntCounter,
     pub rq_retry_success: IntCounter,
     pub rq_retry_overflow: IntCounter,
+    pub outlier_ejections: IntCounter,
+    pub outlier_ejections_active: IntGauge,
     by_code: LabelCache<u16, IntCounter>,
     name: String,
     family: IntCounterVec,
@@ -315,6 +334,8 @@ impl ClusterStats {
             rq_retry: m.upstream_rq_retry.with_label_values(&[name]),
             rq_retry_success: m.upstream_rq_retry_success.with_label_values(&[name]),
             rq_retry_overflow: m.upstream_rq_retry_overflow.with_label_values(&[name]),
+            outlier_ejections: m.outlier_ejections_enforced.with_label_values(&[name]),
+            outlier_ejections_active: m.outlier_ejections_active.with_label_values(&[name]),
             by_code: LabelCache::default(),
             name: name.to_string(),
             family: m.upstream_rq.clone(),

@@ -27,6 +27,7 @@ use crate::fault::{Abort, FaultConfig, FaultDecision, FaultInput};
 use crate::hash_policy::request_hash;
 use crate::header_ops::{HeaderOps, RequestContext};
 use crate::matcher::RequestView;
+use crate::outlier::Observed;
 use crate::retry_policy::{Outcome, RetryPolicy};
 use crate::route_table::{
     ClusterRef, ForwardAction, MirrorTarget, RedirectAction, RouteAction, RouteHit, Target,
@@ -1297,13 +1298,18 @@ impl Exchange<'_> {
             // Pinned where it is made: the exchange's future is large, and moving it into the
             // timeout and then into this future's state would copy it each time.
             let send = std::pin::pin!(endpoint.pool.send(up, upgrade));
-            match f.timeout {
+            let result = match f.timeout {
                 Some(t) => match tokio::time::timeout(t, send).await {
                     Ok(r) => r,
-                    Err(_) => return timed_out(&cluster),
+                    Err(_) => {
+                        observe(&cluster, &endpoint, &Err(UpstreamError::PerTryTimeout));
+                        return timed_out(&cluster);
+                    }
                 },
                 None => send.await,
-            }
+            };
+            observe(&cluster, &endpoint, &result);
+            result
         };
         let mut response = match result {
             Ok(r) => r,
@@ -1445,6 +1451,24 @@ fn outcome_of(result: &Result<Response<ResponseBody>, UpstreamError>) -> Option<
     })
 }
 
+/// Tell the cluster's outlier detection how an attempt at `endpoint` went.
+fn observe(
+    cluster: &Arc<Cluster>,
+    endpoint: &crate::cluster::Endpoint,
+    result: &Result<Response<ResponseBody>, UpstreamError>,
+) {
+    if cluster.outlier.is_none() {
+        return;
+    }
+    let o = match result {
+        Ok(r) => Observed::Status(r.status().as_u16()),
+        // The pool was full: nothing was asked of the endpoint.
+        Err(UpstreamError::Overflow) => return,
+        Err(_) => Observed::LocalOrigin,
+    };
+    cluster.observe(endpoint, o);
+}
+
 fn refused_stream(e: &hyper::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(s) = source {
@@ -1483,6 +1507,7 @@ async fn send_with_retries(
                 .unwrap_or(Err(UpstreamError::PerTryTimeout)),
             None => endpoint.pool.send(req, false).await,
         };
+        observe(cluster, &endpoint, &result);
         let retriable = outcome_of(&result)
             .is_some_and(|o| policy.retriable(o, result.as_ref().ok().map(Response::headers)));
         if !retriable {
