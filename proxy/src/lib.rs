@@ -40,6 +40,7 @@ pub mod matcher;
 pub mod memory;
 pub mod metrics;
 pub mod outlier;
+pub mod path_source;
 pub mod peer_validation;
 pub mod request_id;
 pub mod retry_policy;

@@ -21,6 +21,7 @@ use crate::ads_client::{self, AdsClientConfig, Outcome, Wanted, XdsUpdate};
 use crate::cluster::Discovery;
 use crate::compile::{self, CompileOptions};
 use crate::metrics::Metrics;
+use crate::path_source;
 use crate::server::{self, ListenerContext};
 use crate::snapshot::Snapshot;
 use crate::xds_state::{TypeResources, XdsKind, XdsState};
@@ -316,9 +317,16 @@ fn ads_server(loaded: &LoadedBootstrap) -> Result<Option<SocketAddr>, RunError> 
         reason: reason.to_string(),
     };
     let Some(ads) = dr.get("ads_config") else {
-        return Err(err(
-            "ads_config is required (lds_config and cds_config come over ADS)",
-        ));
+        // Without a management server, LDS and CDS must come from files.
+        let over_ads = ["lds_config", "cds_config"]
+            .iter()
+            .any(|k| dr.get(*k).is_some_and(|c| c.get("ads").is_some()));
+        if over_ads {
+            return Err(err(
+                "ads_config is required (lds_config and cds_config come over ADS, or from files with path_config_source)",
+            ));
+        }
+        return Ok(None);
     };
     let cluster_name = ads["grpc_services"][0]["envoy_grpc"]["cluster_name"]
         .as_str()
@@ -450,10 +458,16 @@ impl Proxy {
         crate::memory::release_after_load();
         let (loaded, snap, ads) = prepared?;
         let snapshot = Arc::new(ArcSwap::from_pointee(snap));
-        let xds_updates = ads.map(|config| {
+        let files = path_source::sources(&loaded.canonical);
+        let xds_updates = (ads.is_some() || !files.is_empty()).then(|| {
             let (tx, rx) = mpsc::channel(4);
-            tracing::info!(server = %config.server, "ADS: connecting to the management server");
-            tokio::spawn(ads_client::run(config, tx, metrics.clone()));
+            if let Some(config) = ads {
+                tracing::info!(server = %config.server, "ADS: connecting to the management server");
+                tokio::spawn(ads_client::run(config, tx.clone(), metrics.clone()));
+            }
+            if !files.is_empty() {
+                tokio::spawn(path_source::run(files, tx));
+            }
             rx
         });
         let mut proxy = Proxy {
