@@ -14,13 +14,14 @@ const EXPECTED: &[(&str, Result<(), &str>)] = &[
     ("examples__dynamic-config-cp__envoy.yaml", Ok(())),
     ("examples__dynamic-config-fs__configs__cds.yaml", Ok(())),
     ("examples__dynamic-config-fs__configs__lds.yaml", Ok(())),
-    // xDS from files (path_config_source) is not implemented; ADS over gRPC is.
+    // LDS and CDS from files (path_config_source).
     ("examples__dynamic-config-fs__envoy.yaml", Ok(())),
     // Loads; its runtime disk layer is not read (a warning says so), so the faults stay at 0 %.
     ("examples__fault-injection__envoy.yaml", Ok(())),
     // Its inline certificate is X.509 v1: served as Envoy serves it.
     ("examples__front-proxy__envoy.yaml", Ok(())),
-    ("examples__locality-load-balancing__envoy.yaml", Err("static_resources.clusters[0].health_checks: not supported")),
+    // Health checks, priorities and locality weights, as Envoy balances them.
+    ("examples__locality-load-balancing__envoy.yaml", Ok(())),
     ("examples__route-mirror__envoy.yaml", Ok(())),
     ("gateway-xds-ir__http-route-multiple-matches.routes.yaml", Ok(())),
     ("gateway-xds-ir__http-route-regex.routes.yaml", Ok(())),

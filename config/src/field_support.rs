@@ -123,7 +123,7 @@ pub const SUPPORTED: &[&str] = &[
     "envoy.config.cluster.v3.Cluster: name type=STATIC|STRICT_DNS|LOGICAL_DNS|EDS eds_cluster_config connect_timeout lb_policy=ROUND_ROBIN|LEAST_REQUEST|RANDOM|RING_HASH|MAGLEV ~ring_hash_lb_config ~maglev_lb_config \
         load_assignment typed_extension_protocol_options http2_protocol_options transport_socket circuit_breakers max_requests_per_connection \
         dns_refresh_rate dns_lookup_family=AUTO|V4_ONLY|V6_ONLY|V4_PREFERRED|ALL metadata ~alt_stat_name ~per_connection_buffer_limit_bytes ~respect_dns_ttl \
-        outlier_detection common_lb_config",
+        outlier_detection common_lb_config health_checks",
     // Outlier detection: ejection on failures in a row. Success-rate and failure-percentage
     // ejection are not implemented (a warning says so unless `enforcing_success_rate` is 0); their
     // tuning fields are accepted with it. `interval` only paces Envoy's un-ejection checks.
@@ -133,12 +133,25 @@ pub const SUPPORTED: &[&str] = &[
         enforcing_success_rate ~success_rate_minimum_hosts ~success_rate_request_volume ~success_rate_stdev_factor \
         ~enforcing_local_origin_success_rate ~enforcing_failure_percentage ~enforcing_failure_percentage_local_origin \
         ~failure_percentage_threshold ~failure_percentage_minimum_hosts ~failure_percentage_request_volume",
-    "envoy.config.cluster.v3.Cluster.CommonLbConfig: healthy_panic_threshold",
+    "envoy.config.cluster.v3.Cluster.CommonLbConfig: healthy_panic_threshold locality_weighted_lb_config",
+    "envoy.config.cluster.v3.Cluster.CommonLbConfig.LocalityWeightedLbConfig: ",
+    // Active health checks: HTTP/1.1 and TCP probes.
+    "envoy.config.core.v3.HealthCheck: timeout interval initial_jitter interval_jitter interval_jitter_percent \
+        unhealthy_threshold healthy_threshold ~reuse_connection http_health_check tcp_health_check no_traffic_interval \
+        no_traffic_healthy_interval unhealthy_interval unhealthy_edge_interval healthy_edge_interval ~event_log_path \
+        ~always_log_health_check_failures ~always_log_health_check_success",
+    "envoy.config.core.v3.HealthCheck.HttpHealthCheck: host path send receive response_buffer_size request_headers_to_add \
+        request_headers_to_remove expected_statuses retriable_statuses codec_client_type=HTTP1 \
+        method=METHOD_UNSPECIFIED|GET|HEAD|POST|PUT|DELETE|OPTIONS|TRACE|PATCH",
+    "envoy.config.core.v3.HealthCheck.TcpHealthCheck: send receive",
+    "envoy.config.core.v3.HealthCheck.Payload: text binary",
+    "envoy.type.v3.Int64Range: start end",
+    "envoy.config.endpoint.v3.Endpoint.HealthCheckConfig: port_value hostname disable_active_health_check",
     "envoy.type.v3.Percent: value",
     "envoy.config.endpoint.v3.ClusterLoadAssignment: cluster_name endpoints",
     "envoy.config.endpoint.v3.LocalityLbEndpoints: lb_endpoints load_balancing_weight priority ~locality",
     "envoy.config.endpoint.v3.LbEndpoint: endpoint load_balancing_weight health_status ~metadata",
-    "envoy.config.endpoint.v3.Endpoint: address ~hostname",
+    "envoy.config.endpoint.v3.Endpoint: address hostname health_check_config",
     "envoy.config.cluster.v3.CircuitBreakers: thresholds",
     "envoy.config.cluster.v3.CircuitBreakers.Thresholds: priority=DEFAULT max_connections max_pending_requests max_requests max_retries ~track_remaining",
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions: explicit_http_config common_http_protocol_options",

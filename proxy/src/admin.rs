@@ -100,11 +100,7 @@ fn respond(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>>
                         out.push_str(&format!("{name}::{a}::weight::{}\n", e.weight));
                         out.push_str(&format!(
                             "{name}::{a}::health_flags::{}\n",
-                            if e.healthy {
-                                "healthy"
-                            } else {
-                                "/failed_eds_health"
-                            }
+                            c.health_flags(e)
                         ));
                         out.push_str(&format!(
                             "{name}::{a}::rq_active::{}\n",

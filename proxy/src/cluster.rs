@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 
 use crate::hash_ring::HashRing;
+use crate::health_check::{HealthCheckTarget, HealthChecker};
 use crate::metrics::{ClusterStats, IstioStats};
 use crate::outlier::{Detector, FailureCounts, Observed, OutlierConfig};
 use crate::upstream_pool::{EndpointPool, PoolSettings};
@@ -73,6 +74,12 @@ pub struct EndpointSpec {
     pub weight: u32,
     pub priority: u32,
     pub healthy: bool,
+    /// `health_check_config`.
+    pub health_check: HealthCheckTarget,
+    /// Which locality of the cluster's `load_assignment` (its index) and its
+    /// `load_balancing_weight` (used with `locality_weighted_lb_config` only, as in Envoy).
+    pub locality: u32,
+    pub locality_weight: u32,
 }
 
 /// A resolved endpoint.
@@ -87,6 +94,10 @@ pub struct Endpoint {
     pub hostname: String,
     /// Failures in a row, for outlier detection.
     pub failures: FailureCounts,
+    /// How active health checks probe it.
+    pub health_check: HealthCheckTarget,
+    pub locality: u32,
+    pub locality_weight: u32,
 }
 
 /// The endpoints of one priority level.
@@ -97,6 +108,18 @@ pub struct PriorityLevel {
     pick: Option<WeightedPick>,
     /// For consistent-hash clusters.
     ring: Option<HashRing>,
+    /// With `locality_weighted_lb_config`, outside panic mode: a locality by its weight scaled
+    /// by its available share, then one of its endpoints.
+    localities: Option<LocalityPick>,
+}
+
+/// Locality-weighted choice within a priority level.
+#[derive(Debug)]
+struct LocalityPick {
+    pick: WeightedPick,
+    /// Per locality (as `pick` numbers them): its endpoints' indices in the level, and the
+    /// choice among them.
+    members: Vec<(Vec<usize>, Option<WeightedPick>)>,
 }
 
 /// All endpoints of a cluster.
@@ -104,6 +127,19 @@ pub struct PriorityLevel {
 pub struct EndpointSet {
     /// Ascending priority.
     pub levels: Vec<PriorityLevel>,
+    /// The share of traffic of each level (percent, as Envoy's priority load), when more than one
+    /// level takes traffic; otherwise `first` takes it all.
+    load: Option<WeightedPick>,
+    first: usize,
+}
+
+impl EndpointSet {
+    fn choose_level(&self) -> Option<&PriorityLevel> {
+        match &self.load {
+            None => self.levels.get(self.first),
+            Some(load) => self.levels.get(load.pick_random(fast_random())),
+        }
+    }
 }
 
 /// Circuit breaker thresholds (`DEFAULT` priority).
@@ -148,6 +184,98 @@ pub struct Cluster {
     pub fingerprint: Vec<u8>,
     /// `outlier_detection`, when configured.
     pub outlier: Option<Detector>,
+    /// `health_checks`, when configured.
+    pub health_checker: Option<Arc<HealthChecker>>,
+    /// `common_lb_config.healthy_panic_threshold` (default 50 %).
+    pub panic_threshold: u64,
+    /// `common_lb_config.locality_weighted_lb_config`: locality weights count.
+    pub locality_weighted: bool,
+}
+
+/// How a cluster tells healthy endpoints from the rest.
+#[derive(Debug)]
+pub struct HealthSettings {
+    pub outlier: Option<OutlierConfig>,
+    /// `health_checks`, with the cluster's health-check stats.
+    pub health_check: Option<HealthChecker>,
+    pub panic_threshold: u64,
+    pub locality_weighted: bool,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        HealthSettings {
+            outlier: None,
+            health_check: None,
+            panic_threshold: 50,
+            locality_weighted: false,
+        }
+    }
+}
+
+impl LocalityPick {
+    /// Each locality weighs its `load_balancing_weight` × min(1, 1.4 × its available share).
+    /// `None` when no locality has an available endpoint.
+    fn new(endpoints: &[Arc<Endpoint>], available: impl Fn(&Endpoint) -> bool) -> Option<Self> {
+        let mut order: Vec<u32> = endpoints.iter().map(|e| e.locality).collect();
+        order.sort_unstable();
+        order.dedup();
+        let mut weights = Vec::with_capacity(order.len());
+        let mut members = Vec::with_capacity(order.len());
+        for locality in order {
+            let idx: Vec<usize> = (0..endpoints.len())
+                .filter(|&i| endpoints[i].locality == locality)
+                .collect();
+            let left = idx.iter().filter(|&&i| available(&endpoints[i])).count() as u64;
+            let share = (1400 * left / idx.len().max(1) as u64).min(1000);
+            let locality_weight = idx
+                .first()
+                .map_or(0, |&i| u64::from(endpoints[i].locality_weight));
+            weights.push(locality_weight * share);
+            let pick = WeightedPick::new(idx.iter().map(|&i| {
+                if available(&endpoints[i]) {
+                    u64::from(endpoints[i].weight)
+                } else {
+                    0
+                }
+            }));
+            members.push((idx, pick));
+        }
+        Some(LocalityPick {
+            pick: WeightedPick::new(weights)?,
+            members,
+        })
+    }
+}
+
+/// What excludes an endpoint from load balancing right now, and how levels balance.
+#[derive(Clone, Copy)]
+pub struct HealthView<'a> {
+    outlier: Option<(&'a Detector, Instant)>,
+    checker: Option<&'a HealthChecker>,
+    panic_threshold: u64,
+    locality_weighted: bool,
+}
+
+impl HealthView<'_> {
+    /// Only the endpoints' own (EDS) health, for clusters without health checks or outlier
+    /// detection, and while validating.
+    pub const NONE: HealthView<'static> = HealthView {
+        outlier: None,
+        checker: None,
+        panic_threshold: 50,
+        locality_weighted: false,
+    };
+
+    fn available(&self, e: &Endpoint) -> bool {
+        e.healthy
+            && !self
+                .outlier
+                .is_some_and(|(d, now)| d.is_ejected(e.pool.addr, now))
+            && !(self
+                .checker
+                .is_some_and(|c| !e.health_check.disabled && c.is_failed(e.pool.addr)))
+    }
 }
 
 /// Guard counting one active request on a cluster and an endpoint.
@@ -183,14 +311,17 @@ impl Cluster {
         hash: Option<u64>,
     ) -> Result<(Arc<Endpoint>, ActiveRequest), PickError> {
         let set = self.endpoints.load();
-        let level = set
-            .levels
-            .iter()
-            .find(|l| l.pick.is_some())
-            .ok_or(PickError::NoHealthyUpstream)?;
-        let Some(pick) = &level.pick else {
+        let level = set.choose_level().ok_or(PickError::NoHealthyUpstream)?;
+        let Some(mut pick) = level.pick.as_ref() else {
             return Err(PickError::NoHealthyUpstream);
         };
+        let mut members: Option<&[usize]> = None;
+        if let (Some(lp), false) = (&level.localities, self.lb == LbPolicy::ConsistentHash) {
+            if let Some((m, Some(p))) = lp.members.get(lp.pick.pick_random(fast_random())) {
+                pick = p;
+                members = Some(m);
+            }
+        }
         let idx = match self.lb {
             LbPolicy::ConsistentHash => match (hash, &level.ring) {
                 (Some(h), Some(ring)) => ring.pick(h),
@@ -202,18 +333,26 @@ impl Cluster {
                 pick.pick_random(self.rr.fetch_add(1, Ordering::Relaxed) as u64)
             }
             LbPolicy::LeastRequest => {
+                let at = |i: usize| members.map_or(i, |m| m.get(i).copied().unwrap_or(i));
                 let a = pick.pick_random(fast_random());
                 let b = pick.pick_random(fast_random());
-                let ra = level.endpoints[a].active_requests.load(Ordering::Relaxed);
-                let rb = level.endpoints[b].active_requests.load(Ordering::Relaxed);
-                if rb < ra {
+                let active = |i: usize| {
+                    level
+                        .endpoints
+                        .get(at(i))
+                        .map_or(u64::MAX, |e| e.active_requests.load(Ordering::Relaxed))
+                };
+                if active(b) < active(a) {
                     b
                 } else {
                     a
                 }
             }
         };
-        let endpoint = level.endpoints[idx].clone();
+        let idx = members.map_or(idx, |m| m.get(idx).copied().unwrap_or(idx));
+        let Some(endpoint) = level.endpoints.get(idx).cloned() else {
+            return Err(PickError::NoHealthyUpstream);
+        };
         let prev = self.active_requests.fetch_add(1, Ordering::Relaxed);
         if prev >= self.breakers.max_requests {
             self.active_requests.fetch_sub(1, Ordering::Relaxed);
@@ -239,7 +378,7 @@ impl Cluster {
         settings: &PoolSettings,
         previous: Option<&EndpointSet>,
         resolve: bool,
-        ejected: Option<(&Detector, Instant)>,
+        health: HealthView<'_>,
     ) -> EndpointSet {
         let mut by_priority: std::collections::BTreeMap<u32, Vec<Arc<Endpoint>>> =
             Default::default();
@@ -291,55 +430,149 @@ impl Cluster {
                         total_requests: AtomicU64::new(0),
                         hostname: format!("{}:{}", spec.host, spec.port),
                         failures: FailureCounts::default(),
+                        health_check: spec.health_check.clone(),
+                        locality: spec.locality,
+                        locality_weight: spec.locality_weight,
                     }));
             }
         }
-        Self::levels(by_priority, lb, ejected)
+        Self::levels(by_priority, lb, health)
     }
 
-    /// The priority levels of these endpoints: unhealthy and ejected ones get no traffic, unless
-    /// ejections would leave less than the panic threshold of a level (then they are ignored
-    /// there, as in Envoy's panic mode).
+    /// The priority levels of these endpoints and their share of traffic, as Envoy computes
+    /// them. Each level is available for its share of available endpoints × 1.4 (at most 100 %);
+    /// the traffic goes to the levels in order, each taking its availability scaled to the sum
+    /// of all (so a level half available takes 70 % and the next level the rest). Unhealthy,
+    /// failed and ejected endpoints get no traffic, unless the levels together are less than
+    /// 100 % available and a level has less than the panic threshold of its endpoints available:
+    /// that level then uses all of its endpoints (panic mode); when every level is in panic, each
+    /// takes traffic in proportion to its number of endpoints. A panic threshold of 0 turns panic
+    /// mode off.
     fn levels(
         by_priority: std::collections::BTreeMap<u32, Vec<Arc<Endpoint>>>,
         lb: LbPolicy,
-        ejected: Option<(&Detector, Instant)>,
+        health: HealthView<'_>,
     ) -> EndpointSet {
-        EndpointSet {
-            levels: by_priority
-                .into_iter()
-                .map(|(priority, endpoints)| {
-                    let out = |e: &Arc<Endpoint>| {
-                        ejected.is_some_and(|(d, now)| d.is_ejected(e.pool.addr, now))
-                    };
-                    let left = endpoints.iter().filter(|e| e.healthy && !out(e)).count();
-                    let panic = ejected.is_some_and(|(d, _)| {
-                        (left as u64) * 100 < endpoints.len() as u64 * d.config.panic_threshold
-                    });
-                    let weight = |e: &Arc<Endpoint>| {
-                        if e.healthy && (panic || !out(e)) {
-                            e.weight as u64
-                        } else {
-                            0
-                        }
-                    };
-                    let pick = WeightedPick::new(endpoints.iter().map(weight));
-                    let ring = (lb == LbPolicy::ConsistentHash)
-                        .then(|| {
-                            HashRing::new(
-                                endpoints.iter().map(|e| (e.hostname.as_str(), weight(e))),
-                            )
-                        })
-                        .flatten();
-                    PriorityLevel {
-                        priority,
-                        endpoints,
-                        pick,
-                        ring,
-                    }
-                })
-                .collect(),
+        let counts: Vec<(u64, u64)> = by_priority
+            .values()
+            .map(|eps| {
+                let left = eps.iter().filter(|e| health.available(e)).count();
+                (left as u64, eps.len() as u64)
+            })
+            .collect();
+        let availability: Vec<u64> = counts
+            .iter()
+            .map(|&(left, n)| (140 * left).checked_div(n).unwrap_or(0).min(100))
+            .collect();
+        let total = availability.iter().sum::<u64>().min(100);
+        let threshold = health.panic_threshold;
+        let panic: Vec<bool> = counts
+            .iter()
+            .map(|&(left, n)| total < 100 && threshold > 0 && left * 100 < n * threshold)
+            .collect();
+        let mut load = vec![0u64; counts.len()];
+        if !load.is_empty() {
+            if total == 0 && threshold == 0 {
+                load[0] = 100;
+            } else if panic.iter().all(|p| *p) {
+                let hosts: u64 = counts.iter().map(|c| c.1).sum();
+                for (l, c) in load.iter_mut().zip(&counts) {
+                    *l = (c.1 * 100).checked_div(hosts).unwrap_or(0);
+                }
+                let first = counts.iter().position(|c| c.1 > 0).unwrap_or(0);
+                load[first] += 100 - load.iter().sum::<u64>();
+            } else {
+                let mut left = 100u64;
+                for (l, a) in load.iter_mut().zip(&availability) {
+                    *l = (a * 100 / total).min(left);
+                    left -= *l;
+                }
+                let first = availability.iter().position(|a| *a > 0).unwrap_or(0);
+                load[first] += left;
+            }
         }
+        let levels: Vec<PriorityLevel> = by_priority
+            .into_iter()
+            .zip(&panic)
+            .map(|((priority, endpoints), &panic)| {
+                let weight = |e: &Arc<Endpoint>| {
+                    if panic || health.available(e) {
+                        e.weight as u64
+                    } else {
+                        0
+                    }
+                };
+                let pick = WeightedPick::new(endpoints.iter().map(weight));
+                let ring = (lb == LbPolicy::ConsistentHash)
+                    .then(|| {
+                        HashRing::new(endpoints.iter().map(|e| (e.hostname.as_str(), weight(e))))
+                    })
+                    .flatten();
+                let localities = (health.locality_weighted && !panic)
+                    .then(|| LocalityPick::new(&endpoints, |e| health.available(e)))
+                    .flatten();
+                PriorityLevel {
+                    priority,
+                    endpoints,
+                    pick,
+                    ring,
+                    localities,
+                }
+            })
+            .collect();
+        let taking = load.iter().filter(|l| **l > 0).count();
+        EndpointSet {
+            levels,
+            first: load.iter().position(|l| *l > 0).unwrap_or(0),
+            load: (taking > 1).then(|| WeightedPick::new(load)).flatten(),
+        }
+    }
+
+    /// What excludes endpoints now.
+    fn health_view(&self) -> HealthView<'_> {
+        HealthView {
+            outlier: self.outlier.as_ref().map(|d| (d, Instant::now())),
+            checker: self.health_checker.as_deref(),
+            panic_threshold: self.panic_threshold,
+            locality_weighted: self.locality_weighted,
+        }
+    }
+
+    /// The endpoint's health as Envoy's `/clusters` shows it: `healthy`, or its flags
+    /// (`/failed_active_hc`, `/failed_outlier_check`, `/failed_eds_health`).
+    pub fn health_flags(&self, e: &Endpoint) -> String {
+        let mut flags = String::new();
+        if self
+            .health_checker
+            .as_ref()
+            .is_some_and(|c| !e.health_check.disabled && c.is_failed(e.pool.addr))
+        {
+            flags.push_str("/failed_active_hc");
+        }
+        if self
+            .outlier
+            .as_ref()
+            .is_some_and(|d| d.is_ejected(e.pool.addr, Instant::now()))
+        {
+            flags.push_str("/failed_outlier_check");
+        }
+        if !e.healthy {
+            flags.push_str("/failed_eds_health");
+        }
+        if flags.is_empty() {
+            flags.push_str("healthy");
+        }
+        flags
+    }
+
+    /// Whether the cluster has ever opened an upstream connection (health checks slow down to
+    /// `no_traffic_interval` until it has).
+    pub fn has_had_traffic(&self) -> bool {
+        self.endpoints.load().levels.iter().any(|l| {
+            l.endpoints
+                .iter()
+                .any(|e| e.pool.total_connections.load(Ordering::Relaxed) > 0)
+        })
     }
 
     /// Count an attempt's outcome at `endpoint` for outlier detection; eject it when it has
@@ -375,8 +608,8 @@ impl Cluster {
         });
     }
 
-    /// Rebuild the picks of the current endpoints with the ejections as they are now.
-    fn reweigh(&self) {
+    /// Rebuild the picks of the current endpoints with the ejections and health as they are now.
+    pub fn reweigh(&self) {
         let current = self.endpoints.load();
         let by_priority = current
             .levels
@@ -384,11 +617,7 @@ impl Cluster {
             .map(|l| (l.priority, l.endpoints.clone()))
             .collect();
         let now = Instant::now();
-        let next = Self::levels(
-            by_priority,
-            self.lb,
-            self.outlier.as_ref().map(|d| (d, now)),
-        );
+        let next = Self::levels(by_priority, self.lb, self.health_view());
         if let Some(d) = &self.outlier {
             self.stats
                 .outlier_ejections_active
@@ -409,9 +638,16 @@ impl Cluster {
         stats: ClusterStats,
         istio: IstioStats,
         fingerprint: Vec<u8>,
-        outlier: Option<OutlierConfig>,
+        health: HealthSettings,
     ) -> Arc<Self> {
-        let set = Self::build_endpoints(&specs, lb, &discovery, &settings, None, false, None);
+        let health_checker = health.health_check.map(Arc::new);
+        let view = HealthView {
+            outlier: None,
+            checker: health_checker.as_deref(),
+            panic_threshold: health.panic_threshold,
+            locality_weighted: health.locality_weighted,
+        };
+        let set = Self::build_endpoints(&specs, lb, &discovery, &settings, None, false, view);
         Arc::new(Cluster {
             name,
             lb,
@@ -426,7 +662,10 @@ impl Cluster {
             stats,
             istio,
             fingerprint,
-            outlier: outlier.map(Detector::new),
+            outlier: health.outlier.map(Detector::new),
+            health_checker,
+            panic_threshold: health.panic_threshold,
+            locality_weighted: health.locality_weighted,
         })
     }
 
@@ -440,7 +679,7 @@ impl Cluster {
             &self.settings,
             Some(&prev),
             true,
-            self.outlier.as_ref().map(|d| (d, Instant::now())),
+            self.health_view(),
         );
         self.endpoints.store(Arc::new(next));
     }
@@ -475,7 +714,7 @@ mod tests {
             ClusterStats::new(&m, "c"),
             IstioStats::new(&m, vec!["x".into(); 7]),
             vec![],
-            None,
+            HealthSettings::default(),
         )
     }
 
@@ -486,6 +725,9 @@ mod tests {
             weight,
             priority,
             healthy,
+            health_check: HealthCheckTarget::default(),
+            locality: 0,
+            locality_weight: 1,
         }
     }
 
@@ -532,6 +774,54 @@ mod tests {
         assert_eq!(DnsFamily::V4Preferred.select(vec![v6, v4]), vec![v4]);
         assert_eq!(DnsFamily::V4Preferred.select(vec![v6]), vec![v6]);
         assert_eq!(DnsFamily::All.select(vec![v6, v4]), vec![v4, v6]);
+    }
+
+    #[test]
+    fn panic_mode_follows_envoy() {
+        let ports = |c: &Arc<Cluster>| {
+            let mut seen: Vec<u16> = (0..60)
+                .map(|_| c.acquire(None).unwrap().0.pool.addr.port())
+                .collect();
+            seen.sort_unstable();
+            seen.dedup();
+            seen
+        };
+        // One of three left (33 % < 50 %, 47 % with the 1.4 factor < 100 %): all are used.
+        let c = cluster(
+            LbPolicy::RoundRobin,
+            vec![
+                spec(1, 1, 0, true),
+                spec(2, 1, 0, false),
+                spec(3, 1, 0, false),
+            ],
+        );
+        assert_eq!(ports(&c), vec![1, 2, 3]);
+        // One of two left (50 %): no panic.
+        let c = cluster(
+            LbPolicy::RoundRobin,
+            vec![spec(1, 1, 0, true), spec(2, 1, 0, false)],
+        );
+        assert_eq!(ports(&c), vec![1]);
+        // None left anywhere: every level in panic, each uses all of its endpoints.
+        let c = cluster(
+            LbPolicy::RoundRobin,
+            vec![
+                spec(1, 1, 0, false),
+                spec(2, 1, 0, false),
+                spec(3, 1, 1, false),
+            ],
+        );
+        assert_eq!(ports(&c), vec![1, 2, 3]);
+        // One of two left in P0 (70 %): the rest spills to P1.
+        let c = cluster(
+            LbPolicy::RoundRobin,
+            vec![
+                spec(1, 1, 0, true),
+                spec(2, 1, 0, false),
+                spec(3, 1, 1, true),
+            ],
+        );
+        assert_eq!(ports(&c), vec![1, 3]);
     }
 
     #[test]

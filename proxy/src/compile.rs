@@ -15,15 +15,18 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use serde_json::Value;
 use sluice_config::FieldError;
 
-use crate::cluster::{Breakers, Cluster, Discovery, DnsFamily, EndpointSpec, LbPolicy};
+use crate::cluster::{
+    Breakers, Cluster, Discovery, DnsFamily, EndpointSpec, HealthSettings, LbPolicy,
+};
 use crate::cors::CorsPolicy;
 use crate::fault::FaultConfig;
 use crate::hash_policy::{HashPolicy, HashSource};
 use crate::header_ops::{AppendAction, HeaderAdd, HeaderOps, HeaderTemplate};
+use crate::health_check::{HealthCheckConfig, HealthCheckTarget, HealthChecker, HttpProbe, Probe};
 use crate::matcher::{
     HeaderCheck, HeaderMatcher, HeaderSource, PathMatch, QueryMatcher, StringMatch, StringMatcher,
 };
-use crate::metrics::{ClusterStats, HcmStats, IstioStats, Metrics};
+use crate::metrics::{ClusterStats, HcmStats, HealthCheckStats, IstioStats, Metrics};
 use crate::outlier::OutlierConfig;
 use crate::retry_policy::{RetryOn, RetryPolicy};
 use crate::route_table::{
@@ -1137,17 +1140,34 @@ fn cluster(
                     ));
                     continue;
                 }
-                let weight = u(ep, "load_balancing_weight").unwrap_or(1).max(1) * locality_weight;
+                let weight = u(ep, "load_balancing_weight").unwrap_or(1).max(1);
                 let healthy = !matches!(
                     s(ep, "health_status"),
                     Some("UNHEALTHY" | "DRAINING" | "TIMEOUT")
                 );
+                let endpoint = get(ep, "endpoint");
+                let hc = endpoint.and_then(|e| get(e, "health_check_config"));
+                let health_check = HealthCheckTarget {
+                    port: hc
+                        .and_then(|c| u(c, "port_value"))
+                        .filter(|p| *p > 0)
+                        .map(|p| p.min(u16::MAX as u64) as u16),
+                    hostname: hc
+                        .and_then(|c| s(c, "hostname"))
+                        .or_else(|| endpoint.and_then(|e| s(e, "hostname")))
+                        .filter(|h| !h.is_empty())
+                        .map(str::to_string),
+                    disabled: hc.is_some_and(|c| b(c, "disable_active_health_check")),
+                };
                 specs.push(EndpointSpec {
                     host,
                     port,
                     weight: weight.min(u32::MAX as u64) as u32,
                     priority,
                     healthy,
+                    health_check,
+                    locality: i.min(u32::MAX as usize) as u32,
+                    locality_weight: locality_weight.min(u32::MAX as u64) as u32,
                 });
             }
         }
@@ -1219,7 +1239,27 @@ fn cluster(
     };
     let (service, short, namespace, version) = istio_destination(&name, get(v, "metadata"));
     let istio = identity.istio_stats(metrics, &name, [service, short, namespace, version]);
-    let outlier = get(v, "outlier_detection").map(|o| outlier_config(o, v, path));
+    let outlier = get(v, "outlier_detection").map(|o| outlier_config(o, path));
+    let health_checks = arr(v, "health_checks");
+    if health_checks.len() > 1 {
+        errors.push(FieldError::new(
+            p(path, "health_checks"),
+            "only one health check per cluster is supported (as Envoy)",
+        ));
+        return None;
+    }
+    let health_check = match health_checks.first() {
+        Some(hc) => Some(HealthChecker::new(
+            health_check_config(hc, &format!("{path}.health_checks[0]"), errors)?,
+            HealthCheckStats::new(metrics, &name),
+        )),
+        None => None,
+    };
+    let panic_threshold = get(v, "common_lb_config")
+        .and_then(|c| get(c, "healthy_panic_threshold"))
+        .and_then(|t| t.get("value"))
+        .and_then(Value::as_f64)
+        .map_or(50, |v| v.clamp(0.0, 100.0) as u64);
     Some(Cluster::new(
         name.clone(),
         lb,
@@ -1230,12 +1270,178 @@ fn cluster(
         ClusterStats::new(metrics, &name),
         istio,
         fingerprint,
-        outlier,
+        HealthSettings {
+            outlier,
+            health_check,
+            panic_threshold,
+            locality_weighted: get(v, "common_lb_config")
+                .is_some_and(|c| get(c, "locality_weighted_lb_config").is_some()),
+        },
     ))
 }
 
-/// A cluster's `outlier_detection` (and its `common_lb_config.healthy_panic_threshold`).
-fn outlier_config(o: &Value, cluster: &Value, path: &str) -> OutlierConfig {
+/// A cluster's `health_checks[0]`.
+fn health_check_config(v: &Value, path: &str, errors: &mut Errors) -> Option<HealthCheckConfig> {
+    let mut required = |k: &str| {
+        let d = dur(v, k);
+        if d.is_none() {
+            errors.push(FieldError::new(p(path, k), "required"));
+        }
+        d
+    };
+    let (timeout, interval) = (required("timeout"), required("interval"));
+    let threshold = |k: &str| u(v, k).map(|n| n.min(u64::from(u32::MAX)) as u32);
+    let (Some(unhealthy_threshold), Some(healthy_threshold)) = (
+        threshold("unhealthy_threshold"),
+        threshold("healthy_threshold"),
+    ) else {
+        errors.push(FieldError::new(
+            path.to_string(),
+            "unhealthy_threshold and healthy_threshold are required",
+        ));
+        return None;
+    };
+    let (timeout, interval) = (timeout?, interval?);
+    let probe = if let Some(h) = get(v, "http_health_check") {
+        let hpath = p(path, "http_health_check");
+        let method = s(h, "method")
+            .filter(|m| *m != "METHOD_UNSPECIFIED")
+            .unwrap_or("GET")
+            .to_string();
+        let send = match get(h, "send") {
+            Some(pl) => payload(pl, &p(&hpath, "send"), errors)?,
+            None => Vec::new(),
+        };
+        if !send.is_empty() && matches!(method.as_str(), "GET" | "HEAD" | "DELETE" | "TRACE") {
+            errors.push(FieldError::new(
+                p(&hpath, "send"),
+                format!("a health check request with method {method} cannot carry a payload"),
+            ));
+            return None;
+        }
+        let mut receive = Vec::new();
+        for (i, pl) in arr(h, "receive").iter().enumerate() {
+            receive.push(payload(pl, &format!("{hpath}.receive[{i}]"), errors)?);
+        }
+        let ranges = |k: &str, errors: &mut Errors| -> Option<Vec<(u16, u16)>> {
+            let mut out = Vec::new();
+            for (i, r) in arr(h, k).iter().enumerate() {
+                let (start, end) = (u(r, "start").unwrap_or(0), u(r, "end").unwrap_or(0));
+                if start >= end || start < 100 || end > 600 {
+                    errors.push(FieldError::new(
+                        format!("{hpath}.{k}[{i}]"),
+                        format!(
+                            "invalid status range [{start}, {end}): need 100 <= start < end <= 600"
+                        ),
+                    ));
+                    return None;
+                }
+                out.push((start as u16, end as u16));
+            }
+            Some(out)
+        };
+        let mut expected = ranges("expected_statuses", errors)?;
+        if expected.is_empty() {
+            expected.push((200, 201));
+        }
+        let retriable = ranges("retriable_statuses", errors)?;
+        let headers = arr(h, "request_headers_to_add")
+            .iter()
+            .filter_map(|o| get(o, "header"))
+            .filter_map(|hv| {
+                Some((
+                    s(hv, "key")?.to_ascii_lowercase(),
+                    s(hv, "value").unwrap_or("").to_string(),
+                ))
+            })
+            .collect();
+        let remove = arr(h, "request_headers_to_remove")
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_ascii_lowercase)
+            .collect();
+        Probe::Http(HttpProbe {
+            method,
+            path: s(h, "path").unwrap_or("/").to_string(),
+            host: s(h, "host").filter(|h| !h.is_empty()).map(str::to_string),
+            headers,
+            remove,
+            expected,
+            retriable,
+            send,
+            receive,
+            buffer: u(h, "response_buffer_size").map_or(1024, |n| n as usize),
+        })
+    } else if let Some(t) = get(v, "tcp_health_check") {
+        let tpath = p(path, "tcp_health_check");
+        let send = match get(t, "send") {
+            Some(pl) => payload(pl, &p(&tpath, "send"), errors)?,
+            None => Vec::new(),
+        };
+        let mut receive = Vec::new();
+        for (i, pl) in arr(t, "receive").iter().enumerate() {
+            receive.push(payload(pl, &format!("{tpath}.receive[{i}]"), errors)?);
+        }
+        Probe::Tcp { send, receive }
+    } else {
+        errors.push(FieldError::new(
+            path.to_string(),
+            "needs http_health_check or tcp_health_check (the health checkers Sluice implements)",
+        ));
+        return None;
+    };
+    let or = |k: &str, default: Duration| dur(v, k).unwrap_or(default);
+    let unhealthy_interval = or("unhealthy_interval", interval);
+    let no_traffic_interval = or("no_traffic_interval", Duration::from_secs(60));
+    Some(HealthCheckConfig {
+        timeout,
+        interval,
+        unhealthy_interval,
+        unhealthy_edge_interval: or("unhealthy_edge_interval", unhealthy_interval),
+        healthy_edge_interval: or("healthy_edge_interval", interval),
+        no_traffic_interval,
+        no_traffic_healthy_interval: or("no_traffic_healthy_interval", no_traffic_interval),
+        initial_jitter: or("initial_jitter", Duration::ZERO),
+        interval_jitter: or("interval_jitter", Duration::ZERO),
+        interval_jitter_percent: u(v, "interval_jitter_percent").unwrap_or(0).min(1000) as u32,
+        unhealthy_threshold,
+        healthy_threshold,
+        probe,
+    })
+}
+
+/// A health-check `Payload`: `text` (hex) or `binary`.
+fn payload(v: &Value, path: &str, errors: &mut Errors) -> Option<Vec<u8>> {
+    if let Some(hex) = s(v, "text") {
+        let clean: Vec<u8> = hex.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+        let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+        let decoded = clean
+            .len()
+            .is_multiple_of(2)
+            .then(|| {
+                clean
+                    .chunks(2)
+                    .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
+                    .collect::<Option<Vec<u8>>>()
+            })
+            .flatten();
+        if decoded.is_none() {
+            errors.push(FieldError::new(p(path, "text"), "not a hex string"));
+        }
+        return decoded;
+    }
+    if let Some(b64) = s(v, "binary") {
+        let decoded = crate::data_source::decode_base64(b64);
+        if decoded.is_none() {
+            errors.push(FieldError::new(p(path, "binary"), "not base64"));
+        }
+        return decoded;
+    }
+    Some(Vec::new())
+}
+
+/// A cluster's `outlier_detection`.
+fn outlier_config(o: &Value, path: &str) -> OutlierConfig {
     let d = OutlierConfig::default();
     let pct = |k: &str, default: u64| u(o, k).map_or(default, |n| n.min(100));
     let count =
@@ -1276,11 +1482,6 @@ fn outlier_config(o: &Value, cluster: &Value, path: &str) -> OutlierConfig {
         base_ejection_time: dur(o, "base_ejection_time").unwrap_or(d.base_ejection_time),
         max_ejection_time: dur(o, "max_ejection_time").unwrap_or(d.max_ejection_time),
         max_ejection_percent: pct("max_ejection_percent", d.max_ejection_percent),
-        panic_threshold: get(cluster, "common_lb_config")
-            .and_then(|c| get(c, "healthy_panic_threshold"))
-            .and_then(|t| t.get("value"))
-            .and_then(Value::as_f64)
-            .map_or(d.panic_threshold, |v| v.clamp(0.0, 100.0) as u64),
     }
 }
 

@@ -34,6 +34,7 @@ pub mod hash_policy;
 pub mod hash_ring;
 pub mod header_ops;
 pub mod header_pool;
+pub mod health_check;
 pub mod hpack;
 pub mod http1_codec;
 pub mod matcher;

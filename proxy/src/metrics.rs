@@ -56,6 +56,11 @@ pub struct Metrics {
     pub upstream_rq_retry_overflow: IntCounterVec,
     pub outlier_ejections_enforced: IntCounterVec,
     pub outlier_ejections_active: IntGaugeVec,
+    pub health_check_attempt: IntCounterVec,
+    pub health_check_success: IntCounterVec,
+    pub health_check_failure: IntCounterVec,
+    pub health_check_network_failure: IntCounterVec,
+    pub health_check_healthy: IntGaugeVec,
     pub istio_requests_total: IntCounterVec,
     pub istio_request_duration: HistogramVec,
     pub config_reload_total: IntCounter,
@@ -126,6 +131,14 @@ impl Metrics {
             cl,
         )?;
         r.register(Box::new(outlier_ejections_active.clone()))?;
+        let health_check_healthy = IntGaugeVec::new(
+            Opts::new(
+                "envoy_cluster_health_check_healthy",
+                "Endpoints passing their health checks",
+            ),
+            cl,
+        )?;
+        r.register(Box::new(health_check_healthy.clone()))?;
         let config_reload_total = IntCounter::new(
             "sluice_config_reload_total",
             "Configuration reloads applied",
@@ -184,6 +197,31 @@ impl Metrics {
                 cl,
             )?,
             outlier_ejections_active,
+            health_check_attempt: counter_vec(
+                &r,
+                "envoy_cluster_health_check_attempt",
+                "Health check probes started",
+                cl,
+            )?,
+            health_check_success: counter_vec(
+                &r,
+                "envoy_cluster_health_check_success",
+                "Health check probes that passed",
+                cl,
+            )?,
+            health_check_failure: counter_vec(
+                &r,
+                "envoy_cluster_health_check_failure",
+                "Health check probes that failed",
+                cl,
+            )?,
+            health_check_network_failure: counter_vec(
+                &r,
+                "envoy_cluster_health_check_network_failure",
+                "Health check probes that failed on the connection or timed out",
+                cl,
+            )?,
+            health_check_healthy,
             upstream_rq_total: counter_vec(
                 &r,
                 "envoy_cluster_upstream_rq_total",
@@ -301,6 +339,29 @@ impl<K: Eq + Hash + Clone, V: Clone> LabelCache<K, V> {
         next.insert(key, v.clone());
         self.map.store(Arc::new(next));
         Some(v)
+    }
+}
+
+/// Health-check handles of one cluster (`cluster.NAME.health_check.*` in Envoy).
+#[derive(Debug)]
+pub struct HealthCheckStats {
+    pub attempt: IntCounter,
+    pub success: IntCounter,
+    pub failure: IntCounter,
+    pub network_failure: IntCounter,
+    pub healthy: IntGauge,
+}
+
+impl HealthCheckStats {
+    /// Resolve the handles of cluster `name`.
+    pub fn new(m: &Metrics, name: &str) -> Self {
+        HealthCheckStats {
+            attempt: m.health_check_attempt.with_label_values(&[name]),
+            success: m.health_check_success.with_label_values(&[name]),
+            failure: m.health_check_failure.with_label_values(&[name]),
+            network_failure: m.health_check_network_failure.with_label_values(&[name]),
+            healthy: m.health_check_healthy.with_label_values(&[name]),
+        }
     }
 }
 

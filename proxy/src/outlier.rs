@@ -36,9 +36,6 @@ pub struct OutlierConfig {
     pub base_ejection_time: Duration,
     pub max_ejection_time: Duration,
     pub max_ejection_percent: u64,
-    /// The cluster's `common_lb_config.healthy_panic_threshold` (default 50 %): below this share
-    /// of endpoints left in a priority level, ejections there are ignored (Envoy's panic mode).
-    pub panic_threshold: u64,
 }
 
 impl Default for OutlierConfig {
@@ -54,7 +51,6 @@ impl Default for OutlierConfig {
             base_ejection_time: Duration::from_secs(30),
             max_ejection_time: Duration::from_secs(300),
             max_ejection_percent: 10,
-            panic_threshold: 50,
         }
     }
 }

@@ -457,6 +457,7 @@ impl Proxy {
         });
         crate::memory::release_after_load();
         let (loaded, snap, ads) = prepared?;
+        start_health_checks(&snap, None).await;
         let snapshot = Arc::new(ArcSwap::from_pointee(snap));
         let files = path_source::sources(&loaded.canonical);
         let xds_updates = (ads.is_some() || !files.is_empty()).then(|| {
@@ -601,6 +602,7 @@ impl Proxy {
     ) -> Result<u64, (RunError, XdsState)> {
         let version = self.version.load(Ordering::Relaxed) + 1;
         let current = self.snapshot.load_full();
+        let previous = current.clone();
         // Compiling takes milliseconds to tens of milliseconds (reflection, DNS): it runs on a
         // blocking thread so that the workers keep serving requests meanwhile.
         let (metrics, copts) = (self.metrics.clone(), self.options.compile.clone());
@@ -616,6 +618,8 @@ impl Proxy {
         .unwrap_or_else(|e| (Err(RunError::Join(e.to_string())), XdsState::default()));
         match compiled {
             Ok(next) => {
+                start_health_checks(&next, Some(&previous)).await;
+                drop(previous);
                 self.snapshot.store(Arc::new(next));
                 self.version.store(version, Ordering::Relaxed);
                 if let Err(e) = self.sync_listeners() {
@@ -744,6 +748,33 @@ impl Proxy {
 
 fn mtime(p: &std::path::Path) -> Option<std::time::SystemTime> {
     std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+/// Start the health checks of the clusters of `next` that are new (not carried over from
+/// `previous`), and wait until each has probed all its endpoints once, as Envoy warms a cluster
+/// before using it. The running configuration keeps serving meanwhile.
+async fn start_health_checks(next: &Snapshot, previous: Option<&Snapshot>) {
+    let mut warming = Vec::new();
+    for c in next.clusters.values() {
+        let reused = previous.is_some_and(|p| {
+            p.clusters
+                .get(&c.name)
+                .is_some_and(|old| Arc::ptr_eq(old, c))
+        });
+        if reused {
+            continue;
+        }
+        if let (Some(rx), Some(checker)) = (
+            crate::health_check::HealthChecker::start(c),
+            c.health_checker.as_ref(),
+        ) {
+            warming.push(crate::health_check::HealthChecker::warmed(
+                rx,
+                checker.config.timeout,
+            ));
+        }
+    }
+    futures_util::future::join_all(warming).await;
 }
 
 async fn dns_refresher(snapshot: Arc<ArcSwap<Snapshot>>) {

@@ -160,8 +160,25 @@ impl EndpointPool {
     }
 
     async fn dial(&self) -> Result<UpstreamStream, UpstreamError> {
+        self.dial_to(self.addr).await
+    }
+
+    /// A connection for a health-check probe, to `port` instead of the endpoint's when given,
+    /// with the cluster's TLS; not counted among the pool's connections.
+    pub async fn dial_health_check(
+        &self,
+        port: Option<u16>,
+    ) -> Result<UpstreamStream, UpstreamError> {
+        let mut addr = self.addr;
+        if let Some(port) = port {
+            addr.set_port(port);
+        }
+        self.dial_to(addr).await
+    }
+
+    async fn dial_to(&self, addr: SocketAddr) -> Result<UpstreamStream, UpstreamError> {
         let connect = async {
-            let tcp = TcpStream::connect(self.addr)
+            let tcp = TcpStream::connect(addr)
                 .await
                 .map_err(UpstreamError::Connect)?;
             let _ = tcp.set_nodelay(true);
@@ -171,7 +188,7 @@ impl EndpointPool {
                     let name = tls
                         .sni
                         .clone()
-                        .unwrap_or_else(|| ServerName::IpAddress(self.addr.ip().into()));
+                        .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
                     let stream = tokio_rustls::TlsConnector::from(tls.config.clone())
                         .connect(name, tcp)
                         .await
