@@ -250,3 +250,68 @@ async fn bad_health_checks_are_refused_with_the_field() {
         "{err}"
     );
 }
+
+/// A bootstrap whose connection manager runs the health-check filter before the router, with
+/// `node.cluster` `front` and a cluster with one endpoint of two healthy.
+fn filter_config(pass_through: bool, min_healthy: u32, app: u16) -> String {
+    let mut c = cluster("app", &[app, closed_port()]);
+    c["load_assignment"]["endpoints"][0]["lb_endpoints"][1]["health_status"] = json!("UNHEALTHY");
+    let text = bootstrap(
+        routes(json!([{"match": {"prefix": "/"}, "route": {"cluster": "app"}}])),
+        vec![c],
+        json!({"http_filters": [
+            {"name": "envoy.filters.http.health_check", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck",
+                "pass_through_mode": pass_through,
+                "headers": [{"name": ":path", "string_match": {"exact": "/healthz"}}],
+                "cluster_min_healthy_percentages": {"app": {"value": min_healthy}}
+            }},
+            {"name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+            }}
+        ]}),
+    );
+    let mut b: serde_json::Value = serde_json::from_str(&text).unwrap();
+    b["node"] = json!({"id": "n1", "cluster": "front"});
+    b.to_string()
+}
+
+/// Status, upstream, `x-envoy-upstream-healthchecked-cluster` and local body length of a request.
+async fn probe_filter(p: &ProxyProcess, path: &str) -> (u16, String, String, usize) {
+    let r = get(&client_h1(), &p.url("main", path), &[]).await;
+    let checked = r
+        .headers
+        .get("x-envoy-upstream-healthchecked-cluster")
+        .map(|v| v.to_str().unwrap_or("?").to_string())
+        .unwrap_or_else(|| "-".into());
+    // The body of a local answer (an upstream's echoes headers that differ per request).
+    let len = if r.upstream() == "-" { r.body.len() } else { 0 };
+    (r.status, r.upstream(), checked, len)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_check_filter_answers_as_envoy_does() {
+    let app = upstream("app").await;
+    let mut seen = Vec::new();
+    for kind in ["envoy", "sluice"] {
+        let mut answers = Vec::new();
+        // Answered by the proxy: half the endpoints healthy meets 50 %, not 60 %.
+        for (pass_through, min) in [(false, 50), (false, 60), (true, 60)] {
+            let p = proxy_of(kind, &filter_config(pass_through, min, app.port())).await;
+            answers.push(probe_filter(&p, "/healthz").await);
+            answers.push(probe_filter(&p, "/other").await);
+        }
+        seen.push(answers);
+    }
+    let expected = vec![
+        (200, "-".to_string(), "front".to_string(), 0),
+        (200, "app".to_string(), "-".to_string(), 0),
+        (503, "-".to_string(), "front".to_string(), 0),
+        (200, "app".to_string(), "-".to_string(), 0),
+        // Passed through to the upstream, marked on the way back.
+        (200, "app".to_string(), "front".to_string(), 0),
+        (200, "app".to_string(), "-".to_string(), 0),
+    ];
+    assert_eq!(seen[0], expected, "envoy");
+    assert_eq!(seen[1], seen[0], "sluice differs from envoy");
+}

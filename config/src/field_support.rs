@@ -21,7 +21,7 @@ use crate::error::FieldError;
 /// Supported fields per message: `"message.FullName: field field=ENUM|VALUES ~ignored_field"`.
 pub const SUPPORTED: &[&str] = &[
     // Bootstrap
-    "envoy.config.bootstrap.v3.Bootstrap: node static_resources dynamic_resources admin ~stats_config ~stats_flush_interval ~layered_runtime",
+    "envoy.config.bootstrap.v3.Bootstrap: node static_resources dynamic_resources admin ~stats_config ~stats_flush_interval ~layered_runtime ~tracing",
     // xDS: ADS over gRPC (state of the world), to a static cluster
     "envoy.config.bootstrap.v3.Bootstrap.DynamicResources: lds_config cds_config ads_config",
     "envoy.config.core.v3.ApiConfigSource: api_type=GRPC transport_api_version=V3 grpc_services ~set_node_on_first_message_only ~refresh_delay ~request_timeout",
@@ -62,12 +62,13 @@ pub const SUPPORTED: &[&str] = &[
         request_timeout request_headers_timeout common_http_protocol_options http_protocol_options \
         max_request_headers_kb rds \
         upgrade_configs server_name server_header_transformation=OVERWRITE|APPEND_IF_ABSENT|PASS_THROUGH \
-        ~access_log ~http2_protocol_options",
+        ~access_log ~http2_protocol_options ~tracing",
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter: name typed_config",
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig: upgrade_type enabled",
     "envoy.extensions.filters.http.router.v3.Router: suppress_envoy_headers ~dynamic_stats ~start_child_span",
     // Fault injection (filter, and per route / virtual host). The runtime keys only name where a
     // runtime override would come from; Sluice has no runtime layer, so the configured values hold.
+    "envoy.extensions.filters.http.health_check.v3.HealthCheck: pass_through_mode cache_time headers cluster_min_healthy_percentages",
     "envoy.extensions.filters.http.fault.v3.HTTPFault: delay abort upstream_cluster headers downstream_nodes max_active_faults \
         ~delay_percent_runtime ~abort_percent_runtime ~delay_duration_runtime ~abort_http_status_runtime \
         ~max_active_faults_runtime ~abort_grpc_status_runtime ~disable_downstream_cluster_stats",

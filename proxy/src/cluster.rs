@@ -565,6 +565,16 @@ impl Cluster {
         flags
     }
 
+    /// How many endpoints are healthy (not unhealthy by EDS, failed checks or ejection), of
+    /// how many (Envoy's `membership_healthy` and `membership_total`).
+    pub fn membership(&self) -> (usize, usize) {
+        let view = self.health_view();
+        let set = self.endpoints.load();
+        let all = set.levels.iter().flat_map(|l| l.endpoints.iter());
+        let total = all.clone().count();
+        (all.filter(|e| view.available(e)).count(), total)
+    }
+
     /// Whether the cluster has ever opened an upstream connection (health checks slow down to
     /// `no_traffic_interval` until it has).
     pub fn has_had_traffic(&self) -> bool {

@@ -23,6 +23,7 @@ use crate::fault::FaultConfig;
 use crate::hash_policy::{HashPolicy, HashSource};
 use crate::header_ops::{AppendAction, HeaderAdd, HeaderOps, HeaderTemplate};
 use crate::health_check::{HealthCheckConfig, HealthCheckTarget, HealthChecker, HttpProbe, Probe};
+use crate::health_check_filter::HealthCheckFilter;
 use crate::matcher::{
     HeaderCheck, HeaderMatcher, HeaderSource, PathMatch, QueryMatcher, StringMatch, StringMatcher,
 };
@@ -44,6 +45,7 @@ const HCM_TYPE: &str =
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const ROUTER_TYPE: &str = "envoy.extensions.filters.http.router.v3.Router";
 const FAULT_TYPE: &str = "envoy.extensions.filters.http.fault.v3.HTTPFault";
+const HEALTH_CHECK_TYPE: &str = "envoy.extensions.filters.http.health_check.v3.HealthCheck";
 const CORS_TYPE: &str = "envoy.extensions.filters.http.cors.v3.Cors";
 const CORS_POLICY_TYPE: &str = "envoy.extensions.filters.http.cors.v3.CorsPolicy";
 const UPSTREAM_HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
@@ -207,6 +209,49 @@ fn header_matcher(v: &Value, path: &str, errors: &mut Errors) -> Option<HeaderMa
         check,
         invert: b(v, "invert_match"),
         treat_missing_as_empty: b(v, "treat_missing_header_as_empty"),
+    })
+}
+
+/// The health-check filter's `typed_config`.
+fn health_check_filter(
+    v: &Value,
+    path: &str,
+    identity: &Identity,
+    errors: &mut Errors,
+) -> Option<HealthCheckFilter> {
+    let Some(pass_through) = get(v, "pass_through_mode").map(|w| match w {
+        Value::Bool(b) => *b,
+        other => other.get("value").and_then(Value::as_bool).unwrap_or(false),
+    }) else {
+        errors.push(FieldError::new(p(path, "pass_through_mode"), "required"));
+        return None;
+    };
+    if dur(v, "cache_time").is_some_and(|d| !d.is_zero()) {
+        errors.push(FieldError::unsupported(p(path, "cache_time")));
+        return None;
+    }
+    let mut headers = Vec::new();
+    for (i, h) in arr(v, "headers").iter().enumerate() {
+        headers.push(header_matcher(h, &format!("{path}.headers[{i}]"), errors)?);
+    }
+    let mut min_healthy: Vec<(String, f64)> = get(v, "cluster_min_healthy_percentages")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(name, pct)| {
+                    let value = pct.get("value").and_then(Value::as_f64).unwrap_or(0.0);
+                    (name.clone(), value.clamp(0.0, 100.0))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    min_healthy.sort_by(|a, b| a.0.cmp(&b.0));
+    Some(HealthCheckFilter {
+        pass_through,
+        headers,
+        min_healthy,
+        local_cluster: HeaderValue::from_str(&identity.local_cluster)
+            .unwrap_or(HeaderValue::from_static("")),
     })
 }
 
@@ -957,6 +1002,8 @@ pub struct Identity {
     pub source_app: String,
     /// This proxy's workload namespace (`node.metadata.NAMESPACE`, or the node id's).
     pub namespace: String,
+    /// This proxy's cluster (`--service-cluster`, else `node.cluster`; may be empty).
+    pub local_cluster: String,
 }
 
 impl Identity {
@@ -1022,6 +1069,10 @@ impl Identity {
             source_workload: workload.to_string(),
             source_app: app.to_string(),
             namespace,
+            local_cluster: cli_cluster
+                .or_else(|| s(node, "cluster"))
+                .unwrap_or("")
+                .to_string(),
         }
     }
 }
@@ -1516,8 +1567,16 @@ fn hcm(
             "the router filter is required",
         ));
     }
+    if get(v, "tracing").is_some() {
+        tracing::warn!(
+            at = %p(path, "tracing"),
+            "tracing is not implemented: no spans are reported and no trace context headers are \
+             added; requests are routed as without it"
+        );
+    }
     let mut fault = None;
     let mut cors = false;
+    let mut health_check = None;
     for (i, f) in filters.iter().enumerate() {
         let fpath = format!("{path}.http_filters[{i}]");
         let ty = get(f, "typed_config")
@@ -1535,8 +1594,18 @@ fn hcm(
             Some(t) => t == CORS_TYPE,
             None => s(f, "name") == Some("envoy.filters.http.cors"),
         };
+        let is_health_check = match ty {
+            Some(t) => t == HEALTH_CHECK_TYPE,
+            None => s(f, "name") == Some("envoy.filters.http.health_check"),
+        };
         if is_cors {
             cors = true;
+        } else if is_health_check {
+            let empty = Value::Object(Default::default());
+            let config = get(f, "typed_config").unwrap_or(&empty);
+            health_check =
+                health_check_filter(config, &p(&fpath, "typed_config"), identity, errors)
+                    .map(Arc::new);
         } else if is_fault {
             let empty = Value::Object(Default::default());
             let config = get(f, "typed_config").unwrap_or(&empty);
@@ -1614,6 +1683,7 @@ fn hcm(
         suppress_envoy_headers,
         fault,
         cors,
+        health_check,
         server_name: HeaderValue::from_str(server_name)
             .unwrap_or(HeaderValue::from_static("envoy")),
         server_header: match s(v, "server_header_transformation") {
@@ -1803,6 +1873,13 @@ pub fn bootstrap(
                 );
             }
         }
+    }
+    if get(v, "tracing").is_some() {
+        tracing::warn!(
+            at = "tracing",
+            "tracing is not implemented: no spans are reported and no trace context headers are \
+             added; requests are routed as without it"
+        );
     }
     let node = get(v, "node").cloned().unwrap_or(Value::Null);
     let identity = Identity::from_node(&node, options.service_cluster.as_deref());

@@ -35,6 +35,7 @@ pub mod hash_ring;
 pub mod header_ops;
 pub mod header_pool;
 pub mod health_check;
+pub mod health_check_filter;
 pub mod hpack;
 pub mod http1_codec;
 pub mod matcher;

@@ -26,6 +26,7 @@ use crate::downstream_http1::{self, Http1Settings};
 use crate::fault::{Abort, FaultConfig, FaultDecision, FaultInput};
 use crate::hash_policy::request_hash;
 use crate::header_ops::{HeaderOps, RequestContext};
+use crate::health_check_filter::{HealthCheckFilter, HEALTHCHECKED_CLUSTER};
 use crate::matcher::RequestView;
 use crate::outlier::Observed;
 use crate::retry_policy::{Outcome, RetryPolicy};
@@ -448,7 +449,7 @@ fn boxed_routed<'a>(routed: Routed<'a>, ctx: &'a ListenerContext) -> BoxedRespon
         Routed::Respond(r) => Box::pin(std::future::ready(r)),
         Routed::Forward(x) => Box::pin(x.run()),
         Routed::Delayed(d) => Box::pin(d.run(ctx)),
-        Routed::Cors(c) => {
+        Routed::WithHeaders(c) => {
             let (inner, headers) = *c;
             let response = boxed_routed(inner, ctx);
             Box::pin(async move {
@@ -470,8 +471,9 @@ enum Routed<'a> {
     Forward(Exchange<'a>),
     /// A fault delay first (`envoy.filters.http.fault`).
     Delayed(Box<Delayed<'a>>),
-    /// A CORS request (`envoy.filters.http.cors`): these headers go on whatever answers it.
-    Cors(Box<(Routed<'a>, HeaderMap)>),
+    /// These headers go on whatever answers it: a CORS request's (`envoy.filters.http.cors`),
+    /// a health check's passed through (`envoy.filters.http.health_check`).
+    WithHeaders(Box<(Routed<'a>, HeaderMap)>),
 }
 
 /// A request the fault filter holds for `delay`, then aborts or forwards.
@@ -674,6 +676,19 @@ fn route<'a>(
     hcm: &'a Arc<HcmConfig>,
     conn: ConnInfo,
 ) -> Routed<'a> {
+    match hcm.health_check.as_deref() {
+        Some(hc) => route_with_health_check(req, ctx, hcm, conn, hc),
+        None => route_request_to(req, ctx, hcm, conn),
+    }
+}
+
+/// Match the route and start its action.
+fn route_request_to<'a>(
+    req: Request<RequestBody>,
+    ctx: &ListenerContext,
+    hcm: &'a Arc<HcmConfig>,
+    conn: ConnInfo,
+) -> Routed<'a> {
     let remote = conn.remote;
     let raw_host = request_authority(req.uri(), req.headers());
     let mut buf = String::new();
@@ -708,11 +723,42 @@ fn route<'a>(
             }
             CorsDecision::Response(headers) => {
                 let inner = route_action(req, ctx, hcm, hit, conn, rctx, new_id, random);
-                return Routed::Cors(Box::new((inner, headers)));
+                return Routed::WithHeaders(Box::new((inner, headers)));
             }
         }
     }
     route_action(req, ctx, hcm, hit, conn, rctx, new_id, random)
+}
+
+/// A request to a connection manager with the health-check filter: a health check is answered
+/// here, or routed with the filter's header on its response (`pass_through_mode`).
+#[cold]
+fn route_with_health_check<'a>(
+    req: Request<RequestBody>,
+    ctx: &ListenerContext,
+    hcm: &'a Arc<HcmConfig>,
+    conn: ConnInfo,
+    hc: &HealthCheckFilter,
+) -> Routed<'a> {
+    let is_check = {
+        let raw_host = request_authority(req.uri(), req.headers());
+        let mut buf = String::new();
+        let host = match_host(raw_host, hcm, ctx.local.port(), &mut buf);
+        hc.matches(&request_view(&req, host, conn.secure))
+    };
+    if !is_check {
+        return route_request_to(req, ctx, hcm, conn);
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert(HEALTHCHECKED_CLUSTER, hc.local_cluster.clone());
+    if hc.pass_through {
+        let inner = route_request_to(req, ctx, hcm, conn);
+        return Routed::WithHeaders(Box::new((inner, headers)));
+    }
+    let status = hc.status(&ctx.snapshot.load().clusters);
+    let mut resp = local_reply(hcm, status, "");
+    resp.headers_mut().extend(headers);
+    Routed::Respond(resp)
 }
 
 /// Run the route's action: a direct response, a redirect, or a forward (after the fault filter).

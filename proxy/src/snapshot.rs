@@ -55,6 +55,8 @@ pub struct HcmConfig {
     /// The connection manager has the CORS filter (`envoy.filters.http.cors`): routes' and
     /// virtual hosts' CORS policies apply.
     pub cors: bool,
+    /// The health-check filter (`envoy.filters.http.health_check`), when present.
+    pub health_check: Option<Arc<crate::health_check_filter::HealthCheckFilter>>,
     pub server_name: HeaderValue,
     pub server_header: ServerHeader,
     pub stats: HcmStats,
