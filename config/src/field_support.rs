@@ -64,6 +64,10 @@ pub const SUPPORTED: &[&str] = &[
         upgrade_configs server_name server_header_transformation=OVERWRITE|APPEND_IF_ABSENT|PASS_THROUGH \
         ~access_log ~http2_protocol_options ~tracing",
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter: name typed_config",
+    // TCP proxying (a filter chain that relays bytes to a cluster or weighted clusters).
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy: stat_prefix cluster weighted_clusters idle_timeout max_connect_attempts ~access_log ~access_log_options",
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster: clusters",
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight: name weight",
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig: upgrade_type enabled",
     "envoy.extensions.filters.http.router.v3.Router: suppress_envoy_headers ~dynamic_stats ~start_child_span",
     // Fault injection (filter, and per route / virtual host). The runtime keys only name where a

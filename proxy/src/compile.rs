@@ -35,12 +35,15 @@ use crate::route_table::{
     RouteAction, RouteMatch, RouteTable, Target, VirtualHost, WeightedEntry, WeightedTarget,
 };
 use crate::snapshot::{
-    Codec, FilterChain, HcmConfig, Http2Options, ListenerConfig, NodeInfo, ServerHeader, Snapshot,
+    Codec, FilterChain, HcmConfig, Http2Options, ListenerConfig, NetworkFilter, NodeInfo,
+    ServerHeader, Snapshot,
 };
+use crate::tcp_proxy::TcpProxyConfig;
 use crate::upstream_pool::{ConnectionBudget, PoolSettings, UpstreamProtocol};
 use crate::vhost_select::VhostSelector;
 use crate::weighted_pick::WeightedPick;
 
+const TCP_PROXY_TYPE: &str = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 const HCM_TYPE: &str =
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const ROUTER_TYPE: &str = "envoy.extensions.filters.http.router.v3.Router";
@@ -209,6 +212,65 @@ fn header_matcher(v: &Value, path: &str, errors: &mut Errors) -> Option<HeaderMa
         check,
         invert: b(v, "invert_match"),
         treat_missing_as_empty: b(v, "treat_missing_header_as_empty"),
+    })
+}
+
+/// A `tcp_proxy` network filter's `typed_config`. Its clusters are looked up now; one that does
+/// not exist closes each connection (Envoy accepts the configuration too).
+fn tcp_proxy(
+    v: &Value,
+    path: &str,
+    res: &ClusterResolver<'_>,
+    errors: &mut Errors,
+) -> Option<TcpProxyConfig> {
+    let target = |name: &str| ClusterRef {
+        name: Arc::from(name),
+        cluster: res.clusters.get(name).cloned(),
+    };
+    let (targets, weights) = if let Some(name) = s(v, "cluster") {
+        (vec![target(name)], None)
+    } else if let Some(w) = get(v, "weighted_clusters") {
+        let entries = arr(w, "clusters");
+        if entries.is_empty() {
+            errors.push(FieldError::new(
+                p(path, "weighted_clusters.clusters"),
+                "at least one cluster is required",
+            ));
+            return None;
+        }
+        let targets: Vec<ClusterRef> = entries
+            .iter()
+            .map(|c| target(s(c, "name").unwrap_or("")))
+            .collect();
+        let weights = WeightedPick::new(entries.iter().map(|c| u(c, "weight").unwrap_or(0)));
+        if weights.is_none() {
+            errors.push(FieldError::new(
+                p(path, "weighted_clusters.clusters"),
+                "the weights add up to 0",
+            ));
+            return None;
+        }
+        (targets, weights)
+    } else {
+        errors.push(FieldError::new(
+            path.to_string(),
+            "needs cluster or weighted_clusters",
+        ));
+        return None;
+    };
+    let idle_timeout = match dur(v, "idle_timeout") {
+        Some(d) if d.is_zero() => None,
+        Some(d) => Some(d),
+        None => Some(crate::tcp_proxy::DEFAULT_IDLE_TIMEOUT),
+    };
+    Some(TcpProxyConfig {
+        stat_prefix: s(v, "stat_prefix").unwrap_or("").to_string(),
+        targets,
+        weights,
+        idle_timeout,
+        max_connect_attempts: u(v, "max_connect_attempts")
+            .unwrap_or(1)
+            .clamp(1, u64::from(u32::MAX)) as u32,
     })
 }
 
@@ -1800,7 +1862,7 @@ fn listener(
         if filters.len() != 1 {
             errors.push(FieldError::new(
                 fpath,
-                "exactly one network filter (the HTTP connection manager) is supported",
+                "exactly one network filter (the HTTP connection manager or tcp_proxy) is supported",
             ));
             continue;
         }
@@ -1810,6 +1872,17 @@ fn listener(
         let ty = s(&tc, "@type")
             .map(|t| t.rsplit('/').next().unwrap_or(""))
             .unwrap_or("");
+        if ty == TCP_PROXY_TYPE {
+            let Some(tcp) = tcp_proxy(&tc, &format!("{fpath}[0].typed_config"), res, errors) else {
+                continue;
+            };
+            chains.push(FilterChain {
+                server_names,
+                tls,
+                filter: NetworkFilter::Tcp(Arc::new(tcp)),
+            });
+            continue;
+        }
         if ty != HCM_TYPE {
             errors.push(FieldError::new(
                 format!("{fpath}[0].typed_config"),
@@ -1830,7 +1903,7 @@ fn listener(
         chains.push(FilterChain {
             server_names,
             tls,
-            hcm: Arc::new(hcm),
+            filter: NetworkFilter::Http(Arc::new(hcm)),
         });
     }
     if chains.len() != chains_json.len() {
@@ -1912,7 +1985,7 @@ pub fn bootstrap(
     for (i, l) in arr(&sr, "listeners").iter().enumerate() {
         let lpath = format!("static_resources.listeners[{i}]");
         if let Some(lc) = listener(l, &lpath, &resolver, metrics, &identity, &mut errors) {
-            if !seen.insert(lc.address) {
+            if lc.address.port() != 0 && !seen.insert(lc.address) {
                 errors.push(FieldError::new(
                     p(&lpath, "address"),
                     format!("address {} used by two listeners", lc.address),

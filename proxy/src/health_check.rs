@@ -356,7 +356,7 @@ async fn run(cluster: Weak<Cluster>, checker: Arc<HealthChecker>) {
 
 /// Run one probe against `target` (without the timeout).
 async fn probe(target: &Target, config: &HealthCheckConfig) -> Outcome {
-    let Ok(mut stream) = target.pool.dial_health_check(target.port).await else {
+    let Ok(mut stream) = target.pool.connect(target.port).await else {
         return Outcome::Network;
     };
     match &config.probe {

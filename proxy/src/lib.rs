@@ -50,6 +50,7 @@ pub mod route_table;
 pub mod runtime;
 pub mod server;
 pub mod snapshot;
+pub mod tcp_proxy;
 pub mod tls;
 pub mod transport;
 pub mod upstream_http1;

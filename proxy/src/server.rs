@@ -33,7 +33,7 @@ use crate::retry_policy::{Outcome, RetryPolicy};
 use crate::route_table::{
     ClusterRef, ForwardAction, MirrorTarget, RedirectAction, RouteAction, RouteHit, Target,
 };
-use crate::snapshot::{Codec, HcmConfig, ListenerConfig, ServerHeader, Snapshot};
+use crate::snapshot::{Codec, HcmConfig, ListenerConfig, NetworkFilter, ServerHeader, Snapshot};
 use crate::tls::select_chain;
 use crate::transport::Transport;
 use crate::upstream_http1::UpgradedUpstream;
@@ -57,13 +57,20 @@ pub struct ListenerContext {
 
 impl ListenerContext {
     /// The connection manager of filter chain `chain` in the current configuration.
-    fn hcm(&self, chain: usize) -> Option<Arc<HcmConfig>> {
+    fn filter(&self, chain: usize) -> Option<NetworkFilter> {
         let listener = self.listener.load();
         listener
             .chains
             .get(chain)
             .or_else(|| listener.chains.first())
-            .map(|c| c.hcm.clone())
+            .map(|c| c.filter.clone())
+    }
+
+    fn hcm(&self, chain: usize) -> Option<Arc<HcmConfig>> {
+        match self.filter(chain)? {
+            NetworkFilter::Http(hcm) => Some(hcm),
+            NetworkFilter::Tcp(_) => None,
+        }
     }
 }
 
@@ -156,8 +163,14 @@ async fn serve_tls(
 /// Serve one established connection (plain or TLS) with Sluice's own connection drivers: HTTP/1.1,
 /// or HTTP/2 (by configuration, or by its preface on an AUTO listener).
 async fn serve_connection<T: Transport>(io: T, ctx: Arc<ListenerContext>, conn: ConnInfo) {
-    let Some(hcm) = ctx.hcm(conn.chain) else {
-        return;
+    let hcm = match ctx.filter(conn.chain) {
+        Some(NetworkFilter::Http(hcm)) => hcm,
+        Some(NetworkFilter::Tcp(tcp)) => {
+            drop(ctx);
+            // Boxed: an HTTP connection's task should not carry room for a relay's state.
+            return Box::pin(crate::tcp_proxy::serve(io, tcp)).await;
+        }
+        None => return,
     };
     hcm.stats.cx_active.inc();
     let stats = hcm.stats.cx_active.clone();

@@ -92,7 +92,16 @@ impl Default for Http2Options {
 pub struct FilterChain {
     pub server_names: Vec<String>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
-    pub hcm: Arc<HcmConfig>,
+    pub filter: NetworkFilter,
+}
+
+/// What serves a filter chain's connections.
+#[derive(Debug, Clone)]
+pub enum NetworkFilter {
+    /// The HTTP connection manager.
+    Http(Arc<HcmConfig>),
+    /// `envoy.filters.network.tcp_proxy`.
+    Tcp(Arc<crate::tcp_proxy::TcpProxyConfig>),
 }
 
 /// A listener, compiled.
@@ -111,7 +120,13 @@ impl ListenerConfig {
 
     /// Routes in all chains.
     pub fn route_count(&self) -> usize {
-        self.chains.iter().map(|c| c.hcm.routes.route_count()).sum()
+        self.chains
+            .iter()
+            .map(|c| match &c.filter {
+                NetworkFilter::Http(hcm) => hcm.routes.route_count(),
+                NetworkFilter::Tcp(_) => 0,
+            })
+            .sum()
     }
 }
 

@@ -163,12 +163,10 @@ impl EndpointPool {
         self.dial_to(self.addr).await
     }
 
-    /// A connection for a health-check probe, to `port` instead of the endpoint's when given,
-    /// with the cluster's TLS; not counted among the pool's connections.
-    pub async fn dial_health_check(
-        &self,
-        port: Option<u16>,
-    ) -> Result<UpstreamStream, UpstreamError> {
+    /// A connection outside the pool (a health-check probe, a TCP proxy's relay), to `port`
+    /// instead of the endpoint's when given, with the cluster's TLS; not counted among the pool's
+    /// connections.
+    pub async fn connect(&self, port: Option<u16>) -> Result<UpstreamStream, UpstreamError> {
         let mut addr = self.addr;
         if let Some(port) = port {
             addr.set_port(port);

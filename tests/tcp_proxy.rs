@@ -1,0 +1,145 @@
+//! `tcp_proxy` filter chains through real Envoy 1.40 and through `sluice proxy` on the same
+//! bootstrap: weighted clusters split connections 80/20 (within binomial bounds), bytes are
+//! relayed both ways, a half-close reaches the upstream while its answer still comes back, an
+//! unknown cluster closes the connection, and `idle_timeout` closes a quiet one.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A TCP server that greets with `NAME\n`, echoes what it reads, and after the client's FIN
+/// sends `bye` and closes.
+async fn greeter(name: &'static str) -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                if s.write_all(format!("{name}\n").as_bytes()).await.is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 4096];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = s.write_all(b"bye").await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    (port, task)
+}
+
+fn tcp_listener(name: &str, proxy: Value) -> Value {
+    let mut proxy = proxy;
+    proxy["@type"] =
+        json!("type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy");
+    proxy["stat_prefix"] = json!(name);
+    json!({
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": proxy}]}]
+    })
+}
+
+fn config(a: u16, b: u16) -> String {
+    let text = bootstrap(
+        routes(json!([{"match": {"prefix": "/"}, "route": {"cluster": "a"}}])),
+        vec![cluster("a", &[a]), cluster("b", &[b])],
+        json!({}),
+    );
+    let mut boot: Value = serde_json::from_str(&text).unwrap();
+    let listeners = boot["static_resources"]["listeners"]
+        .as_array_mut()
+        .unwrap();
+    listeners.push(tcp_listener(
+        "split",
+        json!({"weighted_clusters": {"clusters": [{"name": "a", "weight": 80}, {"name": "b", "weight": 20}]}}),
+    ));
+    listeners.push(tcp_listener("missing", json!({"cluster": "nowhere"})));
+    listeners.push(tcp_listener(
+        "quiet",
+        json!({"cluster": "a", "idle_timeout": "0.5s"}),
+    ));
+    boot.to_string()
+}
+
+/// Read until EOF (or 3 s), as text.
+async fn read_to_end(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn check(kind: &str, a: u16, b: u16) {
+    let p = proxy_of(kind, &config(a, b)).await;
+    let split = p.listener("split");
+
+    // Relay both ways, then a half-close: the upstream sees it and its answer still arrives.
+    let mut s = TcpStream::connect(split).await.unwrap();
+    s.write_all(b"ping").await.unwrap();
+    let mut first = vec![0u8; 64];
+    let mut got = String::new();
+    while !got.ends_with("ping") {
+        let n = s.read(&mut first).await.unwrap();
+        assert!(n > 0, "{kind}: closed early after {got:?}");
+        got.push_str(&String::from_utf8_lossy(&first[..n]));
+    }
+    s.shutdown().await.unwrap();
+    let rest = read_to_end(&mut s).await;
+    assert_eq!(rest, "bye", "{kind}: after the half-close");
+
+    // Weighted clusters: 80/20 by connection.
+    let n = 400u64;
+    let mut to_a = 0;
+    for _ in 0..n {
+        let mut s = TcpStream::connect(split).await.unwrap();
+        let mut line = [0u8; 2];
+        s.read_exact(&mut line).await.unwrap();
+        if &line == b"a\n" {
+            to_a += 1;
+        }
+    }
+    assert!(
+        within_binomial(to_a, n, 0.8, 4.5),
+        "{kind}: {to_a} of {n} connections to a"
+    );
+
+    // An unknown cluster: the connection is closed without a byte.
+    let mut s = TcpStream::connect(p.listener("missing")).await.unwrap();
+    assert_eq!(read_to_end(&mut s).await, "", "{kind}: unknown cluster");
+
+    // idle_timeout: a quiet connection is closed after 0.5 s.
+    let mut s = TcpStream::connect(p.listener("quiet")).await.unwrap();
+    let started = Instant::now();
+    let text = read_to_end(&mut s).await;
+    let took = started.elapsed();
+    assert_eq!(text, "a\n", "{kind}: idle connection");
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_millis(2500),
+        "{kind}: closed after {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_proxy_relays_and_splits_as_envoy_does() {
+    let (a, _ta) = greeter("a").await;
+    let (b, _tb) = greeter("b").await;
+    check("envoy", a, b).await;
+    check("sluice", a, b).await;
+}
