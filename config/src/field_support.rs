@@ -72,6 +72,11 @@ pub const SUPPORTED: &[&str] = &[
     "envoy.extensions.filters.http.router.v3.Router: suppress_envoy_headers ~dynamic_stats ~start_child_span",
     // Fault injection (filter, and per route / virtual host). The runtime keys only name where a
     // runtime override would come from; Sluice has no runtime layer, so the configured values hold.
+    // Local rate limiting: one token bucket per configuration (filter, virtual host, route).
+    "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit: stat_prefix status token_bucket filter_enabled \
+        filter_enforced request_headers_to_add_when_not_enforced response_headers_to_add local_rate_limit_per_downstream_connection",
+    "envoy.type.v3.TokenBucket: max_tokens tokens_per_fill fill_interval",
+    "envoy.type.v3.HttpStatus: code",
     "envoy.extensions.filters.http.health_check.v3.HealthCheck: pass_through_mode cache_time headers cluster_min_healthy_percentages",
     "envoy.extensions.filters.http.fault.v3.HTTPFault: delay abort upstream_cluster headers downstream_nodes max_active_faults \
         ~delay_percent_runtime ~abort_percent_runtime ~delay_duration_runtime ~abort_http_status_runtime \

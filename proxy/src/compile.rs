@@ -24,6 +24,7 @@ use crate::hash_policy::{HashPolicy, HashSource};
 use crate::header_ops::{AppendAction, HeaderAdd, HeaderOps, HeaderTemplate};
 use crate::health_check::{HealthCheckConfig, HealthCheckTarget, HealthChecker, HttpProbe, Probe};
 use crate::health_check_filter::HealthCheckFilter;
+use crate::local_ratelimit::{LocalRateLimit, TokenBucket};
 use crate::matcher::{
     HeaderCheck, HeaderMatcher, HeaderSource, PathMatch, QueryMatcher, StringMatch, StringMatcher,
 };
@@ -49,6 +50,8 @@ const HCM_TYPE: &str =
 const ROUTER_TYPE: &str = "envoy.extensions.filters.http.router.v3.Router";
 const FAULT_TYPE: &str = "envoy.extensions.filters.http.fault.v3.HTTPFault";
 const HEALTH_CHECK_TYPE: &str = "envoy.extensions.filters.http.health_check.v3.HealthCheck";
+const LOCAL_RATELIMIT_TYPE: &str =
+    "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit";
 const CORS_TYPE: &str = "envoy.extensions.filters.http.cors.v3.Cors";
 const CORS_POLICY_TYPE: &str = "envoy.extensions.filters.http.cors.v3.CorsPolicy";
 const UPSTREAM_HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
@@ -918,6 +921,104 @@ fn fault_override(v: &Value, path: &str, errors: &mut Errors) -> Option<Arc<Faul
     per_filter(v, FAULT_TYPE, path, errors, fault_config)
 }
 
+fn local_ratelimit_override(
+    v: &Value,
+    path: &str,
+    errors: &mut Errors,
+) -> Option<Arc<LocalRateLimit>> {
+    per_filter(v, LOCAL_RATELIMIT_TYPE, path, errors, |c, path, errors| {
+        if get(c, "token_bucket").is_none() {
+            errors.push(FieldError::new(
+                p(path, "token_bucket"),
+                "required in a route's or virtual host's configuration (as Envoy)",
+            ));
+            return None;
+        }
+        local_ratelimit(c, path, errors)
+    })
+}
+
+/// An `envoy.type.v3.HttpStatus` code: its number, or its enum name (`TooManyRequests`), which
+/// is the reason phrase without spaces.
+fn http_status(code: &Value) -> Option<StatusCode> {
+    match code {
+        Value::Number(n) => n
+            .as_u64()
+            .and_then(|c| u16::try_from(c).ok())
+            .and_then(|c| StatusCode::from_u16(c).ok()),
+        Value::String(name) => (100u16..600)
+            .filter_map(|c| StatusCode::from_u16(c).ok())
+            .find(|c| {
+                c.canonical_reason().is_some_and(|r| {
+                    let squashed: String =
+                        r.chars().filter(|ch| ch.is_ascii_alphanumeric()).collect();
+                    squashed.eq_ignore_ascii_case(name)
+                })
+            }),
+        _ => None,
+    }
+}
+
+/// A `LocalRateLimit` (the filter's own or a per-route one).
+fn local_ratelimit(v: &Value, path: &str, errors: &mut Errors) -> Option<LocalRateLimit> {
+    if b(v, "local_rate_limit_per_downstream_connection") {
+        errors.push(FieldError::unsupported(p(
+            path,
+            "local_rate_limit_per_downstream_connection",
+        )));
+        return None;
+    }
+    let bucket = match get(v, "token_bucket") {
+        Some(tb) => {
+            let Some(interval) = dur(tb, "fill_interval").filter(|d| !d.is_zero()) else {
+                errors.push(FieldError::new(
+                    p(path, "token_bucket.fill_interval"),
+                    "required, above 0",
+                ));
+                return None;
+            };
+            let n = |k: &str, d: u64| u(tb, k).unwrap_or(d).min(u64::from(u32::MAX)) as u32;
+            Some(TokenBucket::new(
+                n("max_tokens", 0),
+                n("tokens_per_fill", 1),
+                interval,
+            ))
+        }
+        None => None,
+    };
+    let fractional =
+        |k: &str| get(v, k).map(|f| get(f, "default_value").map(fraction).unwrap_or((0, 100)));
+    let status = match get(v, "status").and_then(|st| get(st, "code")) {
+        None => StatusCode::TOO_MANY_REQUESTS,
+        Some(code) => match http_status(code) {
+            // Envoy answers 429 for a status below 400.
+            Some(c) if c.as_u16() >= 400 => c,
+            Some(_) => StatusCode::TOO_MANY_REQUESTS,
+            None => {
+                errors.push(FieldError::new(
+                    p(path, "status.code"),
+                    format!("unknown status {code}"),
+                ));
+                return None;
+            }
+        },
+    };
+    Some(LocalRateLimit {
+        bucket,
+        enabled: fractional("filter_enabled"),
+        enforced: fractional("filter_enforced"),
+        status,
+        response_headers: header_ops(v, "response_headers_to_add", "", path, errors),
+        request_headers_when_not_enforced: header_ops(
+            v,
+            "request_headers_to_add_when_not_enforced",
+            "",
+            path,
+            errors,
+        ),
+    })
+}
+
 fn cors_override(v: &Value, path: &str, errors: &mut Errors) -> Option<Arc<CorsPolicy>> {
     per_filter(v, CORS_POLICY_TYPE, path, errors, cors_policy)
 }
@@ -979,6 +1080,7 @@ fn route(v: &Value, path: &str, res: &ClusterResolver<'_>, errors: &mut Errors) 
     let request_headers = request_ops(v, path, errors);
     let response_headers = response_ops(v, path, errors);
     let fault = fault_override(v, path, errors);
+    let local_ratelimit = local_ratelimit_override(v, path, errors);
     let cors = cors_override(v, path, errors);
     if errors.len() > before {
         return None;
@@ -990,6 +1092,7 @@ fn route(v: &Value, path: &str, res: &ClusterResolver<'_>, errors: &mut Errors) 
         request_headers,
         response_headers,
         fault,
+        local_ratelimit,
         cors,
     })
 }
@@ -1030,6 +1133,7 @@ pub fn route_table(v: &Value, path: &str, res: &ClusterResolver<'_>) -> Result<R
             request_headers: request_ops(vh, &vpath, &mut errors),
             response_headers: response_ops(vh, &vpath, &mut errors),
             fault: fault_override(vh, &vpath, &mut errors),
+            local_ratelimit: local_ratelimit_override(vh, &vpath, &mut errors),
             cors: cors_override(vh, &vpath, &mut errors),
         });
     }
@@ -1639,6 +1743,10 @@ fn hcm(
     let mut fault = None;
     let mut cors = false;
     let mut health_check = None;
+    let mut local_limit = None;
+    // Sluice runs the health-check filter before routing and the rate limit before CORS and
+    // fault injection: configurations that order them otherwise are refused.
+    let mut seen_cors_or_fault = false;
     for (i, f) in filters.iter().enumerate() {
         let fpath = format!("{path}.http_filters[{i}]");
         let ty = get(f, "typed_config")
@@ -1660,7 +1768,30 @@ fn hcm(
             Some(t) => t == HEALTH_CHECK_TYPE,
             None => s(f, "name") == Some("envoy.filters.http.health_check"),
         };
-        if is_cors {
+        let is_local_limit = match ty {
+            Some(t) => t == LOCAL_RATELIMIT_TYPE,
+            None => s(f, "name") == Some("envoy.filters.http.local_ratelimit"),
+        };
+        if is_health_check && local_limit.is_some() {
+            errors.push(FieldError::new(
+                fpath.clone(),
+                "the health-check filter must come before the local rate limit filter",
+            ));
+        }
+        if is_cors || is_fault {
+            seen_cors_or_fault = true;
+        }
+        if is_local_limit {
+            if seen_cors_or_fault {
+                errors.push(FieldError::new(
+                    fpath.clone(),
+                    "the local rate limit filter must come before the CORS and fault filters",
+                ));
+            }
+            let empty = Value::Object(Default::default());
+            let config = get(f, "typed_config").unwrap_or(&empty);
+            local_limit = local_ratelimit(config, &p(&fpath, "typed_config"), errors).map(Arc::new);
+        } else if is_cors {
             cors = true;
         } else if is_health_check {
             let empty = Value::Object(Default::default());
@@ -1746,6 +1877,7 @@ fn hcm(
         fault,
         cors,
         health_check,
+        local_ratelimit: local_limit,
         server_name: HeaderValue::from_str(server_name)
             .unwrap_or(HeaderValue::from_static("envoy")),
         server_header: match s(v, "server_header_transformation") {

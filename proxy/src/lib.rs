@@ -38,6 +38,7 @@ pub mod health_check;
 pub mod health_check_filter;
 pub mod hpack;
 pub mod http1_codec;
+pub mod local_ratelimit;
 pub mod matcher;
 pub mod memory;
 pub mod metrics;

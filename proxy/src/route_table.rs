@@ -39,6 +39,8 @@ pub struct VirtualHost {
     pub response_headers: HeaderOps,
     /// The fault filter's configuration for this virtual host (`typed_per_filter_config`).
     pub fault: Option<Arc<FaultConfig>>,
+    /// The local rate limit filter's configuration for this virtual host.
+    pub local_ratelimit: Option<Arc<crate::local_ratelimit::LocalRateLimit>>,
     /// The CORS filter's policy for this virtual host.
     pub cors: Option<Arc<CorsPolicy>>,
 }
@@ -54,6 +56,9 @@ pub struct Route {
     /// The fault filter's configuration for this route (`typed_per_filter_config`); it replaces
     /// the virtual host's and the filter's own.
     pub fault: Option<Arc<FaultConfig>>,
+    /// The local rate limit filter's configuration for this route (replaces the virtual host's
+    /// and the filter's own).
+    pub local_ratelimit: Option<Arc<crate::local_ratelimit::LocalRateLimit>>,
     /// The CORS filter's policy for this route; its settings come before the virtual host's.
     pub cors: Option<Arc<CorsPolicy>>,
 }

@@ -27,6 +27,7 @@ use crate::fault::{Abort, FaultConfig, FaultDecision, FaultInput};
 use crate::hash_policy::request_hash;
 use crate::header_ops::{HeaderOps, RequestContext};
 use crate::health_check_filter::{HealthCheckFilter, HEALTHCHECKED_CLUSTER};
+use crate::local_ratelimit::Decision as RateDecision;
 use crate::matcher::RequestView;
 use crate::outlier::Observed;
 use crate::retry_policy::{Outcome, RetryPolicy};
@@ -724,6 +725,26 @@ fn route_request_to<'a>(
         protocol: protocol_name(req.version()),
         upstream_host: None,
     };
+    let mut req = req;
+    if let Some(own) = hcm.local_ratelimit.as_deref() {
+        let limit = hit
+            .route
+            .local_ratelimit
+            .as_deref()
+            .or(hit.vhost.local_ratelimit.as_deref())
+            .unwrap_or(own);
+        match limit.decide(fast_random()) {
+            RateDecision::Allow => {}
+            RateDecision::Shadow => limit
+                .request_headers_when_not_enforced
+                .apply(req.headers_mut(), &rctx),
+            RateDecision::Refuse => {
+                let mut resp = local_reply(hcm, limit.status, "local_rate_limited");
+                limit.response_headers.apply(resp.headers_mut(), &rctx);
+                return Routed::Respond(resp);
+            }
+        }
+    }
     if hcm.cors && (hit.route.cors.is_some() || hit.vhost.cors.is_some()) {
         let policies = Policies([hit.route.cors.as_deref(), hit.vhost.cors.as_deref()]);
         match policies.decide(req.method(), req.headers(), fast_random()) {

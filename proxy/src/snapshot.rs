@@ -57,6 +57,9 @@ pub struct HcmConfig {
     pub cors: bool,
     /// The health-check filter (`envoy.filters.http.health_check`), when present.
     pub health_check: Option<Arc<crate::health_check_filter::HealthCheckFilter>>,
+    /// The local rate limit filter (`envoy.filters.http.local_ratelimit`), when present: its own
+    /// configuration, which routes and virtual hosts may replace.
+    pub local_ratelimit: Option<Arc<crate::local_ratelimit::LocalRateLimit>>,
     pub server_name: HeaderValue,
     pub server_header: ServerHeader,
     pub stats: HcmStats,
