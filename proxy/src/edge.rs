@@ -16,6 +16,7 @@ use crate::snapshot::HcmConfig;
 
 const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
 const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
 
 /// Control headers Envoy strips from external requests.
 const EXTERNAL_STRIP: [&str; 11] = [
@@ -111,7 +112,7 @@ pub fn sanitize_request(
             }
         }
         if let Ok(v) = HeaderValue::from_str(&client.to_string()) {
-            headers.insert(HeaderName::from_static("x-envoy-external-address"), v);
+            headers.insert(EXTERNAL_ADDRESS, v);
         }
     } else if !headers.contains_key(&XFP) {
         headers.insert(XFP, proto);

@@ -45,6 +45,12 @@ use rustls::server::Acceptor;
 use tokio_rustls::LazyConfigAcceptor;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+// Header names as constants: `from_static` outside a const context validates the name at run
+// time, on every request.
+const ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
+const ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
+const EXPECTED_RQ_TIMEOUT_MS: HeaderName = HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
+const UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
 
 /// What a listener's connections share.
 #[derive(Debug)]
@@ -1138,7 +1144,7 @@ fn prepare_forward<'a>(
     });
     if rewritten.is_some() && !hcm.suppress_envoy_headers {
         if let Ok(v) = HeaderValue::from_str(orig_path_and_query) {
-            headers.insert(HeaderName::from_static("x-envoy-original-path"), v);
+            headers.insert(ORIGINAL_PATH, v);
         }
     }
     let new_pq = rewritten.as_deref().unwrap_or(orig_path_and_query);
@@ -1161,7 +1167,7 @@ fn prepare_forward<'a>(
         Some(rewritten) => {
             if !hcm.suppress_envoy_headers {
                 if let Some(v) = received_host {
-                    headers.insert(HeaderName::from_static("x-envoy-original-host"), v);
+                    headers.insert(ORIGINAL_HOST, v);
                 }
             }
             Some(rewritten)
@@ -1191,7 +1197,7 @@ fn prepare_forward<'a>(
     if !hcm.suppress_envoy_headers {
         if let Some(v) = &f.timeout_header {
             headers.insert(
-                HeaderName::from_static("x-envoy-expected-rq-timeout-ms"),
+                EXPECTED_RQ_TIMEOUT_MS,
                 v.clone(),
             );
         }
@@ -1444,7 +1450,7 @@ impl Exchange<'_> {
         strip_hop_by_hop(&mut rp.headers, false);
         if !hcm.suppress_envoy_headers {
             rp.headers.insert(
-                HeaderName::from_static("x-envoy-upstream-service-time"),
+                UPSTREAM_SERVICE_TIME,
                 millis_value(start.elapsed().as_millis() as u64),
             );
         }
