@@ -149,11 +149,14 @@ fn picks_and_metrics(c: &mut Criterion) {
     let cluster = ClusterStats::new(&metrics, "backend");
     let istio = IstioStats::new(
         &metrics,
+        // One value per `ISTIO_FIXED_LABELS` entry.
         vec![
             "source".into(),
             "gw".into(),
             "gw".into(),
             "svc".into(),
+            "ns".into(),
+            "svc.ns.svc.cluster.local".into(),
             "svc".into(),
             "ns".into(),
             "v1".into(),

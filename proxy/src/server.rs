@@ -49,7 +49,8 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 // time, on every request.
 const ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
 const ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
-const EXPECTED_RQ_TIMEOUT_MS: HeaderName = HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
+const EXPECTED_RQ_TIMEOUT_MS: HeaderName =
+    HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
 const UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
 
 /// What a listener's connections share.
@@ -1196,10 +1197,7 @@ fn prepare_forward<'a>(
     }
     if !hcm.suppress_envoy_headers {
         if let Some(v) = &f.timeout_header {
-            headers.insert(
-                EXPECTED_RQ_TIMEOUT_MS,
-                v.clone(),
-            );
+            headers.insert(EXPECTED_RQ_TIMEOUT_MS, v.clone());
         }
     }
     apply_levels(
