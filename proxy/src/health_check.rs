@@ -233,6 +233,20 @@ impl HealthChecker {
         Duration::from_millis(out.max(1))
     }
 
+    /// Take over what `previous` (the same cluster's checker before a configuration change)
+    /// knew, when it probed the same way: endpoints it has probed keep their state and are not
+    /// waited for again, as Envoy keeps hosts' health across endpoint updates.
+    pub fn inherit(&self, previous: &HealthChecker) {
+        if previous.config != self.config {
+            return;
+        }
+        let known = previous.hosts().clone();
+        let mut hosts = self.hosts();
+        for (addr, health) in known {
+            hosts.entry(addr).or_insert(health);
+        }
+    }
+
     /// Drop the state of endpoints no longer in the cluster; tell whether every endpoint in it
     /// has been probed.
     fn retain(&self, current: &HashSet<SocketAddr>) -> bool {
@@ -585,6 +599,31 @@ mod tests {
             (true, Duration::from_secs(70))
         );
         assert!(!c.is_failed(a));
+    }
+
+    #[test]
+    fn a_new_checker_keeps_what_the_old_one_knew() {
+        let old = checker(2, 2);
+        let (a, b): (SocketAddr, SocketAddr) = (
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        );
+        old.record(a, Outcome::Passed, true);
+        old.record(b, Outcome::Failed, true);
+        let new = checker(2, 2);
+        new.inherit(&old);
+        assert!(!new.is_failed(a));
+        assert!(new.is_failed(b));
+        let c: SocketAddr = "127.0.0.1:3".parse().unwrap();
+        assert!(
+            new.retain(&[a, b].into_iter().collect()),
+            "both probed before: no wait"
+        );
+        assert!(!new.retain(&[a, c].into_iter().collect()), "c is new");
+        // Probed differently: nothing carried over.
+        let other = checker(3, 2);
+        other.inherit(&old);
+        assert!(other.is_failed(a));
     }
 
     #[test]

@@ -752,7 +752,8 @@ fn mtime(p: &std::path::Path) -> Option<std::time::SystemTime> {
 
 /// Start the health checks of the clusters of `next` that are new (not carried over from
 /// `previous`), and wait until each has probed all its endpoints once, as Envoy warms a cluster
-/// before using it. The running configuration keeps serving meanwhile.
+/// before using it. A cluster that changed keeps the health of the endpoints it had, so only new
+/// endpoints are waited for. The running configuration keeps serving meanwhile.
 async fn start_health_checks(next: &Snapshot, previous: Option<&Snapshot>) {
     let mut warming = Vec::new();
     for c in next.clusters.values() {
@@ -763,6 +764,14 @@ async fn start_health_checks(next: &Snapshot, previous: Option<&Snapshot>) {
         });
         if reused {
             continue;
+        }
+        // The same cluster, changed (new endpoints over EDS, say): keep its endpoints' health.
+        let before = previous
+            .and_then(|p| p.clusters.get(&c.name))
+            .and_then(|old| old.health_checker.as_deref());
+        if let (Some(checker), Some(before)) = (c.health_checker.as_deref(), before) {
+            checker.inherit(before);
+            c.reweigh();
         }
         if let (Some(rx), Some(checker)) = (
             crate::health_check::HealthChecker::start(c),
