@@ -1,7 +1,8 @@
 //! `tcp_proxy` filter chains through real Envoy 1.40 and through `sluice proxy` on the same
 //! bootstrap: weighted clusters split connections 80/20 (within binomial bounds), bytes are
 //! relayed both ways, a half-close reaches the upstream while its answer still comes back, an
-//! unknown cluster closes the connection, and `idle_timeout` closes a quiet one.
+//! unknown cluster closes the connection, and `idle_timeout` closes a quiet one; the
+//! `envoy_tcp_*` statistics agree.
 
 mod support;
 
@@ -86,7 +87,7 @@ async fn read_to_end(s: &mut TcpStream) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-async fn check(kind: &str, a: u16, b: u16) {
+async fn check(kind: &str, a: u16, b: u16) -> Vec<String> {
     let p = proxy_of(kind, &config(a, b)).await;
     let split = p.listener("split");
 
@@ -134,12 +135,36 @@ async fn check(kind: &str, a: u16, b: u16) {
         took >= Duration::from_millis(400) && took < Duration::from_millis(2500),
         "{kind}: closed after {took:?}"
     );
+
+    // The tcp_proxy statistics, under Envoy's names.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stats = p.admin("/stats/prometheus").await;
+    let mut lines: Vec<String> = stats
+        .lines()
+        .filter(|l| {
+            l.starts_with("envoy_tcp_downstream_cx_total")
+                || l.starts_with("envoy_tcp_downstream_cx_no_route")
+                || l.starts_with("envoy_tcp_downstream_cx_rx_bytes_total")
+                || l.starts_with("envoy_tcp_downstream_cx_tx_bytes_total")
+                || l.starts_with("envoy_tcp_idle_timeout")
+        })
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    lines
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_proxy_relays_and_splits_as_envoy_does() {
     let (a, _ta) = greeter("a").await;
     let (b, _tb) = greeter("b").await;
-    check("envoy", a, b).await;
-    check("sluice", a, b).await;
+    let envoy = check("envoy", a, b).await;
+    assert!(
+        envoy.contains(
+            &"envoy_tcp_downstream_cx_no_route{envoy_tcp_prefix=\"missing\"} 1".to_string()
+        ),
+        "{envoy:?}"
+    );
+    let sluice = check("sluice", a, b).await;
+    assert_eq!(sluice, envoy, "tcp_proxy statistics");
 }

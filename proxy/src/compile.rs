@@ -28,7 +28,9 @@ use crate::local_ratelimit::{LocalRateLimit, TokenBucket};
 use crate::matcher::{
     HeaderCheck, HeaderMatcher, HeaderSource, PathMatch, QueryMatcher, StringMatch, StringMatcher,
 };
-use crate::metrics::{ClusterStats, HcmStats, HealthCheckStats, IstioStats, Metrics};
+use crate::metrics::{
+    ClusterStats, HcmStats, HealthCheckStats, IstioStats, Metrics, TcpProxyStats,
+};
 use crate::outlier::OutlierConfig;
 use crate::retry_policy::{RetryOn, RetryPolicy};
 use crate::route_table::{
@@ -224,6 +226,7 @@ fn tcp_proxy(
     v: &Value,
     path: &str,
     res: &ClusterResolver<'_>,
+    metrics: &Metrics,
     errors: &mut Errors,
 ) -> Option<TcpProxyConfig> {
     let target = |name: &str| ClusterRef {
@@ -266,8 +269,10 @@ fn tcp_proxy(
         Some(d) => Some(d),
         None => Some(crate::tcp_proxy::DEFAULT_IDLE_TIMEOUT),
     };
+    let stat_prefix = s(v, "stat_prefix").unwrap_or("").to_string();
     Some(TcpProxyConfig {
-        stat_prefix: s(v, "stat_prefix").unwrap_or("").to_string(),
+        stats: TcpProxyStats::new(metrics, &stat_prefix),
+        stat_prefix,
         targets,
         weights,
         idle_timeout,
@@ -2005,7 +2010,13 @@ fn listener(
             .map(|t| t.rsplit('/').next().unwrap_or(""))
             .unwrap_or("");
         if ty == TCP_PROXY_TYPE {
-            let Some(tcp) = tcp_proxy(&tc, &format!("{fpath}[0].typed_config"), res, errors) else {
+            let Some(tcp) = tcp_proxy(
+                &tc,
+                &format!("{fpath}[0].typed_config"),
+                res,
+                metrics,
+                errors,
+            ) else {
                 continue;
             };
             chains.push(FilterChain {

@@ -61,6 +61,11 @@ pub struct Metrics {
     pub health_check_failure: IntCounterVec,
     pub health_check_network_failure: IntCounterVec,
     pub health_check_healthy: IntGaugeVec,
+    pub tcp_downstream_cx_total: IntCounterVec,
+    pub tcp_downstream_cx_no_route: IntCounterVec,
+    pub tcp_downstream_cx_rx_bytes_total: IntCounterVec,
+    pub tcp_downstream_cx_tx_bytes_total: IntCounterVec,
+    pub tcp_idle_timeout: IntCounterVec,
     pub istio_requests_total: IntCounterVec,
     pub istio_request_duration: HistogramVec,
     pub config_reload_total: IntCounter,
@@ -105,6 +110,7 @@ impl Metrics {
         let r = Registry::new();
         let hcm = &["envoy_http_conn_manager_prefix"];
         let cl = &["envoy_cluster_name"];
+        let tcp = &["envoy_tcp_prefix"];
         let mut istio_labels: Vec<&str> = ISTIO_FIXED_LABELS.to_vec();
         istio_labels.extend(["response_code", "request_protocol", "response_flags"]);
         let downstream_cx_active = IntGaugeVec::new(
@@ -222,6 +228,36 @@ impl Metrics {
                 cl,
             )?,
             health_check_healthy,
+            tcp_downstream_cx_total: counter_vec(
+                &r,
+                "envoy_tcp_downstream_cx_total",
+                "Connections accepted by a tcp_proxy",
+                tcp,
+            )?,
+            tcp_downstream_cx_no_route: counter_vec(
+                &r,
+                "envoy_tcp_downstream_cx_no_route",
+                "tcp_proxy connections closed for want of a cluster",
+                tcp,
+            )?,
+            tcp_downstream_cx_rx_bytes_total: counter_vec(
+                &r,
+                "envoy_tcp_downstream_cx_rx_bytes_total",
+                "Bytes a tcp_proxy received from downstream",
+                tcp,
+            )?,
+            tcp_downstream_cx_tx_bytes_total: counter_vec(
+                &r,
+                "envoy_tcp_downstream_cx_tx_bytes_total",
+                "Bytes a tcp_proxy sent downstream",
+                tcp,
+            )?,
+            tcp_idle_timeout: counter_vec(
+                &r,
+                "envoy_tcp_idle_timeout",
+                "tcp_proxy connections closed by idle_timeout",
+                tcp,
+            )?,
             upstream_rq_total: counter_vec(
                 &r,
                 "envoy_cluster_upstream_rq_total",
@@ -361,6 +397,35 @@ impl HealthCheckStats {
             failure: m.health_check_failure.with_label_values(&[name]),
             network_failure: m.health_check_network_failure.with_label_values(&[name]),
             healthy: m.health_check_healthy.with_label_values(&[name]),
+        }
+    }
+}
+
+/// Handles of one tcp_proxy (`tcp.STAT_PREFIX.*` in Envoy).
+#[derive(Debug)]
+pub struct TcpProxyStats {
+    pub cx_total: IntCounter,
+    pub cx_no_route: IntCounter,
+    pub rx_bytes: IntCounter,
+    pub tx_bytes: IntCounter,
+    pub idle_timeout: IntCounter,
+}
+
+impl TcpProxyStats {
+    /// Resolve the handles of the tcp_proxy with `stat_prefix`.
+    pub fn new(m: &Metrics, stat_prefix: &str) -> Self {
+        TcpProxyStats {
+            cx_total: m.tcp_downstream_cx_total.with_label_values(&[stat_prefix]),
+            cx_no_route: m
+                .tcp_downstream_cx_no_route
+                .with_label_values(&[stat_prefix]),
+            rx_bytes: m
+                .tcp_downstream_cx_rx_bytes_total
+                .with_label_values(&[stat_prefix]),
+            tx_bytes: m
+                .tcp_downstream_cx_tx_bytes_total
+                .with_label_values(&[stat_prefix]),
+            idle_timeout: m.tcp_idle_timeout.with_label_values(&[stat_prefix]),
         }
     }
 }

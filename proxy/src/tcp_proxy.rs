@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::metrics::TcpProxyStats;
 use crate::route_table::ClusterRef;
 use crate::weighted_pick::{fast_random, WeightedPick};
 
@@ -24,6 +25,7 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 #[derive(Debug)]
 pub struct TcpProxyConfig {
     pub stat_prefix: String,
+    pub stats: TcpProxyStats,
     /// The clusters named (a missing one closes the connection).
     pub targets: Vec<ClusterRef>,
     /// Over `targets`, for `weighted_clusters`; `None` for a single `cluster`.
@@ -43,10 +45,12 @@ impl TcpProxyConfig {
 
 /// Relay one downstream connection.
 pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(downstream: T, config: Arc<TcpProxyConfig>) {
+    config.stats.cx_total.inc();
     let Some(target) = config.pick() else {
         return;
     };
     let Some(cluster) = target.cluster.clone() else {
+        config.stats.cx_no_route.inc();
         tracing::debug!(cluster = %target.name, "tcp_proxy: unknown cluster, closing");
         return;
     };
@@ -56,7 +60,7 @@ pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(downstream: T, config: Arc
         };
         match endpoint.pool.connect(None).await {
             Ok(upstream) => {
-                relay(downstream, upstream, config.idle_timeout).await;
+                relay(downstream, upstream, config.idle_timeout, &config.stats).await;
                 drop(active);
                 return;
             }
@@ -70,7 +74,7 @@ pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(downstream: T, config: Arc
 
 /// Copy bytes both ways until both sides have finished, either fails, or `idle` passes without
 /// bytes.
-async fn relay<A, B>(a: A, b: B, idle: Option<Duration>)
+async fn relay<A, B>(a: A, b: B, idle: Option<Duration>, stats: &TcpProxyStats)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -94,6 +98,7 @@ where
                     let _ = b_write.shutdown().await;
                 }
                 Ok(n) => {
+                    stats.rx_bytes.inc_by(n as u64);
                     if b_write.write_all(&a_buf[..n]).await.is_err() {
                         return;
                     }
@@ -106,13 +111,17 @@ where
                     let _ = a_write.shutdown().await;
                 }
                 Ok(n) => {
+                    stats.tx_bytes.inc_by(n as u64);
                     if a_write.write_all(&b_buf[..n]).await.is_err() {
                         return;
                     }
                 }
                 Err(_) => return,
             },
-            _ = quiet => return,
+            _ = quiet => {
+                stats.idle_timeout.inc();
+                return;
+            }
         }
     }
 }
