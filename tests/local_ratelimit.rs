@@ -1,6 +1,6 @@
 //! The local rate limit filter through real Envoy 1.40 and through `sluice proxy` on the same
 //! bootstrap: the filter's own bucket, a route's own bucket and status, and the shadow mode
-//! (limited but not enforced), answer for answer.
+//! (limited but not enforced), answer for answer, and the filter's statistics.
 
 mod support;
 
@@ -33,9 +33,10 @@ fn config(app: u16) -> String {
     bootstrap(
         routes(json!([
             {"match": {"prefix": "/route"}, "route": {"cluster": "app"},
-             "typed_per_filter_config": per_route(limit(1, true, json!({"status": {"code": "ServiceUnavailable"}})))},
+             "typed_per_filter_config": per_route(limit(1, true, json!({"stat_prefix": "rl_route", "status": {"code": "ServiceUnavailable"}})))},
             {"match": {"prefix": "/shadow"}, "route": {"cluster": "app"},
              "typed_per_filter_config": per_route(limit(1, false, json!({
+                "stat_prefix": "rl_shadow",
                 "request_headers_to_add_when_not_enforced": [{"header": {"key": "x-shadow-limited", "value": "true"}}]
              })))},
             {"match": {"prefix": "/"}, "route": {"cluster": "app"}}
@@ -85,19 +86,36 @@ async fn answers(p: &ProxyProcess, path: &str, n: usize) -> Vec<Answer> {
     out
 }
 
-async fn check(kind: &str, app: u16) -> Vec<Vec<Answer>> {
+async fn check(kind: &str, app: u16) -> (Vec<Vec<Answer>>, Vec<String>) {
     let p = proxy_of(kind, &config(app)).await;
-    vec![
+    let answers = vec![
         answers(&p, "/limited", 5).await,
         answers(&p, "/route", 2).await,
         answers(&p, "/shadow", 2).await,
-    ]
+    ];
+    // The filter's statistics, per stat_prefix, under Envoy's names.
+    let mut stats: Vec<String> = p
+        .admin("/stats/prometheus")
+        .await
+        .lines()
+        .filter(|l| l.starts_with("envoy_http_local_rate_limit_"))
+        .map(str::to_string)
+        .collect();
+    stats.sort();
+    (answers, stats)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_rate_limits_as_envoy() {
     let app = upstream("app").await;
-    let envoy = check("envoy", app.port()).await;
+    let (envoy, envoy_stats) = check("envoy", app.port()).await;
+    assert!(
+        envoy_stats.contains(
+            &"envoy_http_local_rate_limit_enforced{envoy_local_http_ratelimit_prefix=\"rl\"} 2"
+                .to_string()
+        ),
+        "{envoy_stats:?}"
+    );
     let ok = (
         200,
         "app".to_string(),
@@ -129,8 +147,9 @@ async fn local_rate_limits_as_envoy() {
         ],
         "envoy: shadow mode"
     );
-    let sluice = check("sluice", app.port()).await;
+    let (sluice, sluice_stats) = check("sluice", app.port()).await;
     assert_eq!(sluice, envoy);
+    assert_eq!(sluice_stats, envoy_stats, "statistics");
 }
 
 #[test]

@@ -1009,6 +1009,8 @@ fn local_ratelimit(v: &Value, path: &str, errors: &mut Errors) -> Option<LocalRa
         },
     };
     Some(LocalRateLimit {
+        stat_prefix: s(v, "stat_prefix").unwrap_or("").to_string(),
+        stats: std::sync::OnceLock::new(),
         bucket,
         enabled: fractional("filter_enabled"),
         enforced: fractional("filter_enforced"),
@@ -1829,6 +1831,12 @@ fn hcm(
             return None;
         }
     };
+    if let Some(own) = &local_limit {
+        own.resolve_stats(metrics);
+        for limit in routes.local_ratelimits() {
+            limit.resolve_stats(metrics);
+        }
+    }
     let websocket = arr(v, "upgrade_configs").iter().any(|u| {
         s(u, "upgrade_type").is_some_and(|t| t.eq_ignore_ascii_case("websocket"))
             && u.get("enabled").and_then(Value::as_bool).unwrap_or(true)

@@ -13,11 +13,13 @@
 //! per `fill_interval`, never above `max_tokens`: one atomic compare-and-swap per request, no lock.
 
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
 
 use crate::header_ops::HeaderOps;
+use crate::metrics::{LocalRateLimitStats, Metrics};
 
 /// A token bucket kept as one number: the instant (nanoseconds since `origin`) at which it was,
 /// or would have been, empty. The tokens now are the time since then over the time one token
@@ -79,6 +81,9 @@ impl TokenBucket {
 /// A compiled `LocalRateLimit` (the filter's own, or a route's or virtual host's).
 #[derive(Debug)]
 pub struct LocalRateLimit {
+    pub stat_prefix: String,
+    /// Resolved when the connection manager holding it is compiled (`resolve_stats`).
+    pub stats: OnceLock<LocalRateLimitStats>,
     pub bucket: Option<TokenBucket>,
     /// `filter_enabled` as (numerator, denominator); `None`: never enabled.
     pub enabled: Option<(u64, u64)>,
@@ -100,21 +105,41 @@ pub enum Decision {
 }
 
 impl LocalRateLimit {
+    /// Resolve the statistics handles (once; later calls keep the first).
+    pub fn resolve_stats(&self, metrics: &Metrics) {
+        self.stats
+            .get_or_init(|| LocalRateLimitStats::new(metrics, &self.stat_prefix));
+    }
+
     /// Decide for one request; `random` draws the enabled and enforced fractions.
     pub fn decide(&self, random: u64) -> Decision {
         let hit = |f: Option<(u64, u64)>, r: u64| f.is_some_and(|(n, d)| d > 0 && r % d < n);
         if !hit(self.enabled, random) {
             return Decision::Allow;
         }
+        let stats = self.stats.get();
+        let count = |pick: fn(&LocalRateLimitStats) -> &prometheus::IntCounter| {
+            if let Some(s) = stats {
+                pick(s).inc();
+            }
+        };
+        count(|s| &s.enabled);
         match &self.bucket {
             Some(b) if !b.try_take() => {
+                count(|s| &s.rate_limited);
                 if hit(self.enforced, random.rotate_left(32)) {
+                    count(|s| &s.enforced);
                     Decision::Refuse
                 } else {
+                    // Envoy's `shadow_mode` counter stays 0 here too: it counts only a
+                    // descriptors' shadow mode, which is not implemented.
                     Decision::Shadow
                 }
             }
-            _ => Decision::Allow,
+            _ => {
+                count(|s| &s.ok);
+                Decision::Allow
+            }
         }
     }
 }
@@ -144,6 +169,8 @@ mod tests {
     #[test]
     fn disabled_or_unenforced_never_refuses() {
         let limit = |enabled, enforced| LocalRateLimit {
+            stat_prefix: "rl".into(),
+            stats: OnceLock::new(),
             bucket: Some(TokenBucket::new(0, 1, Duration::from_secs(60))),
             enabled,
             enforced,

@@ -66,6 +66,7 @@ pub struct Metrics {
     pub tcp_downstream_cx_rx_bytes_total: IntCounterVec,
     pub tcp_downstream_cx_tx_bytes_total: IntCounterVec,
     pub tcp_idle_timeout: IntCounterVec,
+    pub local_rate_limit: [IntCounterVec; 5],
     pub istio_requests_total: IntCounterVec,
     pub istio_request_duration: HistogramVec,
     pub config_reload_total: IntCounter,
@@ -111,6 +112,8 @@ impl Metrics {
         let hcm = &["envoy_http_conn_manager_prefix"];
         let cl = &["envoy_cluster_name"];
         let tcp = &["envoy_tcp_prefix"];
+        let rl = &["envoy_local_http_ratelimit_prefix"];
+        let rate_limit = |name: &str, help: &str| counter_vec(&r, name, help, rl);
         let mut istio_labels: Vec<&str> = ISTIO_FIXED_LABELS.to_vec();
         istio_labels.extend(["response_code", "request_protocol", "response_flags"]);
         let downstream_cx_active = IntGaugeVec::new(
@@ -252,6 +255,28 @@ impl Metrics {
                 "Bytes a tcp_proxy sent downstream",
                 tcp,
             )?,
+            local_rate_limit: [
+                rate_limit(
+                    "envoy_http_local_rate_limit_enabled",
+                    "Requests the local rate limit filter applied to",
+                )?,
+                rate_limit(
+                    "envoy_http_local_rate_limit_ok",
+                    "Requests under the local rate limit",
+                )?,
+                rate_limit(
+                    "envoy_http_local_rate_limit_rate_limited",
+                    "Requests over the local rate limit",
+                )?,
+                rate_limit(
+                    "envoy_http_local_rate_limit_enforced",
+                    "Requests refused by the local rate limit",
+                )?,
+                rate_limit(
+                    "envoy_http_local_rate_limit_shadow_mode",
+                    "Requests over the local rate limit let through (not enforced)",
+                )?,
+            ],
             tcp_idle_timeout: counter_vec(
                 &r,
                 "envoy_tcp_idle_timeout",
@@ -397,6 +422,33 @@ impl HealthCheckStats {
             failure: m.health_check_failure.with_label_values(&[name]),
             network_failure: m.health_check_network_failure.with_label_values(&[name]),
             healthy: m.health_check_healthy.with_label_values(&[name]),
+        }
+    }
+}
+
+/// Handles of one local rate limit configuration (`STAT_PREFIX.http_local_rate_limit.*`).
+#[derive(Debug)]
+pub struct LocalRateLimitStats {
+    pub enabled: IntCounter,
+    pub ok: IntCounter,
+    pub rate_limited: IntCounter,
+    pub enforced: IntCounter,
+    pub shadow_mode: IntCounter,
+}
+
+impl LocalRateLimitStats {
+    /// Resolve the handles of the configuration with `stat_prefix`.
+    pub fn new(m: &Metrics, stat_prefix: &str) -> Self {
+        let [enabled, ok, rate_limited, enforced, shadow_mode] = m
+            .local_rate_limit
+            .each_ref()
+            .map(|family| family.with_label_values(&[stat_prefix]));
+        LocalRateLimitStats {
+            enabled,
+            ok,
+            rate_limited,
+            enforced,
+            shadow_mode,
         }
     }
 }

@@ -229,4 +229,16 @@ impl RouteTable {
     pub fn route_count(&self) -> usize {
         self.vhosts.iter().map(|v| v.routes.len()).sum()
     }
+
+    /// The local rate limit configurations of its virtual hosts and routes.
+    pub fn local_ratelimits(
+        &self,
+    ) -> impl Iterator<Item = &crate::local_ratelimit::LocalRateLimit> {
+        self.vhosts.iter().flat_map(|v| {
+            v.local_ratelimit
+                .as_deref()
+                .into_iter()
+                .chain(v.routes.iter().filter_map(|r| r.local_ratelimit.as_deref()))
+        })
+    }
 }
