@@ -29,6 +29,12 @@ pub enum ValuePart {
     LocalAddress,
     Protocol,
     UpstreamHost,
+    /// `%REQ(NAME?ALTERNATIVE):MAX%`: a request header's first value (request side only).
+    RequestHeader {
+        name: HeaderName,
+        alternative: Option<HeaderName>,
+        max_len: Option<usize>,
+    },
 }
 
 /// A header value, literal or with substitutions.
@@ -48,8 +54,14 @@ pub struct RequestContext<'a> {
 }
 
 impl HeaderTemplate {
-    /// Parse an Envoy header value with `%VAR%` substitutions.
+    /// Parse an Envoy header value with `%VAR%` substitutions (without `%REQ(...)%`).
     pub fn parse(value: &str) -> Result<Self, String> {
+        Self::parse_for(value, false)
+    }
+
+    /// Parse a header value; `request_side` allows `%REQ(...)%`, which reads the request's own
+    /// headers.
+    pub fn parse_for(value: &str, request_side: bool) -> Result<Self, String> {
         if !value.contains('%') {
             return HeaderValue::from_str(value)
                 .map(HeaderTemplate::Literal)
@@ -77,6 +89,7 @@ impl HeaderTemplate {
                 "DOWNSTREAM_LOCAL_ADDRESS" => ValuePart::LocalAddress,
                 "PROTOCOL" => ValuePart::Protocol,
                 "UPSTREAM_HOST" => ValuePart::UpstreamHost,
+                other if other.starts_with("REQ(") && request_side => request_header(other)?,
                 other => return Err(format!("header value variable %{other}% not supported")),
             };
             if !lit.is_empty() {
@@ -91,7 +104,8 @@ impl HeaderTemplate {
         Ok(HeaderTemplate::Parts(parts))
     }
 
-    fn render(&self, ctx: &RequestContext<'_>) -> Option<HeaderValue> {
+    /// The value for a message whose headers (before this level's additions) are `headers`.
+    fn render(&self, ctx: &RequestContext<'_>, headers: &HeaderMap) -> Option<HeaderValue> {
         match self {
             HeaderTemplate::Literal(v) => Some(v.clone()),
             HeaderTemplate::Parts(parts) => {
@@ -110,12 +124,62 @@ impl HeaderTemplate {
                                 s.push_str(&u.to_string())
                             }
                         }
+                        ValuePart::RequestHeader {
+                            name,
+                            alternative,
+                            max_len,
+                        } => {
+                            let v = headers
+                                .get(name)
+                                .or_else(|| alternative.as_ref().and_then(|a| headers.get(a)))
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("");
+                            let end = max_len.map_or(v.len(), |m| m.min(v.len()));
+                            // Cut on a character boundary.
+                            let end = (0..=end)
+                                .rev()
+                                .find(|&i| v.is_char_boundary(i))
+                                .unwrap_or(0);
+                            s.push_str(&v[..end]);
+                        }
                     }
                 }
                 HeaderValue::from_str(&s).ok()
             }
         }
     }
+}
+
+/// `REQ(NAME?ALTERNATIVE):MAX` (the text between the `%`s).
+fn request_header(var: &str) -> Result<ValuePart, String> {
+    let bad = || format!("header value variable %{var}% is malformed");
+    let rest = var.strip_prefix("REQ(").ok_or_else(bad)?;
+    let (inside, after) = rest.split_once(')').ok_or_else(bad)?;
+    let max_len = match after {
+        "" => None,
+        m => Some(
+            m.strip_prefix(':')
+                .and_then(|n| n.parse::<usize>().ok())
+                .ok_or_else(bad)?,
+        ),
+    };
+    let (main, alternative) = match inside.split_once('?') {
+        Some((m, a)) => (m, Some(a)),
+        None => (inside, None),
+    };
+    let name = |n: &str| {
+        if n.starts_with(':') {
+            return Err(format!(
+                "header value variable %{var}%: pseudo-header {n} not supported"
+            ));
+        }
+        HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()).map_err(|_| bad())
+    };
+    Ok(ValuePart::RequestHeader {
+        name: name(main)?,
+        alternative: alternative.map(name).transpose()?,
+        max_len,
+    })
 }
 
 /// One header to add.
@@ -146,7 +210,7 @@ impl HeaderOps {
             headers.remove(name);
         }
         for add in &self.add {
-            let Some(value) = add.value.render(ctx) else {
+            let Some(value) = add.value.render(ctx, headers) else {
                 continue;
             };
             if value.is_empty() && !add.keep_empty {
