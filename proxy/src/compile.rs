@@ -1759,26 +1759,16 @@ fn hcm(
         let ty = get(f, "typed_config")
             .and_then(|t| s(t, "@type"))
             .map(|t| t.rsplit('/').next().unwrap_or(""));
-        let is_router = match ty {
-            Some(t) => t == ROUTER_TYPE,
-            None => s(f, "name") == Some("envoy.filters.http.router"),
+        // A filter is known by its config's type, or by its name when it has no config.
+        let is = |type_name: &str, filter_name: &str| match ty {
+            Some(t) => t == type_name,
+            None => s(f, "name") == Some(filter_name),
         };
-        let is_fault = match ty {
-            Some(t) => t == FAULT_TYPE,
-            None => s(f, "name") == Some("envoy.filters.http.fault"),
-        };
-        let is_cors = match ty {
-            Some(t) => t == CORS_TYPE,
-            None => s(f, "name") == Some("envoy.filters.http.cors"),
-        };
-        let is_health_check = match ty {
-            Some(t) => t == HEALTH_CHECK_TYPE,
-            None => s(f, "name") == Some("envoy.filters.http.health_check"),
-        };
-        let is_local_limit = match ty {
-            Some(t) => t == LOCAL_RATELIMIT_TYPE,
-            None => s(f, "name") == Some("envoy.filters.http.local_ratelimit"),
-        };
+        let is_router = is(ROUTER_TYPE, "envoy.filters.http.router");
+        let is_fault = is(FAULT_TYPE, "envoy.filters.http.fault");
+        let is_cors = is(CORS_TYPE, "envoy.filters.http.cors");
+        let is_health_check = is(HEALTH_CHECK_TYPE, "envoy.filters.http.health_check");
+        let is_local_limit = is(LOCAL_RATELIMIT_TYPE, "envoy.filters.http.local_ratelimit");
         if is_health_check && local_limit.is_some() {
             errors.push(FieldError::new(
                 fpath.clone(),
