@@ -154,23 +154,7 @@ async fn local_rate_limits_as_envoy() {
 
 #[test]
 fn what_is_not_implemented_is_refused_by_name() {
-    let dir = tempfile::tempdir().unwrap();
-    let refused = |filters: Value| {
-        let text = bootstrap(
-            routes(json!([{"match": {"prefix": "/"}, "route": {"cluster": "app"}}])),
-            vec![cluster("app", &[closed_port()])],
-            json!({"http_filters": filters}),
-        );
-        let path = dir.path().join("b.json");
-        std::fs::write(&path, text).unwrap();
-        let out = std::process::Command::new(sluice_bin())
-            .args(["proxy", "--mode", "validate", "-c"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(!out.status.success());
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    };
+    let refused = refusal_of_filters;
     let router = json!({"name": "envoy.filters.http.router", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
     }});

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # CPU per request under load shapes that run.sh does not cover: request bodies (4 KiB and 1 MiB),
 # browser-sized request heads, a new connection per request, 1,000 connections, 100 KiB responses,
-# and h2c multiplexed, uploading and downloading. Sluice, HAProxy and
+# gzip-compressed 20 KiB JSON responses, and h2c multiplexed, uploading and downloading. Sluice, HAProxy and
 # Envoy run one at a time, alternated, each on one worker pinned to CPU 1, with the load generator
 # and the nginx upstreams on CPU 0; a proxy's CPU time (user + system, from /proc/PID/stat) is read
 # before and after a 5 s run and divided by the requests served. Lower is better.
 #   benches/load/shapes.sh [RUN_DIR]   # RUN_DIR: the rendered configs of a run.sh run (its
 #                                      # OUT_DIR/run); default: the newest under target/bench
 #   ROUNDS=2 DURATION=5 SHAPES="get post close c1000 big h2 h2m10 h2m100" PROXIES="sluice haproxy envoy"
-#   (more shapes: hdrs upload h2big h2post)
+#   (more shapes: hdrs upload h2big h2post gzip)
 # Needs what run.sh needs (wrk, h2load, nginx, haproxy, envoy) and a release build.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
@@ -47,8 +47,45 @@ wrk.headers["Sec-Fetch-User"] = "?1"
 wrk.headers["Upgrade-Insecure-Requests"] = "1"
 wrk.headers["Cache-Control"] = "max-age=0"
 LUA
+# A 20 KiB JSON document that compresses about as well as real API responses do (about 5:1).
+python3 - "$work/text" <<'PY'
+import json, random, sys
+random.seed(7)
+words = "alpha beta gamma delta stable canary weight route cluster header ready".split()
+items, size = [], 0
+while size < 20480:
+    items.append({"id": len(items), "name": " ".join(random.choices(words, k=3)),
+                  "weight": random.randint(0, 100), "ready": random.random() < 0.8,
+                  "token": "%016x" % random.getrandbits(64)})
+    size = len(json.dumps(items))
+open(sys.argv[1], "w").write(json.dumps(items)[:20480])
+PY
+# The gzip shape's proxies: each compresses JSON with gzip level 1, HAProxy's default level.
+python3 - "$run" "$work" <<'PY'
+import sys
+run, work = sys.argv[1:]
+filt = '''          - name: envoy.filters.http.compressor
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.compressor.v3.Compressor
+              response_direction_config:
+                common_config:
+                  content_type: [application/json]
+              compressor_library:
+                name: json
+                typed_config:
+                  "@type": type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip
+                  compression_level: BEST_SPEED
+'''
+for name in ("sluice", "envoy"):
+    text = open(f"{run}/{name}.yaml").read()
+    text = text.replace("          http_filters:\n", "          http_filters:\n" + filt, 1)
+    open(f"{work}/{name}-gz.yaml", "w").write(text)
+cfg = open(f"{run}/haproxy.cfg").read()
+cfg = cfg.replace("backend be_split\n", "backend be_split\n    compression algo gzip\n    compression type application/json\n", 1)
+open(f"{work}/haproxy-gz.cfg", "w").write(cfg)
+PY
 for u in stable canary; do
-  sed -e "s|location / {|client_max_body_size 0;\n        location = /big { alias $work/big; default_type application/octet-stream; }\n        location / {|" \
+  sed -e "s|location / {|client_max_body_size 0;\n        location = /big { alias $work/big; default_type application/octet-stream; }\n        location = /text { alias $work/text; default_type application/json; }\n        location / {|" \
       -e "s|^pid .*|pid $work/$u.pid;|" "$run/upstream-$u.conf" > "$work/upstream-$u.conf"
   taskset -c 0 nginx -c "$work/upstream-$u.conf" >/dev/null 2>&1 &
   pids+=($!)
@@ -62,12 +99,13 @@ port_of() { # the listener port of a proxy's config
   esac
 }
 
-start() { # proxy -> pid of the proxy itself (taskset execs it)
-  local cmd
+start() { # proxy shape -> pid of the proxy itself (taskset execs it)
+  local cmd dir=$run gz=""
+  if [ "$2" = gzip ]; then dir=$work gz=-gz; fi
   case $1 in
-    sluice) cmd=("$sluice" proxy -c "$run/sluice.yaml" --concurrency 1 -l error) ;;
-    haproxy) cmd=(haproxy -f "$run/haproxy.cfg") ;;
-    envoy) cmd=(envoy -c "$run/envoy.yaml" --concurrency 1 --disable-hot-restart -l error) ;;
+    sluice) cmd=("$sluice" proxy -c "$dir/sluice$gz.yaml" --concurrency 1 -l error) ;;
+    haproxy) cmd=(haproxy -f "$dir/haproxy$gz.cfg") ;;
+    envoy) cmd=(envoy -c "$dir/envoy$gz.yaml" --concurrency 1 --disable-hot-restart -l error) ;;
   esac
   taskset -c 1 "${cmd[@]}" >/dev/null 2>&1 &
   echo $!
@@ -75,12 +113,19 @@ start() { # proxy -> pid of the proxy itself (taskset execs it)
 
 load() { # shape port seconds -> requests served
   local url=http://127.0.0.1:$2 d=$3
+  if [ "$1" = gzip ] && ! curl -s -m 5 -o /dev/null -D - -H "Accept-Encoding: gzip" "$url/text" \
+      | grep -qi '^content-encoding: gzip'; then
+    echo "gzip on port $2: the response is not compressed, run not counted" >&2
+    echo 0
+    return
+  fi
   case $1 in
     get) taskset -c 0 wrk -t1 -c50 -d${d}s "$url/" ;;
     post) taskset -c 0 wrk -t1 -c50 -d${d}s -s "$work/post.lua" "$url/" ;;
     close) taskset -c 0 wrk -t1 -c50 -d${d}s -s "$work/close.lua" "$url/" ;;
     c1000) taskset -c 0 wrk -t1 -c1000 -d${d}s "$url/" ;;
     big) taskset -c 0 wrk -t1 -c50 -d${d}s "$url/big" ;;
+    gzip) taskset -c 0 wrk -t1 -c50 -d${d}s -H "Accept-Encoding: gzip" "$url/text" ;;
     hdrs) taskset -c 0 wrk -t1 -c50 -d${d}s -s "$work/hdrs.lua" "$url/" ;;
     upload) taskset -c 0 wrk -t1 -c10 -d${d}s -s "$work/upload.lua" "$url/" ;;
     h2big) taskset -c 0 h2load -t1 -c50 -m1 -D "$d" "$url/big" ;;
@@ -111,6 +156,7 @@ describe() {
     close) echo "GET, new connection per request (Connection: close), 50 at once" ;;
     c1000) echo "GET, keep-alive, 1,000 connections" ;;
     big) echo "GET of a 100 KiB response, keep-alive, 50 connections" ;;
+    gzip) echo "GET of a 20 KiB JSON response compressed with gzip level 1, 50 connections" ;;
     hdrs) echo "GET with a browser's request head (14 headers, 1.3 KiB), 50 connections" ;;
     upload) echo "POST 1 MiB body, keep-alive, 10 connections" ;;
     h2big) echo "h2c GET of a 100 KiB response, 50 connections x 1 stream" ;;
@@ -126,7 +172,7 @@ for shape in $SHAPES; do
   for round in $(seq "$ROUNDS"); do
     for proxy in $PROXIES; do
       port=$(port_of "$proxy")
-      pid=$(start "$proxy")
+      pid=$(start "$proxy" "$shape")
       pids+=("$pid")
       sleep 1.5
       load "$shape" "$port" 2 >/dev/null || true

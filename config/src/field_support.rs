@@ -89,6 +89,25 @@ pub const SUPPORTED: &[&str] = &[
     "envoy.extensions.filters.http.cors.v3.Cors: ",
     "envoy.extensions.filters.http.cors.v3.CorsPolicy: allow_origin_string_match allow_methods allow_headers expose_headers \
         max_age allow_credentials filter_enabled ~shadow_enabled allow_private_network_access forward_not_matching_preflights",
+    // Response compression (filter, and per route / virtual host) with gzip or brotli. The
+    // libraries' memory, strategy, block and chunk settings tune speed and ratio only: the
+    // decoded body is the same.
+    "envoy.extensions.filters.http.compressor.v3.Compressor: compressor_library content_length content_type \
+        disable_on_etag_header remove_accept_encoding_header runtime_enabled request_direction_config \
+        response_direction_config",
+    "envoy.extensions.filters.http.compressor.v3.Compressor.CommonDirectionConfig: enabled min_content_length content_type",
+    "envoy.extensions.filters.http.compressor.v3.Compressor.RequestDirectionConfig: common_config",
+    "envoy.extensions.filters.http.compressor.v3.Compressor.ResponseDirectionConfig: common_config \
+        disable_on_etag_header weaken_etag_on_compress remove_accept_encoding_header uncompressible_response_codes",
+    "envoy.extensions.filters.http.compressor.v3.CompressorPerRoute: disabled overrides",
+    "envoy.extensions.filters.http.compressor.v3.CompressorOverrides: response_direction_config compressor_library",
+    "envoy.extensions.filters.http.compressor.v3.ResponseDirectionOverrides: remove_accept_encoding_header",
+    "envoy.config.core.v3.TypedExtensionConfig: name typed_config",
+    "envoy.config.core.v3.RuntimeFeatureFlag: default_value ~runtime_key",
+    "envoy.extensions.compression.gzip.compressor.v3.Gzip: compression_level window_bits ~memory_level \
+        ~compression_strategy ~chunk_size",
+    "envoy.extensions.compression.brotli.compressor.v3.Brotli: quality window_bits ~input_block_bits ~chunk_size \
+        ~disable_literal_context_modeling ~encoder_mode",
     "envoy.config.core.v3.HttpProtocolOptions: idle_timeout ~max_headers_count",
     "envoy.config.core.v3.Http1ProtocolOptions: accept_http_10",
     "envoy.config.core.v3.Http2ProtocolOptions: max_concurrent_streams initial_stream_window_size initial_connection_window_size",

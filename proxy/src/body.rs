@@ -148,6 +148,8 @@ pub enum ResponseBody {
     Http2(Incoming, BodyDeadline),
     /// A locally generated body.
     Full(Option<Bytes>),
+    /// Compressed as it streams by the compressor filter.
+    Compressed(Box<crate::compressor::CompressedBody>),
 }
 
 /// The route timeout, still running while an upstream body streams: Envoy's route `timeout`
@@ -233,6 +235,7 @@ impl Body for ResponseBody {
             ResponseBody::Http1(body, deadline) => deadline.poll_body(Pin::new(body), cx),
             ResponseBody::Http2(body, deadline) => deadline.poll_body(Pin::new(body), cx),
             ResponseBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ResponseBody::Compressed(c) => c.poll_frame(cx),
         }
     }
 
@@ -241,6 +244,7 @@ impl Body for ResponseBody {
             ResponseBody::Http1(body, _) => body.is_end_stream(),
             ResponseBody::Http2(body, _) => body.is_end_stream(),
             ResponseBody::Full(b) => b.is_none(),
+            ResponseBody::Compressed(c) => c.is_end_stream(),
         }
     }
 
@@ -251,6 +255,7 @@ impl Body for ResponseBody {
             ResponseBody::Full(b) => {
                 SizeHint::with_exact(b.as_ref().map(|b| b.len() as u64).unwrap_or(0))
             }
+            ResponseBody::Compressed(c) => c.size_hint(),
         }
     }
 }

@@ -18,6 +18,10 @@ use sluice_config::FieldError;
 use crate::cluster::{
     Breakers, Cluster, Discovery, DnsFamily, EndpointSpec, HealthSettings, LbPolicy,
 };
+use crate::compressor::{
+    CompressorChain, CompressorFilter, CompressorPerRoute, Library, PerRouteCompressors,
+    DEFAULT_CONTENT_TYPES,
+};
 use crate::cors::CorsPolicy;
 use crate::fault::FaultConfig;
 use crate::hash_policy::{HashPolicy, HashSource};
@@ -56,6 +60,11 @@ const LOCAL_RATELIMIT_TYPE: &str =
     "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit";
 const CORS_TYPE: &str = "envoy.extensions.filters.http.cors.v3.Cors";
 const CORS_POLICY_TYPE: &str = "envoy.extensions.filters.http.cors.v3.CorsPolicy";
+const COMPRESSOR_TYPE: &str = "envoy.extensions.filters.http.compressor.v3.Compressor";
+const COMPRESSOR_PER_ROUTE_TYPE: &str =
+    "envoy.extensions.filters.http.compressor.v3.CompressorPerRoute";
+const GZIP_TYPE: &str = "envoy.extensions.compression.gzip.compressor.v3.Gzip";
+const BROTLI_TYPE: &str = "envoy.extensions.compression.brotli.compressor.v3.Brotli";
 const UPSTREAM_HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
 /// Envoy's default route timeout.
@@ -943,6 +952,204 @@ fn local_ratelimit_override(
     })
 }
 
+/// The `CompressorPerRoute` entries of a route or virtual host, by filter name.
+fn compressor_overrides(v: &Value, path: &str, errors: &mut Errors) -> PerRouteCompressors {
+    let Some(map) = get(v, "typed_per_filter_config").and_then(Value::as_object) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (name, c) in map {
+        if type_name(c) != COMPRESSOR_PER_ROUTE_TYPE {
+            continue;
+        }
+        let cpath = format!("{path}.typed_per_filter_config[\"{name}\"]");
+        let mut per = CompressorPerRoute {
+            disabled: b(c, "disabled"),
+            ..Default::default()
+        };
+        if let Some(o) = get(c, "overrides") {
+            if let Some(r) = get(o, "response_direction_config") {
+                per.force_enabled = true;
+                per.remove_accept_encoding =
+                    get(r, "remove_accept_encoding_header").and_then(Value::as_bool);
+            }
+            if let Some(l) = get(o, "compressor_library") {
+                per.library =
+                    compressor_library(l, &p(&cpath, "overrides.compressor_library"), errors)
+                        .map(|(_, l)| l);
+            }
+        }
+        out.push((name.clone(), Arc::new(per)));
+    }
+    out
+}
+
+/// A `compressor_library` (`TypedExtensionConfig`): its name and the library.
+fn compressor_library(v: &Value, path: &str, errors: &mut Errors) -> Option<(String, Library)> {
+    let name = s(v, "name").unwrap_or("").to_string();
+    let Some(t) = get(v, "typed_config") else {
+        errors.push(FieldError::new(p(path, "typed_config"), "required"));
+        return None;
+    };
+    let tpath = p(path, "typed_config");
+    let bits =
+        |k: &str, default: u64, range: std::ops::RangeInclusive<u64>, errors: &mut Errors| {
+            let n = u(t, k).unwrap_or(default);
+            if range.contains(&n) {
+                Some(n)
+            } else {
+                errors.push(FieldError::new(
+                    p(&tpath, k),
+                    format!("{n} is out of range {}..={}", range.start(), range.end()),
+                ));
+                None
+            }
+        };
+    match type_name(t) {
+        GZIP_TYPE => {
+            let level = match get(t, "compression_level") {
+                None => 6,
+                Some(Value::Number(n)) => match n.as_u64() {
+                    Some(0) => 6,
+                    Some(l @ 1..=9) => l as u32,
+                    _ => {
+                        errors.push(FieldError::new(
+                            p(&tpath, "compression_level"),
+                            "not a zlib level",
+                        ));
+                        return None;
+                    }
+                },
+                Some(v) => match v.as_str().unwrap_or("") {
+                    "DEFAULT_COMPRESSION" => 6,
+                    "BEST_SPEED" => 1,
+                    "BEST_COMPRESSION" => 9,
+                    other => match other
+                        .strip_prefix("COMPRESSION_LEVEL_")
+                        .and_then(|l| l.parse::<u32>().ok())
+                    {
+                        Some(l @ 1..=9) => l,
+                        _ => {
+                            errors.push(FieldError::new(
+                                p(&tpath, "compression_level"),
+                                format!("`{other}` is not a zlib level"),
+                            ));
+                            return None;
+                        }
+                    },
+                },
+            };
+            let window_bits = bits("window_bits", 12, 9..=15, errors)? as u8;
+            Some((name, Library::Gzip { level, window_bits }))
+        }
+        BROTLI_TYPE => {
+            let quality = bits("quality", 3, 0..=11, errors)? as u32;
+            let window_bits = bits("window_bits", 18, 10..=24, errors)? as u32;
+            Some((
+                name,
+                Library::Brotli {
+                    quality,
+                    window_bits,
+                },
+            ))
+        }
+        other => {
+            errors.push(FieldError::new(
+                tpath,
+                format!("compressor library `{other}` not supported (gzip and brotli are)"),
+            ));
+            None
+        }
+    }
+}
+
+/// A compressor filter (`Compressor`) named `name` in its chain.
+fn compressor_filter(
+    name: &str,
+    v: &Value,
+    path: &str,
+    errors: &mut Errors,
+) -> Option<CompressorFilter> {
+    let Some(lib) = get(v, "compressor_library") else {
+        errors.push(FieldError::new(p(path, "compressor_library"), "required"));
+        return None;
+    };
+    let (library_name, library) = compressor_library(lib, &p(path, "compressor_library"), errors)?;
+    let flag = |x: Option<&Value>| {
+        x.and_then(|f| f.get("default_value"))
+            .and_then(Value::as_bool)
+            .unwrap_or(true)
+    };
+    if let Some(r) = get(v, "request_direction_config") {
+        if flag(get(r, "common_config").and_then(|c| c.get("enabled"))) {
+            errors.push(FieldError::new(
+                p(path, "request_direction_config"),
+                "request compression is not supported (set common_config.enabled.default_value: \
+                 false, or leave the field out)",
+            ));
+            return None;
+        }
+    }
+    let types = |list: &[Value]| -> Vec<String> {
+        if list.is_empty() {
+            DEFAULT_CONTENT_TYPES
+                .iter()
+                .map(|t| t.to_string())
+                .collect()
+        } else {
+            list.iter()
+                .filter_map(Value::as_str)
+                .map(|t| t.trim().to_ascii_lowercase())
+                .collect()
+        }
+    };
+    let filter = match get(v, "response_direction_config") {
+        Some(r) => {
+            let empty = Value::Object(Default::default());
+            let common = get(r, "common_config").unwrap_or(&empty);
+            let mut codes = Vec::new();
+            for (i, c) in arr(r, "uncompressible_response_codes").iter().enumerate() {
+                match c.as_u64().and_then(|c| u16::try_from(c).ok()) {
+                    Some(c) if (200..600).contains(&c) => codes.push(c),
+                    _ => errors.push(FieldError::new(
+                        format!(
+                            "{path}.response_direction_config.uncompressible_response_codes[{i}]"
+                        ),
+                        "not an HTTP status code",
+                    )),
+                }
+            }
+            CompressorFilter::new(
+                name.to_string(),
+                library_name,
+                library,
+                flag(get(common, "enabled")),
+                u(common, "min_content_length").unwrap_or(30),
+                types(arr(common, "content_type")),
+                b(r, "disable_on_etag_header"),
+                b(r, "weaken_etag_on_compress"),
+                b(r, "remove_accept_encoding_header"),
+                codes,
+                true,
+            )
+        }
+        None => CompressorFilter::new(
+            name.to_string(),
+            library_name,
+            library,
+            flag(get(v, "runtime_enabled")),
+            u(v, "content_length").filter(|n| *n > 0).unwrap_or(30),
+            types(arr(v, "content_type")),
+            b(v, "disable_on_etag_header"),
+            false,
+            b(v, "remove_accept_encoding_header"),
+            Vec::new(),
+            false,
+        ),
+    };
+    Some(filter)
+}
+
 /// An `envoy.type.v3.HttpStatus` code: its number, or its enum name (`TooManyRequests`), which
 /// is the reason phrase without spaces.
 fn http_status(code: &Value) -> Option<StatusCode> {
@@ -1089,6 +1296,7 @@ fn route(v: &Value, path: &str, res: &ClusterResolver<'_>, errors: &mut Errors) 
     let fault = fault_override(v, path, errors);
     let local_ratelimit = local_ratelimit_override(v, path, errors);
     let cors = cors_override(v, path, errors);
+    let compressors = compressor_overrides(v, path, errors);
     if errors.len() > before {
         return None;
     }
@@ -1101,6 +1309,7 @@ fn route(v: &Value, path: &str, res: &ClusterResolver<'_>, errors: &mut Errors) 
         fault,
         local_ratelimit,
         cors,
+        compressors,
     })
 }
 
@@ -1142,6 +1351,7 @@ pub fn route_table(v: &Value, path: &str, res: &ClusterResolver<'_>) -> Result<R
             fault: fault_override(vh, &vpath, &mut errors),
             local_ratelimit: local_ratelimit_override(vh, &vpath, &mut errors),
             cors: cors_override(vh, &vpath, &mut errors),
+            compressors: compressor_overrides(vh, &vpath, &mut errors),
         });
     }
     let selector = match VhostSelector::new(domains.iter().map(|(d, i)| (d.as_str(), *i))) {
@@ -1751,6 +1961,7 @@ fn hcm(
     let mut cors = false;
     let mut health_check = None;
     let mut local_limit = None;
+    let mut compressors = Vec::new();
     // Sluice runs the health-check filter before routing and the rate limit before CORS and
     // fault injection: configurations that order them otherwise are refused.
     let mut seen_cors_or_fault = false;
@@ -1769,6 +1980,7 @@ fn hcm(
         let is_cors = is(CORS_TYPE, "envoy.filters.http.cors");
         let is_health_check = is(HEALTH_CHECK_TYPE, "envoy.filters.http.health_check");
         let is_local_limit = is(LOCAL_RATELIMIT_TYPE, "envoy.filters.http.local_ratelimit");
+        let is_compressor = is(COMPRESSOR_TYPE, "envoy.filters.http.compressor");
         if is_health_check && local_limit.is_some() {
             errors.push(FieldError::new(
                 fpath.clone(),
@@ -1778,7 +1990,17 @@ fn hcm(
         if is_cors || is_fault {
             seen_cors_or_fault = true;
         }
-        if is_local_limit {
+        if is_compressor {
+            let empty = Value::Object(Default::default());
+            let config = get(f, "typed_config").unwrap_or(&empty);
+            let name = s(f, "name").unwrap_or("");
+            compressors.extend(compressor_filter(
+                name,
+                config,
+                &p(&fpath, "typed_config"),
+                errors,
+            ));
+        } else if is_local_limit {
             if seen_cors_or_fault {
                 errors.push(FieldError::new(
                     fpath.clone(),
@@ -1827,6 +2049,13 @@ fn hcm(
             limit.resolve_stats(metrics);
         }
     }
+    let compressors = (!compressors.is_empty()).then(|| {
+        let chain = CompressorChain {
+            filters: compressors,
+        };
+        chain.resolve_stats(metrics, &stat_prefix);
+        Arc::new(chain)
+    });
     let websocket = arr(v, "upgrade_configs").iter().any(|u| {
         s(u, "upgrade_type").is_some_and(|t| t.eq_ignore_ascii_case("websocket"))
             && u.get("enabled").and_then(Value::as_bool).unwrap_or(true)
@@ -1881,6 +2110,7 @@ fn hcm(
         cors,
         health_check,
         local_ratelimit: local_limit,
+        compressors,
         server_name: HeaderValue::from_str(server_name)
             .unwrap_or(HeaderValue::from_static("envoy")),
         server_header: match s(v, "server_header_transformation") {

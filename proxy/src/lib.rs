@@ -22,6 +22,7 @@ pub mod body;
 pub mod buffer_pool;
 pub mod cluster;
 pub mod compile;
+pub mod compressor;
 pub mod cors;
 pub mod data_source;
 pub mod demo_upstream;

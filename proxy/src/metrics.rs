@@ -72,6 +72,9 @@ pub struct Metrics {
     pub config_reload_total: IntCounter,
     pub config_reload_failed: IntCounter,
     pub control_plane_connected: IntGauge,
+    /// Families whose names come from configuration (Envoy puts some configured names, such as a
+    /// compressor library's, in the statistic's name rather than in a label).
+    named: Arc<Mutex<HashMap<String, IntCounterVec>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -347,8 +350,26 @@ impl Metrics {
             config_reload_total,
             config_reload_failed,
             control_plane_connected,
+            named: Arc::default(),
             registry: r,
         })
+    }
+
+    /// The counter family `name`, created and registered on first use. Called when a
+    /// configuration is compiled, never per request.
+    pub fn named_counter(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<IntCounterVec, prometheus::Error> {
+        let mut named = self.named.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = named.get(name) {
+            return Ok(c.clone());
+        }
+        let family = counter_vec(&self.registry, name, help, labels)?;
+        named.insert(name.to_string(), family.clone());
+        Ok(family)
     }
 
     /// Render every metric in the Prometheus text format.

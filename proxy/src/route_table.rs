@@ -43,6 +43,8 @@ pub struct VirtualHost {
     pub local_ratelimit: Option<Arc<crate::local_ratelimit::LocalRateLimit>>,
     /// The CORS filter's policy for this virtual host.
     pub cors: Option<Arc<CorsPolicy>>,
+    /// The compressor filters' settings for this virtual host, by filter name.
+    pub compressors: crate::compressor::PerRouteCompressors,
 }
 
 /// One route: a match and an action.
@@ -61,6 +63,9 @@ pub struct Route {
     pub local_ratelimit: Option<Arc<crate::local_ratelimit::LocalRateLimit>>,
     /// The CORS filter's policy for this route; its settings come before the virtual host's.
     pub cors: Option<Arc<CorsPolicy>>,
+    /// The compressor filters' settings for this route, by filter name (before the virtual
+    /// host's).
+    pub compressors: crate::compressor::PerRouteCompressors,
 }
 
 /// `envoy.config.route.v3.RouteMatch`.

@@ -482,6 +482,11 @@ fn boxed_routed<'a>(routed: Routed<'a>, ctx: &'a ListenerContext) -> BoxedRespon
                 r
             })
         }
+        Routed::Compressed(c) => {
+            let (inner, plan) = *c;
+            let response = boxed_routed(inner, ctx);
+            Box::pin(async move { plan.apply(response.await) })
+        }
     }
 }
 
@@ -495,6 +500,8 @@ enum Routed<'a> {
     /// These headers go on whatever answers it: a CORS request's (`envoy.filters.http.cors`),
     /// a health check's passed through (`envoy.filters.http.health_check`).
     WithHeaders(Box<(Routed<'a>, HeaderMap)>),
+    /// The compressor filters decide on the response (`envoy.filters.http.compressor`).
+    Compressed(Box<(Routed<'a>, crate::compressor::Plan)>),
 }
 
 /// A request the fault filter holds for `delay`, then aborts or forwards.
@@ -732,7 +739,44 @@ fn route_request_to<'a>(
         protocol: protocol_name(req.version()),
         upstream_host: None,
     };
-    let mut req = req;
+    let mut m = Matched {
+        req,
+        hit,
+        conn,
+        rctx,
+        new_id,
+        random,
+    };
+    let Some(chain) = hcm.compressors.as_ref() else {
+        return route_matched(m, ctx, hcm);
+    };
+    let head = m.req.method() == Method::HEAD;
+    let plan = chain.plan(
+        head,
+        m.req.headers_mut(),
+        &m.hit.route.compressors,
+        &m.hit.vhost.compressors,
+    );
+    let inner = route_matched(m, ctx, hcm);
+    Routed::Compressed(Box::new((inner, plan)))
+}
+
+/// A request that matched a route, with what routing drew for it.
+struct Matched<'a> {
+    req: Request<RequestBody>,
+    hit: RouteHit<'a>,
+    conn: ConnInfo,
+    rctx: RequestContext<'a>,
+    /// A new `x-request-id`, when one is to be set.
+    new_id: Option<HeaderValue>,
+    /// The request's random value (runtime fractions, the weighted pick).
+    random: u64,
+}
+
+/// A matched request through the local rate limit and CORS filters to its route's action.
+fn route_matched<'a>(m: Matched<'a>, ctx: &ListenerContext, hcm: &'a Arc<HcmConfig>) -> Routed<'a> {
+    let mut m = m;
+    let hit = &m.hit;
     if let Some(own) = hcm.local_ratelimit.as_deref() {
         let limit = hit
             .route
@@ -744,17 +788,17 @@ fn route_request_to<'a>(
             RateDecision::Allow => {}
             RateDecision::Shadow => limit
                 .request_headers_when_not_enforced
-                .apply(req.headers_mut(), &rctx),
+                .apply(m.req.headers_mut(), &m.rctx),
             RateDecision::Refuse => {
                 let mut resp = local_reply(hcm, limit.status, "local_rate_limited");
-                limit.response_headers.apply(resp.headers_mut(), &rctx);
+                limit.response_headers.apply(resp.headers_mut(), &m.rctx);
                 return Routed::Respond(resp);
             }
         }
     }
     if hcm.cors && (hit.route.cors.is_some() || hit.vhost.cors.is_some()) {
         let policies = Policies([hit.route.cors.as_deref(), hit.vhost.cors.as_deref()]);
-        match policies.decide(req.method(), req.headers(), fast_random()) {
+        match policies.decide(m.req.method(), m.req.headers(), fast_random()) {
             CorsDecision::None => {}
             CorsDecision::Preflight(headers) => {
                 let mut resp = local_response(StatusCode::OK, bytes::Bytes::new());
@@ -763,12 +807,12 @@ fn route_request_to<'a>(
                 return Routed::Respond(resp);
             }
             CorsDecision::Response(headers) => {
-                let inner = route_action(req, ctx, hcm, hit, conn, rctx, new_id, random);
+                let inner = route_action(m, ctx, hcm);
                 return Routed::WithHeaders(Box::new((inner, headers)));
             }
         }
     }
-    route_action(req, ctx, hcm, hit, conn, rctx, new_id, random)
+    route_action(m, ctx, hcm)
 }
 
 /// A request to a connection manager with the health-check filter: a health check is answered
@@ -803,17 +847,15 @@ fn route_with_health_check<'a>(
 }
 
 /// Run the route's action: a direct response, a redirect, or a forward (after the fault filter).
-#[allow(clippy::too_many_arguments)]
-fn route_action<'a>(
-    req: Request<RequestBody>,
-    ctx: &ListenerContext,
-    hcm: &'a Arc<HcmConfig>,
-    hit: RouteHit<'a>,
-    conn: ConnInfo,
-    rctx: RequestContext<'a>,
-    new_id: Option<HeaderValue>,
-    random: u64,
-) -> Routed<'a> {
+fn route_action<'a>(m: Matched<'a>, ctx: &ListenerContext, hcm: &'a Arc<HcmConfig>) -> Routed<'a> {
+    let Matched {
+        req,
+        hit,
+        conn,
+        rctx,
+        new_id,
+        random,
+    } = m;
     match &hit.route.action {
         RouteAction::Direct(d) => {
             let mut resp = local_response(d.status, d.body.clone().unwrap_or_default());

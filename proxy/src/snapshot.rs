@@ -60,6 +60,8 @@ pub struct HcmConfig {
     /// The local rate limit filter (`envoy.filters.http.local_ratelimit`), when present: its own
     /// configuration, which routes and virtual hosts may replace.
     pub local_ratelimit: Option<Arc<crate::local_ratelimit::LocalRateLimit>>,
+    /// The compressor filters (`envoy.filters.http.compressor`), in chain order, when present.
+    pub compressors: Option<Arc<crate::compressor::CompressorChain>>,
     pub server_name: HeaderValue,
     pub server_header: ServerHeader,
     pub stats: HcmStats,

@@ -385,6 +385,11 @@ enum State {
 }
 
 impl Http1Body {
+    /// Whether the body comes in chunks (`transfer-encoding: chunked`).
+    pub fn is_chunked(&self) -> bool {
+        matches!(self.state, State::Chunked(_))
+    }
+
     fn done() -> Self {
         Http1Body {
             conn: None,

@@ -186,12 +186,60 @@ async fn echo(name: String, mut req: Request<Incoming>) -> Response<BoxBody> {
         "upstream": name, "method": method, "path": path, "host": host,
         "headers": headers, "body_len": body_len, "version": version,
     });
-    Response::builder()
+    // Response head steering for filters that read it (compressor): `ctype` replaces the
+    // content type (empty: none), `etag`, `cc` (cache-control), `ce` (content-encoding) and
+    // `vary` add headers, `chunked=1` streams the body in two chunks without a length.
+    let mut b = Response::builder()
         .status(status)
-        .header("content-type", "application/json")
-        .header("x-upstream", name.as_str())
-        .body(full(out.to_string()))
-        .unwrap()
+        .header("x-upstream", name.as_str());
+    match query_param(&q, "ctype").map(percent_decode) {
+        Some(t) if t.is_empty() => {}
+        Some(t) => b = b.header("content-type", t),
+        None => b = b.header("content-type", "application/json"),
+    }
+    for (param, header) in [
+        ("etag", "etag"),
+        ("cc", "cache-control"),
+        ("ce", "content-encoding"),
+        ("vary", "vary"),
+    ] {
+        if let Some(v) = query_param(&q, param) {
+            b = b.header(header, percent_decode(v));
+        }
+    }
+    if query_param(&q, "chunked") == Some("1") {
+        let text = Bytes::from(out.to_string());
+        let half = text.len() / 2;
+        let frames = [text.slice(..half), text.slice(half..)]
+            .map(|d| Ok::<_, std::io::Error>(Frame::data(d)));
+        let stream = futures_util::stream::iter(frames);
+        return b.body(BodyExt::boxed(StreamBody::new(stream))).unwrap();
+    }
+    b.body(full(out.to_string())).unwrap()
+}
+
+/// `%XX` escapes of a query value decoded (enough for header values in tests).
+fn percent_decode(v: &str) -> String {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(c)) => {
+                out.push(c);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Start an echo upstream on a dynamic loopback port (HTTP/1.1 and h2c).
@@ -539,6 +587,26 @@ pub fn within_binomial(observed: u64, n: u64, p: f64, z: f64) -> bool {
     let mean = n as f64 * p;
     let sd = (n as f64 * p * (1.0 - p)).sqrt();
     (observed as f64 - mean).abs() <= z * sd
+}
+
+/// What `sluice proxy --mode validate` says of a bootstrap with these HTTP filters (one route to
+/// a cluster nobody listens on); the validation must fail.
+pub fn refusal_of_filters(filters: Value) -> String {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let text = bootstrap(
+        routes(json!([{"match": {"prefix": "/"}, "route": {"cluster": "app"}}])),
+        vec![cluster("app", &[closed_port()])],
+        json!({"http_filters": filters}),
+    );
+    let path = dir.path().join("b.json");
+    std::fs::write(&path, text).expect("bootstrap written");
+    let out = std::process::Command::new(sluice_bin())
+        .args(["proxy", "--mode", "validate", "-c"])
+        .arg(&path)
+        .output()
+        .expect("sluice runs");
+    assert!(!out.status.success(), "the bootstrap was accepted");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// A bootstrap with one listener `main` (port 0), an admin on port 0, the given route
