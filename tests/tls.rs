@@ -1,7 +1,8 @@
 //! TLS end to end with certificates made at test time (rcgen): TLS 1.2 and 1.3, ALPN h2 and
 //! http/1.1, SNI selection between filter chains, mTLS accepted and refused (by chain and by
 //! name), `curl --cacert`, an X.509 v1 certificate, upstream certificate checks compared with
-//! real Envoy's, and certificate reload on SIGHUP.
+//! real Envoy's, and certificate reload on SIGHUP. The TLS inspector's chain choice (SNI,
+//! transport protocol, ALPN; TLS and plaintext on one port; TLS passthrough) against Envoy's.
 
 mod support;
 
@@ -127,7 +128,15 @@ fn tls_bootstrap(
         })
         .collect();
     b["static_resources"]["listeners"][0]["filter_chains"] = json!(list);
+    // Envoy knows a connection's SNI when it chooses the chain only through the TLS inspector.
+    b["static_resources"]["listeners"][0]["listener_filters"] = tls_inspector();
     b.to_string()
+}
+
+fn tls_inspector() -> Value {
+    json!([{"name": "envoy.filters.listener.tls_inspector", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+    }}])
 }
 
 struct ClientOptions<'a> {
@@ -741,4 +750,121 @@ async fn envoy_serves_an_istio_https_gateway() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sluice_serves_an_istio_https_gateway() {
     https_gateway("sluice").await;
+}
+
+/// One listener with the TLS inspector and five chains: TLS for a.example.com; TLS for
+/// b.example.com offering h2, and another for its other clients; TLS passthrough (`tcp_proxy`)
+/// for pass.example.com to a TLS backend; plaintext (`raw_buffer`) for everything else. Each
+/// chain routes to its own upstream, so the upstream's name tells which chain served.
+fn inspector_bootstrap(pki_files: [&Issued; 2], ports: [u16; 5]) -> String {
+    let [a, b] = pki_files;
+    let names = ["a", "b-h2", "b", "plain"];
+    let clusters: Vec<Value> = names
+        .iter()
+        .zip(ports)
+        .map(|(n, port)| cluster(n, &[port]))
+        .chain([cluster("pass", &[ports[4]])])
+        .collect();
+    let mut v: Value = serde_json::from_str(&bootstrap(
+        routes(json!([{"match": {"prefix": "/"}, "route": {"cluster": "a"}}])),
+        clusters,
+        json!({}),
+    ))
+    .unwrap();
+    let template = v["static_resources"]["listeners"][0]["filter_chains"][0].clone();
+    let http = |cluster: &str, matching: Value, tls: Option<Value>| {
+        let mut c = template.clone();
+        c["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
+            ["cluster"] = json!(cluster);
+        c["filter_chain_match"] = matching;
+        if let Some(t) = tls {
+            c["transport_socket"] = t;
+        }
+        c
+    };
+    let chains = json!([
+        http("a", json!({"server_names": ["a.example.com"]}), Some(downstream_tls(a, json!({})))),
+        http("b-h2", json!({"server_names": ["b.example.com"], "application_protocols": ["h2"]}),
+            Some(downstream_tls(b, json!({})))),
+        http("b", json!({"server_names": ["b.example.com"]}), Some(downstream_tls(b, json!({})))),
+        {"filter_chain_match": {"server_names": ["pass.example.com"]}, "filters": [{
+            "name": "envoy.filters.network.tcp_proxy",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                "stat_prefix": "pass", "cluster": "pass"
+            }
+        }]},
+        http("plain", json!({"transport_protocol": "raw_buffer"}), None),
+    ]);
+    v["static_resources"]["listeners"][0]["filter_chains"] = chains;
+    v["static_resources"]["listeners"][0]["listener_filters"] = tls_inspector();
+    v.to_string()
+}
+
+/// Which upstream answered each kind of client, or `refused`.
+async fn inspected(kind: &str) -> Vec<String> {
+    let pki = Pki::new();
+    let a = pki.issue("a", &["a.example.com"]);
+    let b = pki.issue("b", &["b.example.com"]);
+    let backend = pki.issue("backend", &["pass.example.com"]);
+    let client = pki.issue("client", &["client.example.com"]);
+    let ups = [
+        upstream("a").await,
+        upstream("b-h2").await,
+        upstream("b").await,
+        upstream("plain").await,
+    ];
+    let (pass, _) = tls_upstream("pass", &pki, &backend).await;
+    let ports = [
+        ups[0].port(),
+        ups[1].port(),
+        ups[2].port(),
+        ups[3].port(),
+        pass.port(),
+    ];
+    let p = proxy_of(kind, &inspector_bootstrap([&a, &b], ports)).await;
+    let addr = p.listener("main");
+    let mut out = Vec::new();
+    let cases: [(&str, &[&[u8]]); 5] = [
+        ("a.example.com", &[b"h2", b"http/1.1"]),
+        ("b.example.com", &[b"h2", b"http/1.1"]),
+        ("b.example.com", &[b"http/1.1"]),
+        ("pass.example.com", &[b"http/1.1"]),
+        ("other.example.com", &[b"http/1.1"]),
+    ];
+    for (sni, alpn) in cases {
+        let o = ClientOptions {
+            alpn,
+            client_cert: Some(&client),
+            ..opts(sni)
+        };
+        out.push(match tls_get(addr, &pki, o).await {
+            Ok(r) => format!(
+                "{sni} {:?} -> {}",
+                String::from_utf8_lossy(alpn[0]),
+                r.upstream_saw["upstream"]
+            ),
+            Err(_) => format!("{sni} -> refused"),
+        });
+    }
+    let plain = get(&client_h1(), &p.url("main", "/"), &[]).await;
+    out.push(format!("plaintext -> {}", plain.upstream()));
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tls_inspector_chooses_chains_as_envoy() {
+    let envoy = inspected("envoy").await;
+    assert_eq!(
+        envoy,
+        [
+            "a.example.com \"h2\" -> \"a\"",
+            "b.example.com \"h2\" -> \"b-h2\"",
+            "b.example.com \"http/1.1\" -> \"b\"",
+            "pass.example.com \"http/1.1\" -> \"pass\"",
+            "other.example.com -> refused",
+            "plaintext -> plain",
+        ]
+    );
+    assert_eq!(inspected("sluice").await, envoy);
 }

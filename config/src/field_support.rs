@@ -42,7 +42,7 @@ pub const SUPPORTED: &[&str] = &[
     // Listeners
     "envoy.config.listener.v3.Listener: name address filter_chains listener_filters ~stat_prefix ~per_connection_buffer_limit_bytes ~traffic_direction ~access_log",
     "envoy.config.listener.v3.FilterChain: filters name filter_chain_match transport_socket",
-    "envoy.config.listener.v3.FilterChainMatch: server_names",
+    "envoy.config.listener.v3.FilterChainMatch: server_names transport_protocol application_protocols",
     "envoy.config.listener.v3.ListenerFilter: name typed_config",
     "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector: ",
     // TLS

@@ -50,6 +50,7 @@ use crate::upstream_pool::{ConnectionBudget, PoolSettings, UpstreamProtocol};
 use crate::vhost_select::VhostSelector;
 use crate::weighted_pick::WeightedPick;
 
+const TLS_INSPECTOR_TYPE: &str = "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
 const TCP_PROXY_TYPE: &str = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 const HCM_TYPE: &str =
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
@@ -2181,31 +2182,57 @@ fn listener(
         ));
         return None;
     }
-    let with_tls = chains_json
-        .iter()
-        .filter(|c| get(c, "transport_socket").is_some())
-        .count();
-    if with_tls != 0 && with_tls != chains_json.len() {
-        errors.push(FieldError::new(
-            p(path, "filter_chains"),
-            "mixing TLS and plaintext filter chains on one listener is not supported",
-        ));
-        return None;
+    let inspect_tls = arr(v, "listener_filters").iter().any(|f| {
+        type_name(get(f, "typed_config").unwrap_or(&Value::Null)) == TLS_INSPECTOR_TYPE
+            || s(f, "name") == Some("envoy.filters.listener.tls_inspector")
+    });
+    for (i, f) in arr(v, "listener_filters").iter().enumerate() {
+        let known = type_name(get(f, "typed_config").unwrap_or(&Value::Null)) == TLS_INSPECTOR_TYPE
+            || s(f, "name") == Some("envoy.filters.listener.tls_inspector");
+        if !known {
+            errors.push(FieldError::new(
+                format!("{path}.listener_filters[{i}]"),
+                format!(
+                    "listener filter `{}` not supported (the TLS inspector is)",
+                    s(f, "name").unwrap_or("")
+                ),
+            ));
+        }
     }
     let mut chains = Vec::new();
     let mut seen_names = std::collections::HashSet::new();
     for (ci, chain) in chains_json.iter().enumerate() {
         let cpath = format!("{path}.filter_chains[{ci}]");
-        let server_names: Vec<String> = get(chain, "filter_chain_match")
-            .map(|m| {
-                arr(m, "server_names")
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_ascii_lowercase)
-                    .collect()
-            })
-            .unwrap_or_default();
-        let key = server_names.join(",");
+        let fcm = get(chain, "filter_chain_match").unwrap_or(&Value::Null);
+        let strings = |k: &str| -> Vec<String> {
+            arr(fcm, k)
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        };
+        let server_names: Vec<String> = strings("server_names")
+            .iter()
+            .map(|n| n.to_ascii_lowercase())
+            .collect();
+        let transport_protocol = s(fcm, "transport_protocol").unwrap_or("").to_string();
+        let application_protocols = strings("application_protocols");
+        if !inspect_tls
+            && (!server_names.is_empty()
+                || transport_protocol == "tls"
+                || !application_protocols.is_empty())
+        {
+            tracing::warn!(
+                at = %p(&cpath, "filter_chain_match"),
+                "this chain needs the ClientHello, but the listener has no TLS inspector \
+                 (envoy.filters.listener.tls_inspector): as in Envoy, no connection matches it"
+            );
+        }
+        let key = format!(
+            "{}|{transport_protocol}|{}",
+            server_names.join(","),
+            application_protocols.join(",")
+        );
         if !seen_names.insert(key) {
             errors.push(FieldError::new(
                 p(&cpath, "filter_chain_match"),
@@ -2249,6 +2276,8 @@ fn listener(
             };
             chains.push(FilterChain {
                 server_names,
+                transport_protocol,
+                application_protocols,
                 tls,
                 filter: NetworkFilter::Tcp(Arc::new(tcp)),
             });
@@ -2273,6 +2302,8 @@ fn listener(
         };
         chains.push(FilterChain {
             server_names,
+            transport_protocol,
+            application_protocols,
             tls,
             filter: NetworkFilter::Http(Arc::new(hcm)),
         });
@@ -2284,6 +2315,7 @@ fn listener(
         name,
         address,
         chains,
+        inspect_tls,
     })
 }
 

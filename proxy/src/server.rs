@@ -24,6 +24,7 @@ use crate::cors::{CorsDecision, Policies};
 use crate::downstream_h2::{self, H2Settings};
 use crate::downstream_http1::{self, Http1Settings};
 use crate::fault::{Abort, FaultConfig, FaultDecision, FaultInput};
+use crate::filter_chain_match::Seen;
 use crate::hash_policy::request_hash;
 use crate::header_ops::{HeaderOps, RequestContext};
 use crate::health_check_filter::{HealthCheckFilter, HEALTHCHECKED_CLUSTER};
@@ -35,7 +36,7 @@ use crate::route_table::{
     ClusterRef, ForwardAction, MirrorTarget, RedirectAction, RouteAction, RouteHit, Target,
 };
 use crate::snapshot::{Codec, HcmConfig, ListenerConfig, NetworkFilter, ServerHeader, Snapshot};
-use crate::tls::select_chain;
+use crate::tls_inspector;
 use crate::transport::Transport;
 use crate::upstream_http1::UpgradedUpstream;
 use crate::upstream_pool::{UpstreamError, UpstreamProtocol};
@@ -110,51 +111,49 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ListenerContext>) {
         let ctx = ctx.clone();
         tokio::spawn(async move {
             let config = ctx.listener.load_full();
-            if config.is_tls() {
+            let seen = if config.inspect_tls {
+                // Boxed: only listeners with the inspector carry its state.
+                match Box::pin(tls_inspector::inspect(&stream)).await {
+                    Some(seen) => seen,
+                    None => return,
+                }
+            } else {
+                Seen::raw()
+            };
+            let Some(chain) = config.select_chain(&seen) else {
+                tracing::debug!(?seen, %remote, "no filter chain matches");
+                return;
+            };
+            let tls = config.chains.get(chain).and_then(|c| c.tls.clone());
+            drop(config);
+            match tls {
                 // Boxed: a TLS connection's state is large, and a plain connection's task should
                 // not carry room for it (10,000 idle connections would pay for it).
-                Box::pin(serve_tls(stream, remote, ctx, config)).await;
-                return;
+                Some(tls) => Box::pin(serve_tls(stream, remote, ctx, chain, tls)).await,
+                None => {
+                    let conn = ConnInfo {
+                        remote,
+                        chain,
+                        secure: false,
+                    };
+                    serve_connection(stream, ctx, conn).await;
+                }
             }
-            let names = config.chains.iter().map(|c| c.server_names.as_slice());
-            let chain = select_chain(names, None).unwrap_or(0);
-            drop(config);
-            let conn = ConnInfo {
-                remote,
-                chain,
-                secure: false,
-            };
-            serve_connection(stream, ctx, conn).await;
         });
     }
 }
 
-/// Accept TLS on a connection: the ClientHello's SNI chooses the filter chain (and so the
-/// certificate), then the connection is served like a plain one.
+/// Terminate TLS on a connection whose filter chain is chosen, then serve it like a plain one.
 async fn serve_tls(
     stream: tokio::net::TcpStream,
     remote: SocketAddr,
     ctx: Arc<ListenerContext>,
-    config: Arc<ListenerConfig>,
+    chain: usize,
+    tls: Arc<rustls::ServerConfig>,
 ) {
-    // Read the ClientHello first: its SNI chooses the filter chain and so the certificate.
     let acceptor = LazyConfigAcceptor::new(Acceptor::default(), stream);
-    let Ok(Ok(start)) = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor).await else {
-        return;
-    };
-    let sni = start.client_hello().server_name().map(str::to_string);
-    let Some(chain) = select_chain(
-        config.chains.iter().map(|c| c.server_names.as_slice()),
-        sni.as_deref(),
-    ) else {
-        tracing::debug!(sni = ?sni, "no filter chain matches");
-        return;
-    };
-    let Some(tls) = config.chains.get(chain).and_then(|c| c.tls.clone()) else {
-        return;
-    };
-    drop(config);
-    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, start.into_stream(tls)).await {
+    let handshake = async move { acceptor.await?.into_stream(tls).await };
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok(stream)) => {
             let conn = ConnInfo {
                 remote,

@@ -96,6 +96,10 @@ impl Default for Http2Options {
 #[derive(Debug)]
 pub struct FilterChain {
     pub server_names: Vec<String>,
+    /// `filter_chain_match.transport_protocol` (`tls`, `raw_buffer`); empty: any.
+    pub transport_protocol: String,
+    /// `filter_chain_match.application_protocols`; empty: any.
+    pub application_protocols: Vec<String>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub filter: NetworkFilter,
 }
@@ -115,12 +119,24 @@ pub struct ListenerConfig {
     pub name: String,
     pub address: SocketAddr,
     pub chains: Vec<FilterChain>,
+    /// The listener has the TLS inspector: a connection's ClientHello is read (not consumed)
+    /// before its chain is chosen. Without it, as in Envoy, no SNI is known then.
+    pub inspect_tls: bool,
 }
 
 impl ListenerConfig {
-    /// Every chain terminates TLS (chains are all TLS or all plaintext).
-    pub fn is_tls(&self) -> bool {
-        self.chains.first().is_some_and(|c| c.tls.is_some())
+    /// The chain that serves a connection of which `seen` is known.
+    pub fn select_chain(&self, seen: &crate::filter_chain_match::Seen) -> Option<usize> {
+        crate::filter_chain_match::select(
+            self.chains
+                .iter()
+                .map(|c| crate::filter_chain_match::Criteria {
+                    server_names: &c.server_names,
+                    transport_protocol: &c.transport_protocol,
+                    application_protocols: &c.application_protocols,
+                }),
+            seen,
+        )
     }
 
     /// Routes in all chains.
