@@ -108,6 +108,7 @@ pub const SUPPORTED: &[&str] = &[
         ~compression_strategy ~chunk_size",
     "envoy.extensions.compression.brotli.compressor.v3.Brotli: quality window_bits ~input_block_bits ~chunk_size \
         ~disable_literal_context_modeling ~encoder_mode",
+    "envoy.extensions.compression.zstd.compressor.v3.Zstd: compression_level enable_checksum ~strategy ~chunk_size",
     "envoy.config.core.v3.HttpProtocolOptions: idle_timeout ~max_headers_count",
     "envoy.config.core.v3.Http1ProtocolOptions: accept_http_10",
     "envoy.config.core.v3.Http2ProtocolOptions: max_concurrent_streams initial_stream_window_size initial_connection_window_size",

@@ -66,6 +66,7 @@ const COMPRESSOR_PER_ROUTE_TYPE: &str =
     "envoy.extensions.filters.http.compressor.v3.CompressorPerRoute";
 const GZIP_TYPE: &str = "envoy.extensions.compression.gzip.compressor.v3.Gzip";
 const BROTLI_TYPE: &str = "envoy.extensions.compression.brotli.compressor.v3.Brotli";
+const ZSTD_TYPE: &str = "envoy.extensions.compression.zstd.compressor.v3.Zstd";
 const UPSTREAM_HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
 /// Envoy's default route timeout.
@@ -993,7 +994,7 @@ fn compressor_library(v: &Value, path: &str, errors: &mut Errors) -> Option<(Str
         return None;
     };
     let tpath = p(path, "typed_config");
-    let bits =
+    let in_range =
         |k: &str, default: u64, range: std::ops::RangeInclusive<u64>, errors: &mut Errors| {
             let n = u(t, k).unwrap_or(default);
             if range.contains(&n) {
@@ -1040,12 +1041,12 @@ fn compressor_library(v: &Value, path: &str, errors: &mut Errors) -> Option<(Str
                     },
                 },
             };
-            let window_bits = bits("window_bits", 12, 9..=15, errors)? as u8;
+            let window_bits = in_range("window_bits", 12, 9..=15, errors)? as u8;
             Some((name, Library::Gzip { level, window_bits }))
         }
         BROTLI_TYPE => {
-            let quality = bits("quality", 3, 0..=11, errors)? as u32;
-            let window_bits = bits("window_bits", 18, 10..=24, errors)? as u32;
+            let quality = in_range("quality", 3, 0..=11, errors)? as u32;
+            let window_bits = in_range("window_bits", 18, 10..=24, errors)? as u32;
             Some((
                 name,
                 Library::Brotli {
@@ -1054,10 +1055,23 @@ fn compressor_library(v: &Value, path: &str, errors: &mut Errors) -> Option<(Str
                 },
             ))
         }
+        ZSTD_TYPE => {
+            let level = match u(t, "compression_level") {
+                None | Some(0) => 3,
+                Some(_) => in_range("compression_level", 3, 1..=22, errors)? as i32,
+            };
+            Some((
+                name,
+                Library::Zstd {
+                    level,
+                    checksum: b(t, "enable_checksum"),
+                },
+            ))
+        }
         other => {
             errors.push(FieldError::new(
                 tpath,
-                format!("compressor library `{other}` not supported (gzip and brotli are)"),
+                format!("compressor library `{other}` not supported (gzip, brotli and zstd are)"),
             ));
             None
         }

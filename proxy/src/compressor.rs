@@ -1,5 +1,5 @@
 //! The compressor HTTP filter (`envoy.filters.http.compressor`): response bodies compressed with
-//! gzip or brotli for clients that accept them, decided by Envoy's rules.
+//! gzip, brotli or zstd for clients that accept them, decided by Envoy's rules.
 //!
 //! A connection manager holds its compressor filters in chain order ([`CompressorChain`]). When a
 //! request is routed, [`CompressorChain::plan`] notes its `accept-encoding` (and removes it when
@@ -64,6 +64,8 @@ pub enum Library {
     Gzip { level: u32, window_bits: u8 },
     /// `envoy.compression.brotli.compressor`: quality 0..=11 and window bits 10..=24.
     Brotli { quality: u32, window_bits: u32 },
+    /// `envoy.compression.zstd.compressor`: level 1..=22, and a checksum ending each frame.
+    Zstd { level: i32, checksum: bool },
 }
 
 impl Library {
@@ -72,6 +74,7 @@ impl Library {
         match self {
             Library::Gzip { .. } => "gzip",
             Library::Brotli { .. } => "br",
+            Library::Zstd { .. } => "zstd",
         }
     }
 
@@ -80,11 +83,12 @@ impl Library {
         match self {
             Library::Gzip { .. } => "gzip",
             Library::Brotli { .. } => "brotli",
+            Library::Zstd { .. } => "zstd",
         }
     }
 
-    fn encoder(&self) -> Encoder {
-        match *self {
+    fn encoder(&self) -> std::io::Result<Encoder> {
+        Ok(match *self {
             Library::Gzip { level, window_bits } => Encoder::Gzip(Box::new(Compress::new_gzip(
                 Compression::new(level),
                 window_bits,
@@ -98,7 +102,12 @@ impl Library {
                 quality,
                 window_bits,
             ))),
-        }
+            Library::Zstd { level, checksum } => {
+                let mut e = zstd::stream::write::Encoder::new(Vec::new(), level)?;
+                e.include_checksum(checksum)?;
+                Encoder::Zstd(Box::new(e))
+            }
+        })
     }
 }
 
@@ -383,9 +392,14 @@ impl Plan {
             None => body,
             Some((i, library)) => {
                 let stats = self.chain.filters[i].stats();
+                let (encoder, failed) = match library.encoder() {
+                    Ok(e) => (Some(e), None),
+                    Err(e) => (None, Some(e)),
+                };
                 ResponseBody::Compressed(Box::new(CompressedBody {
                     inner: body,
-                    encoder: Some(library.encoder()),
+                    encoder,
+                    failed,
                     trailers: None,
                     uncompressed: stats.map(|s| s.total_uncompressed_bytes.clone()),
                     compressed: stats.map(|s| s.total_compressed_bytes.clone()),
@@ -555,6 +569,7 @@ fn sanitize(name: &str) -> String {
 enum Encoder {
     Gzip(Box<Compress>),
     Brotli(Box<brotli::CompressorWriter<Vec<u8>>>),
+    Zstd(Box<zstd::stream::write::Encoder<'static, Vec<u8>>>),
 }
 
 impl std::fmt::Debug for Encoder {
@@ -562,6 +577,7 @@ impl std::fmt::Debug for Encoder {
         f.write_str(match self {
             Encoder::Gzip(_) => "Encoder::Gzip",
             Encoder::Brotli(_) => "Encoder::Brotli",
+            Encoder::Zstd(_) => "Encoder::Zstd",
         })
     }
 }
@@ -576,6 +592,11 @@ impl Encoder {
                 w.flush()?;
                 Ok(std::mem::take(w.get_mut()))
             }
+            Encoder::Zstd(w) => {
+                w.write_all(input)?;
+                w.flush()?;
+                Ok(std::mem::take(w.get_mut()))
+            }
         }
     }
 
@@ -584,6 +605,7 @@ impl Encoder {
         match self {
             Encoder::Gzip(mut c) => deflate(&mut c, &[], FlushCompress::Finish),
             Encoder::Brotli(w) => Ok(w.into_inner()),
+            Encoder::Zstd(w) => w.finish(),
         }
     }
 }
@@ -621,6 +643,8 @@ pub struct CompressedBody {
     inner: ResponseBody,
     /// `None` once the stream has ended.
     encoder: Option<Encoder>,
+    /// The compressor could not start: the body ends with this error.
+    failed: Option<std::io::Error>,
     /// Trailers held back until the compressed stream has ended.
     trailers: Option<HeaderMap>,
     uncompressed: Option<IntCounter>,
@@ -639,6 +663,9 @@ impl CompressedBody {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if let Some(e) = self.failed.take() {
+            return Poll::Ready(Some(Err(e.into())));
+        }
         loop {
             let Some(encoder) = self.encoder.as_mut() else {
                 return Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))));
@@ -675,7 +702,7 @@ impl CompressedBody {
     }
 
     pub fn is_end_stream(&self) -> bool {
-        self.encoder.is_none() && self.trailers.is_none()
+        self.encoder.is_none() && self.trailers.is_none() && self.failed.is_none()
     }
 
     pub fn size_hint(&self) -> SizeHint {
