@@ -746,18 +746,22 @@ fn route_request_to<'a>(
         new_id,
         random,
     };
-    let Some(chain) = hcm.compressors.as_ref() else {
-        return route_matched(m, ctx, hcm);
-    };
-    let head = m.req.method() == Method::HEAD;
-    let plan = chain.plan(
-        head,
-        m.req.headers_mut(),
-        &m.hit.route.compressors,
-        &m.hit.vhost.compressors,
-    );
+    let plan = hcm.compressors.as_ref().map(|chain| {
+        let head = m.req.method() == Method::HEAD;
+        chain.plan(
+            head,
+            m.req.headers_mut(),
+            &m.hit.route.compressors,
+            &m.hit.vhost.compressors,
+        )
+    });
+    // One call site each for `route_matched` and `route_action`, both inlined: the matched
+    // request is built once and not copied from function to function.
     let inner = route_matched(m, ctx, hcm);
-    Routed::Compressed(Box::new((inner, plan)))
+    match plan {
+        Some(plan) => Routed::Compressed(Box::new((inner, plan))),
+        None => inner,
+    }
 }
 
 /// A request that matched a route, with what routing drew for it.
@@ -773,6 +777,7 @@ struct Matched<'a> {
 }
 
 /// A matched request through the local rate limit and CORS filters to its route's action.
+#[inline(always)]
 fn route_matched<'a>(m: Matched<'a>, ctx: &ListenerContext, hcm: &'a Arc<HcmConfig>) -> Routed<'a> {
     let mut m = m;
     let hit = &m.hit;
@@ -795,6 +800,7 @@ fn route_matched<'a>(m: Matched<'a>, ctx: &ListenerContext, hcm: &'a Arc<HcmConf
             }
         }
     }
+    let mut cors_headers = None;
     if hcm.cors && (hit.route.cors.is_some() || hit.vhost.cors.is_some()) {
         let policies = Policies([hit.route.cors.as_deref(), hit.vhost.cors.as_deref()]);
         match policies.decide(m.req.method(), m.req.headers(), fast_random()) {
@@ -805,13 +811,14 @@ fn route_matched<'a>(m: Matched<'a>, ctx: &ListenerContext, hcm: &'a Arc<HcmConf
                 set_server(hcm, resp.headers_mut());
                 return Routed::Respond(resp);
             }
-            CorsDecision::Response(headers) => {
-                let inner = route_action(m, ctx, hcm);
-                return Routed::WithHeaders(Box::new((inner, headers)));
-            }
+            CorsDecision::Response(headers) => cors_headers = Some(headers),
         }
     }
-    route_action(m, ctx, hcm)
+    let inner = route_action(m, ctx, hcm);
+    match cors_headers {
+        Some(headers) => Routed::WithHeaders(Box::new((inner, headers))),
+        None => inner,
+    }
 }
 
 /// A request to a connection manager with the health-check filter: a health check is answered
@@ -846,6 +853,7 @@ fn route_with_health_check<'a>(
 }
 
 /// Run the route's action: a direct response, a redirect, or a forward (after the fault filter).
+#[inline(always)]
 fn route_action<'a>(m: Matched<'a>, ctx: &ListenerContext, hcm: &'a Arc<HcmConfig>) -> Routed<'a> {
     let Matched {
         req,
