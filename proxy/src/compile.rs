@@ -433,7 +433,7 @@ fn header_ops(
                 continue;
             }
         };
-        let template = match HeaderTemplate::parse_for(value, add_key.starts_with("request")) {
+        let template = match HeaderTemplate::parse_for(value, true) {
             Ok(t) => t,
             Err(e) => {
                 errors.push(FieldError::new(p(&hpath, "header.value"), e));

@@ -4,8 +4,9 @@
 //! Levels are applied from the most specific to the least specific, as Envoy does by default, so an
 //! overwrite at the route-configuration level wins over one at the route level. At each level the
 //! removals run before the additions. Values may use `%DOWNSTREAM_REMOTE_ADDRESS%`,
-//! `%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%`, `%DOWNSTREAM_LOCAL_ADDRESS%`, `%PROTOCOL%` and
-//! `%UPSTREAM_HOST%` (responses only); `%%` is a literal `%`.
+//! `%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%`, `%DOWNSTREAM_LOCAL_ADDRESS%`, `%PROTOCOL%`,
+//! `%UPSTREAM_HOST%` (responses only) and `%REQ(NAME?ALTERNATIVE):MAX%` (a request header: in
+//! responses, from the request as sent upstream); `%%` is a literal `%`.
 
 use std::net::SocketAddr;
 
@@ -29,7 +30,7 @@ pub enum ValuePart {
     LocalAddress,
     Protocol,
     UpstreamHost,
-    /// `%REQ(NAME?ALTERNATIVE):MAX%`: a request header's first value (request side only).
+    /// `%REQ(NAME?ALTERNATIVE):MAX%`: a request header's first value.
     RequestHeader {
         name: HeaderName,
         alternative: Option<HeaderName>,
@@ -51,6 +52,9 @@ pub struct RequestContext<'a> {
     pub local: SocketAddr,
     pub protocol: &'a str,
     pub upstream_host: Option<SocketAddr>,
+    /// The request's headers as sent upstream, for `%REQ(...)%` in response headers (request
+    /// headers read the message they are added to).
+    pub request: Option<&'a HeaderMap>,
 }
 
 impl HeaderTemplate {
@@ -129,6 +133,7 @@ impl HeaderTemplate {
                             alternative,
                             max_len,
                         } => {
+                            let headers = ctx.request.unwrap_or(headers);
                             let v = headers
                                 .get(name)
                                 .or_else(|| alternative.as_ref().and_then(|a| headers.get(a)))
@@ -204,6 +209,16 @@ impl HeaderOps {
         self.add.is_empty() && self.remove.is_empty()
     }
 
+    /// Some value here reads a request header (`%REQ(...)%`).
+    pub fn reads_request(&self) -> bool {
+        self.add.iter().any(|a| match &a.value {
+            HeaderTemplate::Parts(parts) => parts
+                .iter()
+                .any(|p| matches!(p, ValuePart::RequestHeader { .. })),
+            HeaderTemplate::Literal(_) => false,
+        })
+    }
+
     /// Apply this level to `headers`.
     pub fn apply(&self, headers: &mut HeaderMap, ctx: &RequestContext<'_>) {
         for name in &self.remove {
@@ -249,6 +264,7 @@ mod tests {
             local: "127.0.0.1:80".parse().unwrap(),
             protocol: "HTTP/1.1",
             upstream_host: None,
+            request: None,
         }
     }
 

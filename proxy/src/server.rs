@@ -490,6 +490,9 @@ fn boxed_routed<'a>(routed: Routed<'a>, ctx: &'a ListenerContext) -> BoxedRespon
 }
 
 /// What routing decided.
+// A forward is what nearly every request becomes, and the value is moved once: boxing it would
+// allocate per request to save stack on the rare local answers.
+#[allow(clippy::large_enum_variant)]
 enum Routed<'a> {
     /// A response made here (direct response, redirect, or a local error reply).
     Respond(Response<ResponseBody>),
@@ -737,6 +740,7 @@ fn route_request_to<'a>(
         local: ctx.local,
         protocol: protocol_name(req.version()),
         upstream_host: None,
+        request: None,
     };
     let mut m = Matched {
         req,
@@ -867,6 +871,10 @@ fn route_action<'a>(m: Matched<'a>, ctx: &ListenerContext, hcm: &'a Arc<HcmConfi
         RouteAction::Direct(d) => {
             let mut resp = local_response(d.status, d.body.clone().unwrap_or_default());
             let h = resp.headers_mut();
+            let rctx = RequestContext {
+                request: Some(req.headers()),
+                ..rctx
+            };
             apply_response_ops(hcm, hit, None, h, &rctx);
             set_server(hcm, h);
             Routed::Respond(resp)
@@ -877,6 +885,10 @@ fn route_action<'a>(m: Matched<'a>, ctx: &ListenerContext, hcm: &'a Arc<HcmConfi
             if let Ok(v) = HeaderValue::from_str(&location) {
                 resp.headers_mut().insert(header::LOCATION, v);
             }
+            let rctx = RequestContext {
+                request: Some(req.headers()),
+                ..rctx
+            };
             apply_response_ops(hcm, hit, None, resp.headers_mut(), &rctx);
             Routed::Respond(resp)
         }
@@ -1097,6 +1109,9 @@ struct Exchange<'a> {
     flag: Flag,
     /// The request's hash, for the endpoint of a retry.
     hash: Option<u64>,
+    /// The upstream request's headers, kept only when a response header reads them
+    /// (`%REQ(...)%`).
+    request_headers: Option<Box<HeaderMap>>,
 }
 
 /// Pick the cluster and endpoint of a forward action and build the upstream request (headers,
@@ -1353,7 +1368,18 @@ fn prepare_forward<'a>(
         up.headers_mut().remove(header::HOST);
     }
 
+    let reads_request = [
+        entry.map(|e| &e.response_headers),
+        Some(&hit.route.response_headers),
+        Some(&hit.vhost.response_headers),
+        Some(&hcm.routes.response_headers),
+    ]
+    .into_iter()
+    .flatten()
+    .any(HeaderOps::reads_request);
+    let request_headers = reads_request.then(|| Box::new(up.headers().clone()));
     Ok(Exchange {
+        request_headers,
         hcm,
         hit,
         f,
@@ -1389,6 +1415,7 @@ impl Exchange<'_> {
             up,
             mut flag,
             hash,
+            request_headers,
         } = self;
         cluster.stats.rq_total.inc();
         let timed_out = |cluster: &Cluster| {
@@ -1502,6 +1529,10 @@ impl Exchange<'_> {
             );
         }
         set_server(hcm, &mut rp.headers);
+        let rctx = RequestContext {
+            request: request_headers.as_deref(),
+            ..rctx
+        };
         apply_response_ops(
             hcm,
             hit,
