@@ -2196,14 +2196,13 @@ fn listener(
         ));
         return None;
     }
-    let inspect_tls = arr(v, "listener_filters").iter().any(|f| {
+    let is_inspector = |f: &Value| {
         type_name(get(f, "typed_config").unwrap_or(&Value::Null)) == TLS_INSPECTOR_TYPE
             || s(f, "name") == Some("envoy.filters.listener.tls_inspector")
-    });
+    };
+    let inspect_tls = arr(v, "listener_filters").iter().any(is_inspector);
     for (i, f) in arr(v, "listener_filters").iter().enumerate() {
-        let known = type_name(get(f, "typed_config").unwrap_or(&Value::Null)) == TLS_INSPECTOR_TYPE
-            || s(f, "name") == Some("envoy.filters.listener.tls_inspector");
-        if !known {
+        if !is_inspector(f) {
             errors.push(FieldError::new(
                 format!("{path}.listener_filters[{i}]"),
                 format!(
@@ -2278,48 +2277,27 @@ fn listener(
         let ty = s(&tc, "@type")
             .map(|t| t.rsplit('/').next().unwrap_or(""))
             .unwrap_or("");
-        if ty == TCP_PROXY_TYPE {
-            let Some(tcp) = tcp_proxy(
-                &tc,
-                &format!("{fpath}[0].typed_config"),
-                res,
-                metrics,
-                errors,
-            ) else {
+        let tpath = format!("{fpath}[0].typed_config");
+        let filter = match ty {
+            TCP_PROXY_TYPE => match tcp_proxy(&tc, &tpath, res, metrics, errors) {
+                Some(tcp) => NetworkFilter::Tcp(Arc::new(tcp)),
+                None => continue,
+            },
+            HCM_TYPE => match hcm(&tc, &tpath, res, metrics, identity, errors) {
+                Some(hcm) => NetworkFilter::Http(Arc::new(hcm)),
+                None => continue,
+            },
+            _ => {
+                errors.push(FieldError::new(tpath, format!("type {ty} not supported")));
                 continue;
-            };
-            chains.push(FilterChain {
-                server_names,
-                transport_protocol,
-                application_protocols,
-                tls,
-                filter: NetworkFilter::Tcp(Arc::new(tcp)),
-            });
-            continue;
-        }
-        if ty != HCM_TYPE {
-            errors.push(FieldError::new(
-                format!("{fpath}[0].typed_config"),
-                format!("type {ty} not supported"),
-            ));
-            continue;
-        }
-        let Some(hcm) = hcm(
-            &tc,
-            &format!("{fpath}[0].typed_config"),
-            res,
-            metrics,
-            identity,
-            errors,
-        ) else {
-            continue;
+            }
         };
         chains.push(FilterChain {
             server_names,
             transport_protocol,
             application_protocols,
             tls,
-            filter: NetworkFilter::Http(Arc::new(hcm)),
+            filter,
         });
     }
     if chains.len() != chains_json.len() {
