@@ -38,94 +38,101 @@ pub struct Criteria<'a> {
     pub application_protocols: &'a [String],
 }
 
-/// The index of the chain that serves `seen`, if any.
+/// The index of the chain that serves `seen`, if any. Each level is a filter over the chains,
+/// found by walking them again rather than collecting: this runs for every new connection.
 pub fn select<'a>(
     chains: impl Iterator<Item = Criteria<'a>> + Clone,
     seen: &Seen,
 ) -> Option<usize> {
-    let candidates: Vec<(usize, Criteria<'a>)> = chains.enumerate().collect();
+    let sni = seen.server_name.as_deref();
     // 1. Server names: the most specific level that has chains at all.
-    let by_name = by_server_name(&candidates, seen.server_name.as_deref());
+    let level = server_name_level(chains.clone(), sni);
+    let by_name = |c: &Criteria<'_>| level.admits(c, sni);
     // 2. Transport protocol: exact, else chains that name none.
-    let by_transport = narrow(
-        &by_name,
-        |c| c.transport_protocol == seen.transport,
-        |c| c.transport_protocol.is_empty(),
-    );
+    let exact_transport = chains
+        .clone()
+        .any(|c| by_name(&c) && c.transport_protocol == seen.transport);
+    let by_transport = |c: &Criteria<'_>| {
+        by_name(c)
+            && if exact_transport {
+                c.transport_protocol == seen.transport
+            } else {
+                c.transport_protocol.is_empty()
+            }
+    };
     // 3. Application protocols: one in common, else chains that name none.
-    let by_alpn = narrow(
-        &by_transport,
-        |c| {
-            c.application_protocols
-                .iter()
-                .any(|p| seen.application_protocols.iter().any(|o| o == p))
-        },
-        |c| c.application_protocols.is_empty(),
-    );
-    by_alpn.first().map(|(i, _)| *i)
-}
-
-fn narrow<'a>(
-    chains: &[(usize, Criteria<'a>)],
-    matches: impl Fn(&Criteria<'a>) -> bool,
-    unconstrained: impl Fn(&Criteria<'a>) -> bool,
-) -> Vec<(usize, Criteria<'a>)> {
-    let exact: Vec<_> = chains.iter().filter(|(_, c)| matches(c)).copied().collect();
-    if !exact.is_empty() {
-        return exact;
-    }
-    chains
-        .iter()
-        .filter(|(_, c)| unconstrained(c))
-        .copied()
-        .collect()
-}
-
-fn by_server_name<'a>(
-    chains: &[(usize, Criteria<'a>)],
-    sni: Option<&str>,
-) -> Vec<(usize, Criteria<'a>)> {
-    if let Some(sni) = sni {
-        let exact: Vec<_> = chains
+    let offered = |c: &Criteria<'_>| {
+        c.application_protocols
             .iter()
-            .filter(|(_, c)| c.server_names.iter().any(|n| n.eq_ignore_ascii_case(sni)))
-            .copied()
-            .collect();
-        if !exact.is_empty() {
-            return exact;
-        }
-        // The longest `*.suffix` that matches, and every chain that has it.
-        let suffix_of = |n: &'a String| {
-            n.strip_prefix('*').filter(|suffix| {
-                sni.len() > suffix.len()
-                    && sni
-                        .get(sni.len() - suffix.len()..)
-                        .is_some_and(|tail| tail.eq_ignore_ascii_case(suffix))
-            })
+            .any(|p| seen.application_protocols.iter().any(|o| o == p))
+    };
+    let exact_alpn = chains.clone().any(|c| by_transport(&c) && offered(&c));
+    chains.enumerate().find_map(|(i, c)| {
+        let alpn_ok = if exact_alpn {
+            offered(&c)
+        } else {
+            c.application_protocols.is_empty()
         };
-        let longest = chains
-            .iter()
-            .flat_map(|(_, c)| c.server_names.iter().filter_map(suffix_of))
-            .map(str::len)
-            .max();
-        if let Some(len) = longest {
-            return chains
+        (by_transport(&c) && alpn_ok).then_some(i)
+    })
+}
+
+/// Which server-name level a connection's chains come from.
+enum NameLevel {
+    Exact,
+    /// The longest `*.suffix` that matches, by its length.
+    Wildcard(usize),
+    Unnamed,
+}
+
+impl NameLevel {
+    fn admits(&self, c: &Criteria<'_>, sni: Option<&str>) -> bool {
+        match (self, sni) {
+            (NameLevel::Exact, Some(sni)) => {
+                c.server_names.iter().any(|n| n.eq_ignore_ascii_case(sni))
+            }
+            (NameLevel::Wildcard(len), Some(sni)) => c
+                .server_names
                 .iter()
-                .filter(|(_, c)| {
-                    c.server_names
-                        .iter()
-                        .filter_map(suffix_of)
-                        .any(|s| s.len() == len)
-                })
-                .copied()
-                .collect();
+                .filter_map(|n| wildcard_suffix(n, sni))
+                .any(|s| s.len() == *len),
+            _ => c.server_names.is_empty(),
         }
     }
+}
+
+fn server_name_level<'a>(
+    chains: impl Iterator<Item = Criteria<'a>> + Clone,
+    sni: Option<&str>,
+) -> NameLevel {
+    let Some(sni) = sni else {
+        return NameLevel::Unnamed;
+    };
+    if chains
+        .clone()
+        .any(|c| c.server_names.iter().any(|n| n.eq_ignore_ascii_case(sni)))
+    {
+        return NameLevel::Exact;
+    }
     chains
-        .iter()
-        .filter(|(_, c)| c.server_names.is_empty())
-        .copied()
-        .collect()
+        .flat_map(|c| {
+            c.server_names
+                .iter()
+                .filter_map(|n| wildcard_suffix(n, sni))
+                .map(str::len)
+        })
+        .max()
+        .map_or(NameLevel::Unnamed, NameLevel::Wildcard)
+}
+
+/// The `.suffix` of a `*.suffix` server name that matches `sni`.
+fn wildcard_suffix<'n>(name: &'n str, sni: &str) -> Option<&'n str> {
+    name.strip_prefix('*').filter(|suffix| {
+        sni.len() > suffix.len()
+            && sni
+                .get(sni.len() - suffix.len()..)
+                .is_some_and(|tail| tail.eq_ignore_ascii_case(suffix))
+    })
 }
 
 #[cfg(test)]
