@@ -168,3 +168,93 @@ async fn tcp_proxy_relays_and_splits_as_envoy_does() {
     let sluice = check("sluice", a, b).await;
     assert_eq!(sluice, envoy, "tcp_proxy statistics");
 }
+
+/// Istio's TCP traffic shifting, with the published `tcp-echo-20-v2` VirtualService (its port
+/// made the test's): `sluice control` translates it for a TCP Gateway server, and real Envoy and
+/// `sluice proxy`, both gateways of that control plane, split connections 80/20 between the
+/// subsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istio_tcp_routes_shift_connections_through_envoy_and_sluice() {
+    let (v1, _t1) = greeter("one").await;
+    let (v2, _t2) = greeter("two").await;
+    let gw = closed_port();
+    let corpus = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/corpus/istio/tcp-echo__tcp-echo-20-v2.yaml"),
+    )
+    .unwrap();
+    assert!(corpus.contains("- port: 31400"), "{corpus}");
+    let vs = corpus.replace("- port: 31400", &format!("- port: {gw}"));
+    let mesh = render(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: tcp-echo}
+spec:
+  hosts: [tcp-echo]
+  ports: [{number: 9000, name: tcp, protocol: TCP}]
+  resolution: STATIC
+  endpoints:
+  - {address: 127.0.0.1, ports: {tcp: {{v1}}}, labels: {version: v1}}
+  - {address: 127.0.0.1, ports: {tcp: {{v2}}}, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: tcp-echo}
+spec:
+  host: tcp-echo
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: tcp-echo-gateway}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: {{gw}}, name: tcp, protocol: TCP}, hosts: ["*"]}]
+"#,
+        &[
+            ("v1", v1.to_string()),
+            ("v2", v2.to_string()),
+            ("gw", gw.to_string()),
+        ],
+    );
+    let control = ControlPlane::start(&[("mesh.yaml", mesh), ("tcp-echo.yaml", vs)]);
+    let meta =
+        |ip: &str| json!({"LABELS": {"istio": "ingressgateway"}, "SLUICE_GATEWAY_ADDRESS": ip});
+    let _envoy = proxy_of(
+        "envoy",
+        &ads_bootstrap(control.xds, GATEWAY_NODE, meta("127.0.0.2")),
+    )
+    .await;
+    let _sluice = proxy_of(
+        "sluice",
+        &ads_bootstrap(control.xds, GATEWAY_NODE, meta("127.0.0.1")),
+    )
+    .await;
+    control.wait_synced(2, Duration::from_secs(15)).await;
+    for (kind, ip) in [("envoy", "127.0.0.2"), ("sluice", "127.0.0.1")] {
+        let addr: std::net::SocketAddr = format!("{ip}:{gw}").parse().unwrap();
+        // Echo through the route, then a half-close.
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"ping").await.unwrap();
+        s.shutdown().await.unwrap();
+        let text = read_to_end(&mut s).await;
+        assert!(
+            text == "one\npingbye" || text == "two\npingbye",
+            "{kind}: {text:?}"
+        );
+        let n = 400u64;
+        let mut to_v2 = 0;
+        for _ in 0..n {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            let mut line = [0u8; 4];
+            s.read_exact(&mut line).await.unwrap();
+            if &line == b"two\n" {
+                to_v2 += 1;
+            }
+        }
+        assert!(
+            within_binomial(to_v2, n, 0.2, 4.5),
+            "{kind}: {to_v2} of {n} connections to v2"
+        );
+    }
+}

@@ -868,3 +868,112 @@ async fn the_tls_inspector_chooses_chains_as_envoy() {
     );
     assert_eq!(inspected("sluice").await, envoy);
 }
+
+/// An Istio Gateway with a TLS PASSTHROUGH server routed by the SNI hosts of VirtualService
+/// `tls` routes, and a TLS server terminated at the gateway whose decrypted bytes follow a
+/// `tcp` route; which upstream answered each client, or `refused`.
+async fn istio_tls_gateway(kind: &str, ip: &str) -> Vec<String> {
+    let pki = Pki::new();
+    let a = pki.issue("a", &["a.example.com"]);
+    let b = pki.issue("b", &["b.example.com"]);
+    let term = pki.issue("term", &["tcp.example.com"]);
+    let client = pki.issue("client", &["client.example.com"]);
+    let (up_a, _) = tls_upstream("a", &pki, &a).await;
+    let (up_b, _) = tls_upstream("b", &pki, &b).await;
+    let plain = upstream("t").await;
+    let (pass_port, term_port) = (closed_port(), closed_port());
+    let config = render(
+        r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: {{pass}}, name: tls-pass, protocol: TLS}
+    hosts: ["*.example.com"]
+    tls: {mode: PASSTHROUGH}
+  - port: {number: {{term}}, name: tls-term, protocol: TLS}
+    hosts: [tcp.example.com]
+    tls: {mode: SIMPLE, serverCertificate: "{{cert}}", privateKey: "{{key}}"}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: sni}
+spec:
+  hosts: ["*.example.com"]
+  gateways: [gw]
+  tls:
+  - match: [{port: {{pass}}, sniHosts: [a.example.com]}]
+    route: [{destination: {host: a-backend, port: {number: 443}}}]
+  - match: [{port: {{pass}}, sniHosts: [b.example.com]}]
+    route: [{destination: {host: b-backend, port: {number: 443}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: terminated}
+spec:
+  hosts: [tcp.example.com]
+  gateways: [gw]
+  tcp:
+  - match: [{port: {{term}}}]
+    route: [{destination: {host: plain-backend, port: {number: 80}}}]
+"#,
+        &[
+            ("pass", pass_port.to_string()),
+            ("term", term_port.to_string()),
+            ("cert", term.cert.display().to_string()),
+            ("key", term.key.display().to_string()),
+        ],
+    );
+    let mut config = config;
+    for (name, port, proto) in [
+        ("a-backend", up_a.port(), "TLS"),
+        ("b-backend", up_b.port(), "TLS"),
+        ("plain-backend", plain.port(), "TCP"),
+    ] {
+        let number = if proto == "TLS" { 443 } else { 80 };
+        config.push_str(&format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}}}\nspec:\n  hosts: [{name}]\n  ports: [{{number: {number}, name: p, protocol: {proto}}}]\n  resolution: STATIC\n  endpoints: [{{address: 127.0.0.1, ports: {{p: {port}}}}}]\n"
+        ));
+    }
+    let control = ControlPlane::start(&[("gateway.yaml", config)]);
+    let meta = json!({"LABELS": {"istio": "ingressgateway"}, "SLUICE_GATEWAY_ADDRESS": ip});
+    let _proxy = proxy_of(kind, &ads_bootstrap(control.xds, GATEWAY_NODE, meta)).await;
+    control
+        .wait_synced(1, std::time::Duration::from_secs(10))
+        .await;
+    let mut out = Vec::new();
+    for (sni, port) in [
+        ("a.example.com", pass_port),
+        ("b.example.com", pass_port),
+        ("c.example.com", pass_port),
+        ("tcp.example.com", term_port),
+    ] {
+        let o = ClientOptions {
+            alpn: &[b"http/1.1"],
+            client_cert: Some(&client),
+            ..opts(sni)
+        };
+        let addr = format!("{ip}:{port}").parse().unwrap();
+        out.push(match tls_get(addr, &pki, o).await {
+            Ok(r) => format!("{sni} -> {}", r.upstream_saw["upstream"]),
+            Err(_) => format!("{sni} -> refused"),
+        });
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istio_tls_passthrough_and_terminated_tcp_gateways_as_envoy() {
+    let envoy = istio_tls_gateway("envoy", "127.0.0.2").await;
+    assert_eq!(
+        envoy,
+        [
+            "a.example.com -> \"a\"",
+            "b.example.com -> \"b\"",
+            "c.example.com -> refused",
+            "tcp.example.com -> \"t\"",
+        ]
+    );
+    assert_eq!(istio_tls_gateway("sluice", "127.0.0.1").await, envoy);
+}

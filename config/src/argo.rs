@@ -132,8 +132,28 @@ pub struct VirtualServiceRef {
     pub name: String,
     #[serde(default)]
     pub routes: Vec<String>,
-    pub tls_routes: Option<Value>,
-    pub tcp_routes: Option<Value>,
+    /// TLS routes of the VirtualService whose weights the release sets, by port and SNI hosts.
+    #[serde(default)]
+    pub tls_routes: Vec<TlsRouteRef>,
+    /// TCP routes of the VirtualService whose weights the release sets, by port.
+    #[serde(default)]
+    pub tcp_routes: Vec<TcpRouteRef>,
+}
+
+/// A VirtualService `tls` route, named by the port and SNI hosts of one of its matches.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TlsRouteRef {
+    pub port: Option<u32>,
+    #[serde(default)]
+    pub sni_hosts: Vec<String>,
+}
+
+/// A VirtualService `tcp` route, named by the port of one of its matches.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TcpRouteRef {
+    pub port: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -444,19 +464,13 @@ fn check_canary(c: &Canary, errors: &mut Vec<FieldError>) {
             } else {
                 format!("{at}.trafficRouting.istio.virtualServices[{k}]")
             };
-            if vs.tls_routes.is_some() {
-                refuse(
-                    errors,
-                    format!("{vat}.tlsRoutes"),
-                    "TLS routes (Sluice routes HTTP)",
-                );
-            }
-            if vs.tcp_routes.is_some() {
-                refuse(
-                    errors,
-                    format!("{vat}.tcpRoutes"),
-                    "TCP routes (Sluice routes HTTP)",
-                );
+            for (t, r) in vs.tls_routes.iter().enumerate() {
+                if r.sni_hosts.is_empty() {
+                    errors.push(FieldError::new(
+                        format!("{vat}.tlsRoutes[{t}].sniHosts"),
+                        "required",
+                    ));
+                }
             }
         }
         if i.destination_rule.is_none()

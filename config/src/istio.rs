@@ -76,10 +76,62 @@ pub struct VirtualService {
     pub gateways: Vec<String>,
     #[serde(default)]
     pub http: Vec<HttpRoute>,
-    pub tcp: Option<Value>,
-    pub tls: Option<Value>,
+    #[serde(default)]
+    pub tcp: Vec<TcpRoute>,
+    #[serde(default)]
+    pub tls: Vec<TlsRoute>,
     #[serde(default)]
     pub export_to: Vec<String>,
+}
+
+/// `TCPRoute`: opaque TCP connections, routed by port.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TcpRoute {
+    #[serde(default, rename = "match")]
+    pub matches: Vec<L4Match>,
+    #[serde(default)]
+    pub route: Vec<RouteDestination>,
+}
+
+/// `TLSRoute`: TLS connections passed through unterminated, routed by SNI and port.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TlsRoute {
+    #[serde(default, rename = "match")]
+    pub matches: Vec<TlsMatch>,
+    #[serde(default)]
+    pub route: Vec<RouteDestination>,
+}
+
+/// `L4MatchAttributes`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct L4Match {
+    #[serde(default)]
+    pub destination_subnets: Vec<String>,
+    pub port: Option<u32>,
+    #[serde(default)]
+    pub source_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    pub source_namespace: Option<String>,
+}
+
+/// `TLSMatchAttributes`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TlsMatch {
+    #[serde(default)]
+    pub sni_hosts: Vec<String>,
+    #[serde(default)]
+    pub destination_subnets: Vec<String>,
+    pub port: Option<u32>,
+    #[serde(default)]
+    pub source_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    pub source_namespace: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -851,6 +903,75 @@ fn check_headers(errors: &mut Vec<FieldError>, path: &str, h: &Option<Headers>) 
     }
 }
 
+/// The match fields of a `tcp` or `tls` route that Sluice cannot honour or that are invalid.
+fn check_l4_match(
+    errors: &mut Vec<FieldError>,
+    at: &str,
+    destination_subnets: &[String],
+    source_labels: &BTreeMap<String, String>,
+    source_namespace: &Option<String>,
+    port: Option<u32>,
+) {
+    if !destination_subnets.is_empty() {
+        refuse(
+            errors,
+            format!("{at}.destinationSubnets"),
+            "matching on the destination address (Sluice proxies do not capture by address)",
+        );
+    }
+    if !source_labels.is_empty() {
+        refuse(
+            errors,
+            format!("{at}.sourceLabels"),
+            "matching on the calling workload's labels",
+        );
+    }
+    if source_namespace.is_some() {
+        refuse(
+            errors,
+            format!("{at}.sourceNamespace"),
+            "matching on the calling workload's namespace",
+        );
+    }
+    if port.is_some_and(|p| p == 0 || p > 65535) {
+        errors.push(FieldError::new(format!("{at}.port"), "must be 1..65535"));
+    }
+}
+
+/// The destinations of a `tcp` or `tls` route: at least one, hosts set, weights when several,
+/// and no header manipulation (there are no headers).
+fn check_l4_destinations(errors: &mut Vec<FieldError>, at: &str, route: &[RouteDestination]) {
+    if route.is_empty() {
+        errors.push(FieldError::new(
+            format!("{at}.route"),
+            "at least one destination is required",
+        ));
+    }
+    let mut total = 0u64;
+    for (j, d) in route.iter().enumerate() {
+        let dp = format!("{at}.route[{j}]");
+        if d.destination.host.is_empty() {
+            errors.push(FieldError::new(
+                format!("{dp}.destination.host"),
+                "required",
+            ));
+        }
+        if d.headers.is_some() {
+            errors.push(FieldError::new(
+                format!("{dp}.headers"),
+                "headers cannot be changed on a TCP or TLS route",
+            ));
+        }
+        total += u64::from(d.weight.unwrap_or(0));
+    }
+    if route.len() > 1 && total == 0 {
+        errors.push(FieldError::new(
+            format!("{at}.route"),
+            "weights are required when there are several destinations",
+        ));
+    }
+}
+
 fn check_export_to(errors: &mut Vec<FieldError>, path: &str, export_to: &[String]) {
     if export_to.iter().any(|e| e != "*") {
         refuse(
@@ -881,15 +1002,44 @@ fn check_virtual_service(vs: &VirtualService, errors: &mut Vec<FieldError>) {
             "at least one host is required",
         ));
     }
-    if vs.tcp.is_some() {
-        refuse(errors, "spec.tcp".into(), "TCP routes (Sluice routes HTTP)");
+    for (i, r) in vs.tcp.iter().enumerate() {
+        let at = format!("spec.tcp[{i}]");
+        for (j, m) in r.matches.iter().enumerate() {
+            let mp = format!("{at}.match[{j}]");
+            check_l4_match(
+                errors,
+                &mp,
+                &m.destination_subnets,
+                &m.source_labels,
+                &m.source_namespace,
+                m.port,
+            );
+        }
+        check_l4_destinations(errors, &at, &r.route);
     }
-    if vs.tls.is_some() {
-        refuse(
-            errors,
-            "spec.tls".into(),
-            "TLS passthrough routes (Sluice routes HTTP)",
-        );
+    for (i, r) in vs.tls.iter().enumerate() {
+        let at = format!("spec.tls[{i}]");
+        if r.matches.is_empty() {
+            errors.push(FieldError::new(
+                format!("{at}.match"),
+                "at least one match (with sniHosts) is required",
+            ));
+        }
+        for (j, m) in r.matches.iter().enumerate() {
+            let mp = format!("{at}.match[{j}]");
+            if m.sni_hosts.is_empty() {
+                errors.push(FieldError::new(format!("{mp}.sniHosts"), "required"));
+            }
+            check_l4_match(
+                errors,
+                &mp,
+                &m.destination_subnets,
+                &m.source_labels,
+                &m.source_namespace,
+                m.port,
+            );
+        }
+        check_l4_destinations(errors, &at, &r.route);
     }
     check_export_to(errors, "spec", &vs.export_to);
     for (i, r) in vs.http.iter().enumerate() {
@@ -1363,12 +1513,15 @@ fn check_gateway(gw: &Gateway, errors: &mut Vec<FieldError>) {
     for (i, s) in gw.servers.iter().enumerate() {
         let at = format!("spec.servers[{i}]");
         let proto = s.port.protocol.to_ascii_uppercase();
-        if !matches!(proto.as_str(), "HTTP" | "HTTPS" | "HTTP2" | "GRPC") {
+        if !matches!(
+            proto.as_str(),
+            "HTTP" | "HTTPS" | "HTTP2" | "GRPC" | "TCP" | "TLS"
+        ) {
             refuse(
                 errors,
                 format!("{at}.port.protocol"),
                 &format!(
-                    "`{}` servers (HTTP, HTTPS, HTTP2, GRPC are)",
+                    "`{}` servers (HTTP, HTTPS, HTTP2, GRPC, TCP, TLS are)",
                     s.port.protocol
                 ),
             );
@@ -1409,6 +1562,14 @@ fn check_gateway(gw: &Gateway, errors: &mut Vec<FieldError>) {
                     .unwrap_or(if tls.https_redirect { "" } else { "SIMPLE" });
             match mode {
                 "" => {}
+                "PASSTHROUGH" => {
+                    if !matches!(proto.as_str(), "TLS" | "HTTPS") {
+                        errors.push(FieldError::new(
+                            format!("{at}.tls.mode"),
+                            "PASSTHROUGH needs protocol TLS or HTTPS",
+                        ));
+                    }
+                }
                 "SIMPLE" | "MUTUAL" => {
                     if tls.credential_name.is_some() {
                         refuse(
@@ -1432,7 +1593,7 @@ fn check_gateway(gw: &Gateway, errors: &mut Vec<FieldError>) {
                 other => refuse(
                     errors,
                     format!("{at}.tls.mode"),
-                    &format!("`{other}` (SIMPLE and MUTUAL are)"),
+                    &format!("`{other}` (SIMPLE, MUTUAL and PASSTHROUGH are)"),
                 ),
             }
             if !tls.subject_alt_names.is_empty() && mode != "MUTUAL" {
@@ -1462,10 +1623,10 @@ fn check_gateway(gw: &Gateway, errors: &mut Vec<FieldError>) {
                     }
                 }
             }
-        } else if proto == "HTTPS" {
+        } else if proto == "HTTPS" || proto == "TLS" {
             errors.push(FieldError::new(
                 format!("{at}.tls"),
-                "required for HTTPS servers",
+                format!("required for {proto} servers"),
             ));
         }
     }
@@ -1524,6 +1685,80 @@ mod tests {
         assert_eq!(
             err,
             "t.yaml:9: spec.http[0].delegate: not supported: delegate VirtualServices"
+        );
+    }
+
+    #[test]
+    fn tcp_and_tls_routes_are_read_and_what_they_cannot_do_is_named() {
+        let ok = one(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x}\nspec:\n  hosts: [a]\n  tcp:\n  - match: [{port: 9000}]\n    route:\n    - destination: {host: a, subset: v1}\n      weight: 80\n    - destination: {host: a, subset: v2}\n      weight: 20\n  tls:\n  - match: [{port: 443, sniHosts: [a.example.com]}]\n    route: [{destination: {host: a}}]\n",
+        );
+        let Spec::VirtualService(vs) = ok.spec else {
+            panic!()
+        };
+        assert_eq!(vs.tcp[0].matches[0].port, Some(9000));
+        assert_eq!(vs.tcp[0].route[1].weight, Some(20));
+        assert_eq!(vs.tls[0].matches[0].sni_hosts, ["a.example.com"]);
+        let err = |spec: &str| {
+            parse_text(
+                "t.yaml",
+                &format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: x}}\nspec:\n  hosts: [a]\n{spec}"),
+            )
+            .unwrap_err()
+            .to_string()
+        };
+        let e = err("  tcp:\n  - match: [{destinationSubnets: [10.0.0.0/8]}]\n    route: [{destination: {host: a}}]\n");
+        assert!(
+            e.contains("t.yaml:7: spec.tcp[0].match[0].destinationSubnets: not supported"),
+            "{e}"
+        );
+        let e = err("  tls:\n  - match: [{port: 443}]\n    route: [{destination: {host: a}}]\n");
+        assert!(e.contains("spec.tls[0].match[0].sniHosts: required"), "{e}");
+        let e = err("  tls:\n  - route: [{destination: {host: a}}]\n");
+        assert!(e.contains("spec.tls[0].match: at least one match"), "{e}");
+        let e = err("  tcp:\n  - route:\n    - destination: {host: a}\n      headers: {request: {set: {x: y}}}\n");
+        assert!(
+            e.contains("spec.tcp[0].route[0].headers: headers cannot be changed"),
+            "{e}"
+        );
+        let e =
+            err("  tcp:\n  - route:\n    - destination: {host: a}\n    - destination: {host: b}\n");
+        assert!(e.contains("spec.tcp[0].route: weights are required"), "{e}");
+    }
+
+    #[test]
+    fn gateway_servers_for_tcp_and_tls_passthrough() {
+        let gw = |servers: &str| {
+            parse_text(
+                "t.yaml",
+                &format!("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: g}}\nspec:\n  servers:\n{servers}"),
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            gw("  - port: {number: 31400, name: tcp, protocol: TCP}\n    hosts: [\"*\"]\n"),
+            Ok(())
+        );
+        assert_eq!(gw("  - port: {number: 443, name: tls, protocol: TLS}\n    hosts: [\"*\"]\n    tls: {mode: PASSTHROUGH}\n"), Ok(()));
+        let e = gw("  - port: {number: 443, name: tls, protocol: TLS}\n    hosts: [\"*\"]\n")
+            .unwrap_err();
+        assert!(
+            e.contains("spec.servers[0].tls: required for TLS servers"),
+            "{e}"
+        );
+        let e = gw("  - port: {number: 80, name: h, protocol: HTTP}\n    hosts: [\"*\"]\n    tls: {mode: PASSTHROUGH}\n").unwrap_err();
+        assert!(e.contains("PASSTHROUGH needs protocol TLS or HTTPS"), "{e}");
+        let e = gw("  - port: {number: 443, name: t, protocol: TLS}\n    hosts: [\"*\"]\n    tls: {mode: AUTO_PASSTHROUGH}\n").unwrap_err();
+        assert!(
+            e.contains("spec.servers[0].tls.mode: not supported: `AUTO_PASSTHROUGH`"),
+            "{e}"
+        );
+        let e = gw("  - port: {number: 27017, name: m, protocol: MONGO}\n    hosts: [\"*\"]\n")
+            .unwrap_err();
+        assert!(
+            e.contains("spec.servers[0].port.protocol: not supported: `MONGO` servers"),
+            "{e}"
         );
     }
 

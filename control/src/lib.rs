@@ -7,7 +7,8 @@
 //!
 //! * [`config_store`]: the watched directory; the last good version of every file.
 //! * [`registry`]: services and endpoints from ServiceEntry / WorkloadEntry.
-//! * [`cluster_translate`], [`route_translate`], [`translate`]: Istio → Envoy JSON per proxy role
+//! * [`cluster_translate`], [`route_translate`] (HTTP), [`l4_translate`] (TCP and TLS routes),
+//!   [`translate`]: Istio → Envoy JSON per proxy role
 //!   ([`node_role`]: gateway or sidecar, from the node id as Istio reads it).
 //! * [`xds_encode`]: JSON → `google.protobuf.Any` through the Envoy descriptor pool.
 //! * [`ads_server`]: the ADS gRPC service: per-type versions and nonces, ACK/NACK per proxy,
@@ -24,6 +25,7 @@ pub mod cluster_translate;
 pub mod config_store;
 pub mod demo;
 pub mod grpc_api;
+pub mod l4_translate;
 pub mod naming;
 pub mod node_role;
 pub mod proxy_status;

@@ -9,6 +9,8 @@
 //! * **Host split** (`canaryService` / `stableService`): the ServiceEntries of those hosts select
 //!   the canary and stable revisions' endpoints; VirtualService destinations of those hosts get
 //!   the weights.
+//! * **TCP and TLS routes**: the `tcpRoutes` (by port) and `tlsRoutes` (by port and SNI hosts)
+//!   the Rollout names get the same weights as its HTTP routes.
 //! * **Managed routes**: active `setHeaderRoute`s send their header matches to the canary;
 //!   `setMirrorRoute`s copy their matching requests to it. They go first in the VirtualService,
 //!   in `managedRoutes` order, and disappear when the release ends.
@@ -18,10 +20,10 @@
 
 use std::collections::BTreeMap;
 
-use sluice_config::argo::{Rollout, StringMatchValue};
+use sluice_config::argo::{Rollout, StringMatchValue, TcpRouteRef, TlsRouteRef};
 use sluice_config::istio::{
     Destination, HttpMatch, HttpRoute, Percent, Resource, RouteDestination, Spec, StringMatch,
-    WorkloadEntry,
+    TcpRoute, TlsRoute, WorkloadEntry,
 };
 
 use crate::naming::resolve_host;
@@ -75,6 +77,27 @@ fn select_revision(
     if !found {
         warnings.push(format!("service `{host}`: no ServiceEntry for {fqdn}"));
     }
+}
+
+/// Whether `r` is the tcp route `r#ref` names: one of its matches is on the named port (a
+/// reference without a port names a route without port matches).
+fn tcp_route_named(r: &TcpRoute, r#ref: &TcpRouteRef) -> bool {
+    match r#ref.port {
+        Some(p) => r.matches.iter().any(|m| m.port == Some(p)),
+        None => r.matches.iter().all(|m| m.port.is_none()),
+    }
+}
+
+/// Whether `r` is the tls route `r#ref` names: its matches cover the named port (when given)
+/// and every named SNI host.
+fn tls_route_named(r: &TlsRoute, r#ref: &TlsRouteRef) -> bool {
+    let port = r#ref
+        .port
+        .is_none_or(|p| r.matches.iter().any(|m| m.port == Some(p)));
+    port && r#ref
+        .sni_hosts
+        .iter()
+        .all(|h| r.matches.iter().any(|m| m.sni_hosts.contains(h)))
 }
 
 /// How a Rollout tells its stable destinations from its canary ones.
@@ -206,27 +229,53 @@ pub fn apply(
                 continue;
             };
             let vns = metadata.namespace().to_string();
-            let single = vs.http.len() == 1;
-            let mut primary: Option<HttpRoute> = None;
-            for r in &mut vs.http {
-                let named = vref.routes.contains(&r.name) || (vref.routes.is_empty() && single);
-                if !named {
-                    continue;
-                }
-                for d in &mut r.route {
+            let set_weights = |route: &mut [RouteDestination]| {
+                for d in route {
                     if is_stable(&d.destination, &vns) {
                         d.weight = Some(100 - weight);
                     } else if is_canary(&d.destination, &vns) {
                         d.weight = Some(weight);
                     }
                 }
+            };
+            for tref in &vref.tcp_routes {
+                match vs.tcp.iter_mut().find(|r| tcp_route_named(r, tref)) {
+                    Some(r) => set_weights(&mut r.route),
+                    None => warnings.push(format!(
+                        "Rollout {ns}/{name}: VirtualService `{}` has no tcp route on port {:?}",
+                        vref.name, tref.port
+                    )),
+                }
+            }
+            for tref in &vref.tls_routes {
+                match vs.tls.iter_mut().find(|r| tls_route_named(r, tref)) {
+                    Some(r) => set_weights(&mut r.route),
+                    None => warnings.push(format!(
+                        "Rollout {ns}/{name}: VirtualService `{}` has no tls route on port {:?} for {:?}",
+                        vref.name, tref.port, tref.sni_hosts
+                    )),
+                }
+            }
+            let l4_only = vref.routes.is_empty()
+                && (!vref.tcp_routes.is_empty() || !vref.tls_routes.is_empty());
+            let single = vs.http.len() == 1;
+            let mut primary: Option<HttpRoute> = None;
+            for r in &mut vs.http {
+                let named =
+                    vref.routes.contains(&r.name) || (vref.routes.is_empty() && single && !l4_only);
+                if !named {
+                    continue;
+                }
+                set_weights(&mut r.route);
                 primary.get_or_insert_with(|| r.clone());
             }
             let Some(primary) = primary else {
-                warnings.push(format!(
-                    "Rollout {ns}/{name}: VirtualService `{}` has no route named {:?}",
-                    vref.name, vref.routes
-                ));
+                if !l4_only {
+                    warnings.push(format!(
+                        "Rollout {ns}/{name}: VirtualService `{}` has no route named {:?}",
+                        vref.name, vref.routes
+                    ));
+                }
                 continue;
             };
             let canary_dest = primary

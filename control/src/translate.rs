@@ -6,11 +6,13 @@
 //! * a **gateway** gets one listener per port of the Gateways its labels select, with RDS route
 //!   configuration `http.PORT` (HTTPS servers: one TLS filter chain per server, selected by SNI,
 //!   route configuration `https.PORT.SERVER.GATEWAY.NAMESPACE`), holding the VirtualServices bound
-//!   to those Gateways;
+//!   to those Gateways; TCP servers and TLS servers relay connections by `tcp` routes, PASSTHROUGH
+//!   servers by the SNI hosts of `tls` routes ([`crate::l4_translate`]);
 //! * a **sidecar** gets one outbound HTTP listener (used through `HTTP_PROXY`) with route
 //!   configuration `outbound`: a virtual host per HTTP port of every service, reachable by the
 //!   FQDN, `name`, `name.namespace` forms with `:port`, and routed by the `mesh` VirtualService of
-//!   that host (or straight to `outbound|PORT||FQDN`).
+//!   that host (or straight to `outbound|PORT||FQDN`); plus a listener on the same IP for each
+//!   port that mesh `tcp` / `tls` routes name.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -18,6 +20,7 @@ use serde_json::{json, Map, Value};
 use sluice_config::istio::{Gateway, Resource, Server, Spec, VirtualService};
 
 use crate::cluster_translate::{self, ClusterSet};
+use crate::l4_translate;
 use crate::naming::{cluster_name, host_aliases, host_matches, resolve_host};
 use crate::node_role::Role;
 use crate::registry::Registry;
@@ -225,10 +228,138 @@ impl MeshConfig {
                 &needs,
             )]}],
         });
-        (
-            [(OUTBOUND.to_string(), listener)].into(),
-            [(OUTBOUND.to_string(), route_config)].into(),
-        )
+        let mut listeners: BTreeMap<String, Value> = [(OUTBOUND.to_string(), listener)].into();
+        listeners.extend(self.sidecar_l4_listeners(*addr, warnings));
+        (listeners, [(OUTBOUND.to_string(), route_config)].into())
+    }
+
+    /// A sidecar's listeners for the `tcp` and `tls` routes of mesh VirtualServices: one per
+    /// port those routes name (or, for routes without a port, per non-HTTP port of the services
+    /// the VirtualService names), on the outbound listener's address. TLS routes become chains
+    /// selected by SNI; the first VirtualService with a TCP route for the port takes the rest.
+    fn sidecar_l4_listeners(
+        &self,
+        outbound: std::net::SocketAddr,
+        warnings: &mut Vec<String>,
+    ) -> Vec<(String, Value)> {
+        let mesh: BTreeSet<String> = ["mesh".to_string()].into();
+        let for_mesh = |gateways: &[String], vs: &VirtualService, ns: &str| {
+            let names = if gateways.is_empty() {
+                &vs.gateways
+            } else {
+                gateways
+            };
+            names.is_empty()
+                || names
+                    .iter()
+                    .any(|g| crate::route_translate::gateway_ref(g, ns) == "mesh")
+        };
+        let mut ports = BTreeSet::new();
+        for (vs, ns) in self.virtual_services() {
+            let mut portless = false;
+            let matches = vs
+                .tcp
+                .iter()
+                .flat_map(|r| {
+                    portless |= r.matches.is_empty() && for_mesh(&[], vs, ns);
+                    r.matches.iter().map(|m| (m.port, &m.gateways))
+                })
+                .chain(
+                    vs.tls
+                        .iter()
+                        .flat_map(|r| r.matches.iter().map(|m| (m.port, &m.gateways))),
+                )
+                .collect::<Vec<_>>();
+            for (port, gateways) in matches {
+                if !for_mesh(gateways, vs, ns) {
+                    continue;
+                }
+                match port {
+                    Some(p) => {
+                        ports.insert(p);
+                    }
+                    None => portless = true,
+                }
+            }
+            if portless {
+                for h in &vs.hosts {
+                    if let Some(svc) = self.registry.get(&resolve_host(h, ns)) {
+                        ports.extend(svc.ports.iter().filter(|p| !p.is_http()).map(|p| p.number));
+                    }
+                }
+            }
+        }
+        let ip = outbound.ip().to_string();
+        let mut out = Vec::new();
+        for port in ports {
+            if port == u32::from(outbound.port()) {
+                warnings.push(format!(
+                    "port {port}: TCP/TLS routes on the sidecar's outbound HTTP port are left out"
+                ));
+                continue;
+            }
+            let stat_prefix = format!("outbound_{ip}_{port}");
+            let ctx = RouteContext {
+                registry: &self.registry,
+                clusters: &self.clusters,
+                gateways: &mesh,
+                port,
+                service_port: Some(port),
+            };
+            let mut claimed = BTreeSet::new();
+            let mut chains = Vec::new();
+            for (vs, ns) in self.virtual_services() {
+                l4_translate::tls_route_chains(
+                    &ctx,
+                    vs,
+                    ns,
+                    &stat_prefix,
+                    &mut claimed,
+                    &mut chains,
+                    warnings,
+                );
+            }
+            let mut tcp = self.virtual_services().filter_map(|(vs, ns)| {
+                l4_translate::tcp_route_filter(&ctx, vs, ns, &stat_prefix, warnings)
+                    .map(|f| (vs, f))
+            });
+            if let Some((_, filter)) = tcp.next() {
+                if tcp.next().is_some() {
+                    warnings.push(format!(
+                        "port {port}: several mesh VirtualServices route TCP on this port; the first takes it"
+                    ));
+                }
+                if l4_translate::claim(&mut claimed, &[]) {
+                    chains.push(json!({"filters": [filter]}));
+                } else {
+                    warnings.push(format!(
+                        "port {port}: a TLS route for every SNI host hides the TCP route"
+                    ));
+                }
+            }
+            if chains.is_empty() {
+                continue;
+            }
+            let name = format!("{ip}_{port}");
+            let mut l = Map::new();
+            l.insert("name".into(), json!(name));
+            l.insert(
+                "address".into(),
+                json!({"socket_address": {"address": ip, "port_value": port}}),
+            );
+            if claimed.iter().any(|k| !k.is_empty()) {
+                l.insert(
+                    "listener_filters".into(),
+                    json!([{
+                        "name": "envoy.filters.listener.tls_inspector",
+                        "typed_config": {"@type": TLS_INSPECTOR_TYPE},
+                    }]),
+                );
+            }
+            l.insert("filter_chains".into(), Value::Array(chains));
+            out.push((name, Value::Object(l)));
+        }
+        out
     }
 
     /// A sidecar's inbound side: a listener at `inbound.listen` sending everything to its
@@ -338,6 +469,37 @@ impl MeshConfig {
             .collect()
     }
 
+    /// Where a gateway's L4 routes are built: `gateways` on `port`.
+    fn l4_context<'a>(&'a self, gateways: &'a BTreeSet<String>, port: u32) -> RouteContext<'a> {
+        RouteContext {
+            registry: &self.registry,
+            clusters: &self.clusters,
+            gateways,
+            port,
+            service_port: None,
+        }
+    }
+
+    /// The `tcp_proxy` of a TCP server: the first `tcp` route that applies, of the
+    /// VirtualServices bound to its gateway whose hosts it accepts.
+    fn gateway_tcp_filter(
+        &self,
+        gref: &str,
+        s: &Server,
+        port: u32,
+        stat_prefix: &str,
+        warnings: &mut Vec<String>,
+    ) -> Option<Value> {
+        let refs: BTreeSet<String> = [gref.to_string()].into();
+        let ctx = self.l4_context(&refs, port);
+        let hosts = server_hosts(s);
+        self.virtual_services()
+            .filter(|(vs, ns)| vs_accepted(vs, ns, &hosts))
+            .find_map(|(vs, ns)| {
+                l4_translate::tcp_route_filter(&ctx, vs, ns, stat_prefix, warnings)
+            })
+    }
+
     fn gateway_listeners(
         &self,
         selected: &[(String, Gateway)],
@@ -365,27 +527,19 @@ impl MeshConfig {
                         "port {port}: plaintext and TLS servers on one port; the TLS servers are left out"
                     ));
                 }
-                let refs: BTreeSet<String> = plain.iter().map(|(g, _)| g.to_string()).collect();
-                let hosts: Vec<String> = plain.iter().flat_map(|(_, s)| server_hosts(s)).collect();
-                let rds = format!("http.{port}");
-                let mut needs = RouteNeeds::default();
-                let vhosts = self.gateway_virtual_hosts(&refs, &hosts, port, &mut needs, warnings);
-                routes.insert(
-                    rds.clone(),
-                    json!({"name": rds, "virtual_hosts": vhosts, "validate_clusters": false}),
-                );
-                chains.push(json!({"filters": [hcm(&stat_prefix, &rds, true, &needs)]}));
-            } else {
-                for (i, (gref, s)) in tls.iter().enumerate() {
-                    let sname = if s.name.is_empty() {
-                        i.to_string()
-                    } else {
-                        s.name.clone()
-                    };
-                    let (gns, gname) = gref.split_once('/').unwrap_or(("default", gref));
-                    let rds = format!("https.{port}.{sname}.{gname}.{gns}");
-                    let refs: BTreeSet<String> = [gref.to_string()].into();
-                    let hosts = server_hosts(s);
+                let (tcp, http): (Vec<_>, Vec<_>) = plain
+                    .iter()
+                    .partition(|(_, s)| server_kind(s) == ServerKind::Tcp);
+                if !http.is_empty() {
+                    if !tcp.is_empty() {
+                        warnings.push(format!(
+                            "port {port}: HTTP and TCP servers on one port; the TCP servers are left out"
+                        ));
+                    }
+                    let refs: BTreeSet<String> = http.iter().map(|(g, _)| g.to_string()).collect();
+                    let hosts: Vec<String> =
+                        http.iter().flat_map(|(_, s)| server_hosts(s)).collect();
+                    let rds = format!("http.{port}");
                     let mut needs = RouteNeeds::default();
                     let vhosts =
                         self.gateway_virtual_hosts(&refs, &hosts, port, &mut needs, warnings);
@@ -393,24 +547,87 @@ impl MeshConfig {
                         rds.clone(),
                         json!({"name": rds, "virtual_hosts": vhosts, "validate_clusters": false}),
                     );
+                    chains.push(json!({"filters": [hcm(&stat_prefix, &rds, true, &needs)]}));
+                } else if let Some(filter) = tcp.iter().find_map(|(gref, s)| {
+                    self.gateway_tcp_filter(gref, s, port, &stat_prefix, warnings)
+                }) {
+                    chains.push(json!({"filters": [filter]}));
+                }
+            } else {
+                let mut claimed = BTreeSet::new();
+                for (i, (gref, s)) in tls.iter().enumerate() {
+                    let sname = if s.name.is_empty() {
+                        i.to_string()
+                    } else {
+                        s.name.clone()
+                    };
+                    let hosts = server_hosts(s);
+                    let filters = match server_kind(s) {
+                        ServerKind::Passthrough => {
+                            let refs: BTreeSet<String> = [gref.to_string()].into();
+                            let ctx = self.l4_context(&refs, port);
+                            for (vs, ns) in self.virtual_services() {
+                                if vs_accepted(vs, ns, &hosts) {
+                                    l4_translate::tls_route_chains(
+                                        &ctx,
+                                        vs,
+                                        ns,
+                                        &stat_prefix,
+                                        &mut claimed,
+                                        &mut chains,
+                                        warnings,
+                                    );
+                                }
+                            }
+                            continue;
+                        }
+                        ServerKind::Tcp => {
+                            match self.gateway_tcp_filter(gref, s, port, &stat_prefix, warnings) {
+                                Some(f) => json!([f]),
+                                None => continue,
+                            }
+                        }
+                        ServerKind::Http => {
+                            let (gns, gname) = gref.split_once('/').unwrap_or(("default", gref));
+                            let rds = format!("https.{port}.{sname}.{gname}.{gns}");
+                            let refs: BTreeSet<String> = [gref.to_string()].into();
+                            let mut needs = RouteNeeds::default();
+                            let vhosts = self
+                                .gateway_virtual_hosts(&refs, &hosts, port, &mut needs, warnings);
+                            routes.insert(
+                                rds.clone(),
+                                json!({"name": rds, "virtual_hosts": vhosts, "validate_clusters": false}),
+                            );
+                            json!([hcm(&stat_prefix, &rds, true, &needs)])
+                        }
+                    };
+                    let sni = l4_translate::sni_names(&hosts);
+                    if !l4_translate::claim(&mut claimed, &sni) {
+                        warnings.push(format!(
+                            "port {port}: server `{sname}` of {gref}: its hosts are already served on this port; left out"
+                        ));
+                        continue;
+                    }
                     let mut chain = Map::new();
-                    let sni: Vec<&String> = hosts.iter().filter(|h| *h != "*").collect();
                     if !sni.is_empty() {
                         chain.insert("filter_chain_match".into(), json!({"server_names": sni}));
                     }
                     if let Some(t) = &s.tls {
                         chain.insert("transport_socket".into(), downstream_tls(t));
                     }
-                    chain.insert(
-                        "filters".into(),
-                        json!([hcm(&stat_prefix, &rds, true, &needs)]),
-                    );
+                    chain.insert("filters".into(), filters);
                     chains.push(Value::Object(chain));
                 }
                 listener_filters = Some(json!([{
                     "name": "envoy.filters.listener.tls_inspector",
                     "typed_config": {"@type": TLS_INSPECTOR_TYPE},
                 }]));
+            }
+            if chains.is_empty() {
+                warnings.push(format!(
+                    "port {port}: no VirtualService routes its connections; no listener"
+                ));
+                continue;
             }
             let mut l = Map::new();
             l.insert("name".into(), json!(name));
@@ -426,6 +643,40 @@ impl MeshConfig {
         }
         (listeners, routes)
     }
+}
+
+/// What a Gateway server carries, from its protocol and TLS mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ServerKind {
+    /// HTTP routes (HTTP, HTTP2, GRPC; HTTPS terminated here).
+    Http,
+    /// `tcp` routes (TCP; TLS terminated here).
+    Tcp,
+    /// `tls` routes: TLS passed through unterminated, by SNI.
+    Passthrough,
+}
+
+fn server_kind(s: &Server) -> ServerKind {
+    if s.tls
+        .as_ref()
+        .is_some_and(|t| t.mode.as_deref() == Some("PASSTHROUGH"))
+    {
+        return ServerKind::Passthrough;
+    }
+    match s.port.protocol.to_ascii_uppercase().as_str() {
+        "TCP" | "TLS" => ServerKind::Tcp,
+        _ => ServerKind::Http,
+    }
+}
+
+/// Whether one of `vs`'s hosts is one of the server's hosts, or matches one.
+fn vs_accepted(vs: &VirtualService, namespace: &str, server_hosts: &[String]) -> bool {
+    vs.hosts.iter().any(|h| {
+        let h = resolve_host(h, namespace);
+        server_hosts
+            .iter()
+            .any(|s| host_matches(s, &h) || host_matches(&h, s))
+    })
 }
 
 /// A server's hosts without their namespace part (`ns/host`, `./host`, `*/host`).

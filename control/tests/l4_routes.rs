@@ -1,0 +1,297 @@
+//! VirtualService `tcp` and `tls` routes as the control plane translates them: a TCP Gateway
+//! server (the published `tcp-echo-20-v2`), a sidecar's listener for a mesh `tls` route (the
+//! Argo Rollouts e2e `istio-host-http-tls-split`), and a Rollout's `tlsRoutes` / `tcpRoutes`
+//! weights carried into those listeners. Every listener is also encoded through the Envoy
+//! descriptor pool, so the JSON is valid Envoy.
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+use sluice_config::argo::Rollout;
+use sluice_config::istio::{parse_text, Parsed, Resource};
+use sluice_control::node_role::Role;
+use sluice_control::rollout_engine::{Revision, RolloutStatus};
+use sluice_control::translate::{MeshConfig, ProxyResources};
+use sluice_control::xds_encode::to_any;
+
+fn corpus(file: &str) -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/corpus")
+        .join(file);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn parse(texts: &[&str]) -> (Vec<Resource>, Vec<Rollout>) {
+    let (mut resources, mut rollouts) = (Vec::new(), Vec::new());
+    for (i, t) in texts.iter().enumerate() {
+        for p in parse_text(&format!("doc{i}.yaml"), t).unwrap_or_else(|e| panic!("{e}")) {
+            match p {
+                Parsed::Istio(r) => resources.push(*r),
+                Parsed::Rollout(r) => rollouts.push(*r),
+                Parsed::Other { .. } | Parsed::AnalysisTemplate(_) => {}
+            }
+        }
+    }
+    (resources, rollouts)
+}
+
+/// The resources `role` receives, each checked as Envoy protobuf.
+fn translate(resources: Vec<Resource>, role: &Role) -> ProxyResources {
+    let out = MeshConfig::new(resources).for_proxy(role);
+    let pool = sluice_proto::descriptor_pool().unwrap();
+    for (ty, map) in out.by_type() {
+        for (name, v) in map {
+            to_any(&pool, ty, name, v).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+    out
+}
+
+/// Apply `rollout` at `weight`, releasing revision 2 (`canary` labels) over revision 1
+/// (`stable` labels); the overlay's warnings.
+fn release(
+    resources: &mut [Resource],
+    rollout: &Rollout,
+    [stable, canary]: [&[(&str, &str)]; 2],
+    weight: u32,
+) -> Vec<String> {
+    let rev = |number: u32, labels: &[(&str, &str)]| Revision {
+        number,
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        hash: number.to_string(),
+        completed: number == 1,
+        created_ms: 0,
+    };
+    let status = RolloutStatus {
+        revisions: vec![rev(1, stable), rev(2, canary)],
+        stable: 1,
+        canary: Some(2),
+        weight,
+        ..Default::default()
+    };
+    let mut warnings = Vec::new();
+    sluice_control::rollout_overlay::apply(resources, &[(rollout.clone(), status)], &mut warnings);
+    warnings
+}
+
+fn gateway() -> Role {
+    Role::Gateway {
+        labels: [("istio".to_string(), "ingressgateway".to_string())].into(),
+        bind_ip: "0.0.0.0".into(),
+    }
+}
+
+fn sidecar() -> Role {
+    Role::Sidecar {
+        outbound: "127.0.0.1:15001".parse().unwrap(),
+        inbound: None,
+    }
+}
+
+fn tcp_proxy(listener: &Value, chain: usize) -> &Value {
+    &listener["filter_chains"][chain]["filters"][0]["typed_config"]
+}
+
+const TCP_ECHO_MESH: &str = r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: tcp-echo}
+spec:
+  hosts: [tcp-echo]
+  ports: [{number: 9000, name: tcp, protocol: TCP}]
+  resolution: STATIC
+  endpoints:
+  - {address: 10.0.0.1, labels: {version: v1}}
+  - {address: 10.0.0.2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: tcp-echo}
+spec:
+  host: tcp-echo
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: tcp-echo-gateway}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 31400, name: tcp, protocol: TCP}, hosts: ["*"]}]
+"#;
+
+#[test]
+fn a_tcp_gateway_server_splits_connections_by_the_tcp_route() {
+    let vs = corpus("istio/tcp-echo__tcp-echo-20-v2.yaml");
+    let (resources, _) = parse(&[TCP_ECHO_MESH, &vs]);
+    let out = translate(resources, &gateway());
+    let l = &out.listeners["0.0.0.0_31400"];
+    assert_eq!(
+        l["filter_chains"].as_array().map(Vec::len),
+        Some(1),
+        "{l:#}"
+    );
+    assert_eq!(
+        tcp_proxy(l, 0)["weighted_clusters"],
+        json!({"clusters": [
+            {"name": "outbound|9000|v1|tcp-echo.default.svc.cluster.local", "weight": 80},
+            {"name": "outbound|9000|v2|tcp-echo.default.svc.cluster.local", "weight": 20},
+        ]})
+    );
+    assert!(l.get("listener_filters").is_none(), "{l:#}");
+    // The route names port 31400: on another port the server has no route, and no listener.
+    let other = TCP_ECHO_MESH.replace("number: 31400", "number: 31401");
+    let (resources, _) = parse(&[&other, &vs]);
+    let mesh = MeshConfig::new(resources);
+    assert!(mesh.for_proxy(&gateway()).listeners.is_empty());
+    assert!(
+        mesh.warnings
+            .iter()
+            .any(|w| w.contains("port 31401: no VirtualService routes its connections")),
+        "{:?}",
+        mesh.warnings
+    );
+}
+
+const HOST_SPLIT_SERVICES: &str = r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: stable}
+spec:
+  hosts: [istio-host-split-stable]
+  ports: [{number: 80, name: http}]
+  resolution: STATIC
+  endpoints:
+  - {address: 10.0.0.1, labels: {app: istio-host-split, version: v1}}
+  - {address: 10.0.0.2, labels: {app: istio-host-split, version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: canary}
+spec:
+  hosts: [istio-host-split-canary]
+  ports: [{number: 80, name: http}]
+  resolution: STATIC
+  endpoints:
+  - {address: 10.0.0.1, labels: {app: istio-host-split, version: v1}}
+  - {address: 10.0.0.2, labels: {app: istio-host-split, version: v2}}
+"#;
+
+const STABLE: &str = "outbound|80||istio-host-split-stable.default.svc.cluster.local";
+const CANARY: &str = "outbound|80||istio-host-split-canary.default.svc.cluster.local";
+
+#[test]
+fn a_mesh_tls_route_gets_a_sidecar_listener_chosen_by_sni_and_follows_the_rollout() {
+    let file = corpus("argo/test__e2e__istio__istio-host-http-tls-split.yaml");
+    let (mut resources, rollouts) = parse(&[HOST_SPLIT_SERVICES, &file]);
+    let out = translate(resources.clone(), &sidecar());
+    let l = &out.listeners["127.0.0.1_3000"];
+    assert_eq!(
+        l["address"],
+        json!({"socket_address": {"address": "127.0.0.1", "port_value": 3000}})
+    );
+    assert_eq!(
+        l["listener_filters"][0]["name"],
+        "envoy.filters.listener.tls_inspector"
+    );
+    assert_eq!(
+        l["filter_chains"][0]["filter_chain_match"],
+        json!({"server_names": ["istio-host-split"]})
+    );
+    // Weight 100 / 0: the stable service alone.
+    assert_eq!(tcp_proxy(l, 0)["cluster"], STABLE, "{l:#}");
+
+    // The Rollout at setWeight 10 names the route by port and SNI host.
+    let warnings = release(
+        &mut resources,
+        &rollouts[0],
+        [
+            &[("app", "istio-host-split"), ("version", "v1")],
+            &[("app", "istio-host-split"), ("version", "v2")],
+        ],
+        10,
+    );
+    assert!(warnings.is_empty(), "{warnings:?}");
+    // The HTTP route named `primary` moves with it.
+    let http_weights: Vec<Option<u32>> = resources
+        .iter()
+        .find_map(|r| match &r.spec {
+            sluice_config::istio::Spec::VirtualService(vs) => {
+                Some(vs.http[0].route.iter().map(|d| d.weight).collect())
+            }
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(http_weights, [Some(90), Some(10)]);
+    let out = translate(resources, &sidecar());
+    let l = &out.listeners["127.0.0.1_3000"];
+    assert_eq!(
+        tcp_proxy(l, 0)["weighted_clusters"],
+        json!({"clusters": [{"name": STABLE, "weight": 90}, {"name": CANARY, "weight": 10}]})
+    );
+}
+
+#[test]
+fn a_rollout_sets_the_weights_of_the_tcp_route_it_names() {
+    let vs = corpus("argo/docs__features__traffic-management__istio.md.block11-tcp-vsvc.yaml");
+    let rollout = r#"apiVersion: argoproj.io/v1alpha1
+kind: Rollout
+metadata: {name: tcp}
+spec:
+  strategy:
+    canary:
+      canaryService: canary-svc
+      stableService: stable-svc
+      trafficRouting:
+        istio:
+          virtualService:
+            name: rollout-vsvc
+            tcpRoutes: [{port: 3000}]
+      steps: [{setWeight: 25}, {pause: {}}]
+  selector: {matchLabels: {app: tcp}}
+  template:
+    metadata: {labels: {app: tcp}}
+"#;
+    let services = r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: stable}
+spec:
+  hosts: [stable-svc]
+  ports: [{number: 3000, name: tcp, protocol: TCP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.1, labels: {app: tcp}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: canary}
+spec:
+  hosts: [canary-svc]
+  ports: [{number: 3000, name: tcp, protocol: TCP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.1, labels: {app: tcp}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: istio-rollout-gateway}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 3000, name: tcp, protocol: TCP}, hosts: ["*"]}]
+"#;
+    let (mut resources, rollouts) = parse(&[services, &vs, rollout]);
+    let out = translate(resources.clone(), &gateway());
+    assert_eq!(
+        tcp_proxy(&out.listeners["0.0.0.0_3000"], 0)["cluster"],
+        "outbound|3000||stable-svc.default.svc.cluster.local"
+    );
+    let app: &[(&str, &str)] = &[("app", "tcp")];
+    let warnings = release(&mut resources, &rollouts[0], [app, app], 25);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let out = translate(resources, &gateway());
+    assert_eq!(
+        tcp_proxy(&out.listeners["0.0.0.0_3000"], 0)["weighted_clusters"],
+        json!({"clusters": [
+            {"name": "outbound|3000||stable-svc.default.svc.cluster.local", "weight": 75},
+            {"name": "outbound|3000||canary-svc.default.svc.cluster.local", "weight": 25},
+        ]})
+    );
+}
