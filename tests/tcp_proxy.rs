@@ -172,7 +172,8 @@ async fn tcp_proxy_relays_and_splits_as_envoy_does() {
 /// Istio's TCP traffic shifting, with the published `tcp-echo-20-v2` VirtualService (its port
 /// made the test's): `sluice control` translates it for a TCP Gateway server, and real Envoy and
 /// `sluice proxy`, both gateways of that control plane, split connections 80/20 between the
-/// subsets.
+/// subsets. As sidecars of the same control plane, both send a mesh `tcp` route's connections
+/// to its one destination.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn istio_tcp_routes_shift_connections_through_envoy_and_sluice() {
     let (v1, _t1) = greeter("one").await;
@@ -217,7 +218,23 @@ spec:
             ("gw", gw.to_string()),
         ],
     );
-    let control = ControlPlane::start(&[("mesh.yaml", mesh), ("tcp-echo.yaml", vs)]);
+    // Inside the mesh, every connection to tcp-echo goes to v2: sidecars listen for it on
+    // their outbound IP at the service's port.
+    let mesh_vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: tcp-echo-mesh}\nspec:\n  hosts: [tcp-echo]\n  tcp:\n  - route: [{destination: {host: tcp-echo, subset: v2}}]\n";
+    let control = ControlPlane::start(&[
+        ("mesh.yaml", mesh),
+        ("tcp-echo.yaml", vs),
+        ("tcp-echo-mesh.yaml", mesh_vs.to_string()),
+    ]);
+    let sidecar = |ip: &str| {
+        ads_bootstrap(
+            control.xds,
+            "sidecar~127.0.0.1~app.default~default.svc.cluster.local",
+            json!({"SLUICE_OUTBOUND_ADDRESS": format!("{ip}:{}", closed_port())}),
+        )
+    };
+    let _envoy_sidecar = proxy_of("envoy", &sidecar("127.0.0.7")).await;
+    let _sluice_sidecar = proxy_of("sluice", &sidecar("127.0.0.8")).await;
     let meta =
         |ip: &str| json!({"LABELS": {"istio": "ingressgateway"}, "SLUICE_GATEWAY_ADDRESS": ip});
     let _envoy = proxy_of(
@@ -230,7 +247,14 @@ spec:
         &ads_bootstrap(control.xds, GATEWAY_NODE, meta("127.0.0.1")),
     )
     .await;
-    control.wait_synced(2, Duration::from_secs(15)).await;
+    control.wait_synced(4, Duration::from_secs(15)).await;
+    for (kind, ip) in [("envoy", "127.0.0.7"), ("sluice", "127.0.0.8")] {
+        for _ in 0..20 {
+            let mut s = TcpStream::connect(format!("{ip}:9000")).await.unwrap();
+            s.shutdown().await.unwrap();
+            assert_eq!(read_to_end(&mut s).await, "two\nbye", "{kind} sidecar");
+        }
+    }
     for (kind, ip) in [("envoy", "127.0.0.2"), ("sluice", "127.0.0.1")] {
         let addr: std::net::SocketAddr = format!("{ip}:{gw}").parse().unwrap();
         // Echo through the route, then a half-close.
