@@ -141,6 +141,8 @@ fn tls_inspector() -> Value {
 
 struct ClientOptions<'a> {
     sni: &'a str,
+    /// The request's path.
+    path: &'a str,
     versions: &'a [&'static rustls::SupportedProtocolVersion],
     alpn: &'a [&'a [u8]],
     client_cert: Option<&'a Issued>,
@@ -202,7 +204,7 @@ async fn tls_get(
         .ok_or("no peer cert")?;
     let version = session.protocol_version().ok_or("no version")?;
     let alpn = session.alpn_protocol().map(|p| p.to_vec());
-    let req = http::Request::get(format!("https://{}/", o.sni))
+    let req = http::Request::get(format!("https://{}{}", o.sni, o.path))
         .header("host", o.sni)
         .body(Full::new(Bytes::new()))
         .unwrap();
@@ -261,6 +263,7 @@ fn curl_json(ca: &std::path::Path, host: &str, port: u16) -> Value {
 fn opts<'a>(sni: &'a str) -> ClientOptions<'a> {
     ClientOptions {
         sni,
+        path: "/",
         versions: rustls::ALL_VERSIONS,
         alpn: &[b"h2", b"http/1.1"],
         client_cert: None,
@@ -976,4 +979,91 @@ async fn istio_tls_passthrough_and_terminated_tcp_gateways_as_envoy() {
         ]
     );
     assert_eq!(istio_tls_gateway("sluice", "127.0.0.1").await, envoy);
+}
+
+/// The RBAC filter reading the TLS connection: `authenticated.principal_name` (the client
+/// certificate's URI SAN, DNS SAN or subject), `authenticated` without a name (any TLS
+/// connection, with a certificate or not, as Envoy decides) and `requested_server_name` (the
+/// SNI), on a listener that asks for client certificates without requiring them; Envoy and
+/// Sluice must answer each client the same.
+async fn rbac_over_tls(kind: &str) -> Vec<String> {
+    let pki = Pki::new();
+    let server = pki.issue("server", &["api.example.com", "open.example.com"]);
+    let workload = pki.issue("workload", &["spiffe://example.org/ns/shop/sa/web"]);
+    let other = pki.issue("other", &["other.example.com"]);
+    let up = upstream("app").await;
+    let socket = downstream_tls(
+        &server,
+        json!({"common_tls_context": {"validation_context": {"trusted_ca": {"filename": pki.ca()}}}}),
+    );
+    let mut b: Value = serde_json::from_str(&tls_bootstrap(
+        vec![(vec![], socket)],
+        vec![cluster("app", &[up.port()])],
+        "app",
+    ))
+    .unwrap();
+    let rules = json!({"action": "ALLOW", "policies": {
+        "workloads": {
+            "permissions": [{"any": true}],
+            "principals": [{"authenticated": {"principal_name": {"prefix": "spiffe://example.org/ns/shop/"}}}]
+        },
+        "open-name": {
+            "permissions": [{"requested_server_name": {"exact": "open.example.com"}}],
+            "principals": [{"any": true}]
+        },
+        "any-certificate": {
+            "permissions": [{"url_path": {"path": {"prefix": "/certified"}}}],
+            "principals": [{"authenticated": {}}]
+        }
+    }});
+    b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        ["http_filters"] = json!([
+        {"name": "envoy.filters.http.rbac", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC", "rules": rules}},
+        {"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+    ]);
+    let p = proxy_of(kind, &b.to_string()).await;
+    let addr = p.listener("main");
+    let mut out = Vec::new();
+    for (sni, cert, path) in [
+        ("api.example.com", Some(&workload), "/"),
+        ("api.example.com", Some(&other), "/"),
+        ("api.example.com", None, "/"),
+        ("open.example.com", None, "/"),
+        ("api.example.com", Some(&other), "/certified"),
+        ("api.example.com", None, "/certified"),
+    ] {
+        let o = ClientOptions {
+            alpn: &[b"http/1.1"],
+            client_cert: cert,
+            path,
+            ..opts(sni)
+        };
+        let who = cert.map_or("no certificate", |c| {
+            c.cert.file_stem().and_then(|s| s.to_str()).unwrap_or("?")
+        });
+        out.push(match tls_get(addr, &pki, o).await {
+            Ok(r) => format!("{sni} {who} {path} -> {}", r.status),
+            Err(e) => format!("{sni} {who} {path} -> {e}"),
+        });
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbac_reads_client_certificates_and_sni_as_envoy() {
+    let envoy = rbac_over_tls("envoy").await;
+    assert_eq!(
+        envoy,
+        [
+            "api.example.com workload / -> 200",
+            "api.example.com other / -> 403",
+            "api.example.com no certificate / -> 403",
+            "open.example.com no certificate / -> 200",
+            "api.example.com other /certified -> 200",
+            "api.example.com no certificate /certified -> 200",
+        ]
+    );
+    assert_eq!(rbac_over_tls("sluice").await, envoy);
 }

@@ -36,6 +36,10 @@ use crate::metrics::{
     ClusterStats, HcmStats, HealthCheckStats, IstioStats, Metrics, TcpProxyStats,
 };
 use crate::outlier::OutlierConfig;
+use crate::rbac::{
+    Action as RbacAction, Cidr, Engine, MatchInput, MatcherList, Permission, Policy as RbacPolicy,
+    Predicate, Principal, RbacFilter, RbacRules, RbacStats,
+};
 use crate::retry_policy::{RetryOn, RetryPolicy};
 use crate::route_table::{
     ClusterRef, DirectResponse, ForwardAction, MirrorPolicy, MirrorTarget, RedirectAction, Route,
@@ -64,6 +68,8 @@ const CORS_POLICY_TYPE: &str = "envoy.extensions.filters.http.cors.v3.CorsPolicy
 const COMPRESSOR_TYPE: &str = "envoy.extensions.filters.http.compressor.v3.Compressor";
 const COMPRESSOR_PER_ROUTE_TYPE: &str =
     "envoy.extensions.filters.http.compressor.v3.CompressorPerRoute";
+const RBAC_TYPE: &str = "envoy.extensions.filters.http.rbac.v3.RBAC";
+const RBAC_PER_ROUTE_TYPE: &str = "envoy.extensions.filters.http.rbac.v3.RBACPerRoute";
 const GZIP_TYPE: &str = "envoy.extensions.compression.gzip.compressor.v3.Gzip";
 const BROTLI_TYPE: &str = "envoy.extensions.compression.brotli.compressor.v3.Brotli";
 const ZSTD_TYPE: &str = "envoy.extensions.compression.zstd.compressor.v3.Zstd";
@@ -166,6 +172,13 @@ fn regex(v: &Value, path: &str, errors: &mut Errors) -> Option<regex::Regex> {
 
 pub(crate) fn string_matcher(v: &Value, path: &str, errors: &mut Errors) -> Option<StringMatcher> {
     let ignore_case = b(v, "ignore_case");
+    for k in ["prefix", "suffix", "contains"] {
+        if s(v, k) == Some("") {
+            // Envoy's proto validation: these need at least one character.
+            errors.push(FieldError::new(p(path, k), "must not be empty"));
+            return None;
+        }
+    }
     let kind = if let Some(x) = s(v, "exact") {
         StringMatch::Exact(x.into())
     } else if let Some(x) = s(v, "prefix") {
@@ -954,6 +967,365 @@ fn local_ratelimit_override(
     })
 }
 
+/// A route's or virtual host's `RBACPerRoute`: its `rbac` replaces the filter's rules; without
+/// it the filter is off there.
+fn rbac_override(v: &Value, path: &str, errors: &mut Errors) -> Option<Arc<RbacRules>> {
+    per_filter(v, RBAC_PER_ROUTE_TYPE, path, errors, |c, path, errors| {
+        Some(match get(c, "rbac") {
+            Some(r) => rbac_rules(r, &p(path, "rbac"), errors),
+            None => RbacRules::default(),
+        })
+    })
+}
+
+/// The `rules` (or `matcher`) and `shadow_rules` (or `shadow_matcher`) of an RBAC filter
+/// configuration.
+fn rbac_rules(v: &Value, path: &str, errors: &mut Errors) -> RbacRules {
+    let engine =
+        |rules: &str, matcher: &str, errors: &mut Errors| match (get(v, rules), get(v, matcher)) {
+            (Some(_), Some(_)) => {
+                errors.push(FieldError::new(
+                    p(path, matcher),
+                    format!("only one of {rules} and {matcher} may be set"),
+                ));
+                None
+            }
+            (Some(r), None) => rbac_engine(r, &p(path, rules), errors),
+            (None, Some(m)) => rbac_matcher(m, &p(path, matcher), errors),
+            (None, None) => None,
+        };
+    RbacRules {
+        rules: engine("rules", "matcher", errors),
+        shadow: engine("shadow_rules", "shadow_matcher", errors),
+    }
+}
+
+/// `envoy.config.rbac.v3.RBAC`. Policies are kept in name order.
+fn rbac_engine(v: &Value, path: &str, errors: &mut Errors) -> Option<Engine> {
+    let action = match s(v, "action").unwrap_or("ALLOW") {
+        "ALLOW" => RbacAction::Allow,
+        "DENY" => RbacAction::Deny,
+        "LOG" => RbacAction::Log,
+        other => {
+            errors.push(FieldError::new(
+                p(path, "action"),
+                format!("action `{other}` not supported"),
+            ));
+            return None;
+        }
+    };
+    let mut policies = Vec::new();
+    if let Some(map) = get(v, "policies").and_then(Value::as_object) {
+        let mut names: Vec<&String> = map.keys().collect();
+        names.sort();
+        for name in names {
+            let pv = &map[name];
+            let ppath = format!("{path}.policies[\"{name}\"]");
+            let permissions: Vec<Permission> = arr(pv, "permissions")
+                .iter()
+                .enumerate()
+                .filter_map(|(i, x)| {
+                    rbac_permission(x, &format!("{ppath}.permissions[{i}]"), errors)
+                })
+                .collect();
+            let principals: Vec<Principal> = arr(pv, "principals")
+                .iter()
+                .enumerate()
+                .filter_map(|(i, x)| rbac_principal(x, &format!("{ppath}.principals[{i}]"), errors))
+                .collect();
+            for (field, empty) in [
+                ("permissions", permissions.is_empty()),
+                ("principals", principals.is_empty()),
+            ] {
+                if empty {
+                    errors.push(FieldError::new(
+                        p(&ppath, field),
+                        "at least one is required",
+                    ));
+                }
+            }
+            policies.push(RbacPolicy {
+                name: name.clone(),
+                permissions,
+                principals,
+            });
+        }
+    }
+    Some(Engine::Policies { action, policies })
+}
+
+const RBAC_ACTION_TYPE: &str = "envoy.config.rbac.v3.Action";
+const HEADER_INPUT_TYPE: &str = "envoy.type.matcher.v3.HttpRequestHeaderMatchInput";
+const NETWORK_INPUTS: &str = "envoy.extensions.matching.common_inputs.network.v3.";
+
+/// The action of an RBAC matcher's `on_match` or `on_no_match`.
+fn rbac_matcher_action(on_match: &Value, path: &str, errors: &mut Errors) -> Option<RbacAction> {
+    let Some(a) = get(on_match, "action") else {
+        errors.push(FieldError::new(
+            path,
+            "only an action is supported here (no nested matcher)",
+        ));
+        return None;
+    };
+    let config = get(a, "typed_config");
+    if config.map(type_name) != Some(RBAC_ACTION_TYPE) {
+        errors.push(FieldError::new(
+            p(path, "action.typed_config"),
+            format!("an `{RBAC_ACTION_TYPE}` is required"),
+        ));
+        return None;
+    }
+    match config.and_then(|c| s(c, "action")).unwrap_or("ALLOW") {
+        "ALLOW" => Some(RbacAction::Allow),
+        "DENY" => Some(RbacAction::Deny),
+        "LOG" => Some(RbacAction::Log),
+        other => {
+            errors.push(FieldError::new(
+                p(path, "action.typed_config.action"),
+                format!("action `{other}` not supported"),
+            ));
+            None
+        }
+    }
+}
+
+/// The `matcher` form of RBAC rules (`xds.type.matcher.v3.Matcher` with a `matcher_list`).
+fn rbac_matcher(v: &Value, path: &str, errors: &mut Errors) -> Option<Engine> {
+    let Some(list) = get(v, "matcher_list") else {
+        errors.push(FieldError::new(
+            p(path, "matcher_list"),
+            "required (matcher_tree is not supported)",
+        ));
+        return None;
+    };
+    let mut matchers = Vec::new();
+    for (i, m) in arr(list, "matchers").iter().enumerate() {
+        let mpath = format!("{path}.matcher_list.matchers[{i}]");
+        let (Some(pv), Some(on_match)) = (get(m, "predicate"), get(m, "on_match")) else {
+            errors.push(FieldError::new(
+                mpath,
+                "predicate and on_match are required",
+            ));
+            continue;
+        };
+        let pred = rbac_predicate(pv, &p(&mpath, "predicate"), errors);
+        let act = rbac_matcher_action(on_match, &p(&mpath, "on_match"), errors);
+        if let (Some(pred), Some(act)) = (pred, act) {
+            matchers.push((pred, act));
+        }
+    }
+    let on_no_match = match get(v, "on_no_match") {
+        Some(o) => Some(rbac_matcher_action(o, &p(path, "on_no_match"), errors)?),
+        None => None,
+    };
+    Some(Engine::Matcher(MatcherList {
+        matchers,
+        on_no_match,
+    }))
+}
+
+/// The input of a matcher's `single_predicate`.
+fn rbac_match_input(single: &Value, path: &str, errors: &mut Errors) -> Option<MatchInput> {
+    let input = get(single, "input").and_then(|i| get(i, "typed_config"));
+    let ty = input.map(type_name).unwrap_or("");
+    if ty == HEADER_INPUT_TYPE {
+        let name = input.and_then(|i| s(i, "header_name")).unwrap_or("");
+        return match http::HeaderName::from_bytes(name.as_bytes()) {
+            Ok(h) => Some(MatchInput::Header(h)),
+            Err(_) => {
+                errors.push(FieldError::new(
+                    p(path, "input.typed_config.header_name"),
+                    format!("invalid header name `{name}`"),
+                ));
+                None
+            }
+        };
+    }
+    let input = match ty.strip_prefix(NETWORK_INPUTS) {
+        Some("SourceIPInput") => MatchInput::SourceIp,
+        Some("DirectSourceIPInput") => MatchInput::DirectSourceIp,
+        Some("SourcePortInput") => MatchInput::SourcePort,
+        Some("DestinationIPInput") => MatchInput::DestinationIp,
+        Some("DestinationPortInput") => MatchInput::DestinationPort,
+        Some("ServerNameInput") => MatchInput::ServerName,
+        _ => {
+            errors.push(FieldError::new(
+                p(path, "input.typed_config"),
+                format!("input `{ty}` not supported"),
+            ));
+            return None;
+        }
+    };
+    Some(input)
+}
+
+/// `xds.type.matcher.v3.Matcher.MatcherList.Predicate`.
+fn rbac_predicate(v: &Value, path: &str, errors: &mut Errors) -> Option<Predicate> {
+    let list = |k: &str, errors: &mut Errors| -> Option<Vec<Predicate>> {
+        let l = get(v, k)?;
+        Some(
+            arr(l, "predicate")
+                .iter()
+                .enumerate()
+                .filter_map(|(i, x)| {
+                    rbac_predicate(x, &format!("{path}.{k}.predicate[{i}]"), errors)
+                })
+                .collect(),
+        )
+    };
+    if let Some(single) = get(v, "single_predicate") {
+        let spath = p(path, "single_predicate");
+        let input = rbac_match_input(single, &spath, errors)?;
+        let Some(m) = get(single, "value_match") else {
+            errors.push(FieldError::new(
+                p(&spath, "value_match"),
+                "required (custom_match is not supported)",
+            ));
+            return None;
+        };
+        string_matcher(m, &p(&spath, "value_match"), errors).map(|m| Predicate::Single(input, m))
+    } else if let Some(any) = list("or_matcher", errors) {
+        Some(Predicate::Or(any))
+    } else if let Some(all) = list("and_matcher", errors) {
+        Some(Predicate::And(all))
+    } else if let Some(n) = get(v, "not_matcher") {
+        rbac_predicate(n, &p(path, "not_matcher"), errors).map(|p| Predicate::Not(Box::new(p)))
+    } else {
+        errors.push(FieldError::new(path, "a predicate is required"));
+        None
+    }
+}
+
+/// `envoy.config.core.v3.CidrRange`.
+fn cidr(v: &Value, path: &str, errors: &mut Errors) -> Option<Cidr> {
+    let text = s(v, "address_prefix").unwrap_or("");
+    let Ok(addr) = text.parse::<std::net::IpAddr>() else {
+        errors.push(FieldError::new(
+            p(path, "address_prefix"),
+            format!("`{text}` is not an IP address"),
+        ));
+        return None;
+    };
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len = u(v, "prefix_len").unwrap_or(0);
+    if len > max {
+        errors.push(FieldError::new(
+            p(path, "prefix_len"),
+            format!("must be at most {max}"),
+        ));
+        return None;
+    }
+    Some(Cidr {
+        addr,
+        prefix_len: len as u8,
+    })
+}
+
+/// The string matcher of a `PathMatcher` (`url_path`).
+fn path_matcher(v: &Value, path: &str, errors: &mut Errors) -> Option<StringMatcher> {
+    match get(v, "path") {
+        Some(m) => string_matcher(m, &p(path, "path"), errors),
+        None => {
+            errors.push(FieldError::new(p(path, "path"), "required"));
+            None
+        }
+    }
+}
+
+/// `envoy.config.rbac.v3.Permission`.
+fn rbac_permission(v: &Value, path: &str, errors: &mut Errors) -> Option<Permission> {
+    let set = |k: &str, errors: &mut Errors| -> Option<Vec<Permission>> {
+        let set = get(v, k)?;
+        Some(
+            arr(set, "rules")
+                .iter()
+                .enumerate()
+                .filter_map(|(i, x)| rbac_permission(x, &format!("{path}.{k}.rules[{i}]"), errors))
+                .collect(),
+        )
+    };
+    if let Some(all) = set("and_rules", errors) {
+        Some(Permission::And(all))
+    } else if let Some(any) = set("or_rules", errors) {
+        Some(Permission::Or(any))
+    } else if b(v, "any") {
+        Some(Permission::Any)
+    } else if let Some(h) = get(v, "header") {
+        header_matcher(h, &p(path, "header"), errors).map(Permission::Header)
+    } else if let Some(m) = get(v, "url_path") {
+        path_matcher(m, &p(path, "url_path"), errors).map(Permission::UrlPath)
+    } else if let Some(c) = get(v, "destination_ip") {
+        cidr(c, &p(path, "destination_ip"), errors).map(Permission::DestinationIp)
+    } else if let Some(port) = u(v, "destination_port") {
+        match u16::try_from(port) {
+            Ok(port) => Some(Permission::DestinationPort(port)),
+            Err(_) => {
+                errors.push(FieldError::new(
+                    p(path, "destination_port"),
+                    "must be at most 65535",
+                ));
+                None
+            }
+        }
+    } else if let Some(r) = get(v, "destination_port_range") {
+        let bound = |k| u(r, k).and_then(|x| u32::try_from(x).ok()).unwrap_or(0);
+        Some(Permission::DestinationPortRange(
+            bound("start"),
+            bound("end"),
+        ))
+    } else if let Some(n) = get(v, "not_rule") {
+        rbac_permission(n, &p(path, "not_rule"), errors).map(|p| Permission::Not(Box::new(p)))
+    } else if let Some(m) = get(v, "requested_server_name") {
+        string_matcher(m, &p(path, "requested_server_name"), errors)
+            .map(Permission::RequestedServerName)
+    } else {
+        errors.push(FieldError::new(path, "a permission rule is required"));
+        None
+    }
+}
+
+/// `envoy.config.rbac.v3.Principal`.
+fn rbac_principal(v: &Value, path: &str, errors: &mut Errors) -> Option<Principal> {
+    let set = |k: &str, errors: &mut Errors| -> Option<Vec<Principal>> {
+        let set = get(v, k)?;
+        Some(
+            arr(set, "ids")
+                .iter()
+                .enumerate()
+                .filter_map(|(i, x)| rbac_principal(x, &format!("{path}.{k}.ids[{i}]"), errors))
+                .collect(),
+        )
+    };
+    if let Some(all) = set("and_ids", errors) {
+        Some(Principal::And(all))
+    } else if let Some(any) = set("or_ids", errors) {
+        Some(Principal::Or(any))
+    } else if b(v, "any") {
+        Some(Principal::Any)
+    } else if let Some(a) = get(v, "authenticated") {
+        match get(a, "principal_name") {
+            Some(m) => string_matcher(m, &p(path, "authenticated.principal_name"), errors)
+                .map(|m| Principal::Authenticated(Some(m))),
+            None => Some(Principal::Authenticated(None)),
+        }
+    } else if let Some(c) = get(v, "source_ip") {
+        cidr(c, &p(path, "source_ip"), errors).map(Principal::DirectRemoteIp)
+    } else if let Some(c) = get(v, "direct_remote_ip") {
+        cidr(c, &p(path, "direct_remote_ip"), errors).map(Principal::DirectRemoteIp)
+    } else if let Some(c) = get(v, "remote_ip") {
+        cidr(c, &p(path, "remote_ip"), errors).map(Principal::RemoteIp)
+    } else if let Some(h) = get(v, "header") {
+        header_matcher(h, &p(path, "header"), errors).map(Principal::Header)
+    } else if let Some(m) = get(v, "url_path") {
+        path_matcher(m, &p(path, "url_path"), errors).map(Principal::UrlPath)
+    } else if let Some(n) = get(v, "not_id") {
+        rbac_principal(n, &p(path, "not_id"), errors).map(|p| Principal::Not(Box::new(p)))
+    } else {
+        errors.push(FieldError::new(path, "a principal rule is required"));
+        None
+    }
+}
+
 /// The `CompressorPerRoute` entries of a route or virtual host, by filter name.
 fn compressor_overrides(v: &Value, path: &str, errors: &mut Errors) -> PerRouteCompressors {
     let Some(map) = get(v, "typed_per_filter_config").and_then(Value::as_object) else {
@@ -1312,6 +1684,7 @@ fn route(v: &Value, path: &str, res: &ClusterResolver<'_>, errors: &mut Errors) 
     let local_ratelimit = local_ratelimit_override(v, path, errors);
     let cors = cors_override(v, path, errors);
     let compressors = compressor_overrides(v, path, errors);
+    let rbac = rbac_override(v, path, errors);
     if errors.len() > before {
         return None;
     }
@@ -1325,6 +1698,7 @@ fn route(v: &Value, path: &str, res: &ClusterResolver<'_>, errors: &mut Errors) 
         local_ratelimit,
         cors,
         compressors,
+        rbac,
     })
 }
 
@@ -1367,6 +1741,7 @@ pub fn route_table(v: &Value, path: &str, res: &ClusterResolver<'_>) -> Result<R
             local_ratelimit: local_ratelimit_override(vh, &vpath, &mut errors),
             cors: cors_override(vh, &vpath, &mut errors),
             compressors: compressor_overrides(vh, &vpath, &mut errors),
+            rbac: rbac_override(vh, &vpath, &mut errors),
         });
     }
     let selector = match VhostSelector::new(domains.iter().map(|(d, i)| (d.as_str(), *i))) {
@@ -1977,8 +2352,10 @@ fn hcm(
     let mut health_check = None;
     let mut local_limit = None;
     let mut compressors = Vec::new();
-    // Sluice runs the health-check filter before routing and the rate limit before CORS and
-    // fault injection: configurations that order them otherwise are refused.
+    let mut rbac = None;
+    // Sluice runs the health-check filter before routing, RBAC before the rate limit, and the
+    // rate limit before CORS and fault injection: configurations that order them otherwise are
+    // refused.
     let mut seen_cors_or_fault = false;
     for (i, f) in filters.iter().enumerate() {
         let fpath = format!("{path}.http_filters[{i}]");
@@ -1996,6 +2373,19 @@ fn hcm(
         let is_health_check = is(HEALTH_CHECK_TYPE, "envoy.filters.http.health_check");
         let is_local_limit = is(LOCAL_RATELIMIT_TYPE, "envoy.filters.http.local_ratelimit");
         let is_compressor = is(COMPRESSOR_TYPE, "envoy.filters.http.compressor");
+        let is_rbac = is(RBAC_TYPE, "envoy.filters.http.rbac");
+        if is_health_check && rbac.is_some() {
+            errors.push(FieldError::new(
+                fpath.clone(),
+                "the health-check filter must come before the RBAC filter",
+            ));
+        }
+        if is_rbac && (seen_cors_or_fault || local_limit.is_some()) {
+            errors.push(FieldError::new(
+                fpath.clone(),
+                "the RBAC filter must come before the local rate limit, CORS and fault filters",
+            ));
+        }
         if is_health_check && local_limit.is_some() {
             errors.push(FieldError::new(
                 fpath.clone(),
@@ -2005,7 +2395,24 @@ fn hcm(
         if is_cors || is_fault {
             seen_cors_or_fault = true;
         }
-        if is_compressor {
+        if is_rbac {
+            if rbac.is_some() {
+                errors.push(FieldError::new(
+                    fpath.clone(),
+                    "only one RBAC filter per connection manager is supported",
+                ));
+            }
+            let empty = Value::Object(Default::default());
+            let config = get(f, "typed_config").unwrap_or(&empty);
+            let cpath = p(&fpath, "typed_config");
+            rbac = Some((
+                rbac_rules(config, &cpath, errors),
+                s(config, "rules_stat_prefix").unwrap_or("").to_string(),
+                s(config, "shadow_rules_stat_prefix")
+                    .unwrap_or("")
+                    .to_string(),
+            ));
+        } else if is_compressor {
             let empty = Value::Object(Default::default());
             let config = get(f, "typed_config").unwrap_or(&empty);
             let name = s(f, "name").unwrap_or("");
@@ -2064,6 +2471,26 @@ fn hcm(
             limit.resolve_stats(metrics);
         }
     }
+    let rbac = match rbac {
+        Some((own, rules_prefix, shadow_prefix)) => {
+            match RbacStats::new(metrics, &stat_prefix, &rules_prefix, &shadow_prefix) {
+                Ok(stats) => {
+                    let reads_tls =
+                        own.reads_tls() || routes.rbac_overrides().any(RbacRules::reads_tls);
+                    Some(Arc::new(RbacFilter {
+                        own,
+                        stats,
+                        reads_tls,
+                    }))
+                }
+                Err(e) => {
+                    errors.push(FieldError::new(path, format!("RBAC statistics: {e}")));
+                    None
+                }
+            }
+        }
+        None => None,
+    };
     let compressors = (!compressors.is_empty()).then(|| {
         let chain = CompressorChain {
             filters: compressors,
@@ -2126,6 +2553,7 @@ fn hcm(
         health_check,
         local_ratelimit: local_limit,
         compressors,
+        rbac,
         server_name: HeaderValue::from_str(server_name)
             .unwrap_or(HeaderValue::from_static("envoy")),
         server_header: match s(v, "server_header_transformation") {

@@ -1117,7 +1117,7 @@ where
             shared,
             request,
             self.ctx.clone(),
-            self.conn,
+            self.conn.clone(),
         ));
         Ok(())
     }

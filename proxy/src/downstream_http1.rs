@@ -207,7 +207,7 @@ pub async fn serve<T: Transport>(
         let req = Request::from_parts(parts, body);
 
         let (written, body_read) = {
-            let mut handler = Box::pin(server::handle(req, &ctx, conn));
+            let mut handler = Box::pin(server::handle(req, &ctx, conn.clone()));
             let has_body = pump.is_some();
             let mut pumped = !has_body;
             let mut pump_ok = true;

@@ -58,21 +58,35 @@ pub fn local_address() -> IpAddr {
 /// The client address after `xff_num_trusted_hops` (Envoy's "final remote address").
 fn final_remote(headers: &HeaderMap, hcm: &HcmConfig, remote: SocketAddr) -> IpAddr {
     if hcm.xff_num_trusted_hops > 0 {
-        let list: Vec<&str> = headers
-            .get_all(&XFF)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .collect();
-        let skip = hcm.xff_num_trusted_hops as usize - 1;
-        if list.len() > skip {
-            if let Ok(ip) = list[list.len() - 1 - skip].parse() {
-                return ip;
-            }
+        if let Some(ip) = xff_entry(headers, hcm.xff_num_trusted_hops as usize - 1) {
+            return ip;
         }
     }
     remote.ip()
+}
+
+/// The address of `x-forwarded-for` that is `skip` entries from the right, when it parses.
+fn xff_entry(headers: &HeaderMap, skip: usize) -> Option<IpAddr> {
+    let list: Vec<&str> = headers
+        .get_all(&XFF)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    list.len()
+        .checked_sub(1 + skip)
+        .and_then(|i| list[i].parse().ok())
+}
+
+/// The downstream client's address as Envoy's connection manager determines it (RBAC's
+/// `remote_ip`): with `use_remote_address`, the peer (or the trusted hop of `x-forwarded-for`);
+/// without it, the last `x-forwarded-for` address past `xff_num_trusted_hops`, else the peer.
+pub fn downstream_remote(headers: &HeaderMap, hcm: &HcmConfig, remote: SocketAddr) -> IpAddr {
+    if hcm.use_remote_address {
+        return final_remote(headers, hcm, remote);
+    }
+    xff_entry(headers, hcm.xff_num_trusted_hops as usize).unwrap_or(remote.ip())
 }
 
 /// Apply Envoy's request sanitizing.

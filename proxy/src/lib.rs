@@ -11,7 +11,8 @@
 //!
 //! Request path ([`server`]): accept → HTTP codec (HTTP/1.1: [`downstream_http1`]; HTTP/2: [`downstream_h2`] with
 //! [`h2_frame`] and [`hpack`]) → [`vhost_select`] by `:authority` →
-//! first matching route ([`matcher`]) → action: direct response, redirect, or forward to a cluster
+//! first matching route ([`matcher`]) → HTTP filters ([`rbac`], [`local_ratelimit`], [`cors`],
+//! [`fault`], [`compressor`]) → action: direct response, redirect, or forward to a cluster
 //! (chosen by [`weighted_pick`], sticky with [`hash_policy`]) → endpoint by the cluster's load
 //! balancer → pooled upstream connection ([`upstream_pool`]; HTTP/1.1 spoken inline by
 //! [`upstream_http1`], HTTP/2 by hyper) → response streamed back.
@@ -47,6 +48,7 @@ pub mod metrics;
 pub mod outlier;
 pub mod path_source;
 pub mod peer_validation;
+pub mod rbac;
 pub mod request_id;
 pub mod retry_policy;
 pub mod route_table;

@@ -373,10 +373,22 @@ impl Metrics {
     }
 
     /// Render every metric in the Prometheus text format.
+    /// Labels with an empty value are left out, as Envoy leaves out tags it did not extract
+    /// (to Prometheus the two are the same series).
     pub fn render(&self) -> String {
         let mut out = String::new();
         let encoder = prometheus::TextEncoder::new();
-        if let Err(e) = encoder.encode_utf8(&self.registry.gather(), &mut out) {
+        let mut families = self.registry.gather();
+        for family in &mut families {
+            for metric in family.mut_metric().iter_mut() {
+                if metric.get_label().iter().any(|l| l.value().is_empty()) {
+                    let mut labels = metric.take_label();
+                    labels.retain(|l| !l.value().is_empty());
+                    metric.set_label(labels);
+                }
+            }
+        }
+        if let Err(e) = encoder.encode_utf8(&families, &mut out) {
             out.push_str(&format!("# encode error: {e}\n"));
         }
         out

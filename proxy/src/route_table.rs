@@ -45,6 +45,8 @@ pub struct VirtualHost {
     pub cors: Option<Arc<CorsPolicy>>,
     /// The compressor filters' settings for this virtual host, by filter name.
     pub compressors: crate::compressor::PerRouteCompressors,
+    /// The RBAC filter's rules for this virtual host (`RBACPerRoute`).
+    pub rbac: Option<Arc<crate::rbac::RbacRules>>,
 }
 
 /// One route: a match and an action.
@@ -66,6 +68,8 @@ pub struct Route {
     /// The compressor filters' settings for this route, by filter name (before the virtual
     /// host's).
     pub compressors: crate::compressor::PerRouteCompressors,
+    /// The RBAC filter's rules for this route (replace the virtual host's and the filter's own).
+    pub rbac: Option<Arc<crate::rbac::RbacRules>>,
 }
 
 /// `envoy.config.route.v3.RouteMatch`.
@@ -233,6 +237,16 @@ impl RouteTable {
     /// Number of routes in all virtual hosts.
     pub fn route_count(&self) -> usize {
         self.vhosts.iter().map(|v| v.routes.len()).sum()
+    }
+
+    /// Every route's and virtual host's RBAC rules.
+    pub fn rbac_overrides(&self) -> impl Iterator<Item = &crate::rbac::RbacRules> {
+        self.vhosts.iter().flat_map(|v| {
+            v.rbac
+                .as_deref()
+                .into_iter()
+                .chain(v.routes.iter().filter_map(|r| r.rbac.as_deref()))
+        })
     }
 
     /// The local rate limit configurations of its virtual hosts and routes.

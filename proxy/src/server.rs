@@ -31,6 +31,7 @@ use crate::health_check_filter::{HealthCheckFilter, HEALTHCHECKED_CLUSTER};
 use crate::local_ratelimit::Decision as RateDecision;
 use crate::matcher::RequestView;
 use crate::outlier::Observed;
+use crate::rbac::{RbacFilter, Subject as RbacSubject};
 use crate::retry_policy::{Outcome, RetryPolicy};
 use crate::route_table::{
     ClusterRef, ForwardAction, MirrorTarget, RedirectAction, RouteAction, RouteHit, Target,
@@ -84,13 +85,16 @@ impl ListenerContext {
 }
 
 /// What a request knows about its downstream connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub remote: SocketAddr,
     /// Index of the filter chain chosen for the connection.
     pub chain: usize,
     /// The connection is TLS.
     pub secure: bool,
+    /// The SNI and client certificate of a TLS connection, kept only when an RBAC filter of its
+    /// connection manager reads them.
+    pub tls: Option<Arc<crate::rbac::TlsPeer>>,
 }
 
 /// Longest a TLS handshake may take.
@@ -135,6 +139,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ListenerContext>) {
                         remote,
                         chain,
                         secure: false,
+                        tls: None,
                     };
                     serve_connection(stream, ctx, conn).await;
                 }
@@ -155,10 +160,23 @@ async fn serve_tls(
     let handshake = async move { acceptor.await?.into_stream(tls).await };
     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok(stream)) => {
+            let keep_tls = matches!(
+                ctx.filter(chain),
+                Some(NetworkFilter::Http(hcm)) if hcm.rbac.as_ref().is_some_and(|r| r.reads_tls)
+            );
+            let tls = keep_tls.then(|| {
+                let (_, session) = stream.get_ref();
+                let cert = session
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| c.as_ref());
+                Arc::new(crate::rbac::TlsPeer::new(session.server_name(), cert))
+            });
             let conn = ConnInfo {
                 remote,
                 chain,
                 secure: true,
+                tls,
             };
             serve_connection(stream, ctx, conn).await;
         }
@@ -204,7 +222,7 @@ async fn serve_connection<T: Transport>(io: T, ctx: Arc<ListenerContext>, conn: 
     if codec == Codec::Http2 {
         downstream_h2::serve(io, bytes::Bytes::new(), ctx, conn, h2).await;
     } else if let downstream_http1::Outcome::Http2 { io, prefix } =
-        downstream_http1::serve(io, ctx.clone(), conn, settings).await
+        downstream_http1::serve(io, ctx.clone(), conn.clone(), settings).await
     {
         downstream_h2::serve(io, prefix, ctx, conn, h2).await;
     }
@@ -731,7 +749,17 @@ fn route_request_to<'a>(
         && (hcm.use_remote_address || !req.headers().contains_key(REQUEST_ID)))
     .then(request_id::generate);
     let random = fast_random();
-    let Some(hit) = hcm.routes.route(&view, random) else {
+    let hit = hcm.routes.route(&view, random);
+    if let Some(rbac) = hcm.rbac.as_deref() {
+        if !rbac_allows(rbac, &view, hit.as_ref(), &conn, ctx, hcm) {
+            return Routed::Respond(local_reply(
+                hcm,
+                StatusCode::FORBIDDEN,
+                "RBAC: access denied",
+            ));
+        }
+    }
+    let Some(hit) = hit else {
         hcm.unrouted.record(404, false, Flag::NoRoute.code(), 0.0);
         return Routed::Respond(local_reply(hcm, StatusCode::NOT_FOUND, ""));
     };
@@ -766,6 +794,30 @@ fn route_request_to<'a>(
         Some(plan) => Routed::Compressed(Box::new((inner, plan))),
         None => inner,
     }
+}
+
+/// The RBAC filter's decision: the route's rules, else the virtual host's, else the filter's
+/// own (a request without a route meets the filter's own).
+#[cold]
+fn rbac_allows(
+    rbac: &RbacFilter,
+    view: &RequestView<'_>,
+    hit: Option<&RouteHit<'_>>,
+    conn: &ConnInfo,
+    ctx: &ListenerContext,
+    hcm: &HcmConfig,
+) -> bool {
+    let rules = hit
+        .and_then(|h| h.route.rbac.as_deref().or(h.vhost.rbac.as_deref()))
+        .unwrap_or(&rbac.own);
+    let subject = RbacSubject {
+        request: view,
+        peer: conn.remote,
+        remote: crate::edge::downstream_remote(view.headers, hcm, conn.remote),
+        local: ctx.local,
+        tls: conn.tls.as_deref(),
+    };
+    rbac.decide(rules, &subject)
 }
 
 /// A request that matched a route, with what routing drew for it.
@@ -914,7 +966,7 @@ fn route_action<'a>(m: Matched<'a>, ctx: &ListenerContext, hcm: &'a Arc<HcmConfi
                         hcm,
                         hit,
                         f,
-                        conn,
+                        conn.clone(),
                         rctx,
                         new_id.clone(),
                         random,
