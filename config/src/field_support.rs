@@ -133,6 +133,14 @@ pub const SUPPORTED: &[&str] = &[
     "envoy.extensions.filters.http.compressor.v3.Compressor.RequestDirectionConfig: common_config",
     "envoy.extensions.filters.http.compressor.v3.Compressor.ResponseDirectionConfig: common_config \
         disable_on_etag_header weaken_etag_on_compress remove_accept_encoding_header uncompressible_response_codes",
+    "envoy.extensions.filters.http.decompressor.v3.Decompressor: decompressor_library request_direction_config \
+        response_direction_config",
+    "envoy.extensions.filters.http.decompressor.v3.Decompressor.CommonDirectionConfig: enabled ignore_no_transform_header",
+    "envoy.extensions.filters.http.decompressor.v3.Decompressor.RequestDirectionConfig: common_config advertise_accept_encoding",
+    "envoy.extensions.filters.http.decompressor.v3.Decompressor.ResponseDirectionConfig: common_config",
+    "envoy.extensions.compression.gzip.decompressor.v3.Gzip: window_bits max_inflate_ratio ~chunk_size",
+    "envoy.extensions.compression.brotli.decompressor.v3.Brotli: ~disable_ring_buffer_reallocation ~chunk_size",
+    "envoy.extensions.compression.zstd.decompressor.v3.Zstd: ~chunk_size",
     "envoy.extensions.filters.http.compressor.v3.CompressorPerRoute: disabled overrides",
     "envoy.extensions.filters.http.compressor.v3.CompressorOverrides: response_direction_config compressor_library",
     "envoy.extensions.filters.http.compressor.v3.ResponseDirectionOverrides: remove_accept_encoding_header",

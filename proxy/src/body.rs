@@ -29,6 +29,8 @@ pub enum RequestBody {
     /// taken.
     Full(Option<Bytes>),
     Empty,
+    /// Decoded as it streams by the decompressor filter.
+    Decompressed(Box<crate::decompressor::DecompressedBody<RequestBody>>),
 }
 
 /// Frames of a request body, sent by the connection that reads them.
@@ -115,6 +117,7 @@ impl Body for RequestBody {
             RequestBody::Stream(b) => Pin::new(b).poll_frame(cx),
             RequestBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Decompressed(b) => b.poll_frame(cx),
         }
     }
 
@@ -124,6 +127,7 @@ impl Body for RequestBody {
             RequestBody::Stream(b) => b.is_end_stream(),
             RequestBody::Full(data) => data.is_none(),
             RequestBody::Empty => true,
+            RequestBody::Decompressed(b) => b.is_end_stream(),
         }
     }
 
@@ -135,6 +139,7 @@ impl Body for RequestBody {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Decompressed(b) => b.size_hint(),
         }
     }
 }
@@ -150,6 +155,8 @@ pub enum ResponseBody {
     Full(Option<Bytes>),
     /// Compressed as it streams by the compressor filter.
     Compressed(Box<crate::compressor::CompressedBody>),
+    /// Decoded as it streams by the decompressor filter.
+    Decompressed(Box<crate::decompressor::DecompressedBody<ResponseBody>>),
 }
 
 /// The route timeout, still running while an upstream body streams: Envoy's route `timeout`
@@ -236,6 +243,7 @@ impl Body for ResponseBody {
             ResponseBody::Http2(body, deadline) => deadline.poll_body(Pin::new(body), cx),
             ResponseBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ResponseBody::Compressed(c) => c.poll_frame(cx),
+            ResponseBody::Decompressed(d) => d.poll_frame(cx),
         }
     }
 
@@ -245,6 +253,7 @@ impl Body for ResponseBody {
             ResponseBody::Http2(body, _) => body.is_end_stream(),
             ResponseBody::Full(b) => b.is_none(),
             ResponseBody::Compressed(c) => c.is_end_stream(),
+            ResponseBody::Decompressed(d) => d.is_end_stream(),
         }
     }
 
@@ -256,6 +265,7 @@ impl Body for ResponseBody {
                 SizeHint::with_exact(b.as_ref().map(|b| b.len() as u64).unwrap_or(0))
             }
             ResponseBody::Compressed(c) => c.size_hint(),
+            ResponseBody::Decompressed(d) => d.size_hint(),
         }
     }
 }

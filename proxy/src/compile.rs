@@ -23,6 +23,7 @@ use crate::compressor::{
     DEFAULT_CONTENT_TYPES,
 };
 use crate::cors::CorsPolicy;
+use crate::decompressor::{DecoderLibrary, DecompressorChain, DecompressorFilter, Direction};
 use crate::fault::FaultConfig;
 use crate::hash_policy::{HashPolicy, HashSource};
 use crate::header_ops::{AppendAction, HeaderAdd, HeaderOps, HeaderTemplate};
@@ -70,6 +71,10 @@ const COMPRESSOR_PER_ROUTE_TYPE: &str =
     "envoy.extensions.filters.http.compressor.v3.CompressorPerRoute";
 const RBAC_TYPE: &str = "envoy.extensions.filters.http.rbac.v3.RBAC";
 const RBAC_PER_ROUTE_TYPE: &str = "envoy.extensions.filters.http.rbac.v3.RBACPerRoute";
+const DECOMPRESSOR_TYPE: &str = "envoy.extensions.filters.http.decompressor.v3.Decompressor";
+const GZIP_DECOMPRESSOR_TYPE: &str = "envoy.extensions.compression.gzip.decompressor.v3.Gzip";
+const BROTLI_DECOMPRESSOR_TYPE: &str = "envoy.extensions.compression.brotli.decompressor.v3.Brotli";
+const ZSTD_DECOMPRESSOR_TYPE: &str = "envoy.extensions.compression.zstd.decompressor.v3.Zstd";
 const GZIP_TYPE: &str = "envoy.extensions.compression.gzip.compressor.v3.Gzip";
 const BROTLI_TYPE: &str = "envoy.extensions.compression.brotli.compressor.v3.Brotli";
 const ZSTD_TYPE: &str = "envoy.extensions.compression.zstd.compressor.v3.Zstd";
@@ -1450,6 +1455,83 @@ fn compressor_library(v: &Value, path: &str, errors: &mut Errors) -> Option<(Str
     }
 }
 
+/// A decompressor filter (`Decompressor`).
+fn decompressor_filter(v: &Value, path: &str, errors: &mut Errors) -> Option<DecompressorFilter> {
+    let Some(lib) = get(v, "decompressor_library") else {
+        errors.push(FieldError::new(p(path, "decompressor_library"), "required"));
+        return None;
+    };
+    let lpath = p(path, "decompressor_library");
+    let name = s(lib, "name").unwrap_or("").to_string();
+    let empty = Value::Object(Default::default());
+    let config = get(lib, "typed_config").unwrap_or(&empty);
+    let library = match type_name(config) {
+        GZIP_DECOMPRESSOR_TYPE => {
+            let window_bits = u(config, "window_bits").unwrap_or(15);
+            let ratio = u(config, "max_inflate_ratio").unwrap_or(100);
+            if !(9..=15).contains(&window_bits) {
+                errors.push(FieldError::new(
+                    p(&lpath, "typed_config.window_bits"),
+                    "must be 9..15",
+                ));
+                return None;
+            }
+            if !(1..=1032).contains(&ratio) {
+                errors.push(FieldError::new(
+                    p(&lpath, "typed_config.max_inflate_ratio"),
+                    "must be 1..1032",
+                ));
+                return None;
+            }
+            DecoderLibrary::Gzip {
+                window_bits: window_bits as u8,
+                max_inflate_ratio: ratio,
+            }
+        }
+        BROTLI_DECOMPRESSOR_TYPE => DecoderLibrary::Brotli,
+        ZSTD_DECOMPRESSOR_TYPE => DecoderLibrary::Zstd,
+        other => {
+            errors.push(FieldError::new(
+                p(&lpath, "typed_config"),
+                format!("decompressor library `{other}` not supported"),
+            ));
+            return None;
+        }
+    };
+    let direction = |k: &str| {
+        let common = get(v, k).and_then(|d| get(d, "common_config"));
+        let enabled = common
+            .and_then(|c| get(c, "enabled"))
+            .and_then(|f| get(f, "default_value"))
+            .and_then(Value::as_bool)
+            .unwrap_or(true);
+        Direction::new(
+            enabled,
+            common.is_some_and(|c| b(c, "ignore_no_transform_header")),
+        )
+    };
+    let advertise = get(v, "request_direction_config")
+        .and_then(|r| get(r, "advertise_accept_encoding"))
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
+    match DecompressorFilter::new(
+        name,
+        library,
+        direction("request_direction_config"),
+        direction("response_direction_config"),
+        advertise,
+    ) {
+        Ok(f) => Some(f),
+        Err(_) => {
+            errors.push(FieldError::new(
+                p(&lpath, "name"),
+                "must make a valid header name (x-envoy-decompressor-NAME-…)",
+            ));
+            None
+        }
+    }
+}
+
 /// A compressor filter (`Compressor`) named `name` in its chain.
 fn compressor_filter(
     name: &str,
@@ -2353,6 +2435,10 @@ fn hcm(
     let mut local_limit = None;
     let mut compressors = Vec::new();
     let mut rbac = None;
+    let mut decompressors = Vec::new();
+    // Whether the decompressors come before the compressors (they then change the
+    // `accept-encoding` the compressors read).
+    let mut decompressors_first = false;
     // Sluice runs the health-check filter before routing, RBAC before the rate limit, and the
     // rate limit before CORS and fault injection: configurations that order them otherwise are
     // refused.
@@ -2374,6 +2460,17 @@ fn hcm(
         let is_local_limit = is(LOCAL_RATELIMIT_TYPE, "envoy.filters.http.local_ratelimit");
         let is_compressor = is(COMPRESSOR_TYPE, "envoy.filters.http.compressor");
         let is_rbac = is(RBAC_TYPE, "envoy.filters.http.rbac");
+        let is_decompressor = is(DECOMPRESSOR_TYPE, "envoy.filters.http.decompressor");
+        if is_compressor
+            && decompressors
+                .iter()
+                .any(|d: &DecompressorFilter| d.response.enabled)
+        {
+            errors.push(FieldError::new(
+                fpath.clone(),
+                "a compressor filter must come before the decompressor filters that decode responses",
+            ));
+        }
         if is_health_check && rbac.is_some() {
             errors.push(FieldError::new(
                 fpath.clone(),
@@ -2395,7 +2492,18 @@ fn hcm(
         if is_cors || is_fault {
             seen_cors_or_fault = true;
         }
-        if is_rbac {
+        if is_decompressor {
+            let empty = Value::Object(Default::default());
+            let config = get(f, "typed_config").unwrap_or(&empty);
+            if compressors.is_empty() {
+                decompressors_first = true;
+            }
+            decompressors.extend(decompressor_filter(
+                config,
+                &p(&fpath, "typed_config"),
+                errors,
+            ));
+        } else if is_rbac {
             if rbac.is_some() {
                 errors.push(FieldError::new(
                     fpath.clone(),
@@ -2491,6 +2599,20 @@ fn hcm(
         }
         None => None,
     };
+    for d in &decompressors {
+        if let Err(e) = d.resolve_stats(metrics, &stat_prefix) {
+            errors.push(FieldError::new(
+                path,
+                format!("decompressor statistics: {e}"),
+            ));
+        }
+    }
+    let decompressors = (!decompressors.is_empty()).then(|| {
+        Arc::new(DecompressorChain {
+            filters: decompressors,
+            before_compressors: decompressors_first,
+        })
+    });
     let compressors = (!compressors.is_empty()).then(|| {
         let chain = CompressorChain {
             filters: compressors,
@@ -2553,6 +2675,7 @@ fn hcm(
         health_check,
         local_ratelimit: local_limit,
         compressors,
+        decompressors,
         rbac,
         server_name: HeaderValue::from_str(server_name)
             .unwrap_or(HeaderValue::from_static("envoy")),

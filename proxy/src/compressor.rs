@@ -216,7 +216,7 @@ impl CompressorChain {
             }
             let scope = format!(
                 "envoy_http_compressor_{}_{}",
-                sanitize(&f.library_name),
+                crate::metrics::name_part(&f.library_name),
                 f.library.stat_prefix()
             );
             match CompressorStats::new(metrics, &scope, f.response_stats_scope, hcm_prefix) {
@@ -556,13 +556,6 @@ fn insert_vary(headers: &mut HeaderMap) {
             headers.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
         }
     }
-}
-
-/// Prometheus names may hold letters, digits and `_`.
-fn sanitize(name: &str) -> String {
-    name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect()
 }
 
 /// A running compressor.

@@ -395,6 +395,14 @@ impl Metrics {
     }
 }
 
+/// A configured name made fit for a Prometheus metric name (letters, digits and `_`), as Envoy
+/// converts stat names.
+pub fn name_part(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
 /// A lock-free-on-read cache of metric handles keyed by the labels that vary per request.
 ///
 /// Keys are a few small values (status code, protocol, flags) with few distinct combinations, so

@@ -504,6 +504,11 @@ fn boxed_routed<'a>(routed: Routed<'a>, ctx: &'a ListenerContext) -> BoxedRespon
             let response = boxed_routed(inner, ctx);
             Box::pin(async move { plan.apply(response.await) })
         }
+        Routed::Decompressed(d) => {
+            let (inner, plan) = *d;
+            let response = boxed_routed(inner, ctx);
+            Box::pin(async move { plan.apply(response.await) })
+        }
     }
 }
 
@@ -522,6 +527,8 @@ enum Routed<'a> {
     WithHeaders(Box<(Routed<'a>, HeaderMap)>),
     /// The compressor filters decide on the response (`envoy.filters.http.compressor`).
     Compressed(Box<(Routed<'a>, crate::compressor::Plan)>),
+    /// A response decoded by the decompressor filters once its head is known.
+    Decompressed(Box<(Routed<'a>, crate::decompressor::ResponsePlan)>),
 }
 
 /// A request the fault filter holds for `delay`, then aborts or forwards.
@@ -778,6 +785,10 @@ fn route_request_to<'a>(
         new_id,
         random,
     };
+    let decompressors = hcm.decompressors.as_ref();
+    if let Some(d) = decompressors.filter(|d| d.before_compressors) {
+        d.on_request(&mut m.req);
+    }
     let plan = hcm.compressors.as_ref().map(|chain| {
         let head = m.req.method() == Method::HEAD;
         chain.plan(
@@ -787,9 +798,19 @@ fn route_request_to<'a>(
             &m.hit.vhost.compressors,
         )
     });
+    if let Some(d) = decompressors.filter(|d| !d.before_compressors) {
+        d.on_request(&mut m.req);
+    }
     // One call site each for `route_matched` and `route_action`, both inlined: the matched
     // request is built once and not copied from function to function.
     let inner = route_matched(m, ctx, hcm);
+    let inner = match decompressors.filter(|d| d.decodes_responses()) {
+        Some(d) => Routed::Decompressed(Box::new((
+            inner,
+            crate::decompressor::ResponsePlan(d.clone()),
+        ))),
+        None => inner,
+    };
     match plan {
         Some(plan) => Routed::Compressed(Box::new((inner, plan))),
         None => inner,

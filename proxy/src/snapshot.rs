@@ -62,6 +62,8 @@ pub struct HcmConfig {
     pub local_ratelimit: Option<Arc<crate::local_ratelimit::LocalRateLimit>>,
     /// The compressor filters (`envoy.filters.http.compressor`), in chain order, when present.
     pub compressors: Option<Arc<crate::compressor::CompressorChain>>,
+    /// The decompressor filters (`envoy.filters.http.decompressor`), in chain order.
+    pub decompressors: Option<Arc<crate::decompressor::DecompressorChain>>,
     /// The RBAC filter (`envoy.filters.http.rbac`), when present.
     pub rbac: Option<Arc<crate::rbac::RbacFilter>>,
     pub server_name: HeaderValue,
