@@ -192,15 +192,7 @@ async fn check(kind: &str, app: u16) -> (Vec<String>, Vec<String>) {
             h("content-length") != "-",
         ));
     }
-    let mut stats: Vec<String> = p
-        .admin("/stats/prometheus")
-        .await
-        .lines()
-        .filter(|l| l.starts_with("envoy_http_decompressor"))
-        .map(str::to_string)
-        .collect();
-    stats.sort();
-    (out, stats)
+    (out, p.stats("envoy_http_decompressor").await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -177,7 +177,7 @@ fn what_is_not_implemented_is_refused_by_name() {
     );
     let err = refused(json!([cors, lr, router]));
     assert!(
-        err.contains("http_filters[1]: the local rate limit filter must come before the CORS and fault filters"),
+        err.contains("http_filters[1]: the local rate limit filter must come before the CORS, CSRF and fault filters"),
         "{err}"
     );
 }

@@ -203,23 +203,7 @@ async fn check(kind: &str, config: &str, cases: &[Case]) -> (Vec<String>, Vec<St
             }
         ));
     }
-    // Label order is not meaningful to Prometheus: each line's labels are sorted.
-    let mut stats: Vec<String> = p
-        .admin("/stats/prometheus")
-        .await
-        .lines()
-        .filter(|l| l.starts_with("envoy_http_rbac"))
-        .map(|l| match (l.find('{'), l.find('}')) {
-            (Some(a), Some(b)) => {
-                let mut labels: Vec<&str> = l[a + 1..b].split(',').collect();
-                labels.sort();
-                format!("{}{{{}}}{}", &l[..a], labels.join(","), &l[b + 1..])
-            }
-            _ => l.to_string(),
-        })
-        .collect();
-    stats.sort();
-    (out, stats)
+    (out, p.stats("envoy_http_rbac").await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

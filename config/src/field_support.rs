@@ -97,6 +97,7 @@ pub const SUPPORTED: &[&str] = &[
     "envoy.extensions.matching.common_inputs.network.v3.DestinationPortInput: ",
     "envoy.extensions.matching.common_inputs.network.v3.ServerNameInput: ",
     "envoy.extensions.filters.http.rbac.v3.RBACPerRoute: rbac",
+    "envoy.extensions.filters.http.csrf.v3.CsrfPolicy: filter_enabled shadow_enabled additional_origins",
     "envoy.config.rbac.v3.RBAC: action=ALLOW|DENY|LOG policies",
     "envoy.config.rbac.v3.Policy: permissions principals",
     "envoy.config.rbac.v3.Permission: and_rules or_rules any header url_path destination_ip destination_port \

@@ -23,6 +23,7 @@ use crate::compressor::{
     DEFAULT_CONTENT_TYPES,
 };
 use crate::cors::CorsPolicy;
+use crate::csrf::{CsrfFilter, CsrfPolicy, CsrfStats, Share};
 use crate::decompressor::{DecoderLibrary, DecompressorChain, DecompressorFilter, Direction};
 use crate::fault::FaultConfig;
 use crate::hash_policy::{HashPolicy, HashSource};
@@ -69,6 +70,7 @@ const CORS_POLICY_TYPE: &str = "envoy.extensions.filters.http.cors.v3.CorsPolicy
 const COMPRESSOR_TYPE: &str = "envoy.extensions.filters.http.compressor.v3.Compressor";
 const COMPRESSOR_PER_ROUTE_TYPE: &str =
     "envoy.extensions.filters.http.compressor.v3.CompressorPerRoute";
+const CSRF_TYPE: &str = "envoy.extensions.filters.http.csrf.v3.CsrfPolicy";
 const RBAC_TYPE: &str = "envoy.extensions.filters.http.rbac.v3.RBAC";
 const RBAC_PER_ROUTE_TYPE: &str = "envoy.extensions.filters.http.rbac.v3.RBACPerRoute";
 const DECOMPRESSOR_TYPE: &str = "envoy.extensions.filters.http.decompressor.v3.Decompressor";
@@ -972,6 +974,33 @@ fn local_ratelimit_override(
     })
 }
 
+/// A runtime fraction's default value as millionths (`numerator` over `denominator`).
+fn share(v: Option<&Value>) -> Share {
+    let Some(d) = v.and_then(|f| get(f, "default_value")) else {
+        return Share(0);
+    };
+    let (n, per) = fraction(d);
+    Share(((n * 1_000_000) / per.max(1)).min(1_000_000) as u32)
+}
+
+/// `CsrfPolicy` (the filter's own, a route's or a virtual host's).
+fn csrf_policy(v: &Value, path: &str, errors: &mut Errors) -> Option<CsrfPolicy> {
+    if get(v, "filter_enabled").is_none() {
+        errors.push(FieldError::new(p(path, "filter_enabled"), "required"));
+        return None;
+    }
+    let additional_origins = arr(v, "additional_origins")
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| string_matcher(m, &format!("{path}.additional_origins[{i}]"), errors))
+        .collect();
+    Some(CsrfPolicy {
+        enabled: share(get(v, "filter_enabled")),
+        shadow: get(v, "shadow_enabled").map(|s| share(Some(s))),
+        additional_origins,
+    })
+}
+
 /// A route's or virtual host's `RBACPerRoute`: its `rbac` replaces the filter's rules; without
 /// it the filter is off there.
 fn rbac_override(v: &Value, path: &str, errors: &mut Errors) -> Option<Arc<RbacRules>> {
@@ -1767,6 +1796,7 @@ fn route(v: &Value, path: &str, res: &ClusterResolver<'_>, errors: &mut Errors) 
     let cors = cors_override(v, path, errors);
     let compressors = compressor_overrides(v, path, errors);
     let rbac = rbac_override(v, path, errors);
+    let csrf = per_filter(v, CSRF_TYPE, path, errors, csrf_policy);
     if errors.len() > before {
         return None;
     }
@@ -1781,6 +1811,7 @@ fn route(v: &Value, path: &str, res: &ClusterResolver<'_>, errors: &mut Errors) 
         cors,
         compressors,
         rbac,
+        csrf,
     })
 }
 
@@ -1824,6 +1855,7 @@ pub fn route_table(v: &Value, path: &str, res: &ClusterResolver<'_>) -> Result<R
             cors: cors_override(vh, &vpath, &mut errors),
             compressors: compressor_overrides(vh, &vpath, &mut errors),
             rbac: rbac_override(vh, &vpath, &mut errors),
+            csrf: per_filter(vh, CSRF_TYPE, &vpath, &mut errors, csrf_policy),
         });
     }
     let selector = match VhostSelector::new(domains.iter().map(|(d, i)| (d.as_str(), *i))) {
@@ -2436,6 +2468,8 @@ fn hcm(
     let mut compressors = Vec::new();
     let mut rbac = None;
     let mut decompressors = Vec::new();
+    let mut csrf = None;
+    let mut csrf_after_cors = false;
     // Whether the decompressors come before the compressors (they then change the
     // `accept-encoding` the compressors read).
     let mut decompressors_first = false;
@@ -2461,6 +2495,7 @@ fn hcm(
         let is_compressor = is(COMPRESSOR_TYPE, "envoy.filters.http.compressor");
         let is_rbac = is(RBAC_TYPE, "envoy.filters.http.rbac");
         let is_decompressor = is(DECOMPRESSOR_TYPE, "envoy.filters.http.decompressor");
+        let is_csrf = is(CSRF_TYPE, "envoy.filters.http.csrf");
         if is_compressor
             && decompressors
                 .iter()
@@ -2480,7 +2515,7 @@ fn hcm(
         if is_rbac && (seen_cors_or_fault || local_limit.is_some()) {
             errors.push(FieldError::new(
                 fpath.clone(),
-                "the RBAC filter must come before the local rate limit, CORS and fault filters",
+                "the RBAC filter must come before the local rate limit, CORS, CSRF and fault filters",
             ));
         }
         if is_health_check && local_limit.is_some() {
@@ -2489,10 +2524,25 @@ fn hcm(
                 "the health-check filter must come before the local rate limit filter",
             ));
         }
-        if is_cors || is_fault {
+        if is_cors || is_fault || is_csrf {
             seen_cors_or_fault = true;
         }
-        if is_decompressor {
+        if is_csrf && cors {
+            csrf_after_cors = true;
+        }
+        if is_fault && csrf.is_some() {
+            // Sluice injects faults after the CSRF check, as this order does.
+        } else if is_csrf && fault.is_some() {
+            errors.push(FieldError::new(
+                fpath.clone(),
+                "the CSRF filter must come before the fault filter",
+            ));
+        }
+        if is_csrf {
+            let empty = Value::Object(Default::default());
+            let config = get(f, "typed_config").unwrap_or(&empty);
+            csrf = csrf_policy(config, &p(&fpath, "typed_config"), errors);
+        } else if is_decompressor {
             let empty = Value::Object(Default::default());
             let config = get(f, "typed_config").unwrap_or(&empty);
             if compressors.is_empty() {
@@ -2534,7 +2584,7 @@ fn hcm(
             if seen_cors_or_fault {
                 errors.push(FieldError::new(
                     fpath.clone(),
-                    "the local rate limit filter must come before the CORS and fault filters",
+                    "the local rate limit filter must come before the CORS, CSRF and fault filters",
                 ));
             }
             let empty = Value::Object(Default::default());
@@ -2596,6 +2646,15 @@ fn hcm(
                     None
                 }
             }
+        }
+        None => None,
+    };
+    let csrf = match csrf.map(|own| CsrfStats::new(metrics, &stat_prefix).map(|stats| (own, stats)))
+    {
+        Some(Ok((own, stats))) => Some(Arc::new(CsrfFilter { own, stats })),
+        Some(Err(e)) => {
+            errors.push(FieldError::new(path, format!("CSRF statistics: {e}")));
+            None
         }
         None => None,
     };
@@ -2677,6 +2736,8 @@ fn hcm(
         compressors,
         decompressors,
         rbac,
+        csrf,
+        csrf_after_cors,
         server_name: HeaderValue::from_str(server_name)
             .unwrap_or(HeaderValue::from_static("envoy")),
         server_header: match s(v, "server_header_transformation") {

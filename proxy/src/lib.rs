@@ -12,9 +12,9 @@
 //! Request path ([`server`]): accept → HTTP codec (HTTP/1.1: [`downstream_http1`]; HTTP/2: [`downstream_h2`] with
 //! [`h2_frame`] and [`hpack`]) → [`vhost_select`] by `:authority` →
 //! first matching route ([`matcher`]) → HTTP filters ([`rbac`], [`decompressor`],
-//! [`local_ratelimit`], [`cors`], [`fault`], [`compressor`]) → action: direct response, redirect,
-//! or forward to a cluster
-//! (chosen by [`weighted_pick`], sticky with [`hash_policy`]) → endpoint by the cluster's load
+//! [`local_ratelimit`], [`cors`], [`csrf`], [`fault`], [`compressor`]) → action: direct response,
+//! redirect, or forward to a cluster (chosen by [`weighted_pick`], sticky with [`hash_policy`]) →
+//! endpoint by the cluster's load
 //! balancer → pooled upstream connection ([`upstream_pool`]; HTTP/1.1 spoken inline by
 //! [`upstream_http1`], HTTP/2 by hyper) → response streamed back.
 
@@ -26,6 +26,7 @@ pub mod cluster;
 pub mod compile;
 pub mod compressor;
 pub mod cors;
+pub mod csrf;
 pub mod data_source;
 pub mod decompressor;
 pub mod demo_upstream;

@@ -47,6 +47,8 @@ pub struct VirtualHost {
     pub compressors: crate::compressor::PerRouteCompressors,
     /// The RBAC filter's rules for this virtual host (`RBACPerRoute`).
     pub rbac: Option<Arc<crate::rbac::RbacRules>>,
+    /// The CSRF filter's policy for this virtual host.
+    pub csrf: Option<Arc<crate::csrf::CsrfPolicy>>,
 }
 
 /// One route: a match and an action.
@@ -70,6 +72,8 @@ pub struct Route {
     pub compressors: crate::compressor::PerRouteCompressors,
     /// The RBAC filter's rules for this route (replace the virtual host's and the filter's own).
     pub rbac: Option<Arc<crate::rbac::RbacRules>>,
+    /// The CSRF filter's policy for this route (replaces the virtual host's and the filter's).
+    pub csrf: Option<Arc<crate::csrf::CsrfPolicy>>,
 }
 
 /// `envoy.config.route.v3.RouteMatch`.

@@ -891,6 +891,22 @@ fn route_matched<'a>(m: Matched<'a>, ctx: &ListenerContext, hcm: &'a Arc<HcmConf
             CorsDecision::Response(headers) => cors_headers = Some(headers),
         }
     }
+    if let Some(csrf) = hcm.csrf.as_deref() {
+        let policy = hit
+            .route
+            .csrf
+            .as_deref()
+            .or(hit.vhost.csrf.as_deref())
+            .unwrap_or(&csrf.own);
+        let host = request_authority(m.req.uri(), m.req.headers());
+        if !csrf.allows(policy, m.req.method(), host, m.req.headers(), m.random) {
+            let resp = Routed::Respond(local_reply(hcm, StatusCode::FORBIDDEN, "Invalid origin"));
+            return match cors_headers.filter(|_| hcm.csrf_after_cors) {
+                Some(headers) => Routed::WithHeaders(Box::new((resp, headers))),
+                None => resp,
+            };
+        }
+    }
     let inner = route_action(m, ctx, hcm);
     match cors_headers {
         Some(headers) => Routed::WithHeaders(Box::new((inner, headers))),

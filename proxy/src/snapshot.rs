@@ -64,6 +64,10 @@ pub struct HcmConfig {
     pub compressors: Option<Arc<crate::compressor::CompressorChain>>,
     /// The decompressor filters (`envoy.filters.http.decompressor`), in chain order.
     pub decompressors: Option<Arc<crate::decompressor::DecompressorChain>>,
+    /// The CSRF filter (`envoy.filters.http.csrf`), when present.
+    pub csrf: Option<Arc<crate::csrf::CsrfFilter>>,
+    /// The CSRF filter comes after the CORS filter: its refusals carry the CORS headers.
+    pub csrf_after_cors: bool,
     /// The RBAC filter (`envoy.filters.http.rbac`), when present.
     pub rbac: Option<Arc<crate::rbac::RbacFilter>>,
     pub server_name: HeaderValue,

@@ -509,6 +509,27 @@ impl ProxyProcess {
             .map(|(_, b)| b)
             .unwrap_or_default()
     }
+
+    /// The Prometheus lines whose names start with `prefix`, sorted, each with its labels in
+    /// name order (an order Prometheus does not care about, and the proxies differ in).
+    pub async fn stats(&self, prefix: &str) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .admin("/stats/prometheus")
+            .await
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(|l| match (l.find('{'), l.find('}')) {
+                (Some(a), Some(b)) if a < b => {
+                    let mut labels: Vec<&str> = l[a + 1..b].split(',').collect();
+                    labels.sort();
+                    format!("{}{{{}}}{}", &l[..a], labels.join(","), &l[b + 1..])
+                }
+                _ => l.to_string(),
+            })
+            .collect();
+        lines.sort();
+        lines
+    }
 }
 
 pub type H1Client = hyper_util::client::legacy::Client<
