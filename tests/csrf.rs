@@ -125,19 +125,7 @@ async fn check(kind: &str, app: u16) -> (Vec<String>, Vec<String>) {
     let client = client_h1();
     let mut out = Vec::new();
     for (method, host, path, headers) in CASES {
-        let mut b = http::Request::builder()
-            .method(*method)
-            .uri(p.url("main", path))
-            .header("host", *host);
-        for (k, v) in *headers {
-            b = b.header(*k, *v);
-        }
-        let r = send(
-            &client,
-            b.body(http_body_util::Full::new(bytes::Bytes::new()))
-                .unwrap(),
-        )
-        .await;
+        let r = request(&client, method, &p.url("main", path), host, headers).await;
         let acao = r
             .headers
             .get("access-control-allow-origin")

@@ -599,6 +599,24 @@ pub async fn get(client: &H1Client, url: &str, headers: &[(&str, &str)]) -> Repl
     send(client, b.body(Full::new(Bytes::new())).unwrap()).await
 }
 
+/// A request without a body: `method` to `url` with `host` and the extra `headers`.
+pub async fn request(
+    client: &H1Client,
+    method: &str,
+    url: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(url)
+        .header("host", host);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    send(client, b.body(Full::new(Bytes::new())).unwrap()).await
+}
+
 /// z for the suite's binomial checks: 4.42 is a two-sided 99.999 % bound, so the few dozen
 /// statistical checks of a test run fail by chance about once in 3,000 runs, not once in 30.
 pub const Z_SUITE: f64 = 4.42;
