@@ -136,7 +136,7 @@ async fn hash_policy_keeps_a_user_on_one_version() {
     let canary = upstream("v2").await;
     let rc = routes(json!([{"match": {"prefix": "/"}, "route": {
         "hash_policy": [{"cookie": {"name": "user"}}],
-        "weighted_clusters": {"clusters": [{"name": "stable", "weight": 50}, {"name": "canary", "weight": 50}]}}}]));
+        "weighted_clusters": {"use_hash_policy": true, "clusters": [{"name": "stable", "weight": 50}, {"name": "canary", "weight": 50}]}}}]));
     let p = sluice(&bootstrap(
         rc,
         vec![
@@ -165,6 +165,68 @@ async fn hash_policy_keeps_a_user_on_one_version() {
         versions.insert(first);
     }
     assert_eq!(versions.len(), 2, "40 users all landed on one version");
+}
+
+/// A cookie hash policy with a `ttl` on a ring-hash cluster: the first answer sets the cookie
+/// (Envoy's form: quoted value, `Max-Age`, `Path`, attributes, `HttpOnly`), and requests that send
+/// it back stay on one endpoint; the same through real Envoy and Sluice.
+async fn generated_cookie(kind: &str, ports: &[u16]) -> (String, usize) {
+    let rc = routes(json!([{"match": {"prefix": "/"}, "route": {
+        "cluster": "ring",
+        "hash_policy": [{"cookie": {"name": "sticky", "ttl": "3600s", "path": "/",
+                                    "attributes": [{"name": "SameSite", "value": "Lax"}]}}]
+    }}]));
+    let mut ring = cluster("ring", ports);
+    ring["lb_policy"] = json!("RING_HASH");
+    let p = proxy_of(kind, &bootstrap(rc, vec![ring], json!({}))).await;
+    let c = client_h1();
+    let first = get(&c, &p.url("main", "/"), &[]).await;
+    let set = first
+        .headers
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let value = set.split(';').next().unwrap_or("").to_string();
+    // The value is a hash of the connection's addresses: only its form is compared.
+    let hex = value
+        .strip_prefix("sticky=\"")
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or("");
+    assert!(
+        hex.len() == 16 && hex.chars().all(|c| c.is_ascii_hexdigit()),
+        "{kind}: {set}"
+    );
+    let form = set.replace(hex, "HEX");
+    let mut upstreams = std::collections::HashSet::new();
+    for _ in 0..20 {
+        let r = get(&c, &p.url("main", "/"), &[("cookie", &value)]).await;
+        assert!(
+            r.headers.get("set-cookie").is_none(),
+            "{kind}: a second cookie"
+        );
+        upstreams.insert(r.upstream());
+    }
+    (form, upstreams.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generated_hash_cookie_is_set_and_keeps_the_client_on_one_endpoint() {
+    let ups = [
+        upstream("a").await,
+        upstream("b").await,
+        upstream("c").await,
+    ];
+    let ports: Vec<u16> = ups.iter().map(|u| u.port()).collect();
+    let envoy = generated_cookie("envoy", &ports).await;
+    assert_eq!(
+        envoy,
+        (
+            "sticky=\"HEX\"; Max-Age=3600; Path=/; SameSite=Lax; HttpOnly".to_string(),
+            1
+        )
+    );
+    assert_eq!(generated_cookie("sluice", &ports).await, envoy);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -397,7 +397,19 @@ pub struct ConsistentHash {
 pub struct HttpCookie {
     pub name: String,
     pub path: Option<String>,
+    /// With a TTL the proxy makes the cookie for clients that do not send it.
     pub ttl: Option<String>,
+    #[serde(default)]
+    pub attributes: Vec<CookieAttribute>,
+}
+
+/// `HTTPCookie.Attribute`: added to a generated cookie (`name=value`, or `name` alone).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CookieAttribute {
+    pub name: String,
+    #[serde(default)]
+    pub value: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -1317,13 +1329,11 @@ fn check_port_policy(
                 ));
             }
             if let Some(c) = &ch.http_cookie {
-                if c.ttl.is_some() {
-                    refuse(
-                        errors,
-                        format!("{at}.loadBalancer.consistentHash.httpCookie.ttl"),
-                        "generated cookies",
-                    );
-                }
+                check_duration(
+                    errors,
+                    format!("{at}.loadBalancer.consistentHash.httpCookie.ttl"),
+                    &c.ttl,
+                );
             }
         }
     }

@@ -131,7 +131,23 @@ pub fn hash_policy(p: &Policy) -> Option<Value> {
         return Some(json!({"header": {"header_name": h}}));
     }
     if let Some(c) = &ch.http_cookie {
-        return Some(json!({"cookie": {"name": c.name}}));
+        let mut cookie = Map::new();
+        cookie.insert("name".into(), json!(c.name));
+        if let Some(path) = &c.path {
+            cookie.insert("path".into(), json!(path));
+        }
+        if let Some(ttl) = &c.ttl {
+            cookie.insert("ttl".into(), json!(proto_duration(ttl)));
+        }
+        if !c.attributes.is_empty() {
+            let attributes: Vec<Value> = c
+                .attributes
+                .iter()
+                .map(|a| json!({"name": a.name, "value": a.value}))
+                .collect();
+            cookie.insert("attributes".into(), Value::Array(attributes));
+        }
+        return Some(json!({"cookie": Value::Object(cookie)}));
     }
     if ch.use_source_ip == Some(true) {
         return Some(json!({"connection_properties": {"source_ip": true}}));
@@ -530,6 +546,24 @@ spec:
         assert_eq!(
             tc["common_tls_context"]["validation_context"]["trusted_ca"]["filename"],
             "/ca.pem"
+        );
+    }
+
+    #[test]
+    fn a_cookie_with_a_ttl_asks_the_proxy_to_make_it() {
+        let text = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec:\n  host: r\n  trafficPolicy:\n    loadBalancer:\n      consistentHash:\n        httpCookie: {name: user, path: /, ttl: 30s, attributes: [{name: SameSite, value: Strict}]}\n";
+        let Some(Parsed::Istio(r)) = parse_text("t.yaml", text).unwrap().pop() else {
+            panic!("not read")
+        };
+        let sluice_config::istio::Spec::DestinationRule(dr) = &r.spec else {
+            panic!("not a DestinationRule")
+        };
+        assert_eq!(
+            hash_policy(&policy(Some(dr), 80, None)),
+            Some(
+                json!({"cookie": {"name": "user", "path": "/", "ttl": "30.000000000s",
+                "attributes": [{"name": "SameSite", "value": "Strict"}]}})
+            )
         );
     }
 }

@@ -26,7 +26,7 @@ use crate::cors::CorsPolicy;
 use crate::csrf::{CsrfFilter, CsrfPolicy, CsrfStats, Share};
 use crate::decompressor::{DecoderLibrary, DecompressorChain, DecompressorFilter, Direction};
 use crate::fault::FaultConfig;
-use crate::hash_policy::{HashPolicy, HashSource};
+use crate::hash_policy::{CookieHash, HashPolicy, HashSource};
 use crate::header_ops::{AppendAction, HeaderAdd, HeaderOps, HeaderTemplate};
 use crate::health_check::{HealthCheckConfig, HealthCheckTarget, HealthChecker, HttpProbe, Probe};
 use crate::health_check_filter::HealthCheckFilter;
@@ -693,7 +693,23 @@ fn forward_action(
                 }
             }
         } else if let Some(c) = get(h, "cookie") {
-            HashSource::Cookie(s(c, "name").unwrap_or("").to_string())
+            HashSource::Cookie(CookieHash {
+                name: s(c, "name").unwrap_or("").to_string(),
+                generate: get(c, "ttl")
+                    .and_then(Value::as_str)
+                    .and_then(parse_duration)
+                    .map(|d| d.as_secs()),
+                path: s(c, "path").unwrap_or("").to_string(),
+                attributes: arr(c, "attributes")
+                    .iter()
+                    .map(|a| {
+                        (
+                            s(a, "name").unwrap_or("").to_string(),
+                            s(a, "value").unwrap_or("").to_string(),
+                        )
+                    })
+                    .collect(),
+            })
         } else if let Some(q) = get(h, "query_parameter") {
             HashSource::QueryParameter(s(q, "name").unwrap_or("").to_string())
         } else if get(h, "connection_properties").is_some_and(|c| b(c, "source_ip")) {
@@ -709,7 +725,10 @@ fn forward_action(
     }
     let target = match target {
         Target::Weighted(mut w) => {
-            w.use_hash_policy = !hash_policy.is_empty();
+            // As Envoy: the hash picks the cluster only with `use_hash_policy`; otherwise the
+            // request's random value does, and the hash serves consistent-hash clusters alone.
+            w.use_hash_policy = !hash_policy.is_empty()
+                && get(v, "weighted_clusters").is_some_and(|wc| b(wc, "use_hash_policy"));
             Target::Weighted(w)
         }
         t => t,

@@ -672,7 +672,8 @@ fn inject_fault<'a>(
                 &f.hash_policy,
                 req.headers(),
                 req.uri().query().unwrap_or(""),
-                conn.remote.ip(),
+                (conn.remote, ctx.local),
+                &mut None,
             )
         })
         .flatten();
@@ -1201,6 +1202,8 @@ struct Exchange<'a> {
     /// The upstream request's headers, kept only when a response header reads them
     /// (`%REQ(...)%`).
     request_headers: Option<Box<HeaderMap>>,
+    /// A cookie made by a cookie hash policy, for the response.
+    set_cookie: Option<Box<HeaderValue>>,
 }
 
 /// Pick the cluster and endpoint of a forward action and build the upstream request (headers,
@@ -1224,6 +1227,7 @@ fn prepare_forward<'a>(
     let snapshot = ctx.snapshot.load();
     // The request hash (route `hash_policy`) serves both the sticky weighted pick and
     // consistent-hash clusters; it is computed once, and only when the route has a policy.
+    let mut set_cookie = None;
     let hash = if f.hash_policy.is_empty() {
         None
     } else {
@@ -1231,7 +1235,8 @@ fn prepare_forward<'a>(
             &f.hash_policy,
             req.headers(),
             req.uri().query().unwrap_or(""),
-            remote.ip(),
+            (remote, ctx.local),
+            &mut set_cookie,
         )
     };
     let (cluster, entry) = choose_cluster(f, &snapshot, req.headers(), hash, random);
@@ -1469,6 +1474,7 @@ fn prepare_forward<'a>(
     let request_headers = reads_request.then(|| Box::new(up.headers().clone()));
     Ok(Exchange {
         request_headers,
+        set_cookie,
         hcm,
         hit,
         f,
@@ -1505,6 +1511,7 @@ impl Exchange<'_> {
             mut flag,
             hash,
             request_headers,
+            set_cookie,
         } = self;
         cluster.stats.rq_total.inc();
         let timed_out = |cluster: &Cluster| {
@@ -1629,6 +1636,9 @@ impl Exchange<'_> {
             &mut rp.headers,
             &rctx,
         );
+        if let Some(c) = set_cookie {
+            rp.headers.append(header::SET_COOKIE, *c);
+        }
         rp.version = Version::HTTP_11;
         // The route timeout covers the whole response, as in Envoy, not only its head.
         let rbody = match f.timeout {
