@@ -920,8 +920,6 @@ fn check_l4_match(
     errors: &mut Vec<FieldError>,
     at: &str,
     destination_subnets: &[String],
-    source_labels: &BTreeMap<String, String>,
-    source_namespace: &Option<String>,
     port: Option<u32>,
 ) {
     if !destination_subnets.is_empty() {
@@ -929,20 +927,6 @@ fn check_l4_match(
             errors,
             format!("{at}.destinationSubnets"),
             "matching on the destination address (Sluice proxies do not capture by address)",
-        );
-    }
-    if !source_labels.is_empty() {
-        refuse(
-            errors,
-            format!("{at}.sourceLabels"),
-            "matching on the calling workload's labels",
-        );
-    }
-    if source_namespace.is_some() {
-        refuse(
-            errors,
-            format!("{at}.sourceNamespace"),
-            "matching on the calling workload's namespace",
         );
     }
     if port.is_some_and(|p| p == 0 || p > 65535) {
@@ -1018,14 +1002,7 @@ fn check_virtual_service(vs: &VirtualService, errors: &mut Vec<FieldError>) {
         let at = format!("spec.tcp[{i}]");
         for (j, m) in r.matches.iter().enumerate() {
             let mp = format!("{at}.match[{j}]");
-            check_l4_match(
-                errors,
-                &mp,
-                &m.destination_subnets,
-                &m.source_labels,
-                &m.source_namespace,
-                m.port,
-            );
+            check_l4_match(errors, &mp, &m.destination_subnets, m.port);
         }
         check_l4_destinations(errors, &at, &r.route);
     }
@@ -1042,14 +1019,7 @@ fn check_virtual_service(vs: &VirtualService, errors: &mut Vec<FieldError>) {
             if m.sni_hosts.is_empty() {
                 errors.push(FieldError::new(format!("{mp}.sniHosts"), "required"));
             }
-            check_l4_match(
-                errors,
-                &mp,
-                &m.destination_subnets,
-                &m.source_labels,
-                &m.source_namespace,
-                m.port,
-            );
+            check_l4_match(errors, &mp, &m.destination_subnets, m.port);
         }
         check_l4_destinations(errors, &at, &r.route);
     }
@@ -1098,20 +1068,6 @@ fn check_virtual_service(vs: &VirtualService, errors: &mut Vec<FieldError>) {
         }
         for (j, m) in r.matches.iter().enumerate() {
             let mp = format!("{at}.match[{j}]");
-            if !m.source_labels.is_empty() {
-                refuse(
-                    errors,
-                    format!("{mp}.sourceLabels"),
-                    "matching on the calling workload's labels",
-                );
-            }
-            if m.source_namespace.is_some() {
-                refuse(
-                    errors,
-                    format!("{mp}.sourceNamespace"),
-                    "matching on the calling workload's namespace",
-                );
-            }
             for (name, sm) in [
                 ("uri", &m.uri),
                 ("scheme", &m.scheme),

@@ -10,10 +10,10 @@
 //! * Destinations become `tcp_proxy`'s `cluster` when one has weight (or there is one), else
 //!   `weighted_clusters`. Destinations with weight 0 are left out, as Istio leaves them out.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Map, Value};
-use sluice_config::istio::{RouteDestination, VirtualService};
+use sluice_config::istio::{L4Match, RouteDestination, TlsMatch, VirtualService};
 
 use crate::route_translate::{gateway_ref, RouteContext};
 
@@ -35,18 +35,45 @@ fn applies_to(match_gateways: &[String], vs: &VirtualService, namespace: &str) -
     names.iter().map(|g| gateway_ref(g, namespace)).collect()
 }
 
-/// Whether an L4 match (port and gateways) applies at `ctx` (its gateways and port).
-fn l4_applies(
-    ctx: &RouteContext<'_>,
-    vs: &VirtualService,
-    namespace: &str,
+/// An L4 match's conditions.
+struct L4<'m> {
     port: Option<u32>,
-    gateways: &[String],
-) -> bool {
-    port.is_none_or(|p| p == ctx.port)
-        && applies_to(gateways, vs, namespace)
+    gateways: &'m [String],
+    source_labels: &'m BTreeMap<String, String>,
+    source_namespace: Option<&'m str>,
+}
+
+impl<'m> From<&'m L4Match> for L4<'m> {
+    fn from(m: &'m L4Match) -> Self {
+        L4 {
+            port: m.port,
+            gateways: &m.gateways,
+            source_labels: &m.source_labels,
+            source_namespace: m.source_namespace.as_deref(),
+        }
+    }
+}
+
+impl<'m> From<&'m TlsMatch> for L4<'m> {
+    fn from(m: &'m TlsMatch) -> Self {
+        L4 {
+            port: m.port,
+            gateways: &m.gateways,
+            source_labels: &m.source_labels,
+            source_namespace: m.source_namespace.as_deref(),
+        }
+    }
+}
+
+/// Whether an L4 match (port, gateways, source) applies at `ctx`.
+fn l4_applies(ctx: &RouteContext<'_>, vs: &VirtualService, namespace: &str, m: L4<'_>) -> bool {
+    m.port.is_none_or(|p| p == ctx.port)
+        && applies_to(m.gateways, vs, namespace)
             .iter()
             .any(|g| ctx.gateways.contains(g))
+        && ctx
+            .source
+            .matches(m.gateways, m.source_labels, m.source_namespace)
 }
 
 /// The `tcp_proxy` filter of the first `tcp` route of `vs` that applies at `ctx`.
@@ -59,11 +86,11 @@ pub fn tcp_route_filter(
 ) -> Option<Value> {
     let route = vs.tcp.iter().find(|r| {
         if r.matches.is_empty() {
-            l4_applies(ctx, vs, namespace, None, &[])
+            l4_applies(ctx, vs, namespace, (&L4Match::default()).into())
         } else {
             r.matches
                 .iter()
-                .any(|m| l4_applies(ctx, vs, namespace, m.port, &m.gateways))
+                .any(|m| l4_applies(ctx, vs, namespace, m.into()))
         }
     })?;
     Some(tcp_proxy(
@@ -88,7 +115,7 @@ pub fn tls_route_chains(
 ) {
     for (i, r) in vs.tls.iter().enumerate() {
         for m in &r.matches {
-            if !l4_applies(ctx, vs, namespace, m.port, &m.gateways) {
+            if !l4_applies(ctx, vs, namespace, m.into()) {
                 continue;
             }
             let names = sni_names(&m.sni_hosts);

@@ -34,12 +34,18 @@ pub enum Role {
     Gateway {
         labels: BTreeMap<String, String>,
         bind_ip: String,
+        /// The node's namespace (`sourceNamespace` matches read it).
+        namespace: String,
     },
     /// A sidecar: one outbound HTTP listener for every mesh service, and optionally an inbound
     /// listener in front of its own workload.
     Sidecar {
         outbound: SocketAddr,
         inbound: Option<Inbound>,
+        /// The workload's labels (`sourceLabels` matches read them).
+        labels: BTreeMap<String, String>,
+        /// The node's namespace.
+        namespace: String,
     },
 }
 
@@ -101,7 +107,11 @@ pub fn role(id: &str, metadata: &Value) -> Result<Role, RoleError> {
                     value: bind_ip,
                 });
             }
-            Ok(Role::Gateway { labels, bind_ip })
+            Ok(Role::Gateway {
+                labels,
+                bind_ip,
+                namespace: namespace(id),
+            })
         }
         "sidecar" => {
             let text = metadata
@@ -129,7 +139,12 @@ pub fn role(id: &str, metadata: &Value) -> Result<Role, RoleError> {
                 }),
                 _ => None,
             };
-            Ok(Role::Sidecar { outbound, inbound })
+            Ok(Role::Sidecar {
+                outbound,
+                inbound,
+                labels: labels(metadata),
+                namespace: namespace(id),
+            })
         }
         _ => Err(RoleError::Id(id.to_string())),
     }
@@ -151,7 +166,8 @@ mod tests {
             r,
             Role::Gateway {
                 labels: [("istio".to_string(), "ingressgateway".to_string())].into(),
-                bind_ip: "0.0.0.0".into()
+                bind_ip: "0.0.0.0".into(),
+                namespace: "istio-system".into(),
             }
         );
         let r = role(
@@ -164,6 +180,8 @@ mod tests {
             Role::Sidecar {
                 outbound: "127.0.0.1:15001".parse().unwrap(),
                 inbound: None,
+                labels: Default::default(),
+                namespace: "default".into(),
             }
         );
         let md = serde_json::json!({"SLUICE_INBOUND_ADDRESS": "127.0.0.1:15006", "SLUICE_APP_ADDRESS": "127.0.0.1:8080", "LABELS": {"app": "web"}});

@@ -3,7 +3,7 @@
 //! everything. Only the routes that apply to the proxy's gateway (or to `mesh` for sidecars)
 //! and to the listener's port are emitted.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Map, Value};
 use sluice_config::istio::{
@@ -32,6 +32,32 @@ pub struct RouteContext<'a> {
     pub port: u32,
     /// For sidecars, the service port of the virtual host: a destination without a port uses it.
     pub service_port: Option<u32>,
+    /// The proxy the routes are for: `sourceLabels` and `sourceNamespace` match it.
+    pub source: &'a Source<'a>,
+}
+
+/// The proxy routes are built for, as a match's source sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    pub labels: &'a BTreeMap<String, String>,
+    pub namespace: &'a str,
+}
+
+impl Source<'_> {
+    /// Istio's source match: a match that names gateways is decided by them alone; otherwise
+    /// its `sourceLabels` must all be the proxy's and its `sourceNamespace` the proxy's.
+    pub fn matches(
+        &self,
+        gateways: &[String],
+        labels: &BTreeMap<String, String>,
+        namespace: Option<&str>,
+    ) -> bool {
+        if !gateways.is_empty() {
+            return true;
+        }
+        labels.iter().all(|(k, v)| self.labels.get(k) == Some(v))
+            && namespace.is_none_or(|ns| ns == self.namespace)
+    }
 }
 
 /// What the emitted routes need from their listener.
@@ -418,6 +444,13 @@ impl RouteContext<'_> {
                     continue;
                 }
                 if m.port.is_some_and(|p| p != self.port) {
+                    continue;
+                }
+                if !self.source.matches(
+                    &m.gateways,
+                    &m.source_labels,
+                    m.source_namespace.as_deref(),
+                ) {
                     continue;
                 }
                 let mut route = Map::new();

@@ -24,7 +24,7 @@ use crate::l4_translate;
 use crate::naming::{cluster_name, host_aliases, host_matches, resolve_host};
 use crate::node_role::Role;
 use crate::registry::Registry;
-use crate::route_translate::{cors_filter, fault_filter, RouteContext, RouteNeeds};
+use crate::route_translate::{cors_filter, fault_filter, RouteContext, RouteNeeds, Source};
 
 pub const HCM_TYPE: &str =
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
@@ -85,13 +85,23 @@ impl MeshConfig {
         // Translate once for a sidecar and for every Gateway, so that warnings about routes show
         // up when the configuration is loaded rather than when the first proxy connects.
         let mut w = Vec::new();
+        let anywhere = BTreeMap::new();
         if let Ok(addr) = crate::node_role::DEFAULT_OUTBOUND.parse() {
-            mesh.sidecar(&[addr], &mut w);
+            let source = Source {
+                labels: &anywhere,
+                namespace: "default",
+            };
+            mesh.sidecar(&[addr], &source, &mut w);
         }
         for (gw, ns) in mesh.gateways() {
+            let source = Source {
+                labels: &gw.1.selector,
+                namespace: &ns,
+            };
             mesh.gateway_listeners(
                 &[(format!("{ns}/{}", gw.0), gw.1.clone())],
                 "0.0.0.0",
+                &source,
                 &mut w,
             );
         }
@@ -130,9 +140,15 @@ impl MeshConfig {
         };
         let mut warnings = Vec::new();
         let (listeners, routes) = match role {
-            Role::Sidecar { outbound, inbound } => {
+            Role::Sidecar {
+                outbound,
+                inbound,
+                labels,
+                namespace,
+            } => {
+                let source = Source { labels, namespace };
                 let (mut listeners, mut routes) =
-                    self.sidecar(std::slice::from_ref(outbound), &mut warnings);
+                    self.sidecar(std::slice::from_ref(outbound), &source, &mut warnings);
                 if let Some(inbound) = inbound {
                     let (name, cluster, listener, route) = self.inbound(inbound);
                     out.clusters.insert(name, cluster);
@@ -141,14 +157,19 @@ impl MeshConfig {
                 }
                 (listeners, routes)
             }
-            Role::Gateway { labels, bind_ip } => {
+            Role::Gateway {
+                labels,
+                bind_ip,
+                namespace,
+            } => {
+                let source = Source { labels, namespace };
                 let selected: Vec<(String, Gateway)> = self
                     .gateways()
                     .into_iter()
                     .filter(|((_, g), _)| g.selector.iter().all(|(k, v)| labels.get(k) == Some(v)))
                     .map(|((name, g), ns)| (format!("{ns}/{name}"), g))
                     .collect();
-                self.gateway_listeners(&selected, bind_ip, &mut warnings)
+                self.gateway_listeners(&selected, bind_ip, &source, &mut warnings)
             }
         };
         out.listeners = listeners;
@@ -159,6 +180,7 @@ impl MeshConfig {
     fn sidecar(
         &self,
         outbound: &[std::net::SocketAddr],
+        source: &Source<'_>,
         warnings: &mut Vec<String>,
     ) -> (BTreeMap<String, Value>, BTreeMap<String, Value>) {
         let Some(addr) = outbound.first() else {
@@ -177,6 +199,7 @@ impl MeshConfig {
                     gateways: &mesh,
                     port: port.number,
                     service_port: Some(port.number),
+                    source,
                 };
                 let mut routes = Vec::new();
                 if let Some((vs, ns)) = self.virtual_service_for(&svc.fqdn) {
@@ -229,7 +252,7 @@ impl MeshConfig {
             )]}],
         });
         let mut listeners: BTreeMap<String, Value> = [(OUTBOUND.to_string(), listener)].into();
-        listeners.extend(self.sidecar_l4_listeners(*addr, warnings));
+        listeners.extend(self.sidecar_l4_listeners(*addr, source, warnings));
         (listeners, [(OUTBOUND.to_string(), route_config)].into())
     }
 
@@ -240,6 +263,7 @@ impl MeshConfig {
     fn sidecar_l4_listeners(
         &self,
         outbound: std::net::SocketAddr,
+        source: &Source<'_>,
         warnings: &mut Vec<String>,
     ) -> Vec<(String, Value)> {
         let mesh: BTreeSet<String> = ["mesh".to_string()].into();
@@ -305,6 +329,7 @@ impl MeshConfig {
                 gateways: &mesh,
                 port,
                 service_port: Some(port),
+                source,
             };
             let mut claimed = BTreeSet::new();
             let mut chains = Vec::new();
@@ -420,11 +445,13 @@ impl MeshConfig {
     }
 
     /// Virtual hosts for the VirtualServices bound to `gateways` whose hosts the servers accept.
+    #[allow(clippy::too_many_arguments)]
     fn gateway_virtual_hosts(
         &self,
         gateways: &BTreeSet<String>,
         server_hosts: &[String],
         port: u32,
+        source: &Source<'_>,
         needs: &mut RouteNeeds,
         warnings: &mut Vec<String>,
     ) -> Vec<Value> {
@@ -434,6 +461,7 @@ impl MeshConfig {
             gateways,
             port,
             service_port: None,
+            source,
         };
         let mut by_host: Vec<(String, Vec<Value>)> = Vec::new();
         for (vs, ns) in self.virtual_services() {
@@ -470,28 +498,36 @@ impl MeshConfig {
     }
 
     /// Where a gateway's L4 routes are built: `gateways` on `port`.
-    fn l4_context<'a>(&'a self, gateways: &'a BTreeSet<String>, port: u32) -> RouteContext<'a> {
+    fn l4_context<'a>(
+        &'a self,
+        gateways: &'a BTreeSet<String>,
+        port: u32,
+        source: &'a Source<'a>,
+    ) -> RouteContext<'a> {
         RouteContext {
             registry: &self.registry,
             clusters: &self.clusters,
             gateways,
             port,
             service_port: None,
+            source,
         }
     }
 
     /// The `tcp_proxy` of a TCP server: the first `tcp` route that applies, of the
     /// VirtualServices bound to its gateway whose hosts it accepts.
+    #[allow(clippy::too_many_arguments)]
     fn gateway_tcp_filter(
         &self,
         gref: &str,
         s: &Server,
         port: u32,
         stat_prefix: &str,
+        source: &Source<'_>,
         warnings: &mut Vec<String>,
     ) -> Option<Value> {
         let refs: BTreeSet<String> = [gref.to_string()].into();
-        let ctx = self.l4_context(&refs, port);
+        let ctx = self.l4_context(&refs, port, source);
         let hosts = server_hosts(s);
         self.virtual_services()
             .filter(|(vs, ns)| vs_accepted(vs, ns, &hosts))
@@ -504,6 +540,7 @@ impl MeshConfig {
         &self,
         selected: &[(String, Gateway)],
         bind_ip: &str,
+        source: &Source<'_>,
         warnings: &mut Vec<String>,
     ) -> (BTreeMap<String, Value>, BTreeMap<String, Value>) {
         // Servers by port: (gateway ref, server).
@@ -541,15 +578,15 @@ impl MeshConfig {
                         http.iter().flat_map(|(_, s)| server_hosts(s)).collect();
                     let rds = format!("http.{port}");
                     let mut needs = RouteNeeds::default();
-                    let vhosts =
-                        self.gateway_virtual_hosts(&refs, &hosts, port, &mut needs, warnings);
+                    let vhosts = self
+                        .gateway_virtual_hosts(&refs, &hosts, port, source, &mut needs, warnings);
                     routes.insert(
                         rds.clone(),
                         json!({"name": rds, "virtual_hosts": vhosts, "validate_clusters": false}),
                     );
                     chains.push(json!({"filters": [hcm(&stat_prefix, &rds, true, &needs)]}));
                 } else if let Some(filter) = tcp.iter().find_map(|(gref, s)| {
-                    self.gateway_tcp_filter(gref, s, port, &stat_prefix, warnings)
+                    self.gateway_tcp_filter(gref, s, port, &stat_prefix, source, warnings)
                 }) {
                     chains.push(json!({"filters": [filter]}));
                 }
@@ -565,7 +602,7 @@ impl MeshConfig {
                     let filters = match server_kind(s) {
                         ServerKind::Passthrough => {
                             let refs: BTreeSet<String> = [gref.to_string()].into();
-                            let ctx = self.l4_context(&refs, port);
+                            let ctx = self.l4_context(&refs, port, source);
                             for (vs, ns) in self.virtual_services() {
                                 if vs_accepted(vs, ns, &hosts) {
                                     l4_translate::tls_route_chains(
@@ -582,7 +619,14 @@ impl MeshConfig {
                             continue;
                         }
                         ServerKind::Tcp => {
-                            match self.gateway_tcp_filter(gref, s, port, &stat_prefix, warnings) {
+                            match self.gateway_tcp_filter(
+                                gref,
+                                s,
+                                port,
+                                &stat_prefix,
+                                source,
+                                warnings,
+                            ) {
                                 Some(f) => json!([f]),
                                 None => continue,
                             }
@@ -592,8 +636,9 @@ impl MeshConfig {
                             let rds = format!("https.{port}.{sname}.{gname}.{gns}");
                             let refs: BTreeSet<String> = [gref.to_string()].into();
                             let mut needs = RouteNeeds::default();
-                            let vhosts = self
-                                .gateway_virtual_hosts(&refs, &hosts, port, &mut needs, warnings);
+                            let vhosts = self.gateway_virtual_hosts(
+                                &refs, &hosts, port, source, &mut needs, warnings,
+                            );
                             routes.insert(
                                 rds.clone(),
                                 json!({"name": rds, "virtual_hosts": vhosts, "validate_clusters": false}),

@@ -48,6 +48,7 @@ fn gateway() -> Role {
     Role::Gateway {
         labels: [("istio".to_string(), "ingressgateway".to_string())].into(),
         bind_ip: "0.0.0.0".into(),
+        namespace: "istio-system".into(),
     }
 }
 
@@ -55,6 +56,8 @@ fn sidecar() -> Role {
     Role::Sidecar {
         outbound: "127.0.0.1:15001".parse().unwrap(),
         inbound: None,
+        labels: Default::default(),
+        namespace: "default".into(),
     }
 }
 

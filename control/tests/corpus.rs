@@ -25,7 +25,7 @@ const EXPECTED: &[(&str, Result<&str, &str>)] = &[
     ("istio/testdata-config__rule-default-route-append-headers.yaml", Ok("ServiceEntry VirtualService")),
     ("istio/testdata-config__rule-default-route-cors-policy.yaml", Ok("ServiceEntry VirtualService")),
     ("istio/testdata-config__rule-redirect-injection.yaml", Ok("ServiceEntry VirtualService")),
-    ("istio/testdata-config__rule-regex-route.yaml", Err(":54: spec.http[0].match[0].sourceLabels: not supported")),
+    ("istio/testdata-config__rule-regex-route.yaml", Ok("ServiceEntry DestinationRule VirtualService")),
     ("istio/testdata-config__static-weighted-se.yaml", Ok("ServiceEntry")),
     ("istio/testdata-config__virtual-service-all.yaml", Ok("VirtualService")),
     ("istio/validation-crds__workloadentry-valid.yaml", Err(":28: spec.address: not supported: Unix domain socket endpoints")),
@@ -128,10 +128,13 @@ fn every_istio_and_argo_corpus_file_has_its_pinned_outcome() {
                     Role::Sidecar {
                         outbound: "127.0.0.1:15001".parse().unwrap(),
                         inbound: None,
+                        labels: Default::default(),
+                        namespace: "default".into(),
                     },
                     Role::Gateway {
                         labels: Default::default(),
                         bind_ip: "0.0.0.0".into(),
+                        namespace: "istio-system".into(),
                     },
                 ];
                 for role in roles {

@@ -1,8 +1,8 @@
 //! VirtualService `tcp` and `tls` routes as the control plane translates them: a TCP Gateway
 //! server (the published `tcp-echo-20-v2`), a sidecar's listener for a mesh `tls` route (the
-//! Argo Rollouts e2e `istio-host-http-tls-split`), and a Rollout's `tlsRoutes` / `tcpRoutes`
-//! weights carried into those listeners. Every listener is also encoded through the Envoy
-//! descriptor pool, so the JSON is valid Envoy.
+//! Argo Rollouts e2e `istio-host-http-tls-split`), a Rollout's `tlsRoutes` / `tcpRoutes`
+//! weights carried into those listeners, and `sourceLabels` / `sourceNamespace` matches. Every
+//! listener is also encoded through the Envoy descriptor pool, so the JSON is valid Envoy.
 
 use std::path::Path;
 
@@ -81,6 +81,7 @@ fn gateway() -> Role {
     Role::Gateway {
         labels: [("istio".to_string(), "ingressgateway".to_string())].into(),
         bind_ip: "0.0.0.0".into(),
+        namespace: "istio-system".into(),
     }
 }
 
@@ -88,6 +89,8 @@ fn sidecar() -> Role {
     Role::Sidecar {
         outbound: "127.0.0.1:15001".parse().unwrap(),
         inbound: None,
+        labels: Default::default(),
+        namespace: "default".into(),
     }
 }
 
@@ -293,5 +296,97 @@ spec:
             {"name": "outbound|3000||stable-svc.default.svc.cluster.local", "weight": 75},
             {"name": "outbound|3000||canary-svc.default.svc.cluster.local", "weight": 25},
         ]})
+    );
+}
+
+/// `sourceLabels` and `sourceNamespace` (HTTP and TCP matches) decide by the proxy the routes
+/// are for, as Istio's source match does; a match that names gateways ignores them.
+#[test]
+fn source_matches_pick_routes_by_the_proxys_labels_and_namespace() {
+    let mesh = r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  ports: [{number: 80, name: http}, {number: 9000, name: tcp, protocol: TCP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.1, labels: {version: v1}}, {address: 10.0.0.2, labels: {version: v2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - name: from-productpage-v2
+    match: [{sourceLabels: {app: productpage, version: v2}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - name: from-test
+    match: [{sourceNamespace: test}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - name: default
+    route: [{destination: {host: reviews, subset: v1}}]
+  tcp:
+  - match: [{port: 9000, sourceLabels: {app: productpage}}]
+    route: [{destination: {host: reviews, subset: v2, port: {number: 9000}}}]
+  - route: [{destination: {host: reviews, subset: v1, port: {number: 9000}}}]
+"#;
+    let sidecar = |labels: &[(&str, &str)], namespace: &str| Role::Sidecar {
+        outbound: "127.0.0.1:15001".parse().unwrap(),
+        inbound: None,
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        namespace: namespace.into(),
+    };
+    let (resources, _) = parse(&[mesh]);
+    let names_and_tcp = |role: Role| {
+        let out = translate(resources.clone(), &role);
+        let vh = out.routes["outbound"]["virtual_hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "reviews.default.svc.cluster.local:80")
+            .cloned()
+            .unwrap();
+        let names: Vec<String> = vh["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap_or("").to_string())
+            .collect();
+        let tcp = tcp_proxy(&out.listeners["127.0.0.1_9000"], 0)["cluster"].clone();
+        (names, tcp)
+    };
+    let v1 = json!("outbound|9000|v1|reviews.default.svc.cluster.local");
+    let v2 = json!("outbound|9000|v2|reviews.default.svc.cluster.local");
+    assert_eq!(
+        names_and_tcp(sidecar(
+            &[("app", "productpage"), ("version", "v2")],
+            "default"
+        )),
+        (
+            vec!["from-productpage-v2".to_string(), "default".into()],
+            v2.clone()
+        )
+    );
+    assert_eq!(
+        names_and_tcp(sidecar(
+            &[("app", "productpage"), ("version", "v1")],
+            "default"
+        )),
+        (vec!["default".to_string()], v2)
+    );
+    assert_eq!(
+        names_and_tcp(sidecar(&[("app", "ratings")], "test")),
+        (vec!["from-test".to_string(), "default".into()], v1)
     );
 }
