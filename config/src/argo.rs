@@ -434,11 +434,6 @@ fn check_canary(c: &Canary, errors: &mut Vec<FieldError>) {
                 "required",
             ));
         }
-    } else {
-        errors.push(FieldError::new(
-            format!("{at}.trafficRouting"),
-            "required: Sluice moves traffic through an Istio VirtualService (trafficRouting.istio)",
-        ));
     }
     if let Some(i) = istio {
         let vss: Vec<&VirtualServiceRef> = i

@@ -14,6 +14,9 @@
 //! * **Managed routes**: active `setHeaderRoute`s send their header matches to the canary;
 //!   `setMirrorRoute`s copy their matching requests to it. They go first in the VirtualService,
 //!   in `managedRoutes` order, and disappear when the release ends.
+//! * **No traffic routing** (Argo's replica-count canary): the endpoints of the Rollout's pods
+//!   (`selector.matchLabels`) are weighted so that the canary revision's get the step's weight,
+//!   as its replica share would behind one Service; other revisions' endpoints go.
 //! * **Blue-green**: the `activeService` ServiceEntry selects the active revision, the
 //!   `previewService` the revision being released (or the previous one during the scale-down
 //!   delay, for an instant rollback).
@@ -100,6 +103,127 @@ fn tls_route_named(r: &TlsRoute, r#ref: &TlsRouteRef) -> bool {
         .all(|h| r.matches.iter().any(|m| m.sni_hosts.contains(h)))
 }
 
+/// `selector.matchLabels` of a Rollout.
+fn match_labels(selector: Option<&serde_json::Value>) -> BTreeMap<String, String> {
+    selector
+        .and_then(|s| s.get("matchLabels"))
+        .and_then(serde_json::Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A canary without traffic routing. Argo moves its traffic by replica counts behind one
+/// Service; here the endpoints of the Rollout's pods (ServiceEntry `endpoints` and
+/// WorkloadEntries whose labels include `selector.matchLabels`) are weighted so that the canary
+/// revision's get `weight` percent of the requests, and those of other revisions none.
+struct EndpointSplit<'a> {
+    selector: &'a BTreeMap<String, String>,
+    stable: &'a BTreeMap<String, String>,
+    canary: &'a BTreeMap<String, String>,
+    weight: u32,
+}
+
+/// Which revision an endpoint runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Revision {
+    Stable,
+    Canary,
+    Other,
+    NotOurs,
+}
+
+impl EndpointSplit<'_> {
+    fn revision(&self, labels: &BTreeMap<String, String>) -> Revision {
+        let has =
+            |want: &BTreeMap<String, String>| want.iter().all(|(k, v)| labels.get(k) == Some(v));
+        if self.selector.is_empty() || !has(self.selector) {
+            Revision::NotOurs
+        } else if has(self.canary) && self.canary != self.stable {
+            Revision::Canary
+        } else if has(self.stable) {
+            Revision::Stable
+        } else {
+            Revision::Other
+        }
+    }
+
+    /// The weight of each endpoint of a revision, given how many each revision has: the
+    /// shares cross-multiplied so that they stay whole numbers. `None`: the endpoint goes.
+    fn weight_of(&self, r: Revision, stable: u64, canary: u64) -> Option<Option<u32>> {
+        match r {
+            Revision::NotOurs => Some(None),
+            Revision::Other => None,
+            _ if canary == 0 || self.canary == self.stable => {
+                (r == Revision::Stable).then_some(None)
+            }
+            Revision::Stable if self.weight >= 100 => None,
+            Revision::Canary if self.weight == 0 => None,
+            Revision::Stable => Some(u32::try_from(u64::from(100 - self.weight) * canary).ok()),
+            _ => Some(u32::try_from(u64::from(self.weight) * stable).ok()),
+        }
+    }
+
+    fn apply(&self, resources: &mut [Resource], ns: &str, who: &str, warnings: &mut Vec<String>) {
+        if self.selector.is_empty() {
+            warnings.push(format!(
+                "{who}: no selector.matchLabels; no endpoints to weigh"
+            ));
+            return;
+        }
+        let in_ns = |r: &Resource| r.metadata.namespace() == ns;
+        // Count each revision's endpoints, inline and WorkloadEntries alike.
+        let (mut stable, mut canary) = (0u64, 0u64);
+        let mut count = |labels: &BTreeMap<String, String>| match self.revision(labels) {
+            Revision::Stable => stable += 1,
+            Revision::Canary => canary += 1,
+            _ => {}
+        };
+        for r in resources.iter().filter(|r| in_ns(r)) {
+            match &r.spec {
+                Spec::ServiceEntry(se) => se.endpoints.iter().for_each(|e| count(&e.labels)),
+                Spec::WorkloadEntry(we) => count(&we.labels),
+                _ => {}
+            }
+        }
+        if self.canary != self.stable && canary == 0 && self.weight > 0 {
+            warnings.push(format!(
+                "{who}: no endpoint carries the canary revision's labels; its weight is not served"
+            ));
+        }
+        for r in resources.iter_mut() {
+            if r.metadata.namespace() != ns {
+                continue;
+            }
+            match &mut r.spec {
+                Spec::ServiceEntry(se) => se.endpoints.retain_mut(|e| {
+                    match self.weight_of(self.revision(&e.labels), stable, canary) {
+                        Some(Some(w)) => {
+                            e.weight = Some(w);
+                            true
+                        }
+                        Some(None) => true,
+                        None => false,
+                    }
+                }),
+                Spec::WorkloadEntry(we) => {
+                    match self.weight_of(self.revision(&we.labels), stable, canary) {
+                        Some(Some(w)) => we.weight = Some(w),
+                        Some(None) => {}
+                        // A WorkloadEntry cannot be removed here: one that no selector reaches
+                        // serves nothing, so its labels are cleared.
+                        None => we.labels.clear(),
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
 /// How a Rollout tells its stable destinations from its canary ones.
 enum Split {
     /// DestinationRule subsets.
@@ -167,6 +291,14 @@ pub fn apply(
             continue;
         };
         let Some(tr) = &canary_spec.traffic_routing else {
+            let selector = match_labels(rollout.spec.selector.as_ref());
+            let split = EndpointSplit {
+                selector: &selector,
+                stable: &stable,
+                canary: &canary,
+                weight: status.weight.min(100),
+            };
+            split.apply(resources, ns, &format!("Rollout {ns}/{name}"), warnings);
             continue;
         };
         let Some(istio) = &tr.istio else { continue };

@@ -390,3 +390,58 @@ spec:
         (vec!["from-test".to_string(), "default".into()], v1)
     );
 }
+
+/// Argo's replica-count canary (no `trafficRouting`, the published `rollout-canary` with a
+/// `version` label on its template): at setWeight 20 the endpoints of the Rollout's pods are
+/// weighted 80/20 between the stable and canary revisions, and an older revision's go.
+#[test]
+fn a_canary_without_traffic_routing_weighs_the_endpoints_of_its_revisions() {
+    let base = corpus("argo/examples__rollout-canary.yaml");
+    let from = "  template:\n    metadata:\n      labels:\n        app: rollout-canary\n";
+    assert!(base.contains(from));
+    let rollout = base.replace(from, &format!("{from}        version: v2\n"));
+    let service = r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: rollout-canary}
+spec:
+  hosts: [rollout-canary]
+  ports: [{number: 80, name: http}]
+  resolution: STATIC
+  endpoints:
+  - {address: 10.0.0.1, labels: {app: rollout-canary, version: v1}}
+  - {address: 10.0.0.2, labels: {app: rollout-canary, version: v1}}
+  - {address: 10.0.0.3, labels: {app: rollout-canary, version: v2}}
+  - {address: 10.0.0.9, labels: {app: rollout-canary, version: v0}}
+"#;
+    let (mut resources, rollouts) = parse(&[service, &rollout]);
+    let app = |v: &'static str| -> [(&'static str, &'static str); 2] {
+        [("app", "rollout-canary"), ("version", v)]
+    };
+    let warnings = release(&mut resources, &rollouts[0], [&app("v1"), &app("v2")], 20);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let out = translate(resources, &sidecar());
+    let eds = &out.endpoints["outbound|80||rollout-canary.default.svc.cluster.local"];
+    let weights: Vec<(String, u64)> = eds["endpoints"][0]["lb_endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["endpoint"]["address"]["socket_address"]["address"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+                e["load_balancing_weight"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    // Two stable endpoints of 80 and one canary endpoint of 40: 160 to 40, 80/20.
+    assert_eq!(
+        weights,
+        [
+            ("10.0.0.1".to_string(), 80),
+            ("10.0.0.2".to_string(), 80),
+            ("10.0.0.3".to_string(), 40)
+        ]
+    );
+}
