@@ -1,7 +1,8 @@
 //! How traffic spreads over priority levels and localities, through real Envoy 1.40 and through
 //! `sluice proxy` on the same bootstrap: a level half available keeps 70 % of the traffic and
 //! spills the rest to the next one; when every level is in panic, each takes traffic by its
-//! number of endpoints; locality weights count only with `locality_weighted_lb_config`.
+//! number of endpoints; locality weights count only with `locality_weighted_lb_config`; RANDOM
+//! ignores endpoint weights.
 //! Shares are checked within binomial bounds (z = 4.5) for both proxies.
 
 mod support;
@@ -41,6 +42,7 @@ fn config(p: &[u16]) -> String {
             {"match": {"prefix": "/spill"}, "route": {"cluster": "spill"}},
             {"match": {"prefix": "/panic"}, "route": {"cluster": "panic"}},
             {"match": {"prefix": "/weighted"}, "route": {"cluster": "weighted"}},
+            {"match": {"prefix": "/random"}, "route": {"cluster": "random"}},
             {"match": {"prefix": "/"}, "route": {"cluster": "plain"}}
         ])),
         vec![
@@ -61,6 +63,18 @@ fn config(p: &[u16]) -> String {
                 false,
             ),
             cluster_of("weighted", localities.clone(), true),
+            {
+                let mut c = cluster_of(
+                    "random",
+                    json!([{"lb_endpoints": [
+                        {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": a}}}, "load_balancing_weight": 3},
+                        {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": b}}}, "load_balancing_weight": 1}
+                    ]}]),
+                    false,
+                );
+                c["lb_policy"] = json!("RANDOM");
+                c
+            },
             cluster_of("plain", localities, false),
         ],
         json!({}),
@@ -121,6 +135,13 @@ async fn check(kind: &str, ports: &[u16]) {
         "/weighted",
         &spread(&p, "/weighted").await,
         &[("d", 0.25), ("e", 0.375), ("f", 0.375)],
+    );
+    // RANDOM ignores endpoint weights (3 and 1): half each.
+    expect(
+        kind,
+        "/random",
+        &spread(&p, "/random").await,
+        &[("a", 0.5), ("b", 0.5)],
     );
     // Without locality_weighted_lb_config locality weights are ignored.
     let third = 1.0 / 3.0;

@@ -771,3 +771,57 @@ async fn create_from_the_form_and_set_route_weights() {
     wait_for(&control, "checkout", "Healthy", None).await;
     assert_eq!(verify(&url, 200, &[], "v2=100").0, 0);
 }
+
+/// Argo's basic canary (no `trafficRouting`: the published `rollout-canary`), driven through a
+/// sidecar: at setWeight 20 the endpoints of the two revisions split 80/20 (a ROUND_ROBIN load
+/// balancer keeps endpoint weights), and a full promotion leaves only the new one.
+async fn replica_canary(kind: &str) {
+    let v1 = upstream("v1").await;
+    let v2 = upstream("v2").await;
+    let base = corpus("examples__rollout-canary.yaml");
+    let services = render(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: rollout-canary}\nspec:\n  hosts: [rollout-canary]\n  ports: [{number: 80, name: http}]\n  resolution: STATIC\n  endpoints:\n  - {address: 127.0.0.1, ports: {http: {{v1}}}, labels: {app: rollout-canary, version: v1}}\n  - {address: 127.0.0.1, ports: {http: {{v2}}}, labels: {app: rollout-canary, version: v2}}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: rollout-canary}\nspec:\n  host: rollout-canary\n  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}\n",
+        &[("v1", v1.port().to_string()), ("v2", v2.port().to_string())],
+    );
+    let file = |v: &str| with_version(&base, "rollout-canary", v);
+    let control = ControlPlane::start(&[("app.yaml", file("v1")), ("services.yaml", services)]);
+    let outbound = closed_port();
+    let metadata = json!({"SLUICE_OUTBOUND_ADDRESS": format!("127.0.0.1:{outbound}")});
+    let _proxy = proxy_of(
+        kind,
+        &ads_bootstrap(
+            control.xds,
+            "sidecar~127.0.0.1~app.default~default.svc.cluster.local",
+            metadata,
+        ),
+    )
+    .await;
+    let url = format!("http://127.0.0.1:{outbound}/");
+    let host = "host: rollout-canary";
+    wait_for(&control, "rollout-canary", "Healthy", None).await;
+    assert_eq!(verify(&url, 200, &[host], "v1=100").0, 0, "{kind}: before");
+    control.write("app.yaml", &file("v2"));
+    wait_for(&control, "rollout-canary", "Paused", Some(2)).await;
+    let (code, counts) = verify(&url, 1000, &[host], "v1=80,v2=20");
+    assert_eq!(code, 0, "{kind}: 80/20 at setWeight 20: {counts:?}");
+    let (ok, text) = rollout_cli(control.api, &["promote", "--full", "rollout-canary"]);
+    assert!(ok, "{text}");
+    wait_for(&control, "rollout-canary", "Healthy", None).await;
+    assert_eq!(
+        verify(&url, 200, &[host], "v2=100").0,
+        0,
+        "{kind}: promoted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_replica_count_canary_by_endpoint_weights() {
+    let _serial = SERIAL.lock().await;
+    replica_canary("envoy").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sluice_replica_count_canary_by_endpoint_weights() {
+    let _serial = SERIAL.lock().await;
+    replica_canary("sluice").await;
+}

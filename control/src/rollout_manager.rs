@@ -296,13 +296,22 @@ impl RolloutManager {
             "canary"
         };
         let (weight, version) = self.published.get(k).copied().unwrap_or((s.weight, 0));
+        // A proxy has the weight once something was sent to it at (or after) the version that
+        // published it, and all of that was ACKed: routes (RDS) for traffic-routed canaries,
+        // endpoints (EDS) for canaries without traffic routing and for blue-green.
         let synced = proxies
             .iter()
             .filter(|p| {
-                p.types
-                    .get("RDS")
-                    .and_then(|t| t.acked_version.parse::<u64>().ok())
-                    .is_some_and(|v| v >= version)
+                let number = |v: &str| v.parse::<u64>().unwrap_or(0);
+                let recent: Vec<_> = p
+                    .types
+                    .values()
+                    .filter(|t| number(&t.sent_version) >= version)
+                    .collect();
+                !recent.is_empty()
+                    && recent
+                        .iter()
+                        .all(|t| number(&t.acked_version) >= number(&t.sent_version))
             })
             .count();
         let revision = |n: u32| {

@@ -327,7 +327,8 @@ impl Cluster {
                 (Some(h), Some(ring)) => ring.pick(h),
                 _ => pick.pick_random(fast_random()),
             },
-            LbPolicy::Random => pick.pick_random(fast_random()),
+            // As Envoy's: uniform among the endpoints (of the locality chosen by its weight).
+            LbPolicy::Random => pick.pick_uniform(fast_random()),
             LbPolicy::RoundRobin => {
                 // Walk the weight intervals in order: deterministic weighted round robin.
                 pick.pick_random(self.rr.fetch_add(1, Ordering::Relaxed) as u64)

@@ -12,6 +12,8 @@ pub struct WeightedPick {
     /// `ends[i]` = sum of weights of entries `0..=i`.
     ends: Vec<u64>,
     total: u64,
+    /// The entries with weight, when weights differ (a uniform pick then needs them).
+    uniform: Option<Box<[usize]>>,
 }
 
 impl WeightedPick {
@@ -19,11 +21,23 @@ impl WeightedPick {
     pub fn new(weights: impl IntoIterator<Item = u64>) -> Option<Self> {
         let mut ends = Vec::new();
         let mut total = 0u64;
-        for w in weights {
+        let mut positive = Vec::new();
+        let mut first = None;
+        let mut equal = true;
+        for (i, w) in weights.into_iter().enumerate() {
             total = total.saturating_add(w);
             ends.push(total);
+            if w > 0 {
+                positive.push(i);
+                equal &= *first.get_or_insert(w) == w;
+            }
         }
-        (total > 0).then_some(WeightedPick { ends, total })
+        let uniform = (!equal).then(|| positive.into_boxed_slice());
+        (total > 0).then_some(WeightedPick {
+            ends,
+            total,
+            uniform,
+        })
     }
 
     /// Sum of weights.
@@ -41,6 +55,15 @@ impl WeightedPick {
     /// Envoy derives the value from `x-request-id`, so the same id gives the same cluster in both.
     pub fn pick_random(&self, random: u64) -> usize {
         self.at(random % self.total)
+    }
+
+    /// Pick one of the entries with weight, each as likely as the others (Envoy's RANDOM load
+    /// balancer ignores endpoint weights).
+    pub fn pick_uniform(&self, random: u64) -> usize {
+        match &self.uniform {
+            None => self.pick_random(random),
+            Some(entries) => entries[(random % entries.len() as u64) as usize],
+        }
     }
 
     /// Pick with a 64-bit request hash (sticky: the same hash always gives the same entry). The
@@ -145,5 +168,17 @@ mod tests {
         let a = fast_random();
         let b = fast_random();
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn a_uniform_pick_ignores_weights_but_not_zero_weights() {
+        let p = WeightedPick::new([3, 0, 1]).unwrap();
+        let mut counts = [0u32; 3];
+        for r in 0..1000 {
+            counts[p.pick_uniform(r)] += 1;
+        }
+        assert_eq!(counts, [500, 0, 500]);
+        let equal = WeightedPick::new([2, 2]).unwrap();
+        assert_eq!((equal.pick_uniform(0), equal.pick_uniform(3)), (0, 1));
     }
 }
