@@ -968,13 +968,20 @@ fn check_l4_destinations(errors: &mut Vec<FieldError>, at: &str, route: &[RouteD
     }
 }
 
+/// `exportTo` of a VirtualService or ServiceEntry: `*`, `.`, `~` or namespace names.
 fn check_export_to(errors: &mut Vec<FieldError>, path: &str, export_to: &[String]) {
-    if export_to.iter().any(|e| e != "*") {
-        refuse(
-            errors,
-            format!("{path}.exportTo"),
-            "visibility other than `*`; every proxy sees every resource",
-        );
+    for (i, e) in export_to.iter().enumerate() {
+        let ok = matches!(e.as_str(), "*" | "." | "~")
+            || (!e.is_empty()
+                && e.len() <= 63
+                && e.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+        if !ok {
+            errors.push(FieldError::new(
+                format!("{path}.exportTo[{i}]"),
+                format!("`{e}` is not `*`, `.`, `~` or a namespace"),
+            ));
+        }
     }
 }
 
@@ -1389,7 +1396,13 @@ fn check_destination_rule(dr: &DestinationRule, errors: &mut Vec<FieldError>) {
             "DestinationRules scoped to workloads",
         );
     }
-    check_export_to(errors, "spec", &dr.export_to);
+    if dr.export_to.iter().any(|e| e != "*") {
+        refuse(
+            errors,
+            "spec.exportTo".into(),
+            "DestinationRule visibility other than `*` (every proxy uses every DestinationRule)",
+        );
+    }
     if let Some(tp) = &dr.traffic_policy {
         check_traffic_policy(tp, "spec.trafficPolicy", errors);
     }

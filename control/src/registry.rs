@@ -109,6 +109,8 @@ impl Endpoint {
 pub struct Service {
     pub fqdn: String,
     pub namespace: String,
+    /// The ServiceEntry's `exportTo`: which namespaces' proxies see the service.
+    pub export_to: Vec<String>,
     pub ports: Vec<Port>,
     pub resolution: Resolution,
     pub endpoints: Vec<Endpoint>,
@@ -177,6 +179,7 @@ impl Registry {
                 let svc = services.entry(fqdn.clone()).or_insert_with(|| Service {
                     fqdn: fqdn.clone(),
                     namespace: ns.to_string(),
+                    export_to: se.export_to.clone(),
                     ports: Vec::new(),
                     resolution,
                     endpoints: Vec::new(),

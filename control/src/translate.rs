@@ -124,9 +124,17 @@ impl MeshConfig {
             .collect()
     }
 
-    fn virtual_services(&self) -> impl Iterator<Item = (&VirtualService, &str)> {
-        self.resources.iter().filter_map(|r| match &r.spec {
-            Spec::VirtualService(vs) => Some((vs, r.metadata.namespace())),
+    /// The VirtualServices a proxy in namespace `viewer` sees (`exportTo`).
+    fn virtual_services<'s>(
+        &'s self,
+        viewer: &'s str,
+    ) -> impl Iterator<Item = (&'s VirtualService, &'s str)> {
+        self.resources.iter().filter_map(move |r| match &r.spec {
+            Spec::VirtualService(vs)
+                if exported_to(&vs.export_to, r.metadata.namespace(), viewer) =>
+            {
+                Some((vs, r.metadata.namespace()))
+            }
             _ => None,
         })
     }
@@ -191,6 +199,9 @@ impl MeshConfig {
         let mut vhosts = Vec::new();
         let mut needs = RouteNeeds::default();
         for svc in self.registry.services.values() {
+            if !exported_to(&svc.export_to, &svc.namespace, source.namespace) {
+                continue;
+            }
             let http_ports: Vec<_> = svc.ports.iter().filter(|p| p.is_http()).collect();
             for port in &http_ports {
                 let ctx = RouteContext {
@@ -202,7 +213,7 @@ impl MeshConfig {
                     source,
                 };
                 let mut routes = Vec::new();
-                if let Some((vs, ns)) = self.virtual_service_for(&svc.fqdn) {
+                if let Some((vs, ns)) = self.virtual_service_for(&svc.fqdn, source) {
                     ctx.routes(vs, ns, &mut routes, &mut needs, warnings);
                 }
                 if routes.is_empty() {
@@ -279,7 +290,7 @@ impl MeshConfig {
                     .any(|g| crate::route_translate::gateway_ref(g, ns) == "mesh")
         };
         let mut ports = BTreeSet::new();
-        for (vs, ns) in self.virtual_services() {
+        for (vs, ns) in self.virtual_services(source.namespace) {
             let mut portless = false;
             let matches = vs
                 .tcp
@@ -333,7 +344,7 @@ impl MeshConfig {
             };
             let mut claimed = BTreeSet::new();
             let mut chains = Vec::new();
-            for (vs, ns) in self.virtual_services() {
+            for (vs, ns) in self.virtual_services(source.namespace) {
                 l4_translate::tls_route_chains(
                     &ctx,
                     vs,
@@ -344,10 +355,12 @@ impl MeshConfig {
                     warnings,
                 );
             }
-            let mut tcp = self.virtual_services().filter_map(|(vs, ns)| {
-                l4_translate::tcp_route_filter(&ctx, vs, ns, &stat_prefix, warnings)
-                    .map(|f| (vs, f))
-            });
+            let mut tcp = self
+                .virtual_services(source.namespace)
+                .filter_map(|(vs, ns)| {
+                    l4_translate::tcp_route_filter(&ctx, vs, ns, &stat_prefix, warnings)
+                        .map(|f| (vs, f))
+                });
             if let Some((_, filter)) = tcp.next() {
                 if tcp.next().is_some() {
                     warnings.push(format!(
@@ -427,9 +440,13 @@ impl MeshConfig {
 
     /// The mesh VirtualService for a host: one naming it exactly, else the most specific
     /// wildcard; among equals the first (resources are sorted by namespace and name).
-    fn virtual_service_for(&self, fqdn: &str) -> Option<(&VirtualService, &str)> {
+    fn virtual_service_for<'s>(
+        &'s self,
+        fqdn: &str,
+        source: &Source<'s>,
+    ) -> Option<(&'s VirtualService, &'s str)> {
         let mut best: Option<(usize, (&VirtualService, &str))> = None;
-        for (vs, ns) in self.virtual_services() {
+        for (vs, ns) in self.virtual_services(source.namespace) {
             for h in &vs.hosts {
                 let h = resolve_host(h, ns);
                 if !host_matches(&h, fqdn) {
@@ -464,7 +481,7 @@ impl MeshConfig {
             source,
         };
         let mut by_host: Vec<(String, Vec<Value>)> = Vec::new();
-        for (vs, ns) in self.virtual_services() {
+        for (vs, ns) in self.virtual_services(source.namespace) {
             for host in &vs.hosts {
                 let host = resolve_host(host, ns);
                 let accepted = server_hosts
@@ -529,7 +546,7 @@ impl MeshConfig {
         let refs: BTreeSet<String> = [gref.to_string()].into();
         let ctx = self.l4_context(&refs, port, source);
         let hosts = server_hosts(s);
-        self.virtual_services()
+        self.virtual_services(source.namespace)
             .filter(|(vs, ns)| vs_accepted(vs, ns, &hosts))
             .find_map(|(vs, ns)| {
                 l4_translate::tcp_route_filter(&ctx, vs, ns, stat_prefix, warnings)
@@ -603,7 +620,7 @@ impl MeshConfig {
                         ServerKind::Passthrough => {
                             let refs: BTreeSet<String> = [gref.to_string()].into();
                             let ctx = self.l4_context(&refs, port, source);
-                            for (vs, ns) in self.virtual_services() {
+                            for (vs, ns) in self.virtual_services(source.namespace) {
                                 if vs_accepted(vs, ns, &hosts) {
                                     l4_translate::tls_route_chains(
                                         &ctx,
@@ -688,6 +705,18 @@ impl MeshConfig {
         }
         (listeners, routes)
     }
+}
+
+/// Whether a resource of namespace `owner` with `exportTo` is visible in namespace `viewer`:
+/// `*` (or nothing) everywhere, `.` in its own namespace, `~` nowhere, else the namespaces named.
+pub fn exported_to(export_to: &[String], owner: &str, viewer: &str) -> bool {
+    export_to.is_empty()
+        || export_to.iter().any(|e| match e.as_str() {
+            "*" => true,
+            "." => owner == viewer,
+            "~" => false,
+            ns => ns == viewer,
+        })
 }
 
 /// What a Gateway server carries, from its protocol and TLS mode.

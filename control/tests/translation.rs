@@ -445,3 +445,80 @@ spec:
         ]
     );
 }
+
+/// `exportTo`: a VirtualService exported to its own namespace (`.`) routes only the proxies of
+/// that namespace, and a ServiceEntry exported to one namespace is a host only there.
+#[test]
+fn export_to_limits_what_each_namespace_sees() {
+    let config = r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: web, namespace: shop}
+spec:
+  hosts: [web.shop.svc.cluster.local]
+  ports: [{number: 80, name: http}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.1, labels: {version: v1}}, {address: 10.0.0.2, labels: {version: v2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: internal, namespace: shop}
+spec:
+  hosts: [internal.shop.svc.cluster.local]
+  exportTo: [shop]
+  ports: [{number: 80, name: http}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.3}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: shop}
+spec:
+  host: web.shop.svc.cluster.local
+  subsets: [{name: v2, labels: {version: v2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: shop}
+spec:
+  hosts: [web.shop.svc.cluster.local]
+  exportTo: ["."]
+  http:
+  - name: to-v2
+    route: [{destination: {host: web.shop.svc.cluster.local, subset: v2}}]
+"#;
+    let (resources, _) = parse(&[config]);
+    let in_ns = |namespace: &str| {
+        let out = translate(
+            resources.clone(),
+            &Role::Sidecar {
+                outbound: "127.0.0.1:15001".parse().unwrap(),
+                inbound: None,
+                labels: Default::default(),
+                namespace: namespace.into(),
+            },
+        );
+        out.routes["outbound"]["virtual_hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                format!(
+                    "{} -> {}",
+                    v["name"].as_str().unwrap_or(""),
+                    v["routes"][0]["name"].as_str().unwrap_or("")
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        in_ns("shop"),
+        [
+            "internal.shop.svc.cluster.local:80 -> default",
+            "web.shop.svc.cluster.local:80 -> to-v2"
+        ]
+    );
+    assert_eq!(
+        in_ns("default"),
+        ["web.shop.svc.cluster.local:80 -> default"]
+    );
+}
