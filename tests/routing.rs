@@ -229,6 +229,62 @@ async fn a_generated_hash_cookie_is_set_and_keeps_the_client_on_one_endpoint() {
     assert_eq!(generated_cookie("sluice", &ports).await, envoy);
 }
 
+/// `require_tls` on virtual hosts (Istio's `httpsRedirect`): requests over plain HTTP get a 301 to
+/// `https://` + host + path, unless `x-forwarded-proto` says HTTPS (not an edge); EXTERNAL_ONLY
+/// does not believe a client's `x-envoy-internal`; the same through real Envoy and Sluice.
+async fn tls_redirects(kind: &str, app: u16) -> Vec<String> {
+    let rc = json!({"name": "local", "virtual_hosts": [
+        {"name": "all-tls", "domains": ["secure.test", "secure.test:*"], "require_tls": "ALL",
+         "routes": [{"match": {"prefix": "/only"}, "route": {"cluster": "app"}}]},
+        {"name": "external-tls", "domains": ["ext.test"], "require_tls": "EXTERNAL_ONLY",
+         "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]},
+        {"name": "plain", "domains": ["*"],
+         "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}
+    ]});
+    let p = proxy_of(
+        kind,
+        &bootstrap(rc, vec![cluster("app", &[app])], json!({})),
+    )
+    .await;
+    let c = client_h1();
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+    let cases: &[Case] = &[
+        ("secure.test", "/a/b?c=1", &[]),
+        ("secure.test:8080", "/only", &[]),
+        ("secure.test", "/only", &[("x-forwarded-proto", "https")]),
+        ("ext.test", "/", &[]),
+        ("ext.test", "/", &[("x-envoy-internal", "true")]),
+        ("other.test", "/", &[]),
+    ];
+    let mut out = Vec::new();
+    for (host, path, headers) in cases {
+        let r = request(&c, "GET", &p.url("main", path), host, headers).await;
+        let location = r
+            .headers
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_string();
+        out.push(format!(
+            "{host}{path} {headers:?} -> {} {location} {}",
+            r.status,
+            r.upstream()
+        ));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_tls_redirects_as_envoy() {
+    let app = upstream("app").await;
+    let envoy = tls_redirects("envoy", app.port()).await;
+    assert!(
+        envoy[0].ends_with("-> 301 https://secure.test/a/b?c=1 -"),
+        "{envoy:#?}"
+    );
+    assert_eq!(tls_redirects("sluice", app.port()).await, envoy);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewrites_and_header_changes_reach_the_upstream() {
     let up = upstream("app").await;

@@ -681,7 +681,8 @@ async fn tls_upstream(
 
 /// An Istio Gateway with two HTTPS servers on one port (certificates from files, chosen by SNI),
 /// translated by `sluice control` and served by real Envoy and by `sluice proxy`: `curl
-/// --cacert` reaches each host's service through its own certificate.
+/// --cacert` reaches each host's service through its own certificate; an `httpsRedirect` server
+/// sends plain HTTP to HTTPS.
 async fn https_gateway(kind: &str) {
     let pki = Pki::new();
     let shop = pki.issue("shop", &["shop.example.com"]);
@@ -689,6 +690,7 @@ async fn https_gateway(kind: &str) {
     let v1 = upstream("v1").await;
     let v2 = upstream("v2").await;
     let gw = closed_port();
+    let plain = closed_port();
     let mut config = render(
         r#"apiVersion: networking.istio.io/v1
 kind: Gateway
@@ -702,9 +704,13 @@ spec:
   - port: {number: {{gw}}, name: https-api, protocol: HTTPS}
     hosts: [api.example.com]
     tls: {mode: SIMPLE, serverCertificate: "{{api_cert}}", privateKey: "{{api_key}}"}
+  - port: {number: {{plain}}, name: http-redirect, protocol: HTTP}
+    hosts: [shop.example.com, old.example.com]
+    tls: {httpsRedirect: true}
 "#,
         &[
             ("gw", gw.to_string()),
+            ("plain", plain.to_string()),
             ("shop_cert", shop.cert.display().to_string()),
             ("shop_key", shop.key.display().to_string()),
             ("api_cert", api.cert.display().to_string()),
@@ -741,6 +747,29 @@ spec:
         assert!(
             text.contains(&format!("x-upstream: {want}")),
             "{kind} {host}: {text}"
+        );
+    }
+    // `httpsRedirect`: plain HTTP to the redirect server's hosts, with a VirtualService (shop)
+    // or without one (old), is sent to HTTPS.
+    for host in ["shop.example.com", "old.example.com"] {
+        let r = request(
+            &client_h1(),
+            "GET",
+            &format!("http://127.0.0.1:{plain}/cart?x=1"),
+            &format!("{host}:{plain}"),
+            &[],
+        )
+        .await;
+        assert_eq!(
+            (
+                r.status,
+                r.headers.get("location").and_then(|v| v.to_str().ok())
+            ),
+            (
+                301,
+                Some(format!("https://{host}:{plain}/cart?x=1").as_str())
+            ),
+            "{kind} {host}"
         );
     }
 }

@@ -157,7 +157,7 @@ pub const SUPPORTED: &[&str] = &[
     "envoy.config.core.v3.Http2ProtocolOptions: max_concurrent_streams initial_stream_window_size initial_connection_window_size",
     // Routes
     "envoy.config.route.v3.RouteConfiguration: name virtual_hosts ignore_port_in_host_matching request_headers_to_add request_headers_to_remove response_headers_to_add response_headers_to_remove validate_clusters",
-    "envoy.config.route.v3.VirtualHost: name domains routes request_headers_to_add request_headers_to_remove response_headers_to_add response_headers_to_remove typed_per_filter_config",
+    "envoy.config.route.v3.VirtualHost: name domains routes request_headers_to_add request_headers_to_remove response_headers_to_add response_headers_to_remove typed_per_filter_config require_tls=NONE|ALL|EXTERNAL_ONLY",
     "envoy.config.route.v3.Route: name match route redirect direct_response request_headers_to_add request_headers_to_remove response_headers_to_add response_headers_to_remove typed_per_filter_config ~metadata ~decorator",
     "envoy.config.route.v3.RouteMatch: prefix path safe_regex path_separated_prefix case_sensitive headers query_parameters runtime_fraction grpc",
     "envoy.config.route.v3.RouteMatch.GrpcRouteMatchOptions: ",

@@ -1528,13 +1528,6 @@ fn check_gateway(gw: &Gateway, errors: &mut Vec<FieldError>) {
             );
         }
         if let Some(tls) = &s.tls {
-            if tls.https_redirect {
-                refuse(
-                    errors,
-                    format!("{at}.tls.httpsRedirect"),
-                    "HTTPS redirects on a gateway server (use a VirtualService redirect)",
-                );
-            }
             let mode =
                 tls.mode
                     .as_deref()

@@ -572,7 +572,8 @@ impl MeshConfig {
         for (port, servers) in ports {
             let name = format!("{bind_ip}_{port}");
             let stat_prefix = format!("outbound_{bind_ip}_{port}");
-            let (plain, tls): (Vec<_>, Vec<_>) = servers.iter().partition(|(_, s)| s.tls.is_none());
+            let (plain, tls): (Vec<_>, Vec<_>) =
+                servers.iter().partition(|(_, s)| !terminates_tls(s));
             let mut chains = Vec::new();
             let mut listener_filters = None;
             if !plain.is_empty() {
@@ -595,8 +596,16 @@ impl MeshConfig {
                         http.iter().flat_map(|(_, s)| server_hosts(s)).collect();
                     let rds = format!("http.{port}");
                     let mut needs = RouteNeeds::default();
-                    let vhosts = self
+                    let mut vhosts = self
                         .gateway_virtual_hosts(&refs, &hosts, port, source, &mut needs, warnings);
+                    // `httpsRedirect`: the hosts of those servers answer with a redirect to
+                    // HTTPS, with or without a VirtualService.
+                    let redirect: Vec<String> = http
+                        .iter()
+                        .filter(|(_, s)| s.tls.as_ref().is_some_and(|t| t.https_redirect))
+                        .flat_map(|(_, s)| server_hosts(s))
+                        .collect();
+                    https_redirects(&mut vhosts, &redirect, port);
                     routes.insert(
                         rds.clone(),
                         json!({"name": rds, "virtual_hosts": vhosts, "validate_clusters": false}),
@@ -717,6 +726,42 @@ pub fn exported_to(export_to: &[String], owner: &str, viewer: &str) -> bool {
             "~" => false,
             ns => ns == viewer,
         })
+}
+
+/// Whether a Gateway server terminates TLS (a `tls` block with only `httpsRedirect` does not).
+fn terminates_tls(s: &Server) -> bool {
+    s.tls
+        .as_ref()
+        .is_some_and(|t| t.mode.is_some() || !t.https_redirect)
+}
+
+/// Mark the virtual hosts of `hosts` `require_tls: ALL`, adding one (without routes) for a host
+/// no VirtualService serves.
+fn https_redirects(vhosts: &mut Vec<Value>, hosts: &[String], port: u32) {
+    for h in hosts {
+        let mut found = false;
+        for v in vhosts.iter_mut() {
+            let name = v["name"].as_str().unwrap_or("");
+            let vhost_host = name.rsplit_once(':').map_or(name, |(h, _)| h);
+            if host_matches(h, vhost_host) {
+                v["require_tls"] = json!("ALL");
+                found = true;
+            }
+        }
+        if !found {
+            let domains = if h == "*" {
+                json!(["*"])
+            } else {
+                json!([h, format!("{h}:{port}")])
+            };
+            vhosts.push(json!({
+                "name": format!("{h}:{port}"),
+                "domains": domains,
+                "routes": [],
+                "require_tls": "ALL",
+            }));
+        }
+    }
 }
 
 /// What a Gateway server carries, from its protocol and TLS mode.

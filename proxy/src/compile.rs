@@ -44,8 +44,9 @@ use crate::rbac::{
 };
 use crate::retry_policy::{RetryOn, RetryPolicy};
 use crate::route_table::{
-    ClusterRef, DirectResponse, ForwardAction, MirrorPolicy, MirrorTarget, RedirectAction, Route,
-    RouteAction, RouteMatch, RouteTable, Target, VirtualHost, WeightedEntry, WeightedTarget,
+    ClusterRef, DirectResponse, ForwardAction, MirrorPolicy, MirrorTarget, RedirectAction,
+    RequireTls, Route, RouteAction, RouteMatch, RouteTable, Target, VirtualHost, WeightedEntry,
+    WeightedTarget,
 };
 use crate::snapshot::{
     Codec, FilterChain, HcmConfig, Http2Options, ListenerConfig, NetworkFilter, NodeInfo,
@@ -1875,6 +1876,11 @@ pub fn route_table(v: &Value, path: &str, res: &ClusterResolver<'_>) -> Result<R
             compressors: compressor_overrides(vh, &vpath, &mut errors),
             rbac: rbac_override(vh, &vpath, &mut errors),
             csrf: per_filter(vh, CSRF_TYPE, &vpath, &mut errors, csrf_policy),
+            require_tls: match s(vh, "require_tls") {
+                Some("ALL") => RequireTls::All,
+                Some("EXTERNAL_ONLY") => RequireTls::ExternalOnly,
+                _ => RequireTls::None,
+            },
         });
     }
     let selector = match VhostSelector::new(domains.iter().map(|(d, i)| (d.as_str(), *i))) {
@@ -1892,6 +1898,7 @@ pub fn route_table(v: &Value, path: &str, res: &ClusterResolver<'_>) -> Result<R
     Ok(RouteTable {
         name: s(v, "name").unwrap_or("").to_string(),
         ignore_port_in_host_matching: b(v, "ignore_port_in_host_matching"),
+        requires_tls: vhosts.iter().any(|v| v.require_tls != RequireTls::None),
         vhosts,
         selector,
         request_headers,

@@ -28,6 +28,19 @@ pub struct RouteTable {
     pub selector: VhostSelector,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
+    /// Some virtual host has `require_tls`: requests are checked before routing.
+    pub requires_tls: bool,
+}
+
+/// `VirtualHost.require_tls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RequireTls {
+    #[default]
+    None,
+    /// Every request not made over HTTPS is redirected to it.
+    All,
+    /// Only external requests (every request, while no address counts as internal).
+    ExternalOnly,
 }
 
 /// A virtual host.
@@ -49,6 +62,7 @@ pub struct VirtualHost {
     pub rbac: Option<Arc<crate::rbac::RbacRules>>,
     /// The CSRF filter's policy for this virtual host.
     pub csrf: Option<Arc<crate::csrf::CsrfPolicy>>,
+    pub require_tls: RequireTls,
 }
 
 /// One route: a match and an action.
@@ -236,6 +250,11 @@ impl RouteTable {
             .iter()
             .find(|r| r.matcher.matches(req, random))?;
         Some(RouteHit { vhost, route })
+    }
+
+    /// The virtual host a request's host selects.
+    pub fn vhost(&self, req: &RequestView<'_>) -> Option<&VirtualHost> {
+        self.vhosts.get(self.selector.select(req.authority)?)
     }
 
     /// Number of routes in all virtual hosts.

@@ -33,6 +33,7 @@ use crate::matcher::RequestView;
 use crate::outlier::Observed;
 use crate::rbac::{RbacFilter, Subject as RbacSubject};
 use crate::retry_policy::{Outcome, RetryPolicy};
+use crate::route_table::RequireTls;
 use crate::route_table::{
     ClusterRef, ForwardAction, MirrorTarget, RedirectAction, RouteAction, RouteHit, Target,
 };
@@ -757,6 +758,13 @@ fn route_request_to<'a>(
         && (hcm.use_remote_address || !req.headers().contains_key(REQUEST_ID)))
     .then(request_id::generate);
     let random = fast_random();
+    if hcm.routes.requires_tls {
+        if let Some(location) = tls_redirect(hcm, &view, &req, &conn) {
+            let mut resp = local_reply(hcm, StatusCode::MOVED_PERMANENTLY, "");
+            resp.headers_mut().insert(header::LOCATION, location);
+            return Routed::Respond(resp);
+        }
+    }
     let hit = hcm.routes.route(&view, random);
     if let Some(rbac) = hcm.rbac.as_deref() {
         if !rbac_allows(rbac, &view, hit.as_ref(), &conn, ctx, hcm) {
@@ -816,6 +824,37 @@ fn route_request_to<'a>(
         Some(plan) => Routed::Compressed(Box::new((inner, plan))),
         None => inner,
     }
+}
+
+/// `require_tls` of the request's virtual host: where a request that should have come over
+/// HTTPS is sent (`https://` + its host and path, as Envoy). Envoy reads the scheme from
+/// `x-forwarded-proto`, which an edge connection manager sets from the connection.
+#[cold]
+fn tls_redirect(
+    hcm: &HcmConfig,
+    view: &RequestView<'_>,
+    req: &Request<RequestBody>,
+    conn: &ConnInfo,
+) -> Option<HeaderValue> {
+    let vhost = hcm.routes.vhost(view)?;
+    let scheme = if conn.secure { "https" } else { "http" };
+    let proto = if hcm.use_remote_address {
+        scheme
+    } else {
+        req.headers()
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(scheme)
+    };
+    // EXTERNAL_ONLY spares internal requests, and as in Envoy 1.40 without
+    // `internal_address_config` no request is internal (a client's `x-envoy-internal` is not
+    // believed): it redirects like ALL.
+    let redirect = vhost.require_tls != RequireTls::None && proto != "https";
+    if !redirect {
+        return None;
+    }
+    let host = request_authority(req.uri(), req.headers());
+    HeaderValue::from_str(&format!("https://{host}{}", view.path_and_query)).ok()
 }
 
 /// The RBAC filter's decision: the route's rules, else the virtual host's, else the filter's
