@@ -2,7 +2,7 @@
 //! WorkloadEntry and Gateway (API versions `v1`, `v1beta1`, `v1alpha3`).
 //!
 //! Each kind is a typed struct that denies unknown fields, so a field Sluice does not model is
-//! refused with its path and line (`vs.yaml:14: spec.http[0].delegate: not supported`) instead
+//! refused with its path and line (`vs.yaml:14: spec.http[0].bogus: not supported`) instead
 //! of being ignored. Fields that Istio defines but that Sluice cannot honour are modelled and then
 //! refused by [`Resource::check`] with a reason. Values are checked here too (durations, header
 //! names, percentages), so that a bad resource is rejected when it is read, not when it is pushed.
@@ -145,7 +145,7 @@ pub struct HttpRoute {
     pub route: Vec<RouteDestination>,
     pub redirect: Option<HttpRedirect>,
     pub direct_response: Option<DirectResponse>,
-    pub delegate: Option<Value>,
+    pub delegate: Option<Delegate>,
     pub rewrite: Option<Rewrite>,
     pub timeout: Option<String>,
     pub retries: Option<Retries>,
@@ -158,6 +158,15 @@ pub struct HttpRoute {
     pub mirrors: Vec<MirrorPolicy>,
     pub cors_policy: Option<CorsPolicy>,
     pub headers: Option<Headers>,
+}
+
+/// `Delegate`: the VirtualService whose routes take this route's place.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Delegate {
+    pub name: String,
+    /// Default: the namespace of the VirtualService that delegates.
+    pub namespace: Option<String>,
 }
 
 /// `CorsPolicy` of an HTTP route.
@@ -999,10 +1008,17 @@ impl Resource {
 }
 
 fn check_virtual_service(vs: &VirtualService, errors: &mut Vec<FieldError>) {
-    if vs.hosts.is_empty() {
+    // Without hosts, a VirtualService is a delegate: another one's routes hand requests to it.
+    if vs.hosts.is_empty() && !vs.gateways.is_empty() {
+        errors.push(FieldError::new(
+            "spec.gateways",
+            "a delegate VirtualService (without hosts) takes its gateways from the one that delegates",
+        ));
+    }
+    if vs.hosts.is_empty() && (!vs.tcp.is_empty() || !vs.tls.is_empty()) {
         errors.push(FieldError::new(
             "spec.hosts",
-            "at least one host is required",
+            "at least one host is required (only HTTP routes can be delegated)",
         ));
     }
     for (i, r) in vs.tcp.iter().enumerate() {
@@ -1033,8 +1049,16 @@ fn check_virtual_service(vs: &VirtualService, errors: &mut Vec<FieldError>) {
     check_export_to(errors, "spec", &vs.export_to);
     for (i, r) in vs.http.iter().enumerate() {
         let at = format!("spec.http[{i}]");
-        if r.delegate.is_some() {
-            refuse(errors, format!("{at}.delegate"), "delegate VirtualServices");
+        if let Some(d) = &r.delegate {
+            if d.name.is_empty() {
+                errors.push(FieldError::new(format!("{at}.delegate.name"), "required"));
+            }
+            if vs.hosts.is_empty() {
+                errors.push(FieldError::new(
+                    format!("{at}.delegate"),
+                    "a delegate VirtualService (without hosts) cannot delegate again",
+                ));
+            }
         }
         if let Some(c) = &r.cors_policy {
             if let Some(u) = c.unmatched_preflights.as_deref() {
@@ -1058,6 +1082,7 @@ fn check_virtual_service(vs: &VirtualService, errors: &mut Vec<FieldError>) {
             !r.route.is_empty(),
             r.redirect.is_some(),
             r.direct_response.is_some(),
+            r.delegate.is_some(),
         ]
         .iter()
         .filter(|x| **x)
@@ -1065,12 +1090,12 @@ fn check_virtual_service(vs: &VirtualService, errors: &mut Vec<FieldError>) {
         if actions == 0 {
             errors.push(FieldError::new(
                 at.clone(),
-                "one of route, redirect, directResponse is required",
+                "one of route, redirect, directResponse, delegate is required",
             ));
         } else if actions > 1 {
             errors.push(FieldError::new(
                 at.clone(),
-                "only one of route, redirect, directResponse may be set",
+                "only one of route, redirect, directResponse, delegate may be set",
             ));
         }
         for (j, m) in r.matches.iter().enumerate() {
@@ -1650,13 +1675,25 @@ mod tests {
     fn istio_fields_sluice_refuses_are_named() {
         let err = parse_text(
             "t.yaml",
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: x}\nspec:\n  host: a\n  trafficPolicy:\n    loadBalancer:\n      localityLbSetting: {enabled: true}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains(
+                "t.yaml:8: spec.trafficPolicy.loadBalancer.localityLbSetting: not supported"
+            ),
+            "{err}"
+        );
+        let err = parse_text(
+            "t.yaml",
             "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x}\nspec:\n  hosts: [a]\n  http:\n  - route:\n    - destination: {host: a}\n    delegate: {name: other}\n",
         )
         .unwrap_err()
         .to_string();
         assert_eq!(
             err,
-            "t.yaml:9: spec.http[0].delegate: not supported: delegate VirtualServices"
+            "t.yaml:7: spec.http[0]: only one of route, redirect, directResponse, delegate may be set"
         );
     }
 

@@ -7,8 +7,9 @@
 //!
 //! * [`config_store`]: the watched directory; the last good version of every file.
 //! * [`registry`]: services and endpoints from ServiceEntry / WorkloadEntry.
-//! * [`cluster_translate`], [`route_translate`] (HTTP), [`l4_translate`] (TCP and TLS routes),
-//!   [`translate`]: Istio → Envoy JSON per proxy role
+//! * [`delegation`] (delegate VirtualServices merged into their roots), [`cluster_translate`],
+//!   [`route_translate`] (HTTP), [`l4_translate`] (TCP and TLS routes), [`translate`]: Istio →
+//!   Envoy JSON per proxy role
 //!   ([`node_role`]: gateway or sidecar, from the node id as Istio reads it).
 //! * [`xds_encode`]: JSON → `google.protobuf.Any` through the Envoy descriptor pool.
 //! * [`ads_server`]: the ADS gRPC service: per-type versions and nonces, ACK/NACK per proxy,
@@ -23,6 +24,7 @@ pub mod analysis_run;
 pub mod api_client;
 pub mod cluster_translate;
 pub mod config_store;
+pub mod delegation;
 pub mod demo;
 pub mod grpc_api;
 pub mod l4_translate;

@@ -73,8 +73,10 @@ pub struct MeshConfig {
 impl MeshConfig {
     /// Translate the mesh-wide part. `resources` are taken in order (sort them for stable output).
     pub fn new(resources: Vec<Resource>) -> Self {
-        let registry = Registry::build(&resources);
+        let mut resources = resources;
         let mut warnings = Vec::new();
+        crate::delegation::expand(&mut resources, &mut warnings);
+        let registry = Registry::build(&resources);
         let clusters = cluster_translate::clusters(&resources, &registry, &mut warnings);
         let mut mesh = MeshConfig {
             resources,

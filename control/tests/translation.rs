@@ -522,3 +522,102 @@ spec:
         ["web.shop.svc.cluster.local:80 -> default"]
     );
 }
+
+/// Delegation, as in Istio's documentation: a root VirtualService on a gateway hands `/productpage`
+/// and `/reviews` to delegates in other namespaces; their routes take the root routes' places,
+/// with the root's match merged in and a conflicting route left out.
+#[test]
+fn delegate_routes_take_their_roots_place_on_the_gateway() {
+    let config = r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"]}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: productpage, namespace: nsa}
+spec:
+  hosts: [productpage.nsa.svc.cluster.local, productpage-v1.nsa.svc.cluster.local]
+  ports: [{number: 9080, name: http}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: nsb}
+spec:
+  hosts: [reviews.nsb.svc.cluster.local]
+  ports: [{number: 9080, name: http}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.2}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bookinfo}
+spec:
+  hosts: [bookinfo.com]
+  gateways: [gw]
+  http:
+  - name: pp
+    match: [{uri: {prefix: /productpage}}]
+    timeout: 5s
+    delegate: {name: productpage, namespace: nsa}
+  - name: reviews
+    match: [{uri: {prefix: /reviews}}]
+    delegate: {name: reviews, namespace: nsb}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: productpage, namespace: nsa}
+spec:
+  http:
+  - name: v1
+    match: [{uri: {prefix: /productpage/v1/}}]
+    route: [{destination: {host: productpage-v1.nsa.svc.cluster.local}}]
+  - name: elsewhere
+    match: [{uri: {prefix: /static}}]
+    route: [{destination: {host: productpage-v1.nsa.svc.cluster.local}}]
+  - route: [{destination: {host: productpage.nsa.svc.cluster.local}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: nsb}
+spec:
+  http:
+  - route: [{destination: {host: reviews.nsb.svc.cluster.local}}]
+"#;
+    let (resources, _) = parse(&[config]);
+    let mesh = MeshConfig::new(resources.clone());
+    assert!(
+        mesh.warnings
+            .iter()
+            .any(|w| w.contains("route `elsewhere` conflicts")),
+        "{:?}",
+        mesh.warnings
+    );
+    let out = translate(resources, &gateway());
+    let routes: Vec<String> = out.routes["http.80"]["virtual_hosts"][0]["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {} -> {} {}",
+                r["name"].as_str().unwrap_or(""),
+                r["match"]["prefix"].as_str().unwrap_or(""),
+                r["route"]["cluster"].as_str().unwrap_or(""),
+                r["route"]["timeout"].as_str().unwrap_or("-"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        routes,
+        [
+            "pp-v1 /productpage/v1/ -> outbound|9080||productpage-v1.nsa.svc.cluster.local 5.000000000s",
+            "pp /productpage -> outbound|9080||productpage.nsa.svc.cluster.local 5.000000000s",
+            "reviews /reviews -> outbound|9080||reviews.nsb.svc.cluster.local 0.000000000s",
+        ]
+    );
+}
