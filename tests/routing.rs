@@ -1004,3 +1004,92 @@ async fn loading_memory_is_given_back_when_idle() {
         "after a reload: {after_reload} KiB"
     );
 }
+
+/// The connection manager's path and header rules from Envoy's edge best practices —
+/// `normalize_path`, `merge_slashes`, `path_with_escaped_slashes_action`,
+/// `headers_with_underscores_action` — and the stream idle timeouts (the connection manager's and
+/// a route's), through real Envoy and Sluice: the status, the `location`, and the path and
+/// headers the upstream saw must be the same.
+async fn edge_rules(kind: &str, app: u16) -> Vec<String> {
+    let hcm = |escaped: &str, underscores: &str| {
+        json!({
+            "normalize_path": true,
+            "merge_slashes": true,
+            "path_with_escaped_slashes_action": escaped,
+            "common_http_protocol_options": {"headers_with_underscores_action": underscores},
+            "stream_idle_timeout": "0.4s"
+        })
+    };
+    let rc = routes(json!([
+        {"match": {"prefix": "/idle"}, "route": {"cluster": "app", "timeout": "0s", "idle_timeout": "0.3s"}},
+        {"match": {"prefix": "/stream"}, "route": {"cluster": "app", "timeout": "5s"}},
+        {"match": {"prefix": "/"}, "route": {"cluster": "app"}}
+    ]));
+    let mut out = Vec::new();
+    for (escaped, underscores, cases) in [
+        (
+            "UNESCAPE_AND_REDIRECT",
+            "REJECT_REQUEST",
+            &[
+                ("/a/./b/../c?q=/../x", None),
+                ("//a///c", None),
+                ("/a%2Fc%2f", None),
+                ("/%7Euser/%41", None),
+                ("/ok", Some(("x_under", "1"))),
+                ("/idle?delay_ms=1000", None),
+                ("/stream?delay_ms=1000", None),
+            ][..],
+        ),
+        (
+            "UNESCAPE_AND_FORWARD",
+            "DROP_HEADER",
+            &[("/a%2fc", None), ("/ok", Some(("x_under", "1")))][..],
+        ),
+        (
+            "REJECT_REQUEST",
+            "ALLOW",
+            &[("/a%5Cb", None), ("/ok", Some(("x_under", "1")))][..],
+        ),
+    ] {
+        let p = proxy_of(
+            kind,
+            &bootstrap(
+                rc.clone(),
+                vec![cluster("app", &[app])],
+                hcm(escaped, underscores),
+            ),
+        )
+        .await;
+        let c = client_h1();
+        for (path, header) in cases {
+            let headers: Vec<(&str, &str)> = header.iter().copied().collect();
+            let r = get(&c, &p.url("main", path), &headers).await;
+            let seen = r.json();
+            out.push(format!(
+                "{escaped}/{underscores} {path} -> {} {:?} path={} x_under={} body={:?}",
+                r.status,
+                r.headers.get("location"),
+                seen["path"],
+                seen["headers"]["x_under"],
+                if seen.is_null() {
+                    String::from_utf8_lossy(&r.body).to_string()
+                } else {
+                    String::new()
+                }
+            ));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_path_rules_and_idle_timeouts_as_envoy() {
+    let app = upstream("app").await;
+    let envoy = edge_rules("envoy", app.port()).await;
+    assert!(envoy[0].contains("path=\"/a/c?q=/../x\""), "{envoy:#?}");
+    assert!(
+        envoy[5].contains("-> 504") && envoy[5].contains("stream timeout"),
+        "{envoy:#?}"
+    );
+    assert_eq!(edge_rules("sluice", app.port()).await, envoy);
+}

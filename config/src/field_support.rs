@@ -21,7 +21,7 @@ use crate::error::FieldError;
 /// Supported fields per message: `"message.FullName: field field=ENUM|VALUES ~ignored_field"`.
 pub const SUPPORTED: &[&str] = &[
     // Bootstrap
-    "envoy.config.bootstrap.v3.Bootstrap: node static_resources dynamic_resources admin ~stats_config ~stats_flush_interval ~layered_runtime ~tracing",
+    "envoy.config.bootstrap.v3.Bootstrap: node static_resources dynamic_resources admin ~stats_config ~stats_flush_interval ~layered_runtime ~tracing ~overload_manager",
     // xDS: ADS over gRPC (state of the world), to a static cluster
     "envoy.config.bootstrap.v3.Bootstrap.DynamicResources: lds_config cds_config ads_config",
     "envoy.config.core.v3.ApiConfigSource: api_type=GRPC transport_api_version=V3 grpc_services ~set_node_on_first_message_only ~refresh_delay ~request_timeout",
@@ -60,7 +60,8 @@ pub const SUPPORTED: &[&str] = &[
         codec_type=AUTO|HTTP1|HTTP2 stat_prefix route_config http_filters generate_request_id \
         use_remote_address xff_num_trusted_hops skip_xff_append strip_matching_host_port strip_any_host_port \
         request_timeout request_headers_timeout common_http_protocol_options http_protocol_options \
-        max_request_headers_kb rds \
+        max_request_headers_kb rds normalize_path merge_slashes stream_idle_timeout \
+        path_with_escaped_slashes_action=KEEP_UNCHANGED|REJECT_REQUEST|UNESCAPE_AND_REDIRECT|UNESCAPE_AND_FORWARD \
         upgrade_configs server_name server_header_transformation=OVERWRITE|APPEND_IF_ABSENT|PASS_THROUGH \
         ~access_log ~http2_protocol_options ~tracing",
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter: name typed_config",
@@ -152,7 +153,7 @@ pub const SUPPORTED: &[&str] = &[
     "envoy.extensions.compression.brotli.compressor.v3.Brotli: quality window_bits ~input_block_bits ~chunk_size \
         ~disable_literal_context_modeling ~encoder_mode",
     "envoy.extensions.compression.zstd.compressor.v3.Zstd: compression_level enable_checksum ~strategy ~chunk_size",
-    "envoy.config.core.v3.HttpProtocolOptions: idle_timeout ~max_headers_count",
+    "envoy.config.core.v3.HttpProtocolOptions: idle_timeout headers_with_underscores_action=ALLOW|REJECT_REQUEST|DROP_HEADER ~max_headers_count",
     "envoy.config.core.v3.Http1ProtocolOptions: accept_http_10",
     "envoy.config.core.v3.Http2ProtocolOptions: max_concurrent_streams initial_stream_window_size initial_connection_window_size",
     // Routes
@@ -168,7 +169,7 @@ pub const SUPPORTED: &[&str] = &[
     "envoy.config.route.v3.QueryParameterMatcher: name string_match present_match",
     "envoy.config.core.v3.RuntimeFractionalPercent: default_value runtime_key",
     "envoy.type.v3.FractionalPercent: numerator denominator",
-    "envoy.config.route.v3.RouteAction: cluster cluster_header weighted_clusters timeout prefix_rewrite regex_rewrite \
+    "envoy.config.route.v3.RouteAction: cluster cluster_header weighted_clusters timeout idle_timeout prefix_rewrite regex_rewrite \
         host_rewrite_literal request_mirror_policies hash_policy upgrade_configs cluster_not_found_response_code=SERVICE_UNAVAILABLE|NOT_FOUND|INTERNAL_SERVER_ERROR \
         retry_policy",
     "envoy.config.route.v3.RetryPolicy: retry_on num_retries per_try_timeout retry_back_off retriable_status_codes \

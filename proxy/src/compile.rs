@@ -38,6 +38,7 @@ use crate::metrics::{
     ClusterStats, HcmStats, HealthCheckStats, IstioStats, Metrics, TcpProxyStats,
 };
 use crate::outlier::OutlierConfig;
+use crate::path_normalize::{EscapedSlashes, PathRules, Underscores};
 use crate::rbac::{
     Action as RbacAction, Cidr, Engine, MatchInput, MatcherList, Permission, Policy as RbacPolicy,
     Predicate, Principal, RbacFilter, RbacRules, RbacStats,
@@ -763,6 +764,7 @@ fn forward_action(
         target,
         timeout_header: expected.map(|t| HeaderValue::from(t.as_millis() as u64)),
         timeout,
+        idle_timeout: s(v, "idle_timeout").map(|t| parse_duration(t).filter(|d| !d.is_zero())),
         retry: retry.map(Arc::new),
         prefix_rewrite: s(v, "prefix_rewrite").map(str::to_string),
         regex_rewrite: get(v, "regex_rewrite")
@@ -2745,6 +2747,7 @@ fn hcm(
         strip_matching_host_port: b(v, "strip_matching_host_port"),
         strip_any_host_port: b(v, "strip_any_host_port"),
         request_timeout: dur(v, "request_timeout").filter(|d| !d.is_zero()),
+        stream_idle_timeout: dur(v, "stream_idle_timeout").filter(|d| !d.is_zero()),
         request_headers_timeout: dur(v, "request_headers_timeout").filter(|d| !d.is_zero()),
         idle_timeout: get(v, "common_http_protocol_options")
             .and_then(|c| dur(c, "idle_timeout"))
@@ -2752,6 +2755,23 @@ fn hcm(
             .filter(|d| !d.is_zero()),
         max_request_headers_kb: u(v, "max_request_headers_kb").unwrap_or(60) as u32,
         accept_http_10: get(v, "http_protocol_options").is_some_and(|h| b(h, "accept_http_10")),
+        path_rules: PathRules {
+            normalize: b(v, "normalize_path"),
+            merge_slashes: b(v, "merge_slashes"),
+            escaped_slashes: match s(v, "path_with_escaped_slashes_action") {
+                Some("REJECT_REQUEST") => EscapedSlashes::RejectRequest,
+                Some("UNESCAPE_AND_REDIRECT") => EscapedSlashes::UnescapeAndRedirect,
+                Some("UNESCAPE_AND_FORWARD") => EscapedSlashes::UnescapeAndForward,
+                _ => EscapedSlashes::KeepUnchanged,
+            },
+            underscores: match get(v, "common_http_protocol_options")
+                .and_then(|c| s(c, "headers_with_underscores_action"))
+            {
+                Some("REJECT_REQUEST") => Underscores::RejectRequest,
+                Some("DROP_HEADER") => Underscores::DropHeader,
+                _ => Underscores::Allow,
+            },
+        },
         http2,
         websocket,
         suppress_envoy_headers,

@@ -49,6 +49,7 @@ pub mod matcher;
 pub mod memory;
 pub mod metrics;
 pub mod outlier;
+pub mod path_normalize;
 pub mod path_source;
 pub mod peer_validation;
 pub mod rbac;

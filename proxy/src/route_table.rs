@@ -199,6 +199,9 @@ pub struct ForwardAction {
     pub target: Target,
     /// `None` = no timeout (`timeout: 0s`).
     pub timeout: Option<Duration>,
+    /// The route's `idle_timeout` (`Some(None)`: `0s`, no idle timeout on this route); `None`:
+    /// the connection manager's `stream_idle_timeout` applies.
+    pub idle_timeout: Option<Option<Duration>>,
     /// `x-envoy-expected-rq-timeout-ms` for this timeout (or the shorter per-try timeout),
     /// formatted once.
     pub timeout_header: Option<HeaderValue>,

@@ -243,6 +243,7 @@ pub enum Flag {
     UpstreamReset,
     UpstreamProtocolError,
     RequestTimeout,
+    StreamIdleTimeout,
     FaultInjected,
     DelayInjected,
     RetryLimitExceeded,
@@ -262,6 +263,7 @@ impl Flag {
             Flag::UpstreamReset => "UC",
             Flag::UpstreamProtocolError => "UPE",
             Flag::RequestTimeout => "DT",
+            Flag::StreamIdleTimeout => "SI",
             Flag::FaultInjected => "FI",
             Flag::DelayInjected => "DI",
             Flag::RetryLimitExceeded => "URX",
@@ -741,11 +743,16 @@ fn route<'a>(
 
 /// Match the route and start its action.
 fn route_request_to<'a>(
-    req: Request<RequestBody>,
+    mut req: Request<RequestBody>,
     ctx: &ListenerContext,
     hcm: &'a Arc<HcmConfig>,
     conn: ConnInfo,
 ) -> Routed<'a> {
+    if hcm.path_rules.any() {
+        if let Some(answer) = check_path(hcm, &mut req) {
+            return answer;
+        }
+    }
     let remote = conn.remote;
     let raw_host = request_authority(req.uri(), req.headers());
     let mut buf = String::new();
@@ -855,6 +862,53 @@ fn tls_redirect(
     }
     let host = request_authority(req.uri(), req.headers());
     HeaderValue::from_str(&format!("https://{host}{}", view.path_and_query)).ok()
+}
+
+/// The connection manager's path and header rules, before routing: the request's path may be
+/// rewritten; an answer (400, or a redirect to the unescaped path) ends it here.
+#[cold]
+fn check_path<'a>(hcm: &HcmConfig, req: &mut Request<RequestBody>) -> Option<Routed<'a>> {
+    use crate::path_normalize::Outcome;
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    match hcm.path_rules.apply(&path, req.headers_mut()) {
+        Outcome::Continue(None) => None,
+        Outcome::Continue(Some(pq)) => {
+            let mut parts = req.uri().clone().into_parts();
+            parts.path_and_query = Some(pq);
+            match http::Uri::from_parts(parts) {
+                Ok(uri) => {
+                    *req.uri_mut() = uri;
+                    None
+                }
+                Err(_) => Some(Routed::Respond(local_reply(
+                    hcm,
+                    StatusCode::BAD_REQUEST,
+                    "",
+                ))),
+            }
+        }
+        Outcome::Reject => Some(Routed::Respond(local_reply(
+            hcm,
+            StatusCode::BAD_REQUEST,
+            "",
+        ))),
+        Outcome::BadHeader => Some(Routed::Respond(local_reply(
+            hcm,
+            StatusCode::BAD_REQUEST,
+            "Bad Request",
+        ))),
+        Outcome::Redirect(location) => {
+            let mut resp = local_reply(hcm, StatusCode::TEMPORARY_REDIRECT, "");
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            Some(Routed::Respond(resp))
+        }
+    }
 }
 
 /// The RBAC filter's decision: the route's rules, else the virtual host's, else the filter's
@@ -1553,7 +1607,20 @@ impl Exchange<'_> {
             set_cookie,
         } = self;
         cluster.stats.rq_total.inc();
+        // The wait for the response head ends at the route timeout or, when it comes first, at
+        // the stream idle timeout (504 `stream timeout`, as Envoy's router answers it).
+        let idle = f.idle_timeout.unwrap_or(hcm.stream_idle_timeout);
+        let head_limit = match (f.timeout, idle) {
+            (Some(t), Some(i)) if i < t => Some((i, true)),
+            (Some(t), _) => Some((t, false)),
+            (None, Some(i)) => Some((i, true)),
+            (None, None) => None,
+        };
         let timed_out = |cluster: &Cluster| {
+            if head_limit.is_some_and(|(_, idle)| idle) {
+                record(cluster, 504, grpc, Flag::StreamIdleTimeout, start);
+                return local_reply(hcm, StatusCode::GATEWAY_TIMEOUT, "stream timeout");
+            }
             cluster.stats.rq_timeout.inc();
             record(cluster, 504, grpc, Flag::UpstreamTimeout, start);
             local_reply(hcm, StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")
@@ -1577,8 +1644,8 @@ impl Exchange<'_> {
                 up,
                 replay,
             ));
-            let (result, last, exhausted) = match f.timeout {
-                Some(t) => match tokio::time::timeout(t, retried).await {
+            let (result, last, exhausted) = match head_limit {
+                Some((t, _)) => match tokio::time::timeout(t, retried).await {
                     Ok(r) => r,
                     Err(_) => return timed_out(&cluster),
                 },
@@ -1593,8 +1660,8 @@ impl Exchange<'_> {
             // Pinned where it is made: the exchange's future is large, and moving it into the
             // timeout and then into this future's state would copy it each time.
             let send = std::pin::pin!(endpoint.pool.send(up, upgrade));
-            let result = match f.timeout {
-                Some(t) => match tokio::time::timeout(t, send).await {
+            let result = match head_limit {
+                Some((t, _)) => match tokio::time::timeout(t, send).await {
                     Ok(r) => r,
                     Err(_) => {
                         observe(&cluster, &endpoint, &Err(UpstreamError::PerTryTimeout));

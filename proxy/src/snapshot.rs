@@ -40,6 +40,9 @@ pub struct HcmConfig {
     pub strip_matching_host_port: bool,
     pub strip_any_host_port: bool,
     pub request_timeout: Option<Duration>,
+    /// `stream_idle_timeout`, when configured: how long a request may wait for its response
+    /// head (a route's `idle_timeout` replaces it).
+    pub stream_idle_timeout: Option<Duration>,
     pub request_headers_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
     pub max_request_headers_kb: u32,
@@ -64,6 +67,9 @@ pub struct HcmConfig {
     pub compressors: Option<Arc<crate::compressor::CompressorChain>>,
     /// The decompressor filters (`envoy.filters.http.decompressor`), in chain order.
     pub decompressors: Option<Arc<crate::decompressor::DecompressorChain>>,
+    /// `normalize_path`, `merge_slashes`, `path_with_escaped_slashes_action`,
+    /// `headers_with_underscores_action`.
+    pub path_rules: crate::path_normalize::PathRules,
     /// The CSRF filter (`envoy.filters.http.csrf`), when present.
     pub csrf: Option<Arc<crate::csrf::CsrfFilter>>,
     /// The CSRF filter comes after the CORS filter: its refusals carry the CORS headers.
