@@ -1093,3 +1093,42 @@ async fn edge_path_rules_and_idle_timeouts_as_envoy() {
     );
     assert_eq!(edge_rules("sluice", app.port()).await, envoy);
 }
+
+/// `auto_host_rewrite`: a request to a STRICT_DNS cluster carries the DNS name of its endpoint
+/// as host (and the original in `x-envoy-original-host`); one to a STATIC cluster keeps its host;
+/// the same through real Envoy and Sluice.
+async fn auto_host(kind: &str, app: u16) -> Vec<String> {
+    let mut dns = cluster("dns", &[]);
+    dns["type"] = json!("STRICT_DNS");
+    dns["dns_lookup_family"] = json!("V4_ONLY");
+    dns["load_assignment"]["endpoints"] = json!([{"lb_endpoints": [{"endpoint": {"address": {
+        "socket_address": {"address": "localhost", "port_value": app}}}}]}]);
+    let rc = routes(json!([
+        {"match": {"prefix": "/dns"}, "route": {"cluster": "dns", "auto_host_rewrite": true}},
+        {"match": {"prefix": "/"}, "route": {"cluster": "static", "auto_host_rewrite": true}}
+    ]));
+    let p = proxy_of(
+        kind,
+        &bootstrap(rc, vec![dns, cluster("static", &[app])], json!({})),
+    )
+    .await;
+    let c = client_h1();
+    let mut out = Vec::new();
+    for path in ["/dns", "/static"] {
+        let r = request(&c, "GET", &p.url("main", path), "front.example.com", &[]).await;
+        let seen = r.json();
+        out.push(format!(
+            "{path} -> {} host={} original={}",
+            r.status, seen["host"], seen["headers"]["x-envoy-original-host"]
+        ));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_host_rewrite_uses_the_dns_name_as_envoy() {
+    let app = upstream("app").await;
+    let envoy = auto_host("envoy", app.port()).await;
+    assert!(envoy[0].contains("host=\"localhost\""), "{envoy:#?}");
+    assert_eq!(auto_host("sluice", app.port()).await, envoy);
+}

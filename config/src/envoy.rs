@@ -386,12 +386,12 @@ static_resources:
     fn unsupported_field_is_named_with_its_path_and_line() {
         let text = MINIMAL.replace(
             "route: { cluster: a, timeout: 1.5s }",
-            "route: { cluster: a, timeout: 1.5s, auto_host_rewrite: true }",
+            "route: { cluster: a, timeout: 1.5s, max_stream_duration: {} }",
         );
         let err = load_bootstrap_text("t.yaml", &text).unwrap_err();
         let msg = err.to_string();
         assert!(
-            msg.contains("t.yaml:19: static_resources.listeners[0].filter_chains[0].filters[0].typed_config.route_config.virtual_hosts[0].routes[0].route.auto_host_rewrite: not supported"),
+            msg.contains("t.yaml:19: static_resources.listeners[0].filter_chains[0].filters[0].typed_config.route_config.virtual_hosts[0].routes[0].route.max_stream_duration: not supported"),
             "{msg}"
         );
     }

@@ -169,7 +169,7 @@ pub const SUPPORTED: &[&str] = &[
     "envoy.config.route.v3.QueryParameterMatcher: name string_match present_match",
     "envoy.config.core.v3.RuntimeFractionalPercent: default_value runtime_key",
     "envoy.type.v3.FractionalPercent: numerator denominator",
-    "envoy.config.route.v3.RouteAction: cluster cluster_header weighted_clusters timeout idle_timeout prefix_rewrite regex_rewrite \
+    "envoy.config.route.v3.RouteAction: cluster cluster_header weighted_clusters timeout idle_timeout auto_host_rewrite prefix_rewrite regex_rewrite \
         host_rewrite_literal request_mirror_policies hash_policy upgrade_configs cluster_not_found_response_code=SERVICE_UNAVAILABLE|NOT_FOUND|INTERNAL_SERVER_ERROR \
         retry_policy",
     "envoy.config.route.v3.RetryPolicy: retry_on num_retries per_try_timeout retry_back_off retriable_status_codes \

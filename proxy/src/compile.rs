@@ -764,6 +764,7 @@ fn forward_action(
         target,
         timeout_header: expected.map(|t| HeaderValue::from(t.as_millis() as u64)),
         timeout,
+        auto_host_rewrite: b(v, "auto_host_rewrite"),
         idle_timeout: s(v, "idle_timeout").map(|t| parse_duration(t).filter(|d| !d.is_zero())),
         retry: retry.map(Arc::new),
         prefix_rewrite: s(v, "prefix_rewrite").map(str::to_string),

@@ -199,6 +199,8 @@ pub struct ForwardAction {
     pub target: Target,
     /// `None` = no timeout (`timeout: 0s`).
     pub timeout: Option<Duration>,
+    /// `auto_host_rewrite`: the host becomes the DNS name of the endpoint chosen.
+    pub auto_host_rewrite: bool,
     /// The route's `idle_timeout` (`Some(None)`: `0s`, no idle timeout on this route); `None`:
     /// the connection manager's `stream_idle_timeout` applies.
     pub idle_timeout: Option<Option<Duration>>,

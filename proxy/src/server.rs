@@ -1412,7 +1412,16 @@ fn prepare_forward<'a>(
     }
     let rewritten_host = entry
         .and_then(|e| e.host_rewrite.clone())
-        .or_else(|| f.host_rewrite.clone());
+        .or_else(|| f.host_rewrite.clone())
+        .or_else(|| {
+            // `auto_host_rewrite`: a DNS cluster's endpoint gives its name (Envoy's host name;
+            // other endpoints have none).
+            let dns = matches!(cluster.discovery, crate::cluster::Discovery::Dns { .. });
+            (f.auto_host_rewrite && dns)
+                .then(|| endpoint.hostname.rsplit_once(':').map(|(h, _)| h))
+                .flatten()
+                .and_then(|h| HeaderValue::from_str(h).ok())
+        });
     // Moved, not cloned, when it is not rewritten: a clone of a value copied from an HTTP/2
     // `:authority` would allocate.
     let host_value = match rewritten_host {
