@@ -251,6 +251,6 @@ mod tests {
             merge_matches(&[], std::slice::from_ref(&inside)),
             Some(vec![inside.clone()])
         );
-        assert_eq!(merge_matches(&[root.clone()], &[outside]), None);
+        assert_eq!(merge_matches(std::slice::from_ref(&root), &[outside]), None);
     }
 }
