@@ -1132,3 +1132,42 @@ async fn auto_host_rewrite_uses_the_dns_name_as_envoy() {
     assert!(envoy[0].contains("host=\"localhost\""), "{envoy:#?}");
     assert_eq!(auto_host("sluice", app.port()).await, envoy);
 }
+
+/// `via` (appended to requests and responses, local answers too) and
+/// `preserve_external_request_id` on an edge connection manager; the same through real Envoy and
+/// Sluice.
+async fn via_and_request_id(kind: &str, app: u16) -> Vec<String> {
+    let rc = routes(json!([{"match": {"prefix": "/app"}, "route": {"cluster": "app"}}]));
+    let hcm = json!({"via": "1.1 edge", "use_remote_address": true, "preserve_external_request_id": true});
+    let p = proxy_of(kind, &bootstrap(rc, vec![cluster("app", &[app])], hcm)).await;
+    let c = client_h1();
+    let mut out = Vec::new();
+    for (path, headers) in [
+        ("/app", &[("x-request-id", "from-client")][..]),
+        ("/app", &[("via", "1.0 fred")][..]),
+        ("/missing", &[][..]),
+    ] {
+        let r = get(&c, &p.url("main", path), headers).await;
+        let seen = r.json();
+        out.push(format!(
+            "{path} {headers:?} -> {} via={:?} upstream via={} id={}",
+            r.status,
+            r.headers.get("via"),
+            seen["headers"]["via"],
+            if headers.is_empty() || headers[0].0 != "x-request-id" {
+                "-".to_string()
+            } else {
+                seen["headers"]["x-request-id"].to_string()
+            }
+        ));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn via_and_preserved_request_ids_as_envoy() {
+    let app = upstream("app").await;
+    let envoy = via_and_request_id("envoy", app.port()).await;
+    assert!(envoy[0].contains("id=\"from-client\""), "{envoy:#?}");
+    assert_eq!(via_and_request_id("sluice", app.port()).await, envoy);
+}

@@ -2742,6 +2742,10 @@ fn hcm(
             .get("generate_request_id")
             .and_then(Value::as_bool)
             .unwrap_or(true),
+        preserve_external_request_id: b(v, "preserve_external_request_id"),
+        via: s(v, "via")
+            .filter(|t| !t.is_empty())
+            .and_then(|t| HeaderValue::from_str(t).ok()),
         use_remote_address: b(v, "use_remote_address"),
         xff_num_trusted_hops: u(v, "xff_num_trusted_hops").unwrap_or(0) as u32,
         skip_xff_append: b(v, "skip_xff_append"),

@@ -459,7 +459,25 @@ pub async fn handle(
         None => route.await,
     };
     hcm.stats.record(resp.status().as_u16());
+    let mut resp = resp;
+    if let Some(via) = &hcm.via {
+        append_via(resp.headers_mut(), via);
+    }
     resp
+}
+
+/// `via` of the connection manager, appended (after `, `) to a request's or response's `via`.
+#[cold]
+fn append_via(headers: &mut HeaderMap, via: &HeaderValue) {
+    let value = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.is_empty() => {
+            HeaderValue::from_str(&format!("{prev}, {}", via.to_str().unwrap_or(""))).ok()
+        }
+        _ => Some(via.clone()),
+    };
+    if let Some(v) = value {
+        headers.insert(header::VIA, v);
+    }
 }
 
 /// Route a request: answered here, or an upstream exchange to run. The routing and the building
@@ -762,7 +780,8 @@ fn route_request_to<'a>(
     // missing. One random value per request drives both `runtime_fraction` and the weighted
     // cluster choice, as Envoy's stream random value does (so the two are correlated the same way).
     let new_id = (hcm.generate_request_id
-        && (hcm.use_remote_address || !req.headers().contains_key(REQUEST_ID)))
+        && ((hcm.use_remote_address && !hcm.preserve_external_request_id)
+            || !req.headers().contains_key(REQUEST_ID)))
     .then(request_id::generate);
     let random = fast_random();
     if hcm.routes.requires_tls {
@@ -1442,6 +1461,9 @@ fn prepare_forward<'a>(
     edge::sanitize_request(&mut headers, hcm, remote, conn.secure);
     if let Some(id) = new_id {
         headers.insert(REQUEST_ID, id);
+    }
+    if let Some(via) = &hcm.via {
+        append_via(&mut headers, via);
     }
     let bodiless_method = matches!(
         parts.method,

@@ -34,6 +34,10 @@ pub struct HcmConfig {
     pub codec: Codec,
     pub routes: Arc<RouteTable>,
     pub generate_request_id: bool,
+    /// `preserve_external_request_id`: an edge request keeps the `x-request-id` it came with.
+    pub preserve_external_request_id: bool,
+    /// `via`: appended to the `via` of requests and responses.
+    pub via: Option<HeaderValue>,
     pub use_remote_address: bool,
     pub xff_num_trusted_hops: u32,
     pub skip_xff_append: bool,
