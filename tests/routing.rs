@@ -1133,12 +1133,13 @@ async fn auto_host_rewrite_uses_the_dns_name_as_envoy() {
     assert_eq!(auto_host("sluice", app.port()).await, envoy);
 }
 
-/// `via` (appended to requests and responses, local answers too) and
-/// `preserve_external_request_id` on an edge connection manager; the same through real Envoy and
-/// Sluice.
+/// `via` (appended to requests and responses, local answers too),
+/// `preserve_external_request_id` and `always_set_request_id_in_response` on an edge connection
+/// manager; the same through real Envoy and Sluice.
 async fn via_and_request_id(kind: &str, app: u16) -> Vec<String> {
     let rc = routes(json!([{"match": {"prefix": "/app"}, "route": {"cluster": "app"}}]));
-    let hcm = json!({"via": "1.1 edge", "use_remote_address": true, "preserve_external_request_id": true});
+    let hcm = json!({"via": "1.1 edge", "use_remote_address": true, "preserve_external_request_id": true,
+                     "always_set_request_id_in_response": true});
     let p = proxy_of(kind, &bootstrap(rc, vec![cluster("app", &[app])], hcm)).await;
     let c = client_h1();
     let mut out = Vec::new();
@@ -1149,8 +1150,11 @@ async fn via_and_request_id(kind: &str, app: u16) -> Vec<String> {
     ] {
         let r = get(&c, &p.url("main", path), headers).await;
         let seen = r.json();
+        // The response's id is the one the upstream saw (a generated one differs each time).
+        let response_id = r.headers.get("x-request-id").and_then(|v| v.to_str().ok());
+        let same = seen.is_null() || seen["headers"]["x-request-id"].as_str() == response_id;
         out.push(format!(
-            "{path} {headers:?} -> {} via={:?} upstream via={} id={}",
+            "{path} {headers:?} -> {} via={:?} upstream via={} id={} response id {}",
             r.status,
             r.headers.get("via"),
             seen["headers"]["via"],
@@ -1158,6 +1162,11 @@ async fn via_and_request_id(kind: &str, app: u16) -> Vec<String> {
                 "-".to_string()
             } else {
                 seen["headers"]["x-request-id"].to_string()
+            },
+            match (response_id.is_some(), same) {
+                (true, true) => "matches",
+                (true, false) => "differs",
+                (false, _) => "missing",
             }
         ));
     }
@@ -1169,5 +1178,9 @@ async fn via_and_preserved_request_ids_as_envoy() {
     let app = upstream("app").await;
     let envoy = via_and_request_id("envoy", app.port()).await;
     assert!(envoy[0].contains("id=\"from-client\""), "{envoy:#?}");
+    assert!(
+        envoy.iter().all(|l| l.ends_with("response id matches")),
+        "{envoy:#?}"
+    );
     assert_eq!(via_and_request_id("sluice", app.port()).await, envoy);
 }

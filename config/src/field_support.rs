@@ -61,6 +61,7 @@ pub const SUPPORTED: &[&str] = &[
         use_remote_address xff_num_trusted_hops skip_xff_append strip_matching_host_port strip_any_host_port \
         request_timeout request_headers_timeout common_http_protocol_options http_protocol_options \
         max_request_headers_kb rds normalize_path merge_slashes stream_idle_timeout via preserve_external_request_id \
+        always_set_request_id_in_response \
         path_with_escaped_slashes_action=KEEP_UNCHANGED|REJECT_REQUEST|UNESCAPE_AND_REDIRECT|UNESCAPE_AND_FORWARD \
         upgrade_configs server_name server_header_transformation=OVERWRITE|APPEND_IF_ABSENT|PASS_THROUGH \
         ~access_log ~http2_protocol_options ~tracing",

@@ -2743,6 +2743,7 @@ fn hcm(
             .and_then(Value::as_bool)
             .unwrap_or(true),
         preserve_external_request_id: b(v, "preserve_external_request_id"),
+        always_set_request_id_in_response: b(v, "always_set_request_id_in_response"),
         via: s(v, "via")
             .filter(|t| !t.is_empty())
             .and_then(|t| HeaderValue::from_str(t).ok()),

@@ -449,6 +449,13 @@ pub async fn handle(
         *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
         return r;
     };
+    // `always_set_request_id_in_response`: the request's id is settled here, before routing
+    // (which then keeps it), so that the response can carry it.
+    let mut req = req;
+    let response_id = hcm
+        .always_set_request_id_in_response
+        .then(|| settle_request_id(&hcm, &mut req))
+        .flatten();
     // Pinned where it is made, so that the timeout holds a reference rather than a copy.
     let route = std::pin::pin!(route_request(req, ctx, &hcm, conn));
     let resp = match hcm.request_timeout {
@@ -463,7 +470,27 @@ pub async fn handle(
     if let Some(via) = &hcm.via {
         append_via(resp.headers_mut(), via);
     }
+    if let Some(id) = response_id {
+        resp.headers_mut().insert(REQUEST_ID, id);
+    }
     resp
+}
+
+/// Marks a request whose `x-request-id` is settled already (routing must not replace it).
+#[derive(Debug, Clone, Copy)]
+struct RequestIdSettled;
+
+/// Give the request the id routing would give it, now; the id.
+#[cold]
+fn settle_request_id(hcm: &HcmConfig, req: &mut Request<RequestBody>) -> Option<HeaderValue> {
+    let regenerate = hcm.generate_request_id
+        && ((hcm.use_remote_address && !hcm.preserve_external_request_id)
+            || !req.headers().contains_key(REQUEST_ID));
+    if regenerate {
+        req.headers_mut().insert(REQUEST_ID, request_id::generate());
+    }
+    req.extensions_mut().insert(RequestIdSettled);
+    req.headers().get(REQUEST_ID).cloned()
 }
 
 /// `via` of the connection manager, appended (after `, `) to a request's or response's `via`.
@@ -781,7 +808,9 @@ fn route_request_to<'a>(
     // cluster choice, as Envoy's stream random value does (so the two are correlated the same way).
     let new_id = (hcm.generate_request_id
         && ((hcm.use_remote_address && !hcm.preserve_external_request_id)
-            || !req.headers().contains_key(REQUEST_ID)))
+            || !req.headers().contains_key(REQUEST_ID))
+        && !(hcm.always_set_request_id_in_response
+            && req.extensions().get::<RequestIdSettled>().is_some()))
     .then(request_id::generate);
     let random = fast_random();
     if hcm.routes.requires_tls {

@@ -36,6 +36,8 @@ pub struct HcmConfig {
     pub generate_request_id: bool,
     /// `preserve_external_request_id`: an edge request keeps the `x-request-id` it came with.
     pub preserve_external_request_id: bool,
+    /// `always_set_request_id_in_response`: every response carries the request's id.
+    pub always_set_request_id_in_response: bool,
     /// `via`: appended to the `via` of requests and responses.
     pub via: Option<HeaderValue>,
     pub use_remote_address: bool,
