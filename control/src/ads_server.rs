@@ -61,6 +61,8 @@ impl Generation {
     }
 
     fn encoded(&self, role: &Role, pool: &DescriptorPool) -> Arc<Encoded> {
+        // Proxies that differ only in what no resource reads share one translation.
+        let role = &self.mesh.canonical_role(role);
         // A poisoned lock only means another connection panicked while encoding; the cache
         // holds complete entries only, so it is still valid.
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());

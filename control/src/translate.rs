@@ -141,6 +141,72 @@ impl MeshConfig {
         })
     }
 
+    /// `role` without what no resource reads: a sidecar's labels when no match has
+    /// `sourceLabels`, and its namespace too when nothing has `sourceNamespace` or an `exportTo`
+    /// other than `*` (gateways keep theirs: Gateway selectors read the labels). Proxies that
+    /// differ only there get one translation.
+    pub fn canonical_role(&self, role: &Role) -> Role {
+        let Role::Sidecar {
+            outbound,
+            inbound,
+            labels,
+            namespace,
+        } = role
+        else {
+            return role.clone();
+        };
+        let (by_labels, by_namespace) = self.source_reads();
+        Role::Sidecar {
+            outbound: *outbound,
+            inbound: inbound.clone(),
+            labels: if by_labels {
+                labels.clone()
+            } else {
+                BTreeMap::new()
+            },
+            namespace: if by_namespace {
+                namespace.clone()
+            } else {
+                "default".into()
+            },
+        }
+    }
+
+    /// Whether some resource reads a proxy's labels (`sourceLabels`) and its namespace
+    /// (`sourceNamespace`, `exportTo`).
+    fn source_reads(&self) -> (bool, bool) {
+        let (mut labels, mut namespace) = (false, false);
+        for r in &self.resources {
+            match &r.spec {
+                Spec::VirtualService(vs) => {
+                    namespace |= vs.export_to.iter().any(|e| e != "*");
+                    let l4 = vs.tcp.iter().flat_map(|t| {
+                        t.matches
+                            .iter()
+                            .map(|m| (&m.source_labels, &m.source_namespace))
+                    });
+                    let tls = vs.tls.iter().flat_map(|t| {
+                        t.matches
+                            .iter()
+                            .map(|m| (&m.source_labels, &m.source_namespace))
+                    });
+                    let http = vs.http.iter().flat_map(|h| {
+                        h.matches
+                            .iter()
+                            .map(|m| (&m.source_labels, &m.source_namespace))
+                    });
+                    for (l, n) in http.chain(l4).chain(tls) {
+                        labels |= !l.is_empty();
+                        namespace |= n.is_some();
+                    }
+                }
+                Spec::ServiceEntry(se) => namespace |= se.export_to.iter().any(|e| e != "*"),
+                _ => {}
+            }
+        }
+        (labels, namespace)
+    }
+
     /// Everything `role` receives.
     pub fn for_proxy(&self, role: &Role) -> ProxyResources {
         let mut out = ProxyResources {

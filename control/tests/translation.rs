@@ -621,3 +621,35 @@ spec:
         ]
     );
 }
+
+/// Sidecars that differ only in labels or namespace share one translation unless a resource
+/// reads them (`sourceLabels`, `sourceNamespace`, `exportTo`).
+#[test]
+fn proxies_share_a_translation_unless_their_labels_or_namespace_matter() {
+    let sidecar = |app: &str, namespace: &str| Role::Sidecar {
+        outbound: "127.0.0.1:15001".parse().unwrap(),
+        inbound: None,
+        labels: [("app".to_string(), app.to_string())].into(),
+        namespace: namespace.into(),
+    };
+    let plain = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r}\nspec:\n  hosts: [r]\n  http:\n  - route: [{destination: {host: r}}]\n";
+    let mesh = MeshConfig::new(parse(&[plain]).0);
+    assert_eq!(
+        mesh.canonical_role(&sidecar("a", "x")),
+        mesh.canonical_role(&sidecar("b", "y"))
+    );
+    let scoped = plain.replace(
+        "  - route:",
+        "  - match: [{sourceLabels: {app: a}}]\n    route:",
+    );
+    let mesh = MeshConfig::new(parse(&[&scoped]).0);
+    assert_ne!(
+        mesh.canonical_role(&sidecar("a", "x")),
+        mesh.canonical_role(&sidecar("b", "x"))
+    );
+    assert_eq!(
+        mesh.canonical_role(&sidecar("a", "x")),
+        mesh.canonical_role(&sidecar("a", "y")),
+        "no resource reads the namespace"
+    );
+}
