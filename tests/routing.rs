@@ -1184,3 +1184,58 @@ async fn via_and_preserved_request_ids_as_envoy() {
     );
     assert_eq!(via_and_request_id("sluice", app.port()).await, envoy);
 }
+
+/// A gRPC request (h2c, `application/grpc`) answered by the proxy itself gets a gRPC status in a
+/// trailers-only response, as from Envoy: no route (404 → 12), no upstream (503 → 14), a route's
+/// redirect (keeping its `location`) and a direct response (its body as `grpc-message`).
+async fn grpc_local_replies(kind: &str) -> Vec<String> {
+    let rc = routes(json!([
+        {"match": {"prefix": "/pkg.Svc/Down"}, "route": {"cluster": "down"}},
+        {"match": {"prefix": "/pkg.Svc/Moved"}, "redirect": {"path_redirect": "/elsewhere"}},
+        {"match": {"prefix": "/pkg.Svc/Direct"}, "direct_response": {"status": 503, "body": {"inline_string": "maintenance 100%"}}}
+    ]));
+    let p = proxy_of(
+        kind,
+        &bootstrap(rc, vec![cluster("down", &[closed_port()])], json!({})),
+    )
+    .await;
+    let c = client_h2();
+    let mut out = Vec::new();
+    for path in [
+        "/pkg.Svc/Missing",
+        "/pkg.Svc/Down",
+        "/pkg.Svc/Moved",
+        "/pkg.Svc/Direct",
+    ] {
+        let req = http::Request::post(p.url("main", path))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+            .unwrap();
+        let r = send(&c, req).await;
+        let h = |n: &str| {
+            r.headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_string()
+        };
+        out.push(format!(
+            "{path} -> {} ct={} grpc-status={} grpc-message={} location={} body={}",
+            r.status,
+            h("content-type"),
+            h("grpc-status"),
+            h("grpc-message"),
+            h("location").rsplit('/').next().unwrap_or(""),
+            r.body.len()
+        ));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_requests_get_local_replies_as_grpc_statuses_as_envoy() {
+    let envoy = grpc_local_replies("envoy").await;
+    assert!(envoy[0].contains("grpc-status=12"), "{envoy:#?}");
+    assert_eq!(grpc_local_replies("sluice").await, envoy);
+}

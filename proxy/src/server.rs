@@ -287,7 +287,72 @@ fn local_response(status: StatusCode, body: bytes::Bytes) -> Response<ResponseBo
 fn local_reply(hcm: &HcmConfig, status: StatusCode, body: &'static str) -> Response<ResponseBody> {
     let mut resp = local_response(status, bytes::Bytes::from_static(body.as_bytes()));
     set_server(hcm, resp.headers_mut());
+    resp.extensions_mut()
+        .insert(LocalReply(bytes::Bytes::from_static(body.as_bytes())));
     resp
+}
+
+/// Marks an answer made by the proxy (Envoy's local reply: errors, redirects, direct responses),
+/// with its text: a gRPC client gets it as a gRPC status.
+#[derive(Debug, Clone)]
+struct LocalReply(bytes::Bytes);
+
+/// A local reply to a gRPC request, as Envoy sends it: HTTP 200, `application/grpc`, and the
+/// status in `grpc-status` (from the HTTP code) and `grpc-message` (the text), with no body.
+#[cold]
+fn grpc_local_reply(hcm: &HcmConfig, resp: &mut Response<ResponseBody>, text: &[u8]) {
+    let code = match resp.status().as_u16() {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    };
+    let mut out = grpc_reply(hcm, code, text);
+    let h = out.headers_mut();
+    // Headers the reply gained on its way (filters, `via`) stay.
+    for (name, value) in resp.headers() {
+        if !matches!(
+            *name,
+            header::CONTENT_TYPE | header::CONTENT_LENGTH | header::SERVER
+        ) {
+            h.append(name.clone(), value.clone());
+        }
+    }
+    *resp = out;
+}
+
+/// A trailers-only gRPC answer: HTTP 200, `application/grpc`, `grpc-status`, and `grpc-message`
+/// when there is a text.
+fn grpc_reply(hcm: &HcmConfig, code: u32, text: &[u8]) -> Response<ResponseBody> {
+    let mut out = local_response(StatusCode::OK, bytes::Bytes::new());
+    let h = out.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from(code));
+    if !text.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&grpc_percent_encode(text)) {
+            h.insert("grpc-message", v);
+        }
+    }
+    set_server(hcm, h);
+    out
+}
+
+/// gRPC's `grpc-message` encoding: bytes outside printable ASCII, and `%`, as `%XX`.
+fn grpc_percent_encode(text: &[u8]) -> String {
+    let mut out = String::with_capacity(text.len());
+    for &b in text {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 fn set_server(hcm: &HcmConfig, h: &mut HeaderMap) {
@@ -449,6 +514,7 @@ pub async fn handle(
         *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
         return r;
     };
+    let grpc = is_grpc(req.headers());
     // `always_set_request_id_in_response`: the request's id is settled here, before routing
     // (which then keeps it), so that the response can carry it.
     let mut req = req;
@@ -465,8 +531,13 @@ pub async fn handle(
         },
         None => route.await,
     };
-    hcm.stats.record(resp.status().as_u16());
     let mut resp = resp;
+    if grpc {
+        if let Some(LocalReply(text)) = resp.extensions().get::<LocalReply>().cloned() {
+            grpc_local_reply(&hcm, &mut resp, &text);
+        }
+    }
+    hcm.stats.record(resp.status().as_u16());
     if let Some(via) = &hcm.via {
         append_via(resp.headers_mut(), via);
     }
@@ -679,19 +750,7 @@ fn fault_abort(
         }
         Abort::Grpc(code) => {
             record(cluster, 200, true, Flag::FaultInjected, start);
-            let mut resp = local_response(StatusCode::OK, bytes::Bytes::new());
-            let h = resp.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/grpc"),
-            );
-            h.insert("grpc-status", HeaderValue::from(code));
-            h.insert(
-                "grpc-message",
-                HeaderValue::from_static("fault filter abort"),
-            );
-            set_server(hcm, resp.headers_mut());
-            resp
+            grpc_reply(hcm, code, b"fault filter abort")
         }
     }
 }
@@ -1100,7 +1159,9 @@ fn route_action<'a>(m: Matched<'a>, ctx: &ListenerContext, hcm: &'a Arc<HcmConfi
     } = m;
     match &hit.route.action {
         RouteAction::Direct(d) => {
-            let mut resp = local_response(d.status, d.body.clone().unwrap_or_default());
+            let body = d.body.clone().unwrap_or_default();
+            let mut resp = local_response(d.status, body.clone());
+            resp.extensions_mut().insert(LocalReply(body));
             let h = resp.headers_mut();
             let rctx = RequestContext {
                 request: Some(req.headers()),
