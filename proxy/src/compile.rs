@@ -23,7 +23,7 @@ use crate::compressor::{
     DEFAULT_CONTENT_TYPES,
 };
 use crate::cors::CorsPolicy;
-use crate::csrf::{CsrfFilter, CsrfPolicy, CsrfStats, Share};
+use crate::csrf::{CsrfFilter, CsrfPolicy, CsrfStats};
 use crate::decompressor::{DecoderLibrary, DecompressorChain, DecompressorFilter, Direction};
 use crate::fault::FaultConfig;
 use crate::hash_policy::{CookieHash, HashPolicy, HashSource};
@@ -366,6 +366,12 @@ fn fraction(v: &Value) -> (u64, u64) {
         _ => 100,
     };
     (num.min(per), per)
+}
+
+/// A `RuntimeFractionalPercent` field's default value as (numerator, denominator); `None` when
+/// the field is absent (one without a default value is 0 %).
+fn runtime_fraction(v: &Value, k: &str) -> Option<(u64, u64)> {
+    get(v, k).map(|f| get(f, "default_value").map(fraction).unwrap_or((0, 100)))
 }
 
 fn route_match(v: &Value, path: &str, errors: &mut Errors) -> Option<RouteMatch> {
@@ -997,15 +1003,6 @@ fn local_ratelimit_override(
     })
 }
 
-/// A runtime fraction's default value as millionths (`numerator` over `denominator`).
-fn share(v: Option<&Value>) -> Share {
-    let Some(d) = v.and_then(|f| get(f, "default_value")) else {
-        return Share(0);
-    };
-    let (n, per) = fraction(d);
-    Share(((n * 1_000_000) / per.max(1)).min(1_000_000) as u32)
-}
-
 /// `CsrfPolicy` (the filter's own, a route's or a virtual host's).
 fn csrf_policy(v: &Value, path: &str, errors: &mut Errors) -> Option<CsrfPolicy> {
     if get(v, "filter_enabled").is_none() {
@@ -1018,8 +1015,8 @@ fn csrf_policy(v: &Value, path: &str, errors: &mut Errors) -> Option<CsrfPolicy>
         .filter_map(|(i, m)| string_matcher(m, &format!("{path}.additional_origins[{i}]"), errors))
         .collect();
     Some(CsrfPolicy {
-        enabled: share(get(v, "filter_enabled")),
-        shadow: get(v, "shadow_enabled").map(|s| share(Some(s))),
+        enabled: runtime_fraction(v, "filter_enabled").unwrap_or((0, 100)),
+        shadow: runtime_fraction(v, "shadow_enabled"),
         additional_origins,
     })
 }
@@ -1719,8 +1716,6 @@ fn local_ratelimit(v: &Value, path: &str, errors: &mut Errors) -> Option<LocalRa
         }
         None => None,
     };
-    let fractional =
-        |k: &str| get(v, k).map(|f| get(f, "default_value").map(fraction).unwrap_or((0, 100)));
     let status = match get(v, "status").and_then(|st| get(st, "code")) {
         None => StatusCode::TOO_MANY_REQUESTS,
         Some(code) => match http_status(code) {
@@ -1740,8 +1735,8 @@ fn local_ratelimit(v: &Value, path: &str, errors: &mut Errors) -> Option<LocalRa
         stat_prefix: s(v, "stat_prefix").unwrap_or("").to_string(),
         stats: std::sync::OnceLock::new(),
         bucket,
-        enabled: fractional("filter_enabled"),
-        enforced: fractional("filter_enforced"),
+        enabled: runtime_fraction(v, "filter_enabled"),
+        enforced: runtime_fraction(v, "filter_enforced"),
         status,
         response_headers: header_ops(v, "response_headers_to_add", "", path, errors),
         request_headers_when_not_enforced: header_ops(
@@ -1774,8 +1769,7 @@ fn cors_policy(v: &Value, path: &str, errors: &mut Errors) -> Option<CorsPolicy>
         })
         .collect();
     let policy = CorsPolicy {
-        enabled: get(v, "filter_enabled")
-            .map(|f| get(f, "default_value").map(fraction).unwrap_or((0, 100))),
+        enabled: runtime_fraction(v, "filter_enabled"),
         allow_origins,
         allow_methods: text("allow_methods", errors),
         allow_headers: text("allow_headers", errors),

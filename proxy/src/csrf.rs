@@ -12,28 +12,15 @@ use prometheus::IntCounter;
 
 use crate::matcher::StringMatcher;
 use crate::metrics::Metrics;
-
-/// A runtime fraction's default value: the share of requests, in millionths.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Share(pub u32);
-
-impl Share {
-    /// Whether this request falls in the share (`random` is the request's random value).
-    fn hit(self, random: u64) -> bool {
-        match self.0 {
-            0 => false,
-            1_000_000.. => true,
-            n => (random % 1_000_000) < u64::from(n),
-        }
-    }
-}
+use crate::weighted_pick::fraction_drawn;
 
 /// `envoy.extensions.filters.http.csrf.v3.CsrfPolicy`.
 #[derive(Debug, Clone)]
 pub struct CsrfPolicy {
-    pub enabled: Share,
-    /// `None`: no shadow mode.
-    pub shadow: Option<Share>,
+    /// `filter_enabled` as (numerator, denominator).
+    pub enabled: (u64, u64),
+    /// `shadow_enabled`; `None`: no shadow mode.
+    pub shadow: Option<(u64, u64)>,
     pub additional_origins: Vec<StringMatcher>,
 }
 
@@ -100,8 +87,8 @@ impl CsrfFilter {
         headers: &HeaderMap,
         random: u64,
     ) -> bool {
-        let enabled = policy.enabled.hit(random);
-        let shadow = policy.shadow.is_some_and(|s| s.hit(random));
+        let enabled = fraction_drawn(policy.enabled, random);
+        let shadow = policy.shadow.is_some_and(|s| fraction_drawn(s, random));
         if !enabled && !shadow {
             return true;
         }
@@ -154,12 +141,5 @@ mod tests {
         assert_eq!(o("https://u:p@a.test/"), Some("a.test"));
         assert_eq!(o("null"), None);
         assert_eq!(target_origin("a.test:10000"), "a.test:10000");
-    }
-
-    #[test]
-    fn shares() {
-        assert!(!Share(0).hit(5));
-        assert!(Share(1_000_000).hit(5));
-        assert!(Share(500_000).hit(1) && !Share(500_000).hit(600_000));
     }
 }

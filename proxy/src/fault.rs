@@ -14,6 +14,7 @@ use std::time::Duration;
 use http::{HeaderMap, StatusCode};
 
 use crate::matcher::{HeaderMatcher, RequestView};
+use crate::weighted_pick::fraction_drawn;
 
 const DELAY_REQUEST: &str = "x-envoy-fault-delay-request";
 const DELAY_PERCENTAGE: &str = "x-envoy-fault-delay-request-percentage";
@@ -132,7 +133,7 @@ impl FaultConfig {
                 DelaySource::Header => Duration::from_millis(header_u64(headers, DELAY_REQUEST)?),
             };
             let pct = header_percentage(&d.source, headers, DELAY_PERCENTAGE, d.percentage);
-            (drawn(pct, input.random[0]) && !duration.is_zero()).then_some(duration)
+            (fraction_drawn(pct, input.random[0]) && !duration.is_zero()).then_some(duration)
         });
         let abort = self.abort.as_ref().and_then(|a| {
             let abort = match &a.source {
@@ -146,17 +147,13 @@ impl FaultConfig {
             } else {
                 a.percentage
             };
-            drawn(pct, input.random[1]).then_some(abort)
+            fraction_drawn(pct, input.random[1]).then_some(abort)
         });
         if delay.is_none() && abort.is_none() {
             return FaultDecision::None;
         }
         FaultDecision::Inject(FaultPlan { delay, abort })
     }
-}
-
-fn drawn((num, den): (u64, u64), random: u64) -> bool {
-    den > 0 && random % den < num
 }
 
 fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {

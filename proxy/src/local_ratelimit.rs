@@ -20,6 +20,7 @@ use http::StatusCode;
 
 use crate::header_ops::HeaderOps;
 use crate::metrics::{LocalRateLimitStats, Metrics};
+use crate::weighted_pick::fraction_drawn;
 
 /// A token bucket kept as one number: the instant (nanoseconds since `origin`) at which it was,
 /// or would have been, empty. The tokens now are the time since then over the time one token
@@ -113,7 +114,7 @@ impl LocalRateLimit {
 
     /// Decide for one request; `random` draws the enabled and enforced fractions.
     pub fn decide(&self, random: u64) -> Decision {
-        let hit = |f: Option<(u64, u64)>, r: u64| f.is_some_and(|(n, d)| d > 0 && r % d < n);
+        let hit = |f: Option<(u64, u64)>, r: u64| f.is_some_and(|f| fraction_drawn(f, r));
         if !hit(self.enabled, random) {
             return Decision::Allow;
         }

@@ -74,6 +74,12 @@ impl WeightedPick {
     }
 }
 
+/// Whether a request falls in a fraction (`numerator`, `denominator`: a runtime fraction's
+/// default value) for its `random` value, as Envoy draws it: `random % denominator < numerator`.
+pub fn fraction_drawn((num, den): (u64, u64), random: u64) -> bool {
+    den > 0 && random % den < num
+}
+
 /// A fast per-thread pseudo-random generator (SplitMix64) for per-request choices.
 pub fn fast_random() -> u64 {
     use std::cell::Cell;
