@@ -153,6 +153,16 @@ fn maps_agree<V: PartialEq>(
     a.iter().all(|(k, v)| b.get(k).is_none_or(|w| w == v))
 }
 
+/// Add the root's entries the leaf does not have.
+fn fill<V: Clone>(
+    leaf: &mut std::collections::BTreeMap<String, V>,
+    root: &std::collections::BTreeMap<String, V>,
+) {
+    for (k, v) in root {
+        leaf.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+}
+
 /// The leaf's match with the root's conditions it does not set; `None` when they conflict.
 fn merge_match(root: &HttpMatch, leaf: &HttpMatch) -> Option<HttpMatch> {
     let uri_ok = match (&root.uri, &leaf.uri) {
@@ -182,22 +192,10 @@ fn merge_match(root: &HttpMatch, leaf: &HttpMatch) -> Option<HttpMatch> {
         };
     }
     unset_from_root!(uri, scheme, method, authority, port, source_namespace);
-    for (k, v) in &root.headers {
-        m.headers.entry(k.clone()).or_insert_with(|| v.clone());
-    }
-    for (k, v) in &root.without_headers {
-        m.without_headers
-            .entry(k.clone())
-            .or_insert_with(|| v.clone());
-    }
-    for (k, v) in &root.query_params {
-        m.query_params.entry(k.clone()).or_insert_with(|| v.clone());
-    }
-    for (k, v) in &root.source_labels {
-        m.source_labels
-            .entry(k.clone())
-            .or_insert_with(|| v.clone());
-    }
+    fill(&mut m.headers, &root.headers);
+    fill(&mut m.without_headers, &root.without_headers);
+    fill(&mut m.query_params, &root.query_params);
+    fill(&mut m.source_labels, &root.source_labels);
     if m.gateways.is_empty() {
         m.gateways = root.gateways.clone();
     }

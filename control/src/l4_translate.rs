@@ -23,7 +23,7 @@ const TCP_PROXY_TYPE: &str =
 
 /// The gateways a match applies to: its own `gateways`, else the VirtualService's (`mesh` when
 /// it names none), as `namespace/name` references.
-fn applies_to(match_gateways: &[String], vs: &VirtualService, namespace: &str) -> Vec<String> {
+pub fn applies_to(match_gateways: &[String], vs: &VirtualService, namespace: &str) -> Vec<String> {
     let names = if match_gateways.is_empty() {
         &vs.gateways
     } else {

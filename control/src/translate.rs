@@ -347,15 +347,9 @@ impl MeshConfig {
     ) -> Vec<(String, Value)> {
         let mesh: BTreeSet<String> = ["mesh".to_string()].into();
         let for_mesh = |gateways: &[String], vs: &VirtualService, ns: &str| {
-            let names = if gateways.is_empty() {
-                &vs.gateways
-            } else {
-                gateways
-            };
-            names.is_empty()
-                || names
-                    .iter()
-                    .any(|g| crate::route_translate::gateway_ref(g, ns) == "mesh")
+            l4_translate::applies_to(gateways, vs, ns)
+                .iter()
+                .any(|g| g == "mesh")
         };
         let mut ports = BTreeSet::new();
         for (vs, ns) in self.virtual_services(source.namespace) {
