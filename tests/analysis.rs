@@ -4,7 +4,8 @@
 //! analysis and is rolled back automatically (the time from the failing measurement to all
 //! traffic on stable is measured); Prometheus stopped mid-release gives errors and the
 //! documented outcome (abort), never a silent success; the unmodified success-rate template of
-//! the corpus (its address pointed at this Prometheus) drives a release.
+//! the corpus (its address pointed at this Prometheus) drives a release, and so does its
+//! range-query template, which also fails a release when any point of its window is too slow.
 
 mod support;
 
@@ -129,6 +130,17 @@ async fn setup(
     steps: &str,
     background: &str,
 ) -> Setup {
+    setup_scraping(v2_fail_every, template, steps, background, &[]).await
+}
+
+/// [`setup`], with Prometheus also scraping `extra` targets.
+async fn setup_scraping(
+    v2_fail_every: u64,
+    template: impl Fn(std::net::SocketAddr) -> String,
+    steps: &str,
+    background: &str,
+    extra: &[std::net::SocketAddr],
+) -> Setup {
     let (v1, a1) = app("v1", 0).await;
     let (v2, a2) = app("v2", v2_fail_every).await;
     let gw = closed_port();
@@ -145,7 +157,10 @@ async fn setup(
         &["--data-dir", "state"],
     );
     let proxy = gateway_proxy("sluice", control.xds).await;
-    let prom = Prometheus::start_at(&[proxy.admin], prom_addr).await;
+    let targets: Vec<std::net::SocketAddr> = std::iter::once(proxy.admin)
+        .chain(extra.iter().copied())
+        .collect();
+    let prom = Prometheus::start_at(&targets, prom_addr).await;
     let url = format!("http://127.0.0.1:{gw}/");
     let stop = Arc::new(AtomicBool::new(false));
     let load = {
@@ -224,6 +239,20 @@ async fn wait_until(
         assert!(Instant::now() < deadline, "never {what}: {v:#}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Wait until v2 is the stable revision, or the release was rolled back.
+async fn wait_released_or_degraded(control: &ControlPlane) -> Value {
+    wait_until(
+        control,
+        "released or degraded",
+        Duration::from_secs(40),
+        |v| {
+            v["phase"] == "Degraded"
+                || (v["phase"] == "Healthy" && v["stable_revision"]["labels"]["version"] == "v2")
+        },
+    )
+    .await
 }
 
 fn set_version(control: &ControlPlane, version: &str, steps: &str, background: &str) {
@@ -379,16 +408,7 @@ async fn the_corpus_success_rate_template_drives_a_release() {
     let s = setup(0, template, steps, background).await;
     wait_phase(&s.control, &["Healthy"], Duration::from_secs(15)).await;
     set_version(&s.control, "v2", steps, background);
-    let v = wait_until(
-        &s.control,
-        "released or degraded",
-        Duration::from_secs(40),
-        |v| {
-            v["phase"] == "Degraded"
-                || (v["phase"] == "Healthy" && v["stable_revision"]["labels"]["version"] == "v2")
-        },
-    )
-    .await;
+    let v = wait_released_or_degraded(&s.control).await;
     assert_eq!(v["phase"], "Healthy", "{v:#}");
     assert_eq!(v["stable_revision"]["labels"]["version"], "v2");
     let run = &v["analysis"][0];
@@ -402,6 +422,115 @@ async fn the_corpus_success_rate_template_drives_a_release() {
         run["phase"], "Successful",
         "stopped at the end of the release: {run:#}"
     );
+    s.stop.store(true, Ordering::Relaxed);
+    let _ = s.load.await;
+}
+
+/// A scrape target exporting the gauge `http_latency_ms{service="web.default.svc.cluster.local"}`
+/// (the series the corpus' range-query template reads) at `/stats/prometheus`, valued `ms`.
+async fn latency_exporter(
+    ms: Arc<AtomicU64>,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let ms = ms.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |_req| {
+                    let body = format!(
+                        "# TYPE http_latency_ms gauge\nhttp_latency_ms{{service=\"web.default.svc.cluster.local\"}} {}\n",
+                        ms.load(Ordering::Relaxed)
+                    );
+                    async move { Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(body)))) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+fn corpus_range_query_template() -> String {
+    let corpus = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/corpus/argo/docs__analysis__prometheus.md.block1-range-query.yaml"),
+    )
+    .unwrap();
+    assert!(corpus.contains("address: http://prometheus.example.com:9090"));
+    assert!(corpus.contains(r#"successCondition: "all(result, # < 1000)""#));
+    corpus
+}
+
+/// [`setup`] with `template` (its address pointed at the test's Prometheus) as the background
+/// analysis and a latency exporter at 20 ms, once Prometheus has its series and v1 is Healthy.
+async fn range_query_setup(
+    template: String,
+) -> (Setup, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+    let template = move |p: std::net::SocketAddr| {
+        template.replace("http://prometheus.example.com:9090", &format!("http://{p}"))
+    };
+    let ms = Arc::new(AtomicU64::new(20));
+    let (exporter, task) = latency_exporter(ms.clone()).await;
+    let s = setup_scraping(0, template, RANGE_STEPS, RANGE_BACKGROUND, &[exporter]).await;
+    s.prom
+        .wait_for("http_latency_ms", Duration::from_secs(30))
+        .await;
+    wait_phase(&s.control, &["Healthy"], Duration::from_secs(15)).await;
+    (s, ms, task)
+}
+
+const RANGE_BACKGROUND: &str = "      analysis:\n        templates: [{templateName: range-query-example}]\n        args: [{name: service-name, value: web.default.svc.cluster.local}]\n";
+const RANGE_STEPS: &str = "[{setWeight: 50}, {pause: {duration: 8s}}, {setWeight: 100}]";
+
+/// Argo's published range-query template, only its address changed: every sample of the last
+/// five minutes (`now() - duration("5m")` to `now()`, step 1m) is under 1000 ms, so the release
+/// completes, and the measurement is the window's samples.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_corpus_range_query_template_drives_a_release() {
+    let _serial = SERIAL.lock().await;
+    let (s, _ms, _e) = range_query_setup(corpus_range_query_template()).await;
+    set_version(&s.control, "v2", RANGE_STEPS, RANGE_BACKGROUND);
+    let v = wait_released_or_degraded(&s.control).await;
+    assert_eq!(v["phase"], "Healthy", "{v:#}");
+    let run = &v["analysis"][0];
+    assert_eq!(run["phase"], "Successful", "{run:#}");
+    let m = &run["metrics"][0]["measurements"][0];
+    assert_eq!(m["phase"], "Successful", "{m:#}");
+    let value = m["value"].as_str().unwrap_or("");
+    assert!(value.starts_with("[20") && value.ends_with("20]"), "{m:#}");
+    s.stop.store(true, Ordering::Relaxed);
+    let _ = s.load.await;
+}
+
+/// The same template with a 1 s step and no tolerated failure: the latency was 20 ms, then 1500 ms
+/// just before the release. An instant query would see only 1500; the range query sees both,
+/// `all(result, # < 1000)` is false, and the release is rolled back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_query_sees_the_whole_window_and_fails_the_release() {
+    let _serial = SERIAL.lock().await;
+    let template = corpus_range_query_template()
+        .replace("failureLimit: 3", "failureLimit: 0")
+        .replace("step: 1m", "step: 1s");
+    let (s, ms, _e) = range_query_setup(template).await;
+    ms.store(1500, Ordering::Relaxed);
+    s.prom
+        .wait_for("http_latency_ms == 1500", Duration::from_secs(30))
+        .await;
+    set_version(&s.control, "v2", RANGE_STEPS, RANGE_BACKGROUND);
+    let v = wait_phase(&s.control, &["Degraded"], Duration::from_secs(40)).await;
+    let run = &v["analysis"][0];
+    assert_eq!(run["phase"], "Failed", "{run:#}");
+    let m = &run["metrics"][0]["measurements"][0];
+    assert_eq!(m["phase"], "Failed", "{m:#}");
+    let value = m["value"].as_str().unwrap_or("");
+    assert!(
+        value.starts_with("[20") && value.ends_with("1500]"),
+        "the window holds the old and the new latency: {m:#}"
+    );
+    assert_eq!(v["desired_weight"]["canary"], 0, "{v:#}");
     s.stop.store(true, Ordering::Relaxed);
     let _ = s.load.await;
 }

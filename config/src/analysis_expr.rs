@@ -13,15 +13,25 @@
 //! prod    := unary ( ("*" | "/" | "%") unary )*
 //! unary   := "-" unary | postfix
 //! postfix := primary ( "[" expr "]" )*
-//! primary := NUMBER | STRING | "true" | "false" | "result" | FUNC "(" expr ("," expr)* ")"
-//!          | "(" expr ")"
-//! FUNC    := len | isNaN | isInf | abs | float | int
+//! primary := NUMBER | STRING | "true" | "false" | "result" | "#" | FUNC "(" args? ")"
+//!          | PRED "(" expr "," closure ")" | "(" expr ")"
+//! closure := expr | "{" expr "}"            (`#` is the element being tested)
+//! FUNC    := len | isNaN | isInf | abs | float | int          (one argument)
+//!          | sum | mean | median | first | last                (a list)
+//!          | min | max                   (a list, or several numbers)
+//!          | now | duration                          (times, for `rangeQuery`)
+//! PRED    := all | any | none | one | count | filter | map
 //! ```
 //!
 //! `result` is the measurement: a number (a scalar query), a list of numbers (a Prometheus
-//! vector; `result[0]` is its first sample), a string or a boolean (a web metric's JSON value).
-//! Numbers compare as numbers whatever their spelling (`result == 1` with `1.0`); comparisons with
-//! NaN are false, as in IEEE arithmetic.
+//! vector, or every sample of a range query's series one after another; `result[0]` is the first
+//! sample), a string or a boolean (a web metric's JSON value). Numbers compare as numbers whatever
+//! their spelling (`result == 1` with `1.0`); comparisons with NaN are false, as in IEEE
+//! arithmetic. The predicates and aggregates behave as expr-lang's builtins of the same names
+//! (`all` of an empty list is true, `sum`, `mean` and `median` of one are 0; `min`, `max`,
+//! `first` and `last` of one are an error). `now()` and `duration("5m")` (Go's duration syntax,
+//! such as `1h30m`) make the times of a Prometheus `rangeQuery`: a time minus or plus a duration
+//! is a time, a time minus a time is a duration.
 
 use std::fmt;
 
@@ -32,6 +42,10 @@ pub enum Value {
     Bool(bool),
     Str(String),
     List(Vec<Value>),
+    /// An instant, in seconds since the Unix epoch.
+    Time(f64),
+    /// A span of time, in seconds.
+    Duration(f64),
 }
 
 impl fmt::Display for Value {
@@ -40,6 +54,8 @@ impl fmt::Display for Value {
             Value::Number(n) => write!(f, "{n}"),
             Value::Bool(b) => write!(f, "{b}"),
             Value::Str(s) => write!(f, "{s:?}"),
+            Value::Time(t) => write!(f, "time {t}"),
+            Value::Duration(d) => write!(f, "{d}s"),
             Value::List(l) => {
                 write!(f, "[")?;
                 for (i, v) in l.iter().enumerate() {
@@ -79,6 +95,8 @@ enum Node {
     Bool(bool),
     Str(String),
     Result,
+    /// `#`: the element a predicate is testing.
+    Elem,
     Call(String, Vec<Node>),
     Index(Box<Node>, Box<Node>),
     Neg(Box<Node>),
@@ -103,7 +121,25 @@ enum Op {
     Rem,
 }
 
-const FUNCTIONS: &[&str] = &["len", "isNaN", "isInf", "abs", "float", "int"];
+/// Functions of one argument.
+const UNARY: &[&str] = &[
+    "len", "isNaN", "isInf", "abs", "float", "int", "sum", "mean", "median", "first", "last",
+    "duration",
+];
+/// Functions of a list or of several numbers.
+const VARIADIC: &[&str] = &["min", "max"];
+/// Functions of no argument.
+const NULLARY: &[&str] = &["now"];
+/// Functions of a list and a predicate (a closure over `#`).
+const PREDICATES: &[&str] = &["all", "any", "none", "one", "count", "filter", "map"];
+
+fn known_names() -> String {
+    let mut all: Vec<&str> = vec!["result", "true", "false"];
+    for set in [UNARY, VARIADIC, NULLARY, PREDICATES] {
+        all.extend_from_slice(set);
+    }
+    all.join(", ")
+}
 
 /// A parsed condition.
 #[derive(Debug, Clone, PartialEq)]
@@ -124,9 +160,9 @@ fn lex(text: &str) -> Result<Vec<(Tok, usize)>, ParseError> {
     let chars: Vec<char> = text.chars().collect();
     let mut out = Vec::new();
     let mut i = 0;
-    const SYMS: [&str; 18] = [
+    const SYMS: [&str; 21] = [
         "||", "&&", "==", "!=", "<=", ">=", "<", ">", "!", "+", "-", "*", "/", "%", "(", ")", "[",
-        "]",
+        "]", "#", "{", "}",
     ];
     while i < chars.len() {
         let c = chars[i];
@@ -204,6 +240,8 @@ struct Parser {
     toks: Vec<(Tok, usize)>,
     pos: usize,
     end: usize,
+    /// How many predicate closures enclose the current position (`#` is valid inside one).
+    closures: usize,
 }
 
 impl Parser {
@@ -331,28 +369,75 @@ impl Parser {
             Tok::Ident(i) if i == "true" => Ok(Node::Bool(true)),
             Tok::Ident(i) if i == "false" => Ok(Node::Bool(false)),
             Tok::Ident(i) if i == "result" => Ok(Node::Result),
-            Tok::Ident(i) if FUNCTIONS.contains(&i.as_str()) => {
+            Tok::Sym("#") if self.closures > 0 => Ok(Node::Elem),
+            Tok::Sym("#") => {
+                self.pos -= 1;
+                self.err(
+                    "`#` stands for an element only inside a predicate such as all(result, # < 1)",
+                )
+            }
+            Tok::Ident(i) if PREDICATES.contains(&i.as_str()) => {
                 if !self.eat_sym("(") {
-                    return self.err(format!("`{i}` is a function: `{i}(…)`"));
+                    return self.err(format!("`{i}` is a function: `{i}(list, predicate)`"));
                 }
-                let mut args = vec![self.expr()?];
-                while self.eat_sym(",") {
-                    args.push(self.expr()?);
+                let list = self.expr()?;
+                if !self.eat_sym(",") {
+                    return self.err(format!(
+                        "`{i}` takes a list and a predicate: `{i}(result, # > 0)`"
+                    ));
                 }
+                self.closures += 1;
+                let braced = self.eat_sym("{");
+                let body = self.expr()?;
+                if braced && !self.eat_sym("}") {
+                    return self.err("expected `}`");
+                }
+                self.closures -= 1;
                 if !self.eat_sym(")") {
                     return self.err("expected `)`");
                 }
-                if args.len() != 1 {
-                    return self.err(format!("`{i}` takes one argument"));
+                Ok(Node::Call(i, vec![list, body]))
+            }
+            Tok::Ident(i)
+                if UNARY.contains(&i.as_str())
+                    || VARIADIC.contains(&i.as_str())
+                    || NULLARY.contains(&i.as_str()) =>
+            {
+                if !self.eat_sym("(") {
+                    return self.err(format!("`{i}` is a function: `{i}(…)`"));
+                }
+                let mut args = Vec::new();
+                if !self.eat_sym(")") {
+                    args.push(self.expr()?);
+                    while self.eat_sym(",") {
+                        args.push(self.expr()?);
+                    }
+                    if !self.eat_sym(")") {
+                        return self.err("expected `)`");
+                    }
+                }
+                let wanted = if NULLARY.contains(&i.as_str()) {
+                    args.is_empty()
+                } else if VARIADIC.contains(&i.as_str()) {
+                    !args.is_empty()
+                } else {
+                    args.len() == 1
+                };
+                if !wanted {
+                    let takes = if NULLARY.contains(&i.as_str()) {
+                        "no argument"
+                    } else if VARIADIC.contains(&i.as_str()) {
+                        "a list or numbers"
+                    } else {
+                        "one argument"
+                    };
+                    return self.err(format!("`{i}` takes {takes}"));
                 }
                 Ok(Node::Call(i, args))
             }
             Tok::Ident(i) => {
                 self.pos -= 1;
-                self.err(format!(
-                    "unknown name `{i}` (known: result, true, false, {})",
-                    FUNCTIONS.join(", ")
-                ))
+                self.err(format!("unknown name `{i}` (known: {})", known_names()))
             }
             Tok::Sym("(") => {
                 let e = self.expr()?;
@@ -387,17 +472,225 @@ fn truthy(v: &Value) -> Result<bool, EvalError> {
     }
 }
 
-fn eval(node: &Node, result: &Value) -> Result<Value, EvalError> {
+fn list<'v>(v: &'v Value, what: &str) -> Result<&'v [Value], EvalError> {
+    match v {
+        Value::List(l) => Ok(l),
+        other => Err(EvalError::Type(format!("{what}: {other} is not a list"))),
+    }
+}
+
+/// The numbers of an aggregate's arguments: one list, or several numbers.
+fn numbers(args: &[Value], what: &str) -> Result<Vec<f64>, EvalError> {
+    match args {
+        [Value::List(l)] => l.iter().map(|v| num(v, what)).collect(),
+        _ => args.iter().map(|v| num(v, what)).collect(),
+    }
+}
+
+/// A duration in Go's syntax (`time.ParseDuration`): a sign, then one or more decimal numbers
+/// each with a unit (`ns`, `us`, `µs`, `ms`, `s`, `m`, `h`), such as `300ms`, `1.5h` or `2h45m`;
+/// in seconds.
+pub fn go_duration(text: &str) -> Option<f64> {
+    let (sign, mut rest) = match text.strip_prefix('-') {
+        Some(r) => (-1.0, r),
+        None => (1.0, text.strip_prefix('+').unwrap_or(text)),
+    };
+    if rest == "0" {
+        return Some(0.0);
+    }
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total = 0.0;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let n: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total += n * scale;
+        rest = &rest[unit_len..];
+    }
+    Some(sign * total)
+}
+
+/// What an evaluation reads: the measurement, the element a predicate is testing, and the
+/// current time.
+#[derive(Clone, Copy)]
+struct Env<'a> {
+    result: Option<&'a Value>,
+    elem: Option<&'a Value>,
+    now_s: f64,
+}
+
+fn call(f: &str, args: &[Node], env: Env<'_>) -> Result<Value, EvalError> {
+    if PREDICATES.contains(&f) {
+        let items = eval(&args[0], env)?;
+        let items = list(&items, f)?;
+        let mut kept = Vec::new();
+        let mut hits = 0usize;
+        for item in items {
+            let v = eval(
+                &args[1],
+                Env {
+                    elem: Some(item),
+                    ..env
+                },
+            )?;
+            if f == "map" {
+                kept.push(v);
+                continue;
+            }
+            let hit = truthy(&v)?;
+            match f {
+                "all" if !hit => return Ok(Value::Bool(false)),
+                "any" if hit => return Ok(Value::Bool(true)),
+                "none" if hit => return Ok(Value::Bool(false)),
+                "filter" if hit => kept.push(item.clone()),
+                _ => {}
+            }
+            hits += usize::from(hit);
+        }
+        return Ok(match f {
+            "all" | "none" => Value::Bool(true),
+            "any" => Value::Bool(false),
+            "one" => Value::Bool(hits == 1),
+            "count" => Value::Number(hits as f64),
+            _ => Value::List(kept),
+        });
+    }
+    if f == "now" {
+        return Ok(Value::Time(env.now_s));
+    }
+    let a: Vec<Value> = args
+        .iter()
+        .map(|n| eval(n, env))
+        .collect::<Result<_, _>>()?;
+    let first = &a[0];
+    Ok(match f {
+        "len" => Value::Number(match first {
+            Value::List(l) => l.len() as f64,
+            Value::Str(s) => s.chars().count() as f64,
+            other => return Err(EvalError::Type(format!("len({other})"))),
+        }),
+        "isNaN" => Value::Bool(num(first, "isNaN")?.is_nan()),
+        "isInf" => Value::Bool(num(first, "isInf")?.is_infinite()),
+        "abs" => Value::Number(num(first, "abs")?.abs()),
+        "float" => Value::Number(num(first, "float")?),
+        "int" => Value::Number(num(first, "int")?.trunc()),
+        "sum" => Value::Number(numbers(&a, f)?.iter().sum()),
+        "mean" => {
+            let n = numbers(&a, f)?;
+            Value::Number(if n.is_empty() {
+                0.0
+            } else {
+                n.iter().sum::<f64>() / n.len() as f64
+            })
+        }
+        "median" => {
+            let mut n = numbers(&a, f)?;
+            n.sort_by(f64::total_cmp);
+            let k = n.len();
+            Value::Number(match k {
+                0 => 0.0,
+                _ if k % 2 == 1 => n[k / 2],
+                _ => (n[k / 2 - 1] + n[k / 2]) / 2.0,
+            })
+        }
+        "min" | "max" => {
+            let n = numbers(&a, f)?;
+            let pick = if f == "min" { f64::min } else { f64::max };
+            Value::Number(
+                n.iter()
+                    .copied()
+                    .reduce(pick)
+                    .ok_or_else(|| EvalError::Type(format!("{f} of an empty list")))?,
+            )
+        }
+        "first" | "last" => {
+            let l = list(first, f)?;
+            let item = if f == "first" { l.first() } else { l.last() };
+            item.cloned().ok_or(EvalError::OutOfRange {
+                index: if f == "first" { 0 } else { -1 },
+                len: 0,
+            })?
+        }
+        _ => match first {
+            // "duration"
+            Value::Str(s) => Value::Duration(
+                go_duration(s)
+                    .ok_or_else(|| EvalError::Type(format!("duration: `{s}` is not a duration")))?,
+            ),
+            other => return Err(EvalError::Type(format!("duration({other})"))),
+        },
+    })
+}
+
+/// `a op b` where either side is a time or a duration.
+fn time_arith(op: Op, a: &Value, b: &Value) -> Result<Value, EvalError> {
+    let cmp = |x: f64, y: f64| {
+        Value::Bool(match op {
+            Op::Eq => x == y,
+            Op::Ne => x != y,
+            Op::Lt => x < y,
+            Op::Le => x <= y,
+            Op::Gt => x > y,
+            _ => x >= y,
+        })
+    };
+    let is_cmp = matches!(op, Op::Eq | Op::Ne | Op::Lt | Op::Le | Op::Gt | Op::Ge);
+    Ok(match (a, b) {
+        (Value::Time(x), Value::Time(y)) if is_cmp => cmp(*x, *y),
+        (Value::Duration(x), Value::Duration(y)) if is_cmp => cmp(*x, *y),
+        (Value::Time(x), Value::Duration(d)) if op == Op::Add => Value::Time(x + d),
+        (Value::Duration(d), Value::Time(x)) if op == Op::Add => Value::Time(x + d),
+        (Value::Time(x), Value::Duration(d)) if op == Op::Sub => Value::Time(x - d),
+        (Value::Time(x), Value::Time(y)) if op == Op::Sub => Value::Duration(x - y),
+        (Value::Duration(x), Value::Duration(y)) if op == Op::Add => Value::Duration(x + y),
+        (Value::Duration(x), Value::Duration(y)) if op == Op::Sub => Value::Duration(x - y),
+        (Value::Duration(x), Value::Number(n)) if op == Op::Mul => Value::Duration(x * n),
+        (Value::Number(n), Value::Duration(x)) if op == Op::Mul => Value::Duration(x * n),
+        _ => {
+            return Err(EvalError::Type(format!(
+                "{op:?} of {a} and {b} is not defined"
+            )))
+        }
+    })
+}
+
+fn eval(node: &Node, env: Env<'_>) -> Result<Value, EvalError> {
     Ok(match node {
         Node::Num(n) => Value::Number(*n),
         Node::Bool(b) => Value::Bool(*b),
         Node::Str(s) => Value::Str(s.clone()),
-        Node::Result => result.clone(),
-        Node::Neg(e) => Value::Number(-num(&eval(e, result)?, "-")?),
-        Node::Not(e) => Value::Bool(!truthy(&eval(e, result)?)?),
-        Node::Index(list, index) => {
-            let l = eval(list, result)?;
-            let i = num(&eval(index, result)?, "index")? as i64;
+        Node::Result => env
+            .result
+            .cloned()
+            .ok_or_else(|| EvalError::Type("`result` has no value here".into()))?,
+        Node::Elem => env
+            .elem
+            .cloned()
+            .ok_or_else(|| EvalError::Type("`#` outside a predicate".into()))?,
+        Node::Neg(e) => match eval(e, env)? {
+            Value::Duration(d) => Value::Duration(-d),
+            v => Value::Number(-num(&v, "-")?),
+        },
+        Node::Not(e) => Value::Bool(!truthy(&eval(e, env)?)?),
+        Node::Index(items, index) => {
+            let l = eval(items, env)?;
+            let i = num(&eval(index, env)?, "index")? as i64;
             match l {
                 Value::List(items) => {
                     let len = items.len();
@@ -409,29 +702,16 @@ fn eval(node: &Node, result: &Value) -> Result<Value, EvalError> {
                 other => return Err(EvalError::Type(format!("{other} cannot be indexed"))),
             }
         }
-        Node::Call(f, args) => {
-            let a = eval(&args[0], result)?;
-            match f.as_str() {
-                "len" => Value::Number(match &a {
-                    Value::List(l) => l.len() as f64,
-                    Value::Str(s) => s.chars().count() as f64,
-                    other => return Err(EvalError::Type(format!("len({other})"))),
-                }),
-                "isNaN" => Value::Bool(num(&a, "isNaN")?.is_nan()),
-                "isInf" => Value::Bool(num(&a, "isInf")?.is_infinite()),
-                "abs" => Value::Number(num(&a, "abs")?.abs()),
-                "float" => Value::Number(num(&a, "float")?),
-                _ => Value::Number(num(&a, "int")?.trunc()),
-            }
-        }
-        Node::Bin(Op::Or, l, r) => {
-            Value::Bool(truthy(&eval(l, result)?)? || truthy(&eval(r, result)?)?)
-        }
-        Node::Bin(Op::And, l, r) => {
-            Value::Bool(truthy(&eval(l, result)?)? && truthy(&eval(r, result)?)?)
-        }
+        Node::Call(f, args) => call(f, args, env)?,
+        Node::Bin(Op::Or, l, r) => Value::Bool(truthy(&eval(l, env)?)? || truthy(&eval(r, env)?)?),
+        Node::Bin(Op::And, l, r) => Value::Bool(truthy(&eval(l, env)?)? && truthy(&eval(r, env)?)?),
         Node::Bin(op, l, r) => {
-            let (a, b) = (eval(l, result)?, eval(r, result)?);
+            let (a, b) = (eval(l, env)?, eval(r, env)?);
+            if matches!(a, Value::Time(_) | Value::Duration(_))
+                || matches!(b, Value::Time(_) | Value::Duration(_))
+            {
+                return time_arith(*op, &a, &b);
+            }
             match op {
                 Op::Eq | Op::Ne => {
                     let eq = match (&a, &b) {
@@ -465,6 +745,14 @@ fn eval(node: &Node, result: &Value) -> Result<Value, EvalError> {
     })
 }
 
+/// The current time, in seconds since the Unix epoch.
+pub fn now_s() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
 fn mentions(node: &Node, f: &str) -> bool {
     match node {
         Node::Call(name, args) => name == f || args.iter().any(|a| mentions(a, f)),
@@ -482,6 +770,7 @@ impl Condition {
             toks,
             pos: 0,
             end: text.chars().count() + 1,
+            closures: 0,
         };
         let root = p.expr()?;
         if p.pos != p.toks.len() {
@@ -495,7 +784,30 @@ impl Condition {
 
     /// Evaluate against a measurement; the condition must give true or false.
     pub fn evaluate(&self, result: &Value) -> Result<bool, EvalError> {
-        truthy(&eval(&self.root, result)?)
+        truthy(&eval(
+            &self.root,
+            Env {
+                result: Some(result),
+                elem: None,
+                now_s: now_s(),
+            },
+        )?)
+    }
+
+    /// Evaluate as a time (a `rangeQuery`'s `start` or `end`, such as `now() - duration("5m")`),
+    /// with `now()` being `now_s` (seconds since the Unix epoch).
+    pub fn evaluate_time(&self, now_s: f64) -> Result<f64, EvalError> {
+        match eval(
+            &self.root,
+            Env {
+                result: None,
+                elem: None,
+                now_s,
+            },
+        )? {
+            Value::Time(t) => Ok(t),
+            other => Err(EvalError::Type(format!("{other} is not a time"))),
+        }
     }
 
     /// Whether the condition itself decides what an empty result or NaN means (it calls `len`
@@ -569,6 +881,70 @@ mod tests {
     }
 
     #[test]
+    fn predicates_and_aggregates_follow_expr_lang() {
+        let l = |xs: &[f64]| Value::List(xs.iter().map(|x| Value::Number(*x)).collect());
+        let lat = l(&[120.0, 900.0, 400.0]);
+        // The corpus' range-query template, and the braced closure form.
+        assert!(eval_str("all(result, # < 1000)", lat.clone()).unwrap());
+        assert!(!eval_str("all(result, {# < 500})", lat.clone()).unwrap());
+        assert!(eval_str("any(result, # > 800)", lat.clone()).unwrap());
+        assert!(!eval_str("none(result, # > 800)", lat.clone()).unwrap());
+        assert!(eval_str("one(result, # > 800)", lat.clone()).unwrap());
+        assert!(!eval_str("one(result, # > 100)", lat.clone()).unwrap());
+        assert!(eval_str("count(result, # >= 400) == 2", lat.clone()).unwrap());
+        assert!(eval_str("len(filter(result, # < 500)) == 2", lat.clone()).unwrap());
+        assert!(eval_str("map(result, # / 1000)[1] == 0.9", lat.clone()).unwrap());
+        assert!(eval_str("sum(result) == 1420 && max(result) == 900", lat.clone()).unwrap());
+        assert!(eval_str("min(result) == 120 && min(3, 2, 5) == 2", lat.clone()).unwrap());
+        assert!(eval_str("median(result) == 400", lat.clone()).unwrap());
+        assert!(eval_str("mean(result) > 473 && mean(result) < 474", lat.clone()).unwrap());
+        assert!(eval_str("first(result) == 120 && last(result) == 400", lat).unwrap());
+        // Over an empty list, as expr-lang: vacuous truths, zero sums, errors for min and first.
+        let empty = l(&[]);
+        assert!(eval_str("all(result, # < 1) && none(result, # < 1)", empty.clone()).unwrap());
+        assert!(!eval_str("any(result, # < 1) || one(result, # < 1)", empty.clone()).unwrap());
+        assert!(eval_str("sum(result) == 0 && mean(result) == 0", empty.clone()).unwrap());
+        assert!(eval_str("min(result) < 1", empty.clone()).is_err());
+        assert!(matches!(
+            eval_str("first(result) < 1", empty),
+            Err(EvalError::OutOfRange { .. })
+        ));
+        // Nested predicates: `#` is the innermost element.
+        let nested = Value::List(vec![l(&[1.0, 2.0]), l(&[3.0])]);
+        assert!(eval_str("all(result, any(#, # > 0))", nested).unwrap());
+    }
+
+    #[test]
+    fn range_query_times_are_now_and_durations() {
+        let now = 1_700_000_000.0;
+        let t = |text: &str| Condition::parse(text).unwrap().evaluate_time(now);
+        assert_eq!(t("now()").unwrap(), now);
+        assert_eq!(t(r#"now() - duration("5m")"#).unwrap(), now - 300.0);
+        assert_eq!(
+            t(r#"now() + duration("1h30m") - duration('90s')"#).unwrap(),
+            now + 5310.0
+        );
+        assert_eq!(t(r#"duration("2s") + now()"#).unwrap(), now + 2.0);
+        assert!(t(r#"duration("5m")"#).is_err(), "a duration is not a time");
+        assert!(t("now() - 5").is_err(), "a time minus a number");
+        assert!(t("result").is_err(), "no measurement in a time");
+        assert!(t(r#"now() - duration("5 min")"#).is_err());
+        for (text, secs) in [
+            ("300ms", 0.3),
+            ("1.5h", 5400.0),
+            ("2h45m", 9900.0),
+            ("-1m", -60.0),
+            ("0", 0.0),
+            ("1m30s", 90.0),
+        ] {
+            assert_eq!(go_duration(text), Some(secs), "{text}");
+        }
+        for bad in ["", "5", "1d", "m", "1.2.3s"] {
+            assert_eq!(go_duration(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn bad_conditions_are_refused_with_a_column() {
         for (text, needle) in [
             ("result[0] >= ", "end of the condition"),
@@ -578,6 +954,12 @@ mod tests {
             ("result >= 0.95 0.9", "unexpected text"),
             ("result @ 1", "unexpected `@`"),
             ("'open", "unterminated"),
+            ("# > 1", "only inside a predicate"),
+            ("all(result)", "a list and a predicate"),
+            ("all(result, {# > 1)", "expected `}`"),
+            ("now(1) > 0", "takes no argument"),
+            ("sum(result, 2) > 0", "takes one argument"),
+            ("max() > 0", "takes a list or numbers"),
         ] {
             let e = Condition::parse(text).unwrap_err();
             assert!(e.to_string().contains(needle), "{text}: {e}");

@@ -1,12 +1,12 @@
 //! Argo `AnalysisTemplate` and `ClusterAnalysisTemplate` (`argoproj.io/v1alpha1`): the metric
-//! checks a release runs. Providers `prometheus` and `web` are read; other providers are refused
+//! checks a release runs. Providers `prometheus` (instant and range queries) and `web` are read; other providers are refused
 //! by name. Conditions are parsed when the template is read ([`crate::analysis_expr`]), so a
 //! condition Sluice cannot evaluate is refused before any release depends on it.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::analysis_expr::Condition;
+use crate::analysis_expr::{go_duration, Condition};
 use crate::error::FieldError;
 use crate::istio::{parse_duration, Metadata};
 
@@ -90,7 +90,18 @@ pub struct PrometheusProvider {
     pub headers: Vec<Header>,
     pub insecure: Option<bool>,
     pub authentication: Option<Value>,
-    pub range_query: Option<Value>,
+    pub range_query: Option<RangeQuery>,
+}
+
+/// A Prometheus range query (`/api/v1/query_range`): `start` and `end` are expressions giving a
+/// time (`now() - duration("5m")`), evaluated at each measurement; `step` is a duration (`1m`).
+/// The measurement is every sample of every series returned, one after another.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RangeQuery {
+    pub start: String,
+    pub end: String,
+    pub step: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -243,12 +254,22 @@ pub fn check(spec: &AnalysisTemplateSpec, errors: &mut Vec<FieldError>) {
                     "SigV4 / OAuth; use headers",
                 );
             }
-            if pr.range_query.is_some() {
-                refuse(
-                    errors,
-                    format!("{at}.provider.prometheus.rangeQuery"),
-                    "range queries; use an instant query with a range selector",
-                );
+            if let Some(r) = &pr.range_query {
+                let at = format!("{at}.provider.prometheus.rangeQuery");
+                for (name, t) in [("start", &r.start), ("end", &r.end)] {
+                    if let Err(e) = Condition::parse(&without_placeholders(t)) {
+                        errors.push(FieldError::new(
+                            format!("{at}.{name}"),
+                            format!("`{t}`: {e}"),
+                        ));
+                    }
+                }
+                if !has_placeholder(&r.step) && !go_duration(&r.step).is_some_and(|s| s > 0.0) {
+                    errors.push(FieldError::new(
+                        format!("{at}.step"),
+                        format!("`{}` is not a positive duration (30s, 1m, 1h30m)", r.step),
+                    ));
+                }
             }
             if pr.insecure == Some(true) {
                 refuse(

@@ -1,5 +1,6 @@
-//! Taking one measurement: a Prometheus instant query (`/api/v1/query`) or a web request whose
-//! JSON answer is read at `jsonPath`. Every failure — connection refused, timeout, an HTTP
+//! Taking one measurement: a Prometheus instant query (`/api/v1/query`), a Prometheus range query
+//! (`/api/v1/query_range`, its window's times evaluated now), or a web request whose JSON answer
+//! is read at `jsonPath`. Every failure — connection refused, timeout, an HTTP
 //! error, a Prometheus `error` status, an answer that is not what was asked — is an `Err`, which
 //! the run counts as an Error measurement, never as a success or a failure.
 
@@ -8,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use serde_json::Value as Json;
-use sluice_config::analysis_expr::Value;
+use sluice_config::analysis_expr::{now_s, Condition, Value};
 
 use crate::analysis_run::Provider;
 
@@ -71,8 +72,9 @@ fn sample(v: &Json) -> Result<f64, String> {
         .map_err(|_| format!("sample value `{text}` is not a number"))
 }
 
-/// Read a Prometheus `/api/v1/query` answer: a vector is a list of its samples' values, a scalar
-/// a number.
+/// Read a Prometheus query answer: a vector is a list of its samples' values, a matrix (a range
+/// query, or a range selector) the values of every series one after another, as Argo reads them;
+/// a scalar is a number.
 pub fn prometheus_value(body: &[u8]) -> Result<Value, String> {
     let v: Json =
         serde_json::from_slice(body).map_err(|e| format!("the answer is not JSON: {e}"))?;
@@ -95,9 +97,18 @@ pub fn prometheus_value(body: &[u8]) -> Result<Value, String> {
                 .transpose()?
                 .unwrap_or_default(),
         )),
+        Some("matrix") => {
+            let mut values = Vec::new();
+            for series in v["data"]["result"].as_array().into_iter().flatten() {
+                for s in series["values"].as_array().into_iter().flatten() {
+                    values.push(Value::Number(sample(s)?));
+                }
+            }
+            Ok(Value::List(values))
+        }
         Some("scalar") => Ok(Value::Number(sample(&v["data"]["result"])?)),
         Some(other) => Err(format!(
-            "Prometheus answered a {other}; use an instant vector or scalar query"
+            "Prometheus answered a {other}; use a vector, matrix or scalar query"
         )),
         None => Err("Prometheus answer without data.resultType".into()),
     }
@@ -162,9 +173,27 @@ pub async fn measure(p: &Provider) -> Result<Value, String> {
             query,
             timeout_s,
             headers,
+            range,
         } => {
             let q: String = url_encode(query);
-            let url = format!("{}/api/v1/query?query={q}", address.trim_end_matches('/'));
+            let base = address.trim_end_matches('/');
+            let url = match range {
+                None => format!("{base}/api/v1/query?query={q}"),
+                Some(r) => {
+                    let now = now_s();
+                    let time = |text: &str, what: &str| {
+                        Condition::parse(text)
+                            .map_err(|e| format!("rangeQuery.{what} `{text}`: {e}"))?
+                            .evaluate_time(now)
+                            .map_err(|e| format!("rangeQuery.{what} `{text}`: {e}"))
+                    };
+                    let (start, end) = (time(&r.start, "start")?, time(&r.end, "end")?);
+                    format!(
+                        "{base}/api/v1/query_range?query={q}&start={start:.3}&end={end:.3}&step={}",
+                        r.step_s
+                    )
+                }
+            };
             let (status, body) = request("GET", &url, headers, None, *timeout_s).await?;
             if status >= 500 || status == 401 || status == 403 || status == 404 {
                 return Err(format!("Prometheus answered HTTP {status}"));
@@ -221,8 +250,20 @@ mod tests {
         assert!(prometheus_value(err)
             .unwrap_err()
             .contains("bad_data parse error"));
-        let matrix = br#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#;
-        assert!(prometheus_value(matrix).is_err());
+        // A matrix is every sample of every series, one series after another (as Argo reads it).
+        let matrix = br#"{"status":"success","data":{"resultType":"matrix","result":[
+            {"metric":{"s":"a"},"values":[[1,"10"],[61,"12"]]},
+            {"metric":{"s":"b"},"values":[[61,"900"]]}]}}"#;
+        assert_eq!(
+            prometheus_value(matrix).unwrap(),
+            Value::List(vec![
+                Value::Number(10.0),
+                Value::Number(12.0),
+                Value::Number(900.0)
+            ])
+        );
+        let string = br#"{"status":"success","data":{"resultType":"string","result":[1,"x"]}}"#;
+        assert!(prometheus_value(string).unwrap_err().contains("string"));
     }
 
     #[test]
@@ -290,6 +331,7 @@ mod tests {
             query: "sum(rate(x[1m]))".into(),
             timeout_s: 1,
             headers: vec![],
+            range: None,
         };
         assert_eq!(
             measure(&q(format!("http://{prom}"))).await,

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
-use sluice_config::analysis_expr::{Condition, EvalError, Value};
+use sluice_config::analysis_expr::{go_duration, Condition, EvalError, Value};
 use sluice_config::argo::{AnalysisArg, RolloutAnalysis};
 use sluice_config::argo_analysis::{AnalysisTemplate, Metric};
 use sluice_config::istio::parse_duration;
@@ -81,6 +81,9 @@ pub enum Provider {
         query: String,
         timeout_s: u64,
         headers: Vec<(String, String)>,
+        /// A range query's window, when the metric has `rangeQuery`.
+        #[serde(default)]
+        range: Option<QueryRange>,
     },
     Web {
         url: String,
@@ -90,6 +93,15 @@ pub enum Provider {
         timeout_s: u64,
         body: Option<String>,
     },
+}
+
+/// A Prometheus range query with arguments expanded: `start` and `end` are time expressions
+/// (evaluated at each measurement), `step_s` the resolution in seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueryRange {
+    pub start: String,
+    pub end: String,
+    pub step_s: f64,
 }
 
 /// One metric of a run: its frozen definition and its measurements so far.
@@ -212,6 +224,23 @@ fn resolve(m: &Metric, args: &BTreeMap<String, String>, now_ms: u64) -> Result<M
             query: e(&p.query)?,
             timeout_s: p.timeout.unwrap_or(10),
             headers: headers(&p.headers)?,
+            range: match &p.range_query {
+                None => None,
+                Some(r) => {
+                    let (start, end, step) = (e(&r.start)?, e(&r.end)?, e(&r.step)?);
+                    for t in [&start, &end] {
+                        Condition::parse(t)
+                            .map_err(|err| format!("metric {}: rangeQuery `{t}`: {err}", m.name))?;
+                    }
+                    let step_s = go_duration(&step).filter(|s| *s > 0.0).ok_or_else(|| {
+                        format!(
+                            "metric {}: rangeQuery step `{step}` is not a duration",
+                            m.name
+                        )
+                    })?;
+                    Some(QueryRange { start, end, step_s })
+                }
+            },
         },
         (None, Some(w)) => Provider::Web {
             url: e(&w.url)?,
@@ -549,8 +578,9 @@ mod tests {
         }
     }
 
-    fn run(metric: &str) -> AnalysisRun {
-        let a = RolloutAnalysis {
+    /// An analysis of template `t` with `service: web`.
+    fn analysis_of_t() -> RolloutAnalysis {
+        RolloutAnalysis {
             templates: vec![sluice_config::argo::TemplateRef {
                 template_name: "t".into(),
                 cluster_scope: false,
@@ -561,7 +591,11 @@ mod tests {
                 value_from: None,
             }],
             ..Default::default()
-        };
+        }
+    }
+
+    fn run(metric: &str) -> AnalysisRun {
+        let a = analysis_of_t();
         AnalysisRun::start(
             "r".into(),
             RunKind::Background,
@@ -575,6 +609,40 @@ mod tests {
 
     fn list(x: f64) -> Result<Value, String> {
         Ok(Value::List(vec![Value::Number(x)]))
+    }
+
+    #[test]
+    fn range_queries_are_checked_when_read_and_expanded_when_run() {
+        let text = |start: &str, step: &str| {
+            format!(
+                "apiVersion: argoproj.io/v1alpha1\nkind: AnalysisTemplate\nmetadata: {{name: t}}\nspec:\n  args: [{{name: service}}, {{name: lookback, value: 5m}}]\n  metrics:\n  - name: latency\n    successCondition: 'all(result, # < 1000)'\n    provider:\n      prometheus:\n        address: http://127.0.0.1:9\n        query: x\n        rangeQuery: {{start: '{start}', end: 'now()', step: '{step}'}}\n"
+            )
+        };
+        let good = text(r#"now() - duration("{{args.lookback}}")"#, "1m");
+        let t = match parse_text("t.yaml", &good).unwrap().remove(0) {
+            Parsed::AnalysisTemplate(t) => *t,
+            other => panic!("{other:?}"),
+        };
+        let a = analysis_of_t();
+        let r =
+            AnalysisRun::start("r".into(), RunKind::Background, &a, "default", &[t], 0).unwrap();
+        let Provider::Prometheus { range: Some(q), .. } = &r.metrics[0].provider else {
+            panic!("{:?}", r.metrics[0].provider)
+        };
+        assert_eq!(q.start, r#"now() - duration("5m")"#);
+        assert_eq!(q.end, "now()");
+        assert_eq!(q.step_s, 60.0);
+
+        for (start, step, needle) in [
+            ("now() -", "1m", "rangeQuery.start"),
+            ("now()", "1 minute", "rangeQuery.step"),
+            ("now()", "0s", "rangeQuery.step"),
+        ] {
+            let e = parse_text("t.yaml", &text(start, step))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{start} {step}: {e}");
+        }
     }
 
     #[test]
