@@ -1,7 +1,9 @@
 //! Route `retry_policy` through real Envoy 1.40 and through `sluice proxy` on the same bootstrap:
 //! what is retried (`5xx`, `gateway-error`, `retriable-status-codes`, `connect-failure`, per-try
 //! timeouts), how many tries each request makes (counted by the upstream), request bodies sent
-//! again, the next host chosen with `previous_hosts`, and `x-envoy-expected-rq-timeout-ms`.
+//! again, the next host chosen with `previous_hosts`, and `x-envoy-expected-rq-timeout-ms`; and
+//! Istio's retry policies (its default on routes without `retries`) as `sluice control` serves
+//! them to both.
 
 mod support;
 
@@ -200,4 +202,82 @@ async fn retries_happen_as_in_envoy() {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse::<u64>().ok());
     assert_eq!(retried, Some(9), "{stats}");
+}
+
+/// Istio's retry policies, translated by `sluice control` and served to real Envoy (gateway on
+/// 127.0.0.2) and to `sluice proxy` (127.0.0.1): a route without `retries` gets Istio's default
+/// (503 and connection failures retried twice), `attempts: 0` turns retries off, and `retryOn`
+/// replaces the conditions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istio_routes_retry_as_istio_configures_them() {
+    let (port, tries, _task) = flaky().await;
+    let gw = closed_port();
+    let mesh = render(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: flaky}
+spec:
+  hosts: [flaky]
+  ports: [{number: 80, name: http}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.0.1, ports: {http: {{port}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: {{gw}}, name: http, protocol: HTTP}, hosts: ["*"]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: flaky}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  http:
+  - match: [{uri: {prefix: /off/}}]
+    retries: {attempts: 0}
+    route: [{destination: {host: flaky}}]
+  - match: [{uri: {prefix: /five/}}]
+    retries: {attempts: 3, retryOn: 5xx, backoff: 5ms}
+    route: [{destination: {host: flaky}}]
+  - route: [{destination: {host: flaky}}]
+"#,
+        &[("port", port.to_string()), ("gw", gw.to_string())],
+    );
+    let control = ControlPlane::start(&[("mesh.yaml", mesh)]);
+    let meta =
+        |ip: &str| json!({"LABELS": {"istio": "ingressgateway"}, "SLUICE_GATEWAY_ADDRESS": ip});
+    let _envoy = proxy_of(
+        "envoy",
+        &ads_bootstrap(control.xds, GATEWAY_NODE, meta("127.0.0.2")),
+    )
+    .await;
+    let _sluice = proxy_of(
+        "sluice",
+        &ads_bootstrap(control.xds, GATEWAY_NODE, meta("127.0.0.1")),
+    )
+    .await;
+    control.wait_synced(2, Duration::from_secs(15)).await;
+    let client = client_h1();
+    // (path, status, tries)
+    let cases = [
+        ("/default/a?fail=1", 200, 2),
+        ("/default/b?fail=3", 503, 3),
+        ("/default/c?fail=1&code=500", 500, 1),
+        ("/off/d?fail=1", 503, 1),
+        ("/five/e?fail=3&code=500", 200, 4),
+        ("/five/f?fail=1&code=404", 404, 1),
+    ];
+    for (kind, ip) in [("envoy", "127.0.0.2"), ("sluice", "127.0.0.1")] {
+        for (path, status, want) in cases {
+            let (route, rest) = path[1..].split_once('/').unwrap_or(("", ""));
+            let path = format!("/{route}/{kind}-{rest}");
+            let r = get(&client, &format!("http://{ip}:{gw}{path}"), &[]).await;
+            let key = path.split('?').next().unwrap_or("").to_string();
+            let counted = tries.lock().unwrap().get(&key).copied().unwrap_or(0);
+            assert_eq!((r.status, counted), (status, want), "{kind} {path}");
+        }
+    }
 }

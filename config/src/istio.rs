@@ -288,6 +288,10 @@ pub struct Retries {
     pub per_try_timeout: Option<String>,
     pub retry_on: Option<String>,
     pub retry_remote_localities: Option<bool>,
+    /// Whether a retry avoids the hosts already tried (Istio's default: yes).
+    pub retry_ignore_previous_hosts: Option<bool>,
+    /// The base interval of the exponential back-off between retries.
+    pub backoff: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -1148,6 +1152,14 @@ fn check_virtual_service(vs: &VirtualService, errors: &mut Vec<FieldError>) {
                 format!("{at}.retries.perTryTimeout"),
                 &rt.per_try_timeout,
             );
+            check_duration(errors, format!("{at}.retries.backoff"), &rt.backoff);
+            if rt.retry_remote_localities == Some(true) {
+                refuse(
+                    errors,
+                    format!("{at}.retries.retryRemoteLocalities"),
+                    "retrying in other localities (Envoy's previous_priorities)",
+                );
+            }
         }
         if let Some(f) = &r.fault {
             if let Some(d) = &f.delay {

@@ -399,10 +399,9 @@ impl RouteContext<'_> {
         {
             action.insert("hash_policy".into(), json!([h]));
         }
-        if let Some(rt) = &r.retries {
-            if rt.attempts > 0 {
-                action.insert("retry_policy".into(), retry_policy(rt));
-            }
+        let consistent_hash = action.contains_key("hash_policy") && r.route.len() == 1;
+        if let Some(p) = retry_policy(r.retries.as_ref(), consistent_hash) {
+            action.insert("retry_policy".into(), p);
         }
         out.insert("route".into(), Value::Object(action));
     }
@@ -510,42 +509,70 @@ fn grpc_code(name: &str) -> u32 {
         .unwrap_or(2)
 }
 
-/// Istio's retry policy: its defaults (503 retried, other hosts preferred), with the
-/// VirtualService's `attempts`, `perTryTimeout` and `retryOn`, where a number in `retryOn` is a
-/// status code to retry.
-fn retry_policy(rt: &sluice_config::istio::Retries) -> Value {
-    let default_on = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes";
+/// The retry policy Istio gives an outbound route no VirtualService routes (its default policy).
+pub fn default_retry_policy() -> Value {
+    retry_policy(None, false).unwrap_or_default()
+}
+
+/// Istio's retry policy for a route (its `ConvertPolicy`): without `retries`, Istio's default
+/// (2 retries on connect failures, refused streams, `unavailable`, `cancelled` and 503, preferring
+/// hosts not tried yet); `attempts: 0` turns retries off (`None`). Otherwise the default with the
+/// VirtualService's `attempts`, `perTryTimeout`, `backoff` and `retryIgnorePreviousHosts`, and
+/// `retryOn` replacing the conditions, where a number is a status code to retry. A route with a
+/// single destination that hashes consistently does not avoid previous hosts by default.
+fn retry_policy(
+    rt: Option<&sluice_config::istio::Retries>,
+    consistent_hash: bool,
+) -> Option<Value> {
+    let mut on =
+        "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes".to_string();
     let mut codes = vec![503u32];
-    let mut on: Vec<&str> = Vec::new();
-    for token in rt.retry_on.as_deref().unwrap_or(default_on).split(',') {
-        let token = token.trim();
-        match token.parse::<u32>() {
-            Ok(code) => {
-                if !codes.contains(&code) {
-                    codes.push(code);
-                }
-                if !on.contains(&"retriable-status-codes") {
-                    on.push("retriable-status-codes");
+    let mut previous_hosts = !consistent_hash;
+    let mut num_retries = 2;
+    if let Some(rt) = rt {
+        if rt.attempts == 0 {
+            return None;
+        }
+        num_retries = rt.attempts;
+        if let Some(retry_on) = rt.retry_on.as_deref().filter(|r| !r.is_empty()) {
+            let mut conditions: Vec<&str> = Vec::new();
+            codes.clear();
+            for token in retry_on.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                match token.parse::<u32>() {
+                    Ok(code) if (100..600).contains(&code) => codes.push(code),
+                    _ => conditions.push(token),
                 }
             }
-            Err(_) if !token.is_empty() && !on.contains(&token) => on.push(token),
-            Err(_) => {}
+            on = conditions.join(",");
+            if !codes.is_empty() && !on.contains("retriable-status-codes") {
+                on.push_str(",retriable-status-codes");
+            }
+        }
+        if let Some(ignore) = rt.retry_ignore_previous_hosts {
+            previous_hosts = ignore;
         }
     }
     let mut p = json!({
-        "num_retries": rt.attempts,
-        "retry_on": on.join(","),
-        "retriable_status_codes": codes,
-        "retry_host_predicate": [{
-            "name": "envoy.retry_host_predicates.previous_hosts",
-            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}
-        }],
+        "num_retries": num_retries,
+        "retry_on": on,
         "host_selection_retry_max_attempts": 5,
     });
-    if let Some(t) = &rt.per_try_timeout {
+    if !codes.is_empty() {
+        p["retriable_status_codes"] = json!(codes);
+    }
+    if previous_hosts {
+        p["retry_host_predicate"] = json!([{
+            "name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}
+        }]);
+    }
+    if let Some(t) = rt.and_then(|rt| rt.per_try_timeout.as_ref()) {
         p["per_try_timeout"] = json!(proto_duration(t));
     }
-    p
+    if let Some(b) = rt.and_then(|rt| rt.backoff.as_ref()) {
+        p["retry_back_off"] = json!({"base_interval": proto_duration(b)});
+    }
+    Some(p)
 }
 
 /// Istio's `corsPolicy` as Envoy's `CorsPolicy` (lists joined with commas, `maxAge` in seconds,
@@ -602,23 +629,53 @@ mod tests {
             attempts,
             per_try_timeout: Some("2s".into()),
             retry_on: on.map(str::to_string),
-            retry_remote_localities: None,
+            ..Default::default()
         }
     }
 
+    const PREVIOUS_HOSTS: &str = "envoy.retry_host_predicates.previous_hosts";
+
+    /// The policies Istio's `ConvertPolicy` gives (pilot's retry tests), field for field.
     #[test]
-    fn retries_keep_istio_defaults_and_take_status_codes_from_retry_on() {
-        let p = retry_policy(&retries(3, None));
-        assert_eq!(p["num_retries"], 3);
+    fn retries_follow_istio_defaults_and_overrides() {
+        // No `retries`: Istio's default policy.
+        let p = retry_policy(None, false).unwrap();
         assert_eq!(
-            p["retry_on"],
-            "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+            p,
+            json!({
+                "num_retries": 2,
+                "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+                "retriable_status_codes": [503],
+                "retry_host_predicate": [{"name": PREVIOUS_HOSTS, "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}],
+                "host_selection_retry_max_attempts": 5,
+            })
         );
+        // A consistent-hash route keeps to its host.
+        assert!(retry_policy(None, true)
+            .unwrap()
+            .get("retry_host_predicate")
+            .is_none());
+        // `attempts: 0` turns retries off.
+        assert_eq!(retry_policy(Some(&retries(0, None)), false), None);
+        let p = retry_policy(Some(&retries(3, None)), false).unwrap();
+        assert_eq!(p["num_retries"], 3);
         assert_eq!(p["retriable_status_codes"], json!([503]));
         assert_eq!(p["per_try_timeout"], "2.000000000s");
-        assert_eq!(p["host_selection_retry_max_attempts"], 5);
-        let p = retry_policy(&retries(2, Some("5xx, 429,gateway-error")));
-        assert_eq!(p["retry_on"], "5xx,retriable-status-codes,gateway-error");
-        assert_eq!(p["retriable_status_codes"], json!([503, 429]));
+        // `retryOn` replaces the conditions and the status codes.
+        let p = retry_policy(Some(&retries(2, Some("5xx, 429,gateway-error"))), false).unwrap();
+        assert_eq!(p["retry_on"], "5xx,gateway-error,retriable-status-codes");
+        assert_eq!(p["retriable_status_codes"], json!([429]));
+        let p = retry_policy(Some(&retries(2, Some("gateway-error,reset"))), false).unwrap();
+        assert_eq!(p["retry_on"], "gateway-error,reset");
+        assert!(p.get("retriable_status_codes").is_none());
+        let rt = sluice_config::istio::Retries {
+            attempts: 1,
+            retry_ignore_previous_hosts: Some(false),
+            backoff: Some("25ms".into()),
+            ..Default::default()
+        };
+        let p = retry_policy(Some(&rt), false).unwrap();
+        assert!(p.get("retry_host_predicate").is_none());
+        assert_eq!(p["retry_back_off"]["base_interval"], "0.025000000s");
     }
 }

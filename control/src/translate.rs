@@ -24,7 +24,9 @@ use crate::l4_translate;
 use crate::naming::{cluster_name, host_aliases, host_matches, resolve_host};
 use crate::node_role::Role;
 use crate::registry::Registry;
-use crate::route_translate::{cors_filter, fault_filter, RouteContext, RouteNeeds, Source};
+use crate::route_translate::{
+    self, cors_filter, fault_filter, RouteContext, RouteNeeds, Source,
+};
 
 pub const HCM_TYPE: &str =
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
@@ -288,7 +290,11 @@ impl MeshConfig {
                     routes.push(json!({
                         "name": "default",
                         "match": {"prefix": "/"},
-                        "route": {"cluster": cluster_name(port.number, "", &svc.fqdn), "timeout": "0s"},
+                        "route": {
+                            "cluster": cluster_name(port.number, "", &svc.fqdn),
+                            "timeout": "0s",
+                            "retry_policy": route_translate::default_retry_policy(),
+                        },
                     }));
                 }
                 let unported = port.number == 80 || http_ports.len() == 1;
