@@ -129,20 +129,7 @@ async fn envoy_and_sluice_route_the_same_istio_config_identically() {
     let v2 = upstream("v2").await;
     let gw = closed_port();
     let control = ControlPlane::start(&[("mesh.yaml", config(v1.port(), v2.port(), gw))]);
-    let meta =
-        |ip: &str| json!({"LABELS": {"istio": "ingressgateway"}, "SLUICE_GATEWAY_ADDRESS": ip});
-    let _envoy = proxy_of(
-        "envoy",
-        &ads_bootstrap(control.xds, GATEWAY_NODE, meta("127.0.0.2")),
-    )
-    .await;
-    let _sluice = proxy_of(
-        "sluice",
-        &ads_bootstrap(control.xds, GATEWAY_NODE, meta("127.0.0.1")),
-    )
-    .await;
-    let st = control.wait_synced(2, Duration::from_secs(15)).await;
-    assert_eq!(st["proxies"].as_array().map(Vec::len), Some(2), "{st:#}");
+    let _gateways = envoy_and_sluice_gateways(&control).await;
 
     let cases: &[Case] = &[
         ("POST", "shop.example.com", "/checkout", &[]),

@@ -212,24 +212,8 @@ async fn retries_happen_as_in_envoy() {
 async fn istio_routes_retry_as_istio_configures_them() {
     let (port, tries, _task) = flaky().await;
     let gw = closed_port();
-    let mesh = render(
-        r#"apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: flaky}
-spec:
-  hosts: [flaky]
-  ports: [{number: 80, name: http}]
-  resolution: STATIC
-  endpoints: [{address: 127.0.0.1, ports: {http: {{port}}}}]
----
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: gw}
-spec:
-  selector: {istio: ingressgateway}
-  servers: [{port: {number: {{gw}}, name: http, protocol: HTTP}, hosts: ["*"]}]
----
-apiVersion: networking.istio.io/v1
+    let mesh = service_behind_gateway("flaky", port, gw)
+        + r#"apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: flaky}
 spec:
@@ -243,23 +227,9 @@ spec:
     retries: {attempts: 3, retryOn: 5xx, backoff: 5ms}
     route: [{destination: {host: flaky}}]
   - route: [{destination: {host: flaky}}]
-"#,
-        &[("port", port.to_string()), ("gw", gw.to_string())],
-    );
+"#;
     let control = ControlPlane::start(&[("mesh.yaml", mesh)]);
-    let meta =
-        |ip: &str| json!({"LABELS": {"istio": "ingressgateway"}, "SLUICE_GATEWAY_ADDRESS": ip});
-    let _envoy = proxy_of(
-        "envoy",
-        &ads_bootstrap(control.xds, GATEWAY_NODE, meta("127.0.0.2")),
-    )
-    .await;
-    let _sluice = proxy_of(
-        "sluice",
-        &ads_bootstrap(control.xds, GATEWAY_NODE, meta("127.0.0.1")),
-    )
-    .await;
-    control.wait_synced(2, Duration::from_secs(15)).await;
+    let _gateways = envoy_and_sluice_gateways(&control).await;
     let client = client_h1();
     // (path, status, tries)
     let cases = [

@@ -607,6 +607,7 @@ pub enum Spec {
     ServiceEntry(ServiceEntry),
     WorkloadEntry(WorkloadEntry),
     Gateway(Gateway),
+    AuthorizationPolicy(Box<crate::istio_security::AuthorizationPolicy>),
 }
 
 impl Spec {
@@ -618,6 +619,7 @@ impl Spec {
             Spec::ServiceEntry(_) => "ServiceEntry",
             Spec::WorkloadEntry(_) => "WorkloadEntry",
             Spec::Gateway(_) => "Gateway",
+            Spec::AuthorizationPolicy(_) => "AuthorizationPolicy",
         }
     }
 }
@@ -737,7 +739,24 @@ fn parse_document(doc: &Document) -> Result<Parsed, Vec<FieldError>> {
             },
         )));
     }
-    if group != GROUP {
+    if group == crate::istio_security::GROUP {
+        if !crate::istio_security::VERSIONS.contains(&version) {
+            return Err(vec![FieldError::new(
+                "apiVersion",
+                format!("{api_version} not supported (supported: security.istio.io/v1, v1beta1)"),
+            )]);
+        }
+        if kind != "AuthorizationPolicy" {
+            return Err(vec![FieldError::new(
+                "kind",
+                format!(
+                    "security.istio.io kind `{kind}` not supported (supported: AuthorizationPolicy): \
+                     Sluice has no mTLS between proxies (PeerAuthentication) and no JWT \
+                     authentication (RequestAuthentication)"
+                ),
+            )]);
+        }
+    } else if group != GROUP {
         let name = v
             .get("metadata")
             .map(|m| str_field(m, "name").to_string())
@@ -749,7 +768,7 @@ fn parse_document(doc: &Document) -> Result<Parsed, Vec<FieldError>> {
             document: doc.clone(),
         });
     }
-    if !VERSIONS.contains(&version) {
+    if group == GROUP && !VERSIONS.contains(&version) {
         return Err(vec![FieldError::new(
             "apiVersion",
             format!(
@@ -773,6 +792,7 @@ fn parse_document(doc: &Document) -> Result<Parsed, Vec<FieldError>> {
         "ServiceEntry" => Spec::ServiceEntry(typed(spec_value, "spec")?),
         "WorkloadEntry" => Spec::WorkloadEntry(typed(spec_value, "spec")?),
         "Gateway" => Spec::Gateway(typed(spec_value, "spec")?),
+        "AuthorizationPolicy" => Spec::AuthorizationPolicy(Box::new(typed(spec_value, "spec")?)),
         other => {
             return Err(vec![FieldError::new(
                 "kind",
@@ -1007,6 +1027,7 @@ impl Resource {
             Spec::ServiceEntry(se) => check_service_entry(se, errors),
             Spec::WorkloadEntry(we) => check_workload_entry(we, "spec", errors),
             Spec::Gateway(gw) => check_gateway(gw, errors),
+            Spec::AuthorizationPolicy(p) => crate::istio_security::check(p, errors),
         }
     }
 }

@@ -14,8 +14,9 @@
 //!   does not implement, naming the full field path (`static_resources.listeners[0]...retry_policy:
 //!   not supported`). A field that would change routing is never ignored silently.
 //!
-//! * [`istio`] reads Istio `networking.istio.io` resources and [`argo`] Argo `Rollout`s into
-//!   typed structs that refuse unknown fields, naming `file:line: path`.
+//! * [`istio`] reads Istio `networking.istio.io` resources, [`istio_security`] Istio's
+//!   `AuthorizationPolicy`, and [`argo`] Argo `Rollout`s into typed structs that refuse unknown
+//!   fields, naming `file:line: path`.
 //!
 //! The same reading and validation code serves static files and resources received over xDS, so a
 //! resource is accepted or refused for the same reasons wherever it comes from.
@@ -27,6 +28,7 @@ pub mod envoy;
 pub mod error;
 pub mod field_support;
 pub mod istio;
+pub mod istio_security;
 pub mod source;
 
 pub use error::{ConfigError, FieldError};

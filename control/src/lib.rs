@@ -8,8 +8,8 @@
 //! * [`config_store`]: the watched directory; the last good version of every file.
 //! * [`registry`]: services and endpoints from ServiceEntry / WorkloadEntry.
 //! * [`delegation`] (delegate VirtualServices merged into their roots), [`cluster_translate`],
-//!   [`route_translate`] (HTTP), [`l4_translate`] (TCP and TLS routes), [`translate`]: Istio →
-//!   Envoy JSON per proxy role
+//!   [`route_translate`] (HTTP), [`l4_translate`] (TCP and TLS routes), [`authz_translate`]
+//!   (AuthorizationPolicy → RBAC filters), [`translate`]: Istio → Envoy JSON per proxy role
 //!   ([`node_role`]: gateway or sidecar, from the node id as Istio reads it).
 //! * [`xds_encode`]: JSON → `google.protobuf.Any` through the Envoy descriptor pool.
 //! * [`ads_server`]: the ADS gRPC service: per-type versions and nonces, ACK/NACK per proxy,
@@ -22,6 +22,7 @@ pub mod ads_server;
 pub mod analysis_provider;
 pub mod analysis_run;
 pub mod api_client;
+pub mod authz_translate;
 pub mod cluster_translate;
 pub mod config_store;
 pub mod delegation;

@@ -19,14 +19,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{json, Map, Value};
 use sluice_config::istio::{Gateway, Resource, Server, Spec, VirtualService};
 
+use crate::authz_translate;
 use crate::cluster_translate::{self, ClusterSet};
 use crate::l4_translate;
 use crate::naming::{cluster_name, host_aliases, host_matches, resolve_host};
 use crate::node_role::Role;
 use crate::registry::Registry;
-use crate::route_translate::{
-    self, cors_filter, fault_filter, RouteContext, RouteNeeds, Source,
-};
+use crate::route_translate::{self, cors_filter, fault_filter, RouteContext, RouteNeeds, Source};
 
 pub const HCM_TYPE: &str =
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
@@ -203,6 +202,11 @@ impl MeshConfig {
                     }
                 }
                 Spec::ServiceEntry(se) => namespace |= se.export_to.iter().any(|e| e != "*"),
+                // Which policies reach a sidecar's inbound side depends on both.
+                Spec::AuthorizationPolicy(_) => {
+                    labels = true;
+                    namespace = true;
+                }
                 _ => {}
             }
         }
@@ -228,7 +232,7 @@ impl MeshConfig {
                 let (mut listeners, mut routes) =
                     self.sidecar(std::slice::from_ref(outbound), &source, &mut warnings);
                 if let Some(inbound) = inbound {
-                    let (name, cluster, listener, route) = self.inbound(inbound);
+                    let (name, cluster, listener, route) = self.inbound(inbound, &source);
                     out.clusters.insert(name, cluster);
                     listeners.insert(INBOUND.to_string(), listener);
                     routes.insert(INBOUND.to_string(), route);
@@ -334,6 +338,8 @@ impl MeshConfig {
                 OUTBOUND,
                 false,
                 &needs,
+                // Istio enforces AuthorizationPolicies where traffic arrives, not where it leaves.
+                &[],
             )]}],
         });
         let mut listeners: BTreeMap<String, Value> = [(OUTBOUND.to_string(), listener)].into();
@@ -471,7 +477,11 @@ impl MeshConfig {
     /// A sidecar's inbound side: a listener at `inbound.listen` sending everything to its
     /// workload through the cluster `inbound|PORT||FQDN` (the service whose endpoints carry the
     /// workload's labels), which the proxy reports with `reporter="destination"`.
-    fn inbound(&self, inbound: &crate::node_role::Inbound) -> (String, Value, Value, Value) {
+    fn inbound(
+        &self,
+        inbound: &crate::node_role::Inbound,
+        source: &Source<'_>,
+    ) -> (String, Value, Value, Value) {
         let service = self.registry.services.values().find_map(|svc| {
             let mine = svc.endpoints.iter().any(|e| {
                 !e.labels.is_empty()
@@ -498,10 +508,11 @@ impl MeshConfig {
             "routes": [{"name": "default", "match": {"prefix": "/"}, "route": {"cluster": name, "timeout": "0s"}}],
         }]});
         let l = inbound.listen;
+        let authz = authz_translate::rbac_filters(&self.resources, source.labels, source.namespace);
         let listener = json!({
             "name": INBOUND,
             "address": {"socket_address": {"address": l.ip().to_string(), "port_value": l.port()}},
-            "filter_chains": [{"filters": [hcm(&format!("inbound_{}_{}", l.ip(), l.port()), INBOUND, false, &RouteNeeds::default())]}],
+            "filter_chains": [{"filters": [hcm(&format!("inbound_{}_{}", l.ip(), l.port()), INBOUND, false, &RouteNeeds::default(), &authz)]}],
         });
         (name, cluster, listener, route)
     }
@@ -637,8 +648,18 @@ impl MeshConfig {
         }
         let mut listeners = BTreeMap::new();
         let mut routes = BTreeMap::new();
+        let authz = authz_translate::rbac_filters(&self.resources, source.labels, source.namespace);
         for (port, servers) in ports {
             let name = format!("{bind_ip}_{port}");
+            if !authz.is_empty()
+                && servers
+                    .iter()
+                    .any(|(_, s)| server_kind(s) != ServerKind::Http)
+            {
+                warnings.push(format!(
+                    "port {port}: AuthorizationPolicies are enforced on HTTP only; TCP and TLS passthrough servers of this gateway are not checked"
+                ));
+            }
             let stat_prefix = format!("outbound_{bind_ip}_{port}");
             let (plain, tls): (Vec<_>, Vec<_>) =
                 servers.iter().partition(|(_, s)| !terminates_tls(s));
@@ -678,7 +699,8 @@ impl MeshConfig {
                         rds.clone(),
                         json!({"name": rds, "virtual_hosts": vhosts, "validate_clusters": false}),
                     );
-                    chains.push(json!({"filters": [hcm(&stat_prefix, &rds, true, &needs)]}));
+                    chains
+                        .push(json!({"filters": [hcm(&stat_prefix, &rds, true, &needs, &authz)]}));
                 } else if let Some(filter) = tcp.iter().find_map(|(gref, s)| {
                     self.gateway_tcp_filter(gref, s, port, &stat_prefix, source, warnings)
                 }) {
@@ -737,7 +759,7 @@ impl MeshConfig {
                                 rds.clone(),
                                 json!({"name": rds, "virtual_hosts": vhosts, "validate_clusters": false}),
                             );
-                            json!([hcm(&stat_prefix, &rds, true, &needs)])
+                            json!([hcm(&stat_prefix, &rds, true, &needs, &authz)])
                         }
                     };
                     let sni = l4_translate::sni_names(&hosts);
@@ -920,9 +942,16 @@ fn downstream_tls(t: &sluice_config::istio::ServerTls) -> Value {
 }
 
 /// An HTTP connection manager that takes its routes from RDS over ADS.
-fn hcm(stat_prefix: &str, route_config: &str, edge: bool, needs: &RouteNeeds) -> Value {
-    // Istio's order: CORS, then faults, then the router.
-    let mut filters = Vec::new();
+fn hcm(
+    stat_prefix: &str,
+    route_config: &str,
+    edge: bool,
+    needs: &RouteNeeds,
+    authz: &[Value],
+) -> Value {
+    // Istio's order: authorization (AuthorizationPolicy's RBAC filters), CORS, then faults, then
+    // the router.
+    let mut filters = authz.to_vec();
     if needs.cors_filter {
         filters.push(cors_filter());
     }

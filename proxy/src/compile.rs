@@ -2489,7 +2489,7 @@ fn hcm(
     let mut health_check = None;
     let mut local_limit = None;
     let mut compressors = Vec::new();
-    let mut rbac = None;
+    let mut rbac = Vec::new();
     let mut decompressors = Vec::new();
     let mut csrf = None;
     let mut csrf_after_cors = false;
@@ -2529,7 +2529,7 @@ fn hcm(
                 "a compressor filter must come before the decompressor filters that decode responses",
             ));
         }
-        if is_health_check && rbac.is_some() {
+        if is_health_check && !rbac.is_empty() {
             errors.push(FieldError::new(
                 fpath.clone(),
                 "the health-check filter must come before the RBAC filter",
@@ -2577,16 +2577,10 @@ fn hcm(
                 errors,
             ));
         } else if is_rbac {
-            if rbac.is_some() {
-                errors.push(FieldError::new(
-                    fpath.clone(),
-                    "only one RBAC filter per connection manager is supported",
-                ));
-            }
             let empty = Value::Object(Default::default());
             let config = get(f, "typed_config").unwrap_or(&empty);
             let cpath = p(&fpath, "typed_config");
-            rbac = Some((
+            rbac.push((
                 rbac_rules(config, &cpath, errors),
                 s(config, "rules_stat_prefix").unwrap_or("").to_string(),
                 s(config, "shadow_rules_stat_prefix")
@@ -2652,26 +2646,28 @@ fn hcm(
             limit.resolve_stats(metrics);
         }
     }
-    let rbac = match rbac {
-        Some((own, rules_prefix, shadow_prefix)) => {
+    // Each RBAC filter in order; a route's `RBACPerRoute` (keyed by the filter name, which
+    // they share) replaces the rules of every one.
+    let rbac = rbac
+        .into_iter()
+        .filter_map(|(own, rules_prefix, shadow_prefix)| {
             match RbacStats::new(metrics, &stat_prefix, &rules_prefix, &shadow_prefix) {
                 Ok(stats) => {
                     let reads_tls =
                         own.reads_tls() || routes.rbac_overrides().any(RbacRules::reads_tls);
-                    Some(Arc::new(RbacFilter {
+                    Some(RbacFilter {
                         own,
                         stats,
                         reads_tls,
-                    }))
+                    })
                 }
                 Err(e) => {
                     errors.push(FieldError::new(path, format!("RBAC statistics: {e}")));
                     None
                 }
             }
-        }
-        None => None,
-    };
+        })
+        .collect();
     let csrf = match csrf.map(|own| CsrfStats::new(metrics, &stat_prefix).map(|stats| (own, stats)))
     {
         Some(Ok((own, stats))) => Some(Arc::new(CsrfFilter { own, stats })),

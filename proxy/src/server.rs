@@ -163,7 +163,7 @@ async fn serve_tls(
         Ok(Ok(stream)) => {
             let keep_tls = matches!(
                 ctx.filter(chain),
-                Some(NetworkFilter::Http(hcm)) if hcm.rbac.as_ref().is_some_and(|r| r.reads_tls)
+                Some(NetworkFilter::Http(hcm)) if hcm.rbac.iter().any(|r| r.reads_tls)
             );
             let tls = keep_tls.then(|| {
                 let (_, session) = stream.get_ref();
@@ -880,7 +880,7 @@ fn route_request_to<'a>(
         }
     }
     let hit = hcm.routes.route(&view, random);
-    if let Some(rbac) = hcm.rbac.as_deref() {
+    for rbac in &hcm.rbac {
         if !rbac_allows(rbac, &view, hit.as_ref(), &conn, ctx, hcm) {
             return Routed::Respond(local_reply(
                 hcm,

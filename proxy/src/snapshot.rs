@@ -80,8 +80,8 @@ pub struct HcmConfig {
     pub csrf: Option<Arc<crate::csrf::CsrfFilter>>,
     /// The CSRF filter comes after the CORS filter: its refusals carry the CORS headers.
     pub csrf_after_cors: bool,
-    /// The RBAC filter (`envoy.filters.http.rbac`), when present.
-    pub rbac: Option<Arc<crate::rbac::RbacFilter>>,
+    /// The RBAC filters (`envoy.filters.http.rbac`), in order: a request must pass each.
+    pub rbac: Vec<crate::rbac::RbacFilter>,
     pub server_name: HeaderValue,
     pub server_header: ServerHeader,
     pub stats: HcmStats,

@@ -992,7 +992,8 @@ impl Prometheus {
 /// route sends everything to `stable`.
 pub fn demo_mesh(v1: u16, v2: u16, gw: u16) -> String {
     render(
-        r#"apiVersion: networking.istio.io/v1
+        &(String::from(
+            r#"apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: web}
 spec:
@@ -1010,14 +1011,9 @@ spec:
   host: web
   subsets: [{name: stable, labels: {app: web}}, {name: canary, labels: {app: web}}]
 ---
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: gw}
-spec:
-  selector: {istio: ingressgateway}
-  servers: [{port: {number: {{gw}}, name: http, protocol: HTTP}, hosts: ["*"]}]
----
-apiVersion: networking.istio.io/v1
+"#,
+        ) + &http_gateway(gw)
+            + r#"apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: web}
 spec:
@@ -1028,17 +1024,67 @@ spec:
     route:
     - {destination: {host: web, subset: stable}, weight: 100}
     - {destination: {host: web, subset: canary}, weight: 0}
-"#,
-        &[
-            ("v1", v1.to_string()),
-            ("v2", v2.to_string()),
-            ("gw", gw.to_string()),
-        ],
+"#),
+        &[("v1", v1.to_string()), ("v2", v2.to_string())],
     )
 }
 
 /// The node id of the test gateways (Istio's `router~…` form).
 pub const GATEWAY_NODE: &str = "router~127.0.0.1~gw-1.istio-system~istio-system.svc.cluster.local";
+
+/// A ServiceEntry `name` (one STATIC endpoint, 127.0.0.1:`port`) and a Gateway `gw` serving
+/// every host over HTTP on port `gw_port`: the start of a mesh file; VirtualServices follow.
+pub fn service_behind_gateway(name: &str, port: u16, gw_port: u16) -> String {
+    render(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: {{name}}}
+spec:
+  hosts: [{{name}}]
+  ports: [{number: 80, name: http}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.0.1, ports: {http: {{port}}}}]
+---
+"#,
+        &[("name", name.to_string()), ("port", port.to_string())],
+    ) + &http_gateway(gw_port)
+}
+
+/// A Gateway `gw` (selector `istio: ingressgateway`) serving every host over HTTP on `port`, and
+/// the document separator after it.
+pub fn http_gateway(port: u16) -> String {
+    render(
+        r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: {{gw}}, name: http, protocol: HTTP}, hosts: ["*"]}]
+---
+"#,
+        &[("gw", port.to_string())],
+    )
+}
+
+/// Real Envoy and `sluice proxy` as gateways of one control plane, Envoy's listeners on
+/// 127.0.0.2 and Sluice's on 127.0.0.1, once both have acknowledged their configuration.
+pub async fn envoy_and_sluice_gateways(control: &ControlPlane) -> (ProxyProcess, ProxyProcess) {
+    let meta =
+        |ip: &str| json!({"LABELS": {"istio": "ingressgateway"}, "SLUICE_GATEWAY_ADDRESS": ip});
+    let envoy = proxy_of(
+        "envoy",
+        &ads_bootstrap(control.xds, GATEWAY_NODE, meta("127.0.0.2")),
+    )
+    .await;
+    let sluice = proxy_of(
+        "sluice",
+        &ads_bootstrap(control.xds, GATEWAY_NODE, meta("127.0.0.1")),
+    )
+    .await;
+    let st = control.wait_synced(2, Duration::from_secs(15)).await;
+    assert_eq!(st["proxies"].as_array().map(Vec::len), Some(2), "{st:#}");
+    (envoy, sluice)
+}
 
 /// A gateway proxy of `kind` on the control plane at `xds`: labels `istio: ingressgateway`,
 /// Gateway ports bound on 127.0.0.1.
