@@ -189,8 +189,12 @@ pub struct RolloutAnalysis {
     pub args: Vec<AnalysisArg>,
     /// Background analysis: the step from which it runs (0-based).
     pub starting_step: Option<u32>,
-    pub dry_run: Option<Value>,
-    pub measurement_retention: Option<Value>,
+    /// As the templates' `dryRun`, added to theirs.
+    #[serde(default)]
+    pub dry_run: Vec<crate::argo_analysis::DryRun>,
+    /// As the templates' `measurementRetention`, added to theirs.
+    #[serde(default)]
+    pub measurement_retention: Vec<crate::argo_analysis::MeasurementRetention>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -332,9 +336,7 @@ fn check_analysis(a: &RolloutAnalysis, at: &str, errors: &mut Vec<FieldError>) {
             "at least one template is required",
         ));
     }
-    if a.dry_run.is_some() {
-        refuse(errors, format!("{at}.dryRun"), "dry-run metrics");
-    }
+    crate::argo_analysis::check_metric_selectors(&a.dry_run, &a.measurement_retention, at, errors);
     for (i, arg) in a.args.iter().enumerate() {
         if arg.value_from.is_some() {
             refuse(

@@ -25,8 +25,69 @@ pub struct AnalysisTemplateSpec {
     pub args: Vec<Argument>,
     #[serde(default)]
     pub metrics: Vec<Metric>,
-    pub dry_run: Option<Value>,
-    pub measurement_retention: Option<Value>,
+    /// Metrics (by name, a regular expression) measured and reported but never deciding the run.
+    #[serde(default)]
+    pub dry_run: Vec<DryRun>,
+    /// How many measurements to keep per metric (by name, a regular expression); default 10.
+    #[serde(default)]
+    pub measurement_retention: Vec<MeasurementRetention>,
+}
+
+/// `dryRun[]`: metrics whose name matches `metricName` (a regular expression, `.*` for all).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DryRun {
+    pub metric_name: String,
+}
+
+/// `measurementRetention[]`: keep the last `limit` measurements of the metrics matching
+/// `metricName`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MeasurementRetention {
+    pub metric_name: String,
+    pub limit: u32,
+}
+
+/// Whether `name` matches a `metricName` pattern as Argo matches it (a regular expression,
+/// searched in the name).
+pub fn metric_name_matches(pattern: &str, name: &str) -> bool {
+    regex::Regex::new(pattern).is_ok_and(|r| r.is_match(name))
+}
+
+/// Check `dryRun` and `measurementRetention` entries under `at`.
+pub fn check_metric_selectors(
+    dry_run: &[DryRun],
+    retention: &[MeasurementRetention],
+    at: &str,
+    errors: &mut Vec<FieldError>,
+) {
+    let patterns = dry_run
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (format!("{at}.dryRun[{i}].metricName"), &d.metric_name))
+        .chain(retention.iter().enumerate().map(|(i, r)| {
+            (
+                format!("{at}.measurementRetention[{i}].metricName"),
+                &r.metric_name,
+            )
+        }));
+    for (path, pattern) in patterns {
+        if let Err(e) = regex::Regex::new(pattern) {
+            errors.push(FieldError::new(
+                path,
+                format!("`{pattern}` is not a regular expression: {e}"),
+            ));
+        }
+    }
+    for (i, r) in retention.iter().enumerate() {
+        if r.limit == 0 {
+            errors.push(FieldError::new(
+                format!("{at}.measurementRetention[{i}].limit"),
+                "must be at least 1",
+            ));
+        }
+    }
 }
 
 /// A template argument (`{{args.NAME}}`), with an optional default `value`.
@@ -151,9 +212,7 @@ fn without_placeholders(text: &str) -> String {
 
 /// Check what can be checked before arguments are known: providers, durations, conditions.
 pub fn check(spec: &AnalysisTemplateSpec, errors: &mut Vec<FieldError>) {
-    if spec.dry_run.is_some() {
-        refuse(errors, "spec.dryRun".into(), "dry-run metrics");
-    }
+    check_metric_selectors(&spec.dry_run, &spec.measurement_retention, "spec", errors);
     for (i, a) in spec.args.iter().enumerate() {
         if a.value_from.is_some() {
             refuse(

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use sluice_config::analysis_expr::{go_duration, Condition, EvalError, Value};
 use sluice_config::argo::{AnalysisArg, RolloutAnalysis};
+use sluice_config::argo_analysis::metric_name_matches;
 use sluice_config::argo_analysis::{AnalysisTemplate, Metric};
 use sluice_config::istio::parse_duration;
 
@@ -124,12 +125,22 @@ pub struct MetricRun {
     pub errors: u32,
     pub consecutive_errors: u32,
     pub phase: RunPhase,
-    /// The most recent measurements (at most [`KEEP`]).
+    /// The most recent measurements (at most `keep`).
     pub measurements: Vec<Measurement>,
+    /// A dry-run metric (`dryRun`): measured and reported, never deciding the run.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Measurements kept (`measurementRetention`, default [`KEEP`]).
+    #[serde(default = "default_keep")]
+    pub keep: u32,
 }
 
-/// Measurements kept per metric.
+/// Measurements kept per metric by default (Argo's).
 pub const KEEP: usize = 10;
+
+fn default_keep() -> u32 {
+    KEEP as u32
+}
 
 /// What a run belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -285,6 +296,8 @@ fn resolve(m: &Metric, args: &BTreeMap<String, String>, now_ms: u64) -> Result<M
         consecutive_errors: 0,
         phase: RunPhase::Running,
         measurements: Vec::new(),
+        dry_run: false,
+        keep: default_keep(),
     })
 }
 
@@ -405,7 +418,8 @@ impl MetricRun {
             value: value.as_ref().map(|v| v.to_string()).unwrap_or_default(),
             message,
         });
-        if self.measurements.len() > KEEP {
+        let keep = (self.keep as usize).max(1);
+        while self.measurements.len() > keep {
             self.measurements.remove(0);
         }
         self.next_at_ms = now_ms + self.interval_ms.unwrap_or(0);
@@ -436,6 +450,8 @@ impl AnalysisRun {
     ) -> Result<AnalysisRun, String> {
         let mut metrics = Vec::new();
         let mut names = Vec::new();
+        let mut dry_run = Vec::new();
+        let mut retention = Vec::new();
         for r in &analysis.templates {
             let t = templates
                 .iter()
@@ -459,6 +475,44 @@ impl AnalysisRun {
             let args = arguments(&t.spec.args, &analysis.args)?;
             for m in &t.spec.metrics {
                 metrics.push(resolve(m, &args, now_ms)?);
+            }
+            dry_run.extend(&t.spec.dry_run);
+            retention.extend(&t.spec.measurement_retention);
+        }
+        // As Argo: the templates' rules and the Rollout's together, each a regular expression that
+        // must match some metric; a later retention rule wins.
+        dry_run.extend(&analysis.dry_run);
+        retention.extend(&analysis.measurement_retention);
+        for (i, d) in dry_run.iter().enumerate() {
+            let mut matched = false;
+            for m in metrics
+                .iter_mut()
+                .filter(|m| metric_name_matches(&d.metric_name, &m.name))
+            {
+                m.dry_run = true;
+                matched = true;
+            }
+            if !matched {
+                return Err(format!(
+                    "dryRun[{i}]: `{}` matches no metric name",
+                    d.metric_name
+                ));
+            }
+        }
+        for (i, r) in retention.iter().enumerate() {
+            let mut matched = false;
+            for m in metrics
+                .iter_mut()
+                .filter(|m| metric_name_matches(&r.metric_name, &m.name))
+            {
+                m.keep = r.limit.max(1);
+                matched = true;
+            }
+            if !matched {
+                return Err(format!(
+                    "measurementRetention[{i}]: `{}` matches no metric name",
+                    r.metric_name
+                ));
             }
         }
         Ok(AnalysisRun {
@@ -494,20 +548,28 @@ impl AnalysisRun {
             return;
         };
         m.record(now_ms, value);
+        // Dry-run metrics never decide: the worst phase is that of the others, and a dry-run
+        // metric that failed stops measuring without stopping the run (as Argo).
         let worst = self
             .metrics
             .iter()
+            .filter(|m| !m.dry_run)
             .map(|m| m.phase)
             .max_by_key(|p| p.severity())
             .unwrap_or(RunPhase::Successful);
-        let all_done = self.metrics.iter().all(|m| m.phase == RunPhase::Successful);
+        let all_done = self.metrics.iter().all(|m| {
+            m.phase == RunPhase::Successful || (m.dry_run && m.phase != RunPhase::Running)
+        });
         self.phase = match worst {
             RunPhase::Failed | RunPhase::Error | RunPhase::Inconclusive => worst,
             _ if all_done => RunPhase::Successful,
             _ => RunPhase::Running,
         };
         if let Some(m) = self.metrics.iter().find(|m| {
-            m.phase == worst && worst != RunPhase::Successful && worst != RunPhase::Running
+            !m.dry_run
+                && m.phase == worst
+                && worst != RunPhase::Successful
+                && worst != RunPhase::Running
         }) {
             let last = m
                 .measurements
@@ -520,7 +582,20 @@ impl AnalysisRun {
                 _ => format!("metric {} was inconclusive {} time(s), more than inconclusiveLimit {} ({last})", m.name, m.inconclusive, m.inconclusive_limit),
             };
         } else if self.phase == RunPhase::Successful {
-            self.message = "every metric passed".into();
+            let dry: Vec<String> = self
+                .metrics
+                .iter()
+                .filter(|m| m.dry_run && m.phase != RunPhase::Successful)
+                .map(|m| format!("{} {:?}", m.name, m.phase))
+                .collect();
+            self.message = if dry.is_empty() {
+                "every metric passed".into()
+            } else {
+                format!(
+                    "every metric passed (dry run, not deciding: {})",
+                    dry.join(", ")
+                )
+            };
         }
     }
 
@@ -609,6 +684,76 @@ mod tests {
 
     fn list(x: f64) -> Result<Value, String> {
         Ok(Value::List(vec![Value::Number(x)]))
+    }
+
+    /// Argo's `dryRun` and `measurementRetention`, from the template and from the Rollout.
+    #[test]
+    fn dry_run_metrics_never_decide_and_retention_bounds_measurements() {
+        let text = "apiVersion: argoproj.io/v1alpha1\nkind: AnalysisTemplate\nmetadata: {name: t}\nspec:\n  dryRun: [{metricName: 'lat.*'}]\n  measurementRetention: [{metricName: '.*', limit: 3}]\n  metrics:\n  - name: rate\n    successCondition: result[0] >= 0.95\n    interval: 1s\n    count: 4\n    provider: {prometheus: {address: 'http://127.0.0.1:9', query: rate}}\n  - name: latency\n    successCondition: result[0] < 500\n    interval: 1s\n    provider: {prometheus: {address: 'http://127.0.0.1:9', query: latency}}\n";
+        let t = match parse_text("t.yaml", text).unwrap().remove(0) {
+            Parsed::AnalysisTemplate(t) => *t,
+            other => panic!("{other:?}"),
+        };
+        let mut a = analysis_of_t();
+        a.measurement_retention = vec![sluice_config::argo_analysis::MeasurementRetention {
+            metric_name: "rate".into(),
+            limit: 2,
+        }];
+        let mut r = AnalysisRun::start(
+            "r".into(),
+            RunKind::Background,
+            &a,
+            "default",
+            std::slice::from_ref(&t),
+            0,
+        )
+        .unwrap();
+        assert!(!r.metrics[0].dry_run && r.metrics[1].dry_run);
+        assert_eq!(
+            (r.metrics[0].keep, r.metrics[1].keep),
+            (2, 3),
+            "the Rollout's rule comes last"
+        );
+        // The dry-run metric fails: it stops, the run goes on.
+        r.record(1, 0, &list(900.0));
+        assert_eq!(r.metrics[1].phase, RunPhase::Failed);
+        assert_eq!(r.phase, RunPhase::Running);
+        for i in 0..4u64 {
+            r.record(0, 1000 * i, &list(0.99));
+        }
+        assert_eq!(r.phase, RunPhase::Successful, "{}", r.message);
+        assert!(
+            r.message.contains("dry run, not deciding: latency Failed"),
+            "{}",
+            r.message
+        );
+        assert_eq!(r.metrics[0].measurements.len(), 2);
+        // A rule that matches no metric stops the run from starting, as in Argo.
+        a.dry_run = vec![sluice_config::argo_analysis::DryRun {
+            metric_name: "^nothing$".into(),
+        }];
+        let e = AnalysisRun::start("r".into(), RunKind::Background, &a, "default", &[t], 0)
+            .unwrap_err();
+        assert!(e.contains("dryRun[1]"), "{e}");
+        for (bad, needle) in [
+            (
+                "dryRun: [{metricName: '('}]",
+                "spec.dryRun[0].metricName: `(` is not a regular expression",
+            ),
+            (
+                "measurementRetention: [{metricName: x, limit: 0}]",
+                "spec.measurementRetention[0].limit: must be at least 1",
+            ),
+        ] {
+            let bad_text = text
+                .replace(
+                    "  measurementRetention: [{metricName: '.*', limit: 3}]\n",
+                    "",
+                )
+                .replace("dryRun: [{metricName: 'lat.*'}]", bad);
+            let e = parse_text("t.yaml", &bad_text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
     }
 
     #[test]
