@@ -330,13 +330,6 @@ pub fn check(spec: &AnalysisTemplateSpec, errors: &mut Vec<FieldError>) {
                     ));
                 }
             }
-            if pr.insecure == Some(true) {
-                refuse(
-                    errors,
-                    format!("{at}.provider.prometheus.insecure"),
-                    "skipping TLS verification",
-                );
-            }
             if pr.address.is_empty() {
                 errors.push(FieldError::new(
                     format!("{at}.provider.prometheus.address"),
@@ -356,13 +349,6 @@ pub fn check(spec: &AnalysisTemplateSpec, errors: &mut Vec<FieldError>) {
                     errors,
                     format!("{at}.provider.web.authentication"),
                     "OAuth; use headers",
-                );
-            }
-            if w.insecure == Some(true) {
-                refuse(
-                    errors,
-                    format!("{at}.provider.web.insecure"),
-                    "skipping TLS verification",
                 );
             }
             if let Some(m) = &w.method {

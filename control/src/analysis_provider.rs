@@ -4,6 +4,7 @@
 //! error, a Prometheus `error` status, an answer that is not what was asked — is an `Err`, which
 //! the run counts as an Error measurement, never as a success or a failure.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,14 +27,27 @@ async fn request(
     headers: &[(String, String)],
     body: Option<&str>,
     timeout_s: u64,
+    insecure: bool,
 ) -> Result<(u16, Bytes), String> {
     let uri: http::Uri = url.parse().map_err(|e| format!("`{url}`: {e}"))?;
-    if uri.scheme_str() == Some("https") {
-        return Err(format!(
-            "`{url}`: https providers are not supported yet; use http"
-        ));
-    }
-    let mut b = http::Request::builder().method(method).uri(uri);
+    let tls = match uri.scheme_str() {
+        Some("https") => Some(crate::provider_tls::client_config(insecure)?),
+        _ => None,
+    };
+    exchange(method, uri, headers, body, timeout_s, tls).await
+}
+
+/// One request and its whole answer, over TLS when `tls` is given.
+async fn exchange(
+    method: &str,
+    uri: http::Uri,
+    headers: &[(String, String)],
+    body: Option<&str>,
+    timeout_s: u64,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<(u16, Bytes), String> {
+    let url = uri.to_string();
+    let mut b = http::Request::builder().method(method).uri(uri.clone());
     for (k, v) in headers {
         b = b.header(k.as_str(), v.as_str());
     }
@@ -44,10 +58,15 @@ async fn request(
         .body(Full::new(Bytes::from(body.unwrap_or("").to_string())))
         .map_err(|e| e.to_string())?;
     let fut = async {
-        let resp = client()
-            .request(req)
-            .await
-            .map_err(|e| format!("{url}: {e}"))?;
+        let resp = match tls {
+            None => client()
+                .request(req)
+                .await
+                .map_err(|e| format!("{url}: {e}"))?,
+            Some(config) => https(&uri, req, config)
+                .await
+                .map_err(|e| format!("{url}: {e}"))?,
+        };
         let status = resp.status().as_u16();
         let body = resp
             .into_body()
@@ -60,6 +79,43 @@ async fn request(
     tokio::time::timeout(Duration::from_secs(timeout_s.max(1)), fut)
         .await
         .map_err(|_| format!("{url}: no answer within {timeout_s} s"))?
+}
+
+/// Send `req` over a new TLS connection to the URI's host (port 443 by default), HTTP/1.1.
+async fn https(
+    uri: &http::Uri,
+    mut req: http::Request<Full<Bytes>>,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<http::Response<hyper::body::Incoming>, String> {
+    let host = uri.host().ok_or("no host")?.trim_matches(['[', ']']);
+    let port = uri.port_u16().unwrap_or(443);
+    let tcp = tokio::net::TcpStream::connect((host, port))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let name = rustls_pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| format!("server name `{host}`: {e}"))?;
+    let stream = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    // The request line names the path; the host goes in `Host`.
+    let authority = uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .unwrap_or_default();
+    if let Ok(v) = http::HeaderValue::from_str(&authority) {
+        req.headers_mut().insert(http::header::HOST, v);
+    }
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    *req.uri_mut() = path.parse().map_err(|e| format!("{e}"))?;
+    sender.send_request(req).await.map_err(|e| e.to_string())
 }
 
 fn sample(v: &Json) -> Result<f64, String> {
@@ -174,6 +230,7 @@ pub async fn measure(p: &Provider) -> Result<Value, String> {
             timeout_s,
             headers,
             range,
+            insecure,
         } => {
             let q: String = url_encode(query);
             let base = address.trim_end_matches('/');
@@ -194,7 +251,7 @@ pub async fn measure(p: &Provider) -> Result<Value, String> {
                     )
                 }
             };
-            let (status, body) = request("GET", &url, headers, None, *timeout_s).await?;
+            let (status, body) = request("GET", &url, headers, None, *timeout_s, *insecure).await?;
             if status >= 500 || status == 401 || status == 403 || status == 404 {
                 return Err(format!("Prometheus answered HTTP {status}"));
             }
@@ -207,9 +264,10 @@ pub async fn measure(p: &Provider) -> Result<Value, String> {
             json_path: path,
             timeout_s,
             body,
+            insecure,
         } => {
             let (status, answer) =
-                request(method, url, headers, body.as_deref(), *timeout_s).await?;
+                request(method, url, headers, body.as_deref(), *timeout_s, *insecure).await?;
             if !(200..300).contains(&status) {
                 return Err(format!("{url} answered HTTP {status}"));
             }
@@ -322,6 +380,7 @@ mod tests {
             json_path: Some("{$.data.ok}".into()),
             timeout_s: 2,
             body: None,
+            insecure: false,
         };
         assert_eq!(measure(&p).await, Ok(Value::Bool(true)));
 
@@ -332,6 +391,7 @@ mod tests {
             timeout_s: 1,
             headers: vec![],
             range: None,
+            insecure: false,
         };
         assert_eq!(
             measure(&q(format!("http://{prom}"))).await,
@@ -356,9 +416,134 @@ mod tests {
             measure(&q(format!("http://{closed}"))).await.is_err(),
             "connection refused is an error"
         );
-        assert!(measure(&q("https://127.0.0.1:1".into()))
+        assert!(
+            measure(&q("https://127.0.0.1:1".into())).await.is_err(),
+            "nothing listens there"
+        );
+    }
+
+    /// An HTTPS server (a certificate for 127.0.0.1 signed by a fresh CA) answering `body`;
+    /// returns its address and the CA certificate.
+    async fn https_server(
+        body: &'static str,
+    ) -> (
+        std::net::SocketAddr,
+        rustls_pki_types::CertificateDer<'static>,
+    ) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().unwrap();
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&key, &Issuer::from_params(&ca_params, &ca_key))
+            .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = l.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(move |req: http::Request<_>| async move {
+                        let host = req
+                            .headers()
+                            .get(http::header::HOST)
+                            .and_then(|h| h.to_str().ok())
+                            .unwrap_or("")
+                            .to_string();
+                        // `echo`: what the request line and `Host` said.
+                        let answer = if body == "echo" {
+                            format!("{host} {}", req.uri())
+                        } else {
+                            body.to_string()
+                        };
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::from(answer),
+                        )))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        (addr, ca.der().clone())
+    }
+
+    #[tokio::test]
+    async fn https_providers_check_the_certificate_unless_insecure() {
+        let (addr, ca) = https_server(r#"{"data":{"ok":true}}"#).await;
+        let url = format!("https://{addr}/health?x=1");
+        // Trusting the CA: the certificate and its address are checked, the path is sent.
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca).unwrap();
+        let trusted = crate::provider_tls::verifying(roots).unwrap();
+        let (status, body) = exchange("GET", url.parse().unwrap(), &[], None, 5, Some(trusted))
             .await
-            .unwrap_err()
-            .contains("https"));
+            .unwrap();
+        assert_eq!((status, &body[..]), (200, &br#"{"data":{"ok":true}}"#[..]));
+        // The request line carries the path and query, `Host` the authority.
+        let (echo, echo_ca) = https_server("echo").await;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(echo_ca).unwrap();
+        let (_, said) = exchange(
+            "GET",
+            format!("https://{echo}/api/v1/query?query=up")
+                .parse()
+                .unwrap(),
+            &[],
+            None,
+            5,
+            Some(crate::provider_tls::verifying(roots).unwrap()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            &said[..],
+            format!("{echo} /api/v1/query?query=up").as_bytes()
+        );
+        // Another CA: refused, an Error measurement.
+        let (_, other_ca) = https_server("").await;
+        let mut other = rustls::RootCertStore::empty();
+        other.add(other_ca).unwrap();
+        let e = exchange(
+            "GET",
+            url.parse().unwrap(),
+            &[],
+            None,
+            5,
+            Some(crate::provider_tls::verifying(other).unwrap()),
+        )
+        .await
+        .unwrap_err();
+        assert!(e.contains("TLS") && e.contains("certificate"), "{e}");
+        // `insecure: true` accepts it, as Argo's InsecureSkipVerify does.
+        let p = Provider::Web {
+            url: url.clone(),
+            method: "GET".into(),
+            headers: vec![],
+            json_path: Some("$.data.ok".into()),
+            timeout_s: 5,
+            body: None,
+            insecure: true,
+        };
+        assert_eq!(measure(&p).await, Ok(Value::Bool(true)));
     }
 }

@@ -85,6 +85,9 @@ pub enum Provider {
         /// A range query's window, when the metric has `rangeQuery`.
         #[serde(default)]
         range: Option<QueryRange>,
+        /// `https://` without checking the certificate.
+        #[serde(default)]
+        insecure: bool,
     },
     Web {
         url: String,
@@ -93,6 +96,9 @@ pub enum Provider {
         json_path: Option<String>,
         timeout_s: u64,
         body: Option<String>,
+        /// `https://` without checking the certificate.
+        #[serde(default)]
+        insecure: bool,
     },
 }
 
@@ -252,6 +258,7 @@ fn resolve(m: &Metric, args: &BTreeMap<String, String>, now_ms: u64) -> Result<M
                     Some(QueryRange { start, end, step_s })
                 }
             },
+            insecure: p.insecure == Some(true),
         },
         (None, Some(w)) => Provider::Web {
             url: e(&w.url)?,
@@ -264,6 +271,7 @@ fn resolve(m: &Metric, args: &BTreeMap<String, String>, now_ms: u64) -> Result<M
                 (None, Some(j)) => Some(e(&j.to_string())?),
                 (None, None) => None,
             },
+            insecure: w.insecure == Some(true),
         },
         (None, None) => return Err(format!("metric {}: no provider", m.name)),
     };

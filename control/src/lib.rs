@@ -17,6 +17,8 @@
 //! * [`proxy_status`]: what each connected proxy has acknowledged, served as JSON for
 //!   `sluice proxy-status`.
 //! * [`server`]: `sluice control` itself: watch, debounce, translate, push.
+//! * Metric analysis: [`analysis_run`] (Argo's measurement and run semantics),
+//!   [`analysis_provider`] (Prometheus and web measurements), [`provider_tls`] (their `https://`).
 
 pub mod ads_server;
 pub mod analysis_provider;
@@ -31,6 +33,7 @@ pub mod grpc_api;
 pub mod l4_translate;
 pub mod naming;
 pub mod node_role;
+pub mod provider_tls;
 pub mod proxy_status;
 pub mod registry;
 pub(crate) mod release_api;
