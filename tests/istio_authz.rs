@@ -214,15 +214,12 @@ spec:
     let mut proxies = Vec::new();
     for kind in ["envoy", "sluice"] {
         let (outbound, inbound) = (closed_port(), closed_port());
-        let metadata = json!({
-            "SLUICE_OUTBOUND_ADDRESS": format!("127.0.0.1:{outbound}"),
+        let extra = json!({
             "SLUICE_INBOUND_ADDRESS": format!("127.0.0.1:{inbound}"),
             "SLUICE_APP_ADDRESS": app.addr.to_string(),
             "LABELS": {"app": "web"},
-            "NAMESPACE": "shop",
         });
-        let node = "sidecar~127.0.0.1~web-1.shop~shop.svc.cluster.local";
-        proxies.push(proxy_of(kind, &ads_bootstrap(control.xds, node, metadata)).await);
+        proxies.push(sidecar_proxy(kind, control.xds, "web", "shop", outbound, extra).await);
         inbound_ports.push((kind, inbound));
     }
     control.wait_synced(2, Duration::from_secs(15)).await;

@@ -528,6 +528,38 @@ pub struct WorkloadSelector {
     pub labels: BTreeMap<String, String>,
 }
 
+/// `Sidecar`: which services and VirtualServices the sidecars it selects see (`egress` hosts).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Sidecar {
+    pub workload_selector: Option<WorkloadSelector>,
+    #[serde(default)]
+    pub egress: Vec<EgressListener>,
+    #[serde(default)]
+    pub ingress: Vec<serde_json::Value>,
+    pub outbound_traffic_policy: Option<OutboundTrafficPolicy>,
+    pub inbound_connection_pool: Option<serde_json::Value>,
+}
+
+/// One `egress` listener: its `hosts` are `namespace/dnsName` (`*`, `.` and `~` namespaces,
+/// `*` and `*.suffix` names).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EgressListener {
+    pub port: Option<serde_json::Value>,
+    pub bind: Option<String>,
+    pub capture_mode: Option<String>,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OutboundTrafficPolicy {
+    pub mode: Option<String>,
+    pub egress_proxy: Option<serde_json::Value>,
+}
+
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct WorkloadEntry {
@@ -608,6 +640,7 @@ pub enum Spec {
     WorkloadEntry(WorkloadEntry),
     Gateway(Gateway),
     AuthorizationPolicy(Box<crate::istio_security::AuthorizationPolicy>),
+    Sidecar(Box<Sidecar>),
 }
 
 impl Spec {
@@ -620,6 +653,7 @@ impl Spec {
             Spec::WorkloadEntry(_) => "WorkloadEntry",
             Spec::Gateway(_) => "Gateway",
             Spec::AuthorizationPolicy(_) => "AuthorizationPolicy",
+            Spec::Sidecar(_) => "Sidecar",
         }
     }
 }
@@ -793,10 +827,11 @@ fn parse_document(doc: &Document) -> Result<Parsed, Vec<FieldError>> {
         "WorkloadEntry" => Spec::WorkloadEntry(typed(spec_value, "spec")?),
         "Gateway" => Spec::Gateway(typed(spec_value, "spec")?),
         "AuthorizationPolicy" => Spec::AuthorizationPolicy(Box::new(typed(spec_value, "spec")?)),
+        "Sidecar" => Spec::Sidecar(Box::new(typed(spec_value, "spec")?)),
         other => {
             return Err(vec![FieldError::new(
                 "kind",
-                format!("{GROUP} kind `{other}` not supported (supported: VirtualService, DestinationRule, ServiceEntry, WorkloadEntry, Gateway)"),
+                format!("{GROUP} kind `{other}` not supported (supported: VirtualService, DestinationRule, ServiceEntry, WorkloadEntry, Gateway, Sidecar)"),
             )])
         }
     };
@@ -1001,7 +1036,8 @@ fn check_l4_destinations(errors: &mut Vec<FieldError>, at: &str, route: &[RouteD
     }
 }
 
-/// `exportTo` of a VirtualService or ServiceEntry: `*`, `.`, `~` or namespace names.
+/// `exportTo` of a VirtualService, DestinationRule or ServiceEntry: `*`, `.`, `~` or namespace
+/// names.
 fn check_export_to(errors: &mut Vec<FieldError>, path: &str, export_to: &[String]) {
     for (i, e) in export_to.iter().enumerate() {
         let ok = matches!(e.as_str(), "*" | "." | "~")
@@ -1028,7 +1064,89 @@ impl Resource {
             Spec::WorkloadEntry(we) => check_workload_entry(we, "spec", errors),
             Spec::Gateway(gw) => check_gateway(gw, errors),
             Spec::AuthorizationPolicy(p) => crate::istio_security::check(p, errors),
+            Spec::Sidecar(sc) => check_sidecar(sc, errors),
         }
+    }
+}
+
+fn check_sidecar(sc: &Sidecar, errors: &mut Vec<FieldError>) {
+    if !sc.ingress.is_empty() {
+        refuse(
+            errors,
+            "spec.ingress".into(),
+            "inbound listeners (a sidecar's inbound side comes from its node metadata)",
+        );
+    }
+    if sc.inbound_connection_pool.is_some() {
+        refuse(
+            errors,
+            "spec.inboundConnectionPool".into(),
+            "inbound connection pools",
+        );
+    }
+    if let Some(p) = &sc.outbound_traffic_policy {
+        match p.mode.as_deref() {
+            None | Some("REGISTRY_ONLY") => {}
+            Some("ALLOW_ANY") => refuse(
+                errors,
+                "spec.outboundTrafficPolicy.mode".into(),
+                "ALLOW_ANY: Sluice has no passthrough for hosts outside the registry (REGISTRY_ONLY is what it does)",
+            ),
+            Some(other) => errors.push(FieldError::new(
+                "spec.outboundTrafficPolicy.mode",
+                format!("`{other}` is not REGISTRY_ONLY or ALLOW_ANY"),
+            )),
+        }
+        if p.egress_proxy.is_some() {
+            refuse(
+                errors,
+                "spec.outboundTrafficPolicy.egressProxy".into(),
+                "egress proxies",
+            );
+        }
+    }
+    for (i, e) in sc.egress.iter().enumerate() {
+        let at = format!("spec.egress[{i}]");
+        if e.port.is_some() {
+            refuse(
+                errors,
+                format!("{at}.port"),
+                "per-port egress listeners (a sidecar has one outbound listener)",
+            );
+        }
+        if e.bind.is_some() {
+            refuse(errors, format!("{at}.bind"), "egress listener addresses");
+        }
+        if e.capture_mode.as_deref().is_some_and(|m| m != "DEFAULT") {
+            refuse(
+                errors,
+                format!("{at}.captureMode"),
+                "capture modes (there is no capture)",
+            );
+        }
+        if e.hosts.is_empty() {
+            errors.push(FieldError::new(
+                format!("{at}.hosts"),
+                "at least one host is required",
+            ));
+        }
+        for (j, h) in e.hosts.iter().enumerate() {
+            if !h
+                .split_once('/')
+                .is_some_and(|(ns, dns)| !ns.is_empty() && !dns.is_empty())
+            {
+                errors.push(FieldError::new(
+                    format!("{at}.hosts[{j}]"),
+                    format!("`{h}` is not `namespace/dnsName` (`*/*`, `./*`, `istio-system/*`)"),
+                ));
+            }
+        }
+    }
+    if sc.egress.len() > 1 {
+        errors.push(FieldError::new(
+            "spec.egress",
+            "only one egress listener without a port is allowed",
+        ));
     }
 }
 
@@ -1454,13 +1572,7 @@ fn check_destination_rule(dr: &DestinationRule, errors: &mut Vec<FieldError>) {
             "DestinationRules scoped to workloads",
         );
     }
-    if dr.export_to.iter().any(|e| e != "*") {
-        refuse(
-            errors,
-            "spec.exportTo".into(),
-            "DestinationRule visibility other than `*` (every proxy uses every DestinationRule)",
-        );
-    }
+    check_export_to(errors, "spec", &dr.export_to);
     if let Some(tp) = &dr.traffic_policy {
         check_traffic_policy(tp, "spec.trafficPolicy", errors);
     }
@@ -1728,6 +1840,41 @@ mod tests {
             err,
             "t.yaml:7: spec.http[0]: only one of route, redirect, directResponse, delegate may be set"
         );
+    }
+
+    #[test]
+    fn sidecar_resources_and_what_they_cannot_do() {
+        let head =
+            "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: s}\nspec:\n";
+        let ok = parse_text("s.yaml", &format!("{head}  egress: [{{hosts: ['./*', 'istio-system/*']}}]\n  outboundTrafficPolicy: {{mode: REGISTRY_ONLY}}\n"));
+        assert!(ok.is_ok(), "{ok:?}");
+        for (spec, needle) in [
+            (
+                "  egress: [{port: {number: 80}, hosts: ['./*']}]\n",
+                "spec.egress[0].port: not supported",
+            ),
+            (
+                "  egress: [{hosts: [web]}]\n",
+                "`web` is not `namespace/dnsName`",
+            ),
+            (
+                "  ingress: [{port: {number: 80}}]\n",
+                "spec.ingress: not supported",
+            ),
+            (
+                "  outboundTrafficPolicy: {mode: ALLOW_ANY}\n",
+                "ALLOW_ANY: Sluice has no passthrough",
+            ),
+            (
+                "  egress: [{hosts: ['./*']}, {hosts: ['*/*']}]\n",
+                "only one egress listener",
+            ),
+        ] {
+            let e = parse_text("s.yaml", &format!("{head}{spec}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle) && e.contains("s.yaml:"), "{spec}: {e}");
+        }
     }
 
     #[test]

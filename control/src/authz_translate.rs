@@ -349,18 +349,7 @@ fn rbac_policy(rule: &Rule, policy_namespace: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_config::istio::{parse_text, Parsed};
-
-    fn resources(text: &str) -> Vec<Resource> {
-        parse_text("p.yaml", text)
-            .unwrap_or_else(|e| panic!("{e}"))
-            .into_iter()
-            .filter_map(|p| match p {
-                Parsed::Istio(r) => Some(*r),
-                _ => None,
-            })
-            .collect()
-    }
+    use crate::registry::tests::resources;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs

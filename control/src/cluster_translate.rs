@@ -79,11 +79,23 @@ impl Policy {
 /// The DestinationRule for a service: an exact host match first, then the most specific
 /// wildcard; among equals, the first by namespace/name.
 pub fn destination_rule<'a>(resources: &'a [Resource], fqdn: &str) -> Option<&'a DestinationRule> {
+    most_specific(resources, fqdn, |_| true)
+}
+
+/// The most specific DestinationRule for `fqdn` among the resources `keep` accepts.
+fn most_specific<'a>(
+    resources: &'a [Resource],
+    fqdn: &str,
+    keep: impl Fn(&Resource) -> bool,
+) -> Option<&'a DestinationRule> {
     let mut best: Option<(usize, &DestinationRule)> = None;
     for r in resources {
         let Spec::DestinationRule(dr) = &r.spec else {
             continue;
         };
+        if !keep(r) {
+            continue;
+        }
         let host = resolve_host(&dr.host, r.metadata.namespace());
         if !host_matches(&host, fqdn) {
             continue;
@@ -94,6 +106,36 @@ pub fn destination_rule<'a>(resources: &'a [Resource], fqdn: &str) -> Option<&'a
         }
     }
     best.map(|(_, dr)| dr)
+}
+
+/// The DestinationRule a proxy in `viewer` uses for a service of `service_namespace`, as Istio
+/// looks it up with `exportTo`: among the rules visible there, first those of the proxy's own
+/// namespace, then the service's, then the root namespace's, then any other; the most specific
+/// host within the first that has one.
+pub fn destination_rule_seen_from<'a>(
+    resources: &'a [Resource],
+    fqdn: &str,
+    service_namespace: &str,
+    viewer: &str,
+) -> Option<&'a DestinationRule> {
+    let visible = |r: &Resource| match &r.spec {
+        Spec::DestinationRule(dr) => {
+            crate::translate::exported_to(&dr.export_to, r.metadata.namespace(), viewer)
+        }
+        _ => false,
+    };
+    [
+        viewer,
+        service_namespace,
+        crate::authz_translate::ROOT_NAMESPACE,
+    ]
+    .iter()
+    .find_map(|ns| {
+        most_specific(resources, fqdn, |r| {
+            visible(r) && r.metadata.namespace() == *ns
+        })
+    })
+    .or_else(|| most_specific(resources, fqdn, visible))
 }
 
 /// The policy for one port and subset of a service.
@@ -447,9 +489,23 @@ pub fn clusters(
     registry: &Registry,
     warnings: &mut Vec<String>,
 ) -> ClusterSet {
+    clusters_seen_from(resources, registry, None, warnings)
+}
+
+/// The clusters as a proxy in namespace `viewer` sees them (DestinationRules by `exportTo`);
+/// `None`: with every DestinationRule.
+pub fn clusters_seen_from(
+    resources: &[Resource],
+    registry: &Registry,
+    viewer: Option<&str>,
+    warnings: &mut Vec<String>,
+) -> ClusterSet {
     let mut out = ClusterSet::default();
     for svc in registry.services.values() {
-        let dr = destination_rule(resources, &svc.fqdn);
+        let dr = match viewer {
+            None => destination_rule(resources, &svc.fqdn),
+            Some(v) => destination_rule_seen_from(resources, &svc.fqdn, &svc.namespace, v),
+        };
         for port in &svc.ports {
             let mut variants: Vec<(String, Option<&BTreeMap<String, String>>)> =
                 vec![(String::new(), None)];
@@ -484,6 +540,57 @@ pub fn clusters(
 mod tests {
     use super::*;
     use sluice_config::istio::{parse_text, Parsed};
+
+    /// Istio's lookup order with `exportTo`: the viewer's namespace, the service's, the root
+    /// namespace, then any other; hidden rules are never used.
+    #[test]
+    fn destination_rules_are_looked_up_as_istio_does_with_export_to() {
+        let r = crate::registry::tests::resources(
+            r#"apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: public, namespace: team}
+spec: {host: web.shop.svc.cluster.local, subsets: [{name: team}]}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: root, namespace: istio-system}
+spec: {host: "*.svc.cluster.local", subsets: [{name: root}]}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: service, namespace: shop}
+spec: {host: web.shop.svc.cluster.local, exportTo: [shop, ops], subsets: [{name: service}]}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: own, namespace: ops}
+spec: {host: web.shop.svc.cluster.local, exportTo: ["."], subsets: [{name: own}]}
+"#,
+        );
+        let seen = |viewer: &str| {
+            destination_rule_seen_from(&r, "web.shop.svc.cluster.local", "shop", viewer)
+                .map(|dr| dr.subsets[0].name.clone())
+        };
+        assert_eq!(seen("ops").as_deref(), Some("own"));
+        assert_eq!(seen("shop").as_deref(), Some("service"));
+        assert_eq!(
+            seen("blog").as_deref(),
+            Some("root"),
+            "the service's rule is hidden there"
+        );
+        assert_eq!(seen("team").as_deref(), Some("team"));
+        // Without the root namespace's, another namespace falls to any visible one.
+        let without_root: Vec<Resource> = r
+            .iter()
+            .filter(|x| x.metadata.namespace() != "istio-system")
+            .cloned()
+            .collect();
+        assert_eq!(
+            destination_rule_seen_from(&without_root, "web.shop.svc.cluster.local", "shop", "blog")
+                .map(|dr| dr.subsets[0].name.as_str()),
+            Some("team")
+        );
+    }
 
     fn tls_of(dr_tls: &str) -> Value {
         let text = format!(

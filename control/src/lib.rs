@@ -9,7 +9,8 @@
 //! * [`registry`]: services and endpoints from ServiceEntry / WorkloadEntry.
 //! * [`delegation`] (delegate VirtualServices merged into their roots), [`cluster_translate`],
 //!   [`route_translate`] (HTTP), [`l4_translate`] (TCP and TLS routes), [`authz_translate`]
-//!   (AuthorizationPolicy → RBAC filters), [`translate`]: Istio → Envoy JSON per proxy role
+//!   (AuthorizationPolicy → RBAC filters), [`sidecar_scope`] (what a `Sidecar` resource lets a
+//!   sidecar see), [`translate`]: Istio → Envoy JSON per proxy role
 //!   ([`node_role`]: gateway or sidecar, from the node id as Istio reads it).
 //! * [`xds_encode`]: JSON → `google.protobuf.Any` through the Envoy descriptor pool.
 //! * [`ads_server`]: the ADS gRPC service: per-type versions and nonces, ACK/NACK per proxy,
@@ -46,6 +47,7 @@ pub mod rollout_view;
 pub mod route_translate;
 pub mod route_weights;
 pub mod server;
+pub mod sidecar_scope;
 pub mod translate;
 pub mod verify;
 pub mod xds_encode;

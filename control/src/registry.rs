@@ -203,10 +203,11 @@ impl Registry {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use sluice_config::istio::{parse_text, Parsed};
 
+    /// The Istio resources of a YAML text (a test fixture; panics on a parse error).
     pub(crate) fn resources(text: &str) -> Vec<Resource> {
         parse_text("t.yaml", text)
             .unwrap()

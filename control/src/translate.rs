@@ -26,6 +26,7 @@ use crate::naming::{cluster_name, host_aliases, host_matches, resolve_host};
 use crate::node_role::Role;
 use crate::registry::Registry;
 use crate::route_translate::{self, cors_filter, fault_filter, RouteContext, RouteNeeds, Source};
+use crate::sidecar_scope::{self, SidecarScope};
 
 pub const HCM_TYPE: &str =
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
@@ -67,6 +68,9 @@ pub struct MeshConfig {
     pub resources: Vec<Resource>,
     pub registry: Registry,
     pub clusters: ClusterSet,
+    /// When a DestinationRule's `exportTo` limits who sees it: the clusters as proxies of each
+    /// namespace the configuration names see them, and as any other namespace sees them.
+    scoped_clusters: Option<(BTreeMap<String, ClusterSet>, ClusterSet)>,
     /// Things that translate but will not work as written (unknown subsets, missing ports).
     pub warnings: Vec<String>,
 }
@@ -79,10 +83,12 @@ impl MeshConfig {
         crate::delegation::expand(&mut resources, &mut warnings);
         let registry = Registry::build(&resources);
         let clusters = cluster_translate::clusters(&resources, &registry, &mut warnings);
+        let scoped_clusters = scoped_clusters(&resources, &registry);
         let mut mesh = MeshConfig {
             resources,
             registry,
             clusters,
+            scoped_clusters,
             warnings,
         };
         // Translate once for a sidecar and for every Gateway, so that warnings about routes show
@@ -112,6 +118,14 @@ impl MeshConfig {
         w.dedup();
         mesh.warnings.extend(w);
         mesh
+    }
+
+    /// The clusters a proxy of `namespace` sees (DestinationRules by `exportTo`).
+    fn clusters_for(&self, namespace: &str) -> &ClusterSet {
+        match &self.scoped_clusters {
+            None => &self.clusters,
+            Some((by_namespace, elsewhere)) => by_namespace.get(namespace).unwrap_or(elsewhere),
+        }
     }
 
     fn gateways(&self) -> Vec<((String, Gateway), String)> {
@@ -202,10 +216,16 @@ impl MeshConfig {
                     }
                 }
                 Spec::ServiceEntry(se) => namespace |= se.export_to.iter().any(|e| e != "*"),
+                Spec::DestinationRule(dr) => namespace |= dr.export_to.iter().any(|e| e != "*"),
                 // Which policies reach a sidecar's inbound side depends on both.
                 Spec::AuthorizationPolicy(_) => {
                     labels = true;
                     namespace = true;
+                }
+                // Which Sidecar applies depends on the namespace, and on labels with a selector.
+                Spec::Sidecar(sc) => {
+                    namespace = true;
+                    labels |= sc.workload_selector.is_some();
                 }
                 _ => {}
             }
@@ -215,9 +235,13 @@ impl MeshConfig {
 
     /// Everything `role` receives.
     pub fn for_proxy(&self, role: &Role) -> ProxyResources {
+        let namespace = match role {
+            Role::Sidecar { namespace, .. } | Role::Gateway { namespace, .. } => namespace,
+        };
+        let seen = self.clusters_for(namespace);
         let mut out = ProxyResources {
-            clusters: self.clusters.clusters.clone(),
-            endpoints: self.clusters.endpoints.clone(),
+            clusters: seen.clusters.clone(),
+            endpoints: seen.endpoints.clone(),
             ..Default::default()
         };
         let mut warnings = Vec::new();
@@ -272,22 +296,26 @@ impl MeshConfig {
         let mut seen_domains = BTreeSet::new();
         let mut vhosts = Vec::new();
         let mut needs = RouteNeeds::default();
+        let scope = sidecar_scope::for_proxy(&self.resources, source.labels, source.namespace);
+        let scope = scope.as_ref();
         for svc in self.registry.services.values() {
-            if !exported_to(&svc.export_to, &svc.namespace, source.namespace) {
+            if !exported_to(&svc.export_to, &svc.namespace, source.namespace)
+                || !sidecar_scope::imported(scope, &svc.namespace, &svc.fqdn)
+            {
                 continue;
             }
             let http_ports: Vec<_> = svc.ports.iter().filter(|p| p.is_http()).collect();
             for port in &http_ports {
                 let ctx = RouteContext {
                     registry: &self.registry,
-                    clusters: &self.clusters,
+                    clusters: self.clusters_for(source.namespace),
                     gateways: &mesh,
                     port: port.number,
                     service_port: Some(port.number),
                     source,
                 };
                 let mut routes = Vec::new();
-                if let Some((vs, ns)) = self.virtual_service_for(&svc.fqdn, source) {
+                if let Some((vs, ns)) = self.virtual_service_for(&svc.fqdn, source, scope) {
                     ctx.routes(vs, ns, &mut routes, &mut needs, warnings);
                 }
                 if routes.is_empty() {
@@ -364,7 +392,11 @@ impl MeshConfig {
                 .any(|g| g == "mesh")
         };
         let mut ports = BTreeSet::new();
+        let scope = sidecar_scope::for_proxy(&self.resources, source.labels, source.namespace);
         for (vs, ns) in self.virtual_services(source.namespace) {
+            if !vs_imported(scope.as_ref(), vs, ns) {
+                continue;
+            }
             let mut portless = false;
             let matches = vs
                 .tcp
@@ -410,7 +442,7 @@ impl MeshConfig {
             let stat_prefix = format!("outbound_{ip}_{port}");
             let ctx = RouteContext {
                 registry: &self.registry,
-                clusters: &self.clusters,
+                clusters: self.clusters_for(source.namespace),
                 gateways: &mesh,
                 port,
                 service_port: Some(port),
@@ -523,9 +555,13 @@ impl MeshConfig {
         &'s self,
         fqdn: &str,
         source: &Source<'s>,
+        scope: Option<&SidecarScope>,
     ) -> Option<(&'s VirtualService, &'s str)> {
         let mut best: Option<(usize, (&VirtualService, &str))> = None;
         for (vs, ns) in self.virtual_services(source.namespace) {
+            if !vs_imported(scope, vs, ns) {
+                continue;
+            }
             for h in &vs.hosts {
                 let h = resolve_host(h, ns);
                 if !host_matches(&h, fqdn) {
@@ -553,7 +589,7 @@ impl MeshConfig {
     ) -> Vec<Value> {
         let ctx = RouteContext {
             registry: &self.registry,
-            clusters: &self.clusters,
+            clusters: self.clusters_for(source.namespace),
             gateways,
             port,
             service_port: None,
@@ -602,7 +638,7 @@ impl MeshConfig {
     ) -> RouteContext<'a> {
         RouteContext {
             registry: &self.registry,
-            clusters: &self.clusters,
+            clusters: self.clusters_for(source.namespace),
             gateways,
             port,
             service_port: None,
@@ -942,6 +978,53 @@ fn downstream_tls(t: &sluice_config::istio::ServerTls) -> Value {
 }
 
 /// An HTTP connection manager that takes its routes from RDS over ADS.
+/// With a DestinationRule `exportTo` other than `*`: the clusters seen from each namespace the
+/// configuration names (resources' namespaces, `exportTo` names, `default`), and from any other.
+fn scoped_clusters(
+    resources: &[Resource],
+    registry: &Registry,
+) -> Option<(BTreeMap<String, ClusterSet>, ClusterSet)> {
+    let scoped = resources.iter().any(
+        |r| matches!(&r.spec, Spec::DestinationRule(dr) if dr.export_to.iter().any(|e| e != "*")),
+    );
+    if !scoped {
+        return None;
+    }
+    let mut namespaces: BTreeSet<String> = ["default".to_string()].into();
+    for r in resources {
+        namespaces.insert(r.metadata.namespace().to_string());
+        if let Spec::DestinationRule(dr) = &r.spec {
+            namespaces.extend(
+                dr.export_to
+                    .iter()
+                    .filter(|e| !matches!(e.as_str(), "*" | "." | "~"))
+                    .cloned(),
+            );
+        }
+    }
+    // Warnings were given by the mesh-wide translation.
+    let mut ignored = Vec::new();
+    let by_namespace = namespaces
+        .into_iter()
+        .map(|ns| {
+            let set =
+                cluster_translate::clusters_seen_from(resources, registry, Some(&ns), &mut ignored);
+            (ns, set)
+        })
+        .collect();
+    // A namespace named nowhere sees only what is exported to every namespace.
+    let elsewhere =
+        cluster_translate::clusters_seen_from(resources, registry, Some(""), &mut ignored);
+    Some((by_namespace, elsewhere))
+}
+
+/// Whether a sidecar's `Sidecar` scope (none: everything) imports one of `vs`'s hosts.
+fn vs_imported(scope: Option<&SidecarScope>, vs: &VirtualService, namespace: &str) -> bool {
+    vs.hosts
+        .iter()
+        .any(|h| sidecar_scope::imported(scope, namespace, &resolve_host(h, namespace)))
+}
+
 fn hcm(
     stat_prefix: &str,
     route_config: &str,

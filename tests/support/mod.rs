@@ -1086,6 +1086,28 @@ pub async fn envoy_and_sluice_gateways(control: &ControlPlane) -> (ProxyProcess,
     (envoy, sluice)
 }
 
+/// A sidecar proxy of `kind` on the control plane at `xds` for workload `app` of `namespace`
+/// (node id as Istio writes it), its outbound listener on 127.0.0.1:`outbound`, with `extra`
+/// node metadata (`LABELS`, the inbound addresses, …).
+pub async fn sidecar_proxy(
+    kind: &str,
+    xds: SocketAddr,
+    app: &str,
+    namespace: &str,
+    outbound: u16,
+    extra: Value,
+) -> ProxyProcess {
+    let mut metadata = json!({
+        "SLUICE_OUTBOUND_ADDRESS": format!("127.0.0.1:{outbound}"),
+        "NAMESPACE": namespace,
+    });
+    for (k, v) in extra.as_object().cloned().unwrap_or_default() {
+        metadata[k] = v;
+    }
+    let node = format!("sidecar~127.0.0.1~{app}-1.{namespace}~{namespace}.svc.cluster.local");
+    proxy_of(kind, &ads_bootstrap(xds, &node, metadata)).await
+}
+
 /// A gateway proxy of `kind` on the control plane at `xds`: labels `istio: ingressgateway`,
 /// Gateway ports bound on 127.0.0.1.
 pub async fn gateway_proxy(kind: &str, xds: SocketAddr) -> ProxyProcess {
