@@ -246,3 +246,97 @@ spec:
         }
     }
 }
+
+/// AuthorizationPolicies on a gateway's TCP servers, as network RBAC filters before the relay:
+/// an ALLOW rule on one port lets its connections through, an ALLOW rule naming an HTTP-only
+/// field (`methods`) is left out for TCP, so the other port is refused. Envoy decides at the
+/// client's first bytes, after the upstream connection is made (the server's greeting gets
+/// through); Sluice the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_servers_are_checked_by_network_rbac_as_envoy_does() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (echo, _task) = tcp_greeter("hi").await;
+    let (open, closed) = (closed_port(), closed_port());
+    let mesh = render(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: echo}
+spec:
+  hosts: [echo]
+  ports: [{number: 9000, name: tcp, protocol: TCP}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.0.1, ports: {tcp: {{echo}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - {port: {number: {{open}}, name: tcp-open, protocol: TCP}, hosts: ["*"]}
+  - {port: {number: {{closed}}, name: tcp-closed, protocol: TCP}, hosts: ["*"]}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  tcp: [{route: [{destination: {host: echo, port: {number: 9000}}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: tcp, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  rules:
+  - to: [{operation: {ports: ["{{open}}"]}}]
+  - to: [{operation: {ports: ["{{closed}}"], methods: [GET]}}]
+"#,
+        &[
+            ("echo", echo.to_string()),
+            ("open", open.to_string()),
+            ("closed", closed.to_string()),
+        ],
+    );
+    let control = ControlPlane::start(&[("mesh.yaml", mesh)]);
+    let (_envoy, _sluice) = envoy_and_sluice_gateways(&control).await;
+    let mut seen = Vec::new();
+    for ip in ["127.0.0.2", "127.0.0.1"] {
+        for port in [open, closed] {
+            let mut s = tokio::net::TcpStream::connect((ip, port)).await.unwrap();
+            // Wait for the greeting before speaking, so that what crosses is deterministic.
+            let mut greeting = [0u8; 3];
+            let got = tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut greeting))
+                .await
+                .is_ok_and(|r| r.is_ok());
+            let _ = s.write_all(b"ping").await;
+            let _ = s.shutdown().await;
+            let mut rest = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut rest)).await;
+            let text = format!(
+                "{}{}",
+                if got {
+                    String::from_utf8_lossy(&greeting).into_owned()
+                } else {
+                    String::new()
+                },
+                String::from_utf8_lossy(&rest)
+            );
+            seen.push((ip, port == open, text));
+        }
+    }
+    for (ip, is_open, text) in &seen {
+        let want = if *is_open { "hi\npingbye" } else { "hi\n" };
+        assert_eq!(
+            text,
+            want,
+            "{ip} {}",
+            if *is_open {
+                "allowed port"
+            } else {
+                "refused port"
+            }
+        );
+    }
+}

@@ -13,39 +13,6 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// A TCP server that greets with `NAME\n`, echoes what it reads, and after the client's FIN
-/// sends `bye` and closes.
-async fn greeter(name: &'static str) -> (u16, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                if s.write_all(format!("{name}\n").as_bytes()).await.is_err() {
-                    return;
-                }
-                let mut buf = [0u8; 4096];
-                loop {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if s.write_all(&buf[..n]).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-                let _ = s.write_all(b"bye").await;
-                let _ = s.shutdown().await;
-            });
-        }
-    });
-    (port, task)
-}
-
 fn tcp_listener(name: &str, proxy: Value) -> Value {
     let mut proxy = proxy;
     proxy["@type"] =
@@ -156,8 +123,8 @@ async fn check(kind: &str, a: u16, b: u16) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_proxy_relays_and_splits_as_envoy_does() {
-    let (a, _ta) = greeter("a").await;
-    let (b, _tb) = greeter("b").await;
+    let (a, _ta) = tcp_greeter("a").await;
+    let (b, _tb) = tcp_greeter("b").await;
     let envoy = check("envoy", a, b).await;
     assert!(
         envoy.contains(
@@ -176,8 +143,8 @@ async fn tcp_proxy_relays_and_splits_as_envoy_does() {
 /// to its one destination.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn istio_tcp_routes_shift_connections_through_envoy_and_sluice() {
-    let (v1, _t1) = greeter("one").await;
-    let (v2, _t2) = greeter("two").await;
+    let (v1, _t1) = tcp_greeter("one").await;
+    let (v2, _t2) = tcp_greeter("two").await;
     let gw = closed_port();
     let corpus = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -79,6 +79,10 @@ pub const SUPPORTED: &[&str] = &[
         filter_enforced request_headers_to_add_when_not_enforced response_headers_to_add local_rate_limit_per_downstream_connection",
     "envoy.extensions.filters.http.rbac.v3.RBAC: rules matcher shadow_rules shadow_matcher rules_stat_prefix \
         shadow_rules_stat_prefix",
+    // Network RBAC: decided once per connection, before the terminal filter (Envoy's default
+    // ONE_TIME_ON_FIRST_BYTE; CONTINUOUS re-checks are not done).
+    "envoy.extensions.filters.network.rbac.v3.RBAC: rules matcher shadow_rules shadow_matcher stat_prefix \
+        shadow_rules_stat_prefix enforcement_type=ONE_TIME_ON_FIRST_BYTE",
     "xds.type.matcher.v3.Matcher: matcher_list on_no_match",
     "xds.type.matcher.v3.Matcher.MatcherList: matchers",
     "xds.type.matcher.v3.Matcher.MatcherList.FieldMatcher: predicate on_match",

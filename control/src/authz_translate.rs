@@ -25,6 +25,7 @@ use sluice_config::istio_security::{header_key, parse_cidr, AuthorizationPolicy,
 /// Istio's root namespace (`meshConfig.rootNamespace`): its policies apply mesh-wide.
 pub const ROOT_NAMESPACE: &str = "istio-system";
 const RBAC_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
+const NETWORK_RBAC_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC";
 const DRY_RUN: &str = "istio.io/dry-run";
 
 /// Whether any resource is an AuthorizationPolicy (then proxies' labels and namespaces matter).
@@ -40,6 +41,34 @@ pub fn rbac_filters(
     resources: &[Resource],
     labels: &BTreeMap<String, String>,
     namespace: &str,
+) -> Vec<Value> {
+    filters(resources, labels, namespace, Protocol::Http)
+}
+
+/// The network RBAC filters (filter chain entries, before `tcp_proxy`) for a workload's TCP
+/// traffic, as Istio builds them: rules are generated without the HTTP-only fields (hosts,
+/// methods, paths, request headers); an `ALLOW` rule that has one is left out (a smaller
+/// allow), a `DENY` or `AUDIT` rule loses it (a wider deny).
+pub fn network_rbac_filters(
+    resources: &[Resource],
+    labels: &BTreeMap<String, String>,
+    namespace: &str,
+) -> Vec<Value> {
+    filters(resources, labels, namespace, Protocol::Tcp)
+}
+
+/// Which traffic the filters are for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http,
+    Tcp,
+}
+
+fn filters(
+    resources: &[Resource],
+    labels: &BTreeMap<String, String>,
+    namespace: &str,
+    protocol: Protocol,
 ) -> Vec<Value> {
     let applicable: Vec<(&Resource, &AuthorizationPolicy)> = resources
         .iter()
@@ -82,16 +111,18 @@ pub fn rbac_filters(
                 );
             }
             for (i, rule) in p.rules.iter().enumerate() {
-                set.insert(
-                    format!("ns[{ns}]-policy[{name}]-rule[{i}]"),
-                    rbac_policy(rule, ns),
-                );
+                if let Some(policy) = rbac_policy(rule, ns, protocol, action == "ALLOW") {
+                    set.insert(format!("ns[{ns}]-policy[{name}]-rule[{i}]"), policy);
+                }
             }
         }
         if enforced.is_none() && shadow.is_none() {
             continue;
         }
-        let mut config = json!({"@type": RBAC_TYPE});
+        let mut config = match protocol {
+            Protocol::Http => json!({"@type": RBAC_TYPE}),
+            Protocol::Tcp => json!({"@type": NETWORK_RBAC_TYPE, "stat_prefix": "tcp."}),
+        };
         if let Some(policies) = enforced {
             config["rules"] = json!({"action": rbac_action, "policies": policies});
         }
@@ -99,7 +130,11 @@ pub fn rbac_filters(
             config["shadow_rules"] = json!({"action": rbac_action, "policies": policies});
             config["shadow_rules_stat_prefix"] = json!(shadow_prefix);
         }
-        filters.push(json!({"name": "envoy.filters.http.rbac", "typed_config": config}));
+        let name = match protocol {
+            Protocol::Http => "envoy.filters.http.rbac",
+            Protocol::Tcp => "envoy.filters.network.rbac",
+        };
+        filters.push(json!({"name": name, "typed_config": config}));
     }
     filters
 }
@@ -214,9 +249,34 @@ impl Kind {
     }
 }
 
-/// One rule as an RBAC policy (Istio's `Model::Generate`).
-fn rbac_policy(rule: &Rule, policy_namespace: &str) -> Value {
+/// One rule as an RBAC policy (Istio's `Model::Generate`). For TCP, HTTP-only fields are left
+/// out of the rule, or, in an `ALLOW` rule (`allow`), leave the whole rule out (`None`).
+fn rbac_policy(
+    rule: &Rule,
+    policy_namespace: &str,
+    protocol: Protocol,
+    allow: bool,
+) -> Option<Value> {
     use Kind::{Permission as P, Principal as I};
+    if protocol == Protocol::Tcp {
+        let http_only = rule.to.iter().any(|t| {
+            let o = &t.operation;
+            [
+                &o.hosts,
+                &o.not_hosts,
+                &o.methods,
+                &o.not_methods,
+                &o.paths,
+                &o.not_paths,
+            ]
+            .iter()
+            .any(|v| !v.is_empty())
+        }) || rule.when.iter().any(|c| header_key(&c.key).is_some());
+        if http_only && allow {
+            return None;
+        }
+    }
+    let tcp = protocol == Protocol::Tcp;
     // `when` conditions, split between permissions (destination) and principals (source).
     let (mut base_perm, mut base_id) = (Vec::new(), Vec::new());
     for c in &rule.when {
@@ -247,7 +307,7 @@ fn rbac_policy(rule: &Rule, policy_namespace: &str) -> Value {
                 I,
             )),
             key => {
-                if let Some(h) = header_key(key) {
+                if let Some(h) = header_key(key).filter(|_| !tcp) {
                     base_id.extend(field(
                         v,
                         n,
@@ -278,24 +338,27 @@ fn rbac_policy(rule: &Rule, policy_namespace: &str) -> Value {
     for to in &rule.to {
         let o = &to.operation;
         let mut f = Vec::new();
-        f.extend(field(
-            &o.hosts,
-            &o.not_hosts,
-            |x| json!({"header": header_match(":authority", x, true)}),
-            P,
-        ));
-        f.extend(field(
-            &o.methods,
-            &o.not_methods,
-            |x| json!({"header": header_match(":method", x, false)}),
-            P,
-        ));
-        f.extend(field(
-            &o.paths,
-            &o.not_paths,
-            |x| json!({"url_path": {"path": string_match(x, "")}}),
-            P,
-        ));
+        // HTTP-only fields; for TCP a DENY or AUDIT rule is generated without them.
+        if !tcp {
+            f.extend(field(
+                &o.hosts,
+                &o.not_hosts,
+                |x| json!({"header": header_match(":authority", x, true)}),
+                P,
+            ));
+            f.extend(field(
+                &o.methods,
+                &o.not_methods,
+                |x| json!({"header": header_match(":method", x, false)}),
+                P,
+            ));
+            f.extend(field(
+                &o.paths,
+                &o.not_paths,
+                |x| json!({"url_path": {"path": string_match(x, "")}}),
+                P,
+            ));
+        }
         f.extend(field(
             &o.ports,
             &o.not_ports,
@@ -343,7 +406,7 @@ fn rbac_policy(rule: &Rule, policy_namespace: &str) -> Value {
     if rule.from.is_empty() {
         principals.push(and_id(base_id));
     }
-    json!({"permissions": permissions, "principals": principals})
+    Some(json!({"permissions": permissions, "principals": principals}))
 }
 
 #[cfg(test)]
@@ -516,6 +579,44 @@ spec:
             ids[6],
             json!({"not_id": {"or_ids": {"ids": [{"header": {"name": "X-header", "string_match": {"exact": "not-header"}}}]}}})
         );
+    }
+
+    /// For TCP, as Istio: an ALLOW rule with an HTTP-only field is left out, a DENY rule keeps
+    /// its other fields only (here none: it denies every connection).
+    #[test]
+    fn tcp_filters_leave_http_fields_out_as_istio_does() {
+        let r = resources(
+            r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: mixed, namespace: foo}
+spec:
+  rules:
+  - to: [{operation: {ports: ["5432"]}}]
+  - to: [{operation: {methods: [GET]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-gets, namespace: foo}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {methods: [GET]}}]}]
+"#,
+        );
+        let f = network_rbac_filters(&r, &BTreeMap::new(), "foo");
+        assert_eq!(f.len(), 2);
+        assert_eq!(f[0]["name"], "envoy.filters.network.rbac");
+        assert_eq!(f[0]["typed_config"]["stat_prefix"], "tcp.");
+        assert_eq!(
+            f[0]["typed_config"]["rules"]["policies"]["ns[foo]-policy[no-gets]-rule[0]"]
+                ["permissions"],
+            json!([{"and_rules": {"rules": [{"any": true}]}}]),
+            "a wider deny"
+        );
+        let allow = f[1]["typed_config"]["rules"]["policies"]
+            .as_object()
+            .unwrap();
+        assert_eq!(allow.len(), 1, "the GET rule is left out: {allow:?}");
+        assert!(allow.contains_key("ns[foo]-policy[mixed]-rule[0]"));
     }
 
     #[test]

@@ -685,17 +685,10 @@ impl MeshConfig {
         let mut listeners = BTreeMap::new();
         let mut routes = BTreeMap::new();
         let authz = authz_translate::rbac_filters(&self.resources, source.labels, source.namespace);
+        let tcp_authz =
+            authz_translate::network_rbac_filters(&self.resources, source.labels, source.namespace);
         for (port, servers) in ports {
             let name = format!("{bind_ip}_{port}");
-            if !authz.is_empty()
-                && servers
-                    .iter()
-                    .any(|(_, s)| server_kind(s) != ServerKind::Http)
-            {
-                warnings.push(format!(
-                    "port {port}: AuthorizationPolicies are enforced on HTTP only; TCP and TLS passthrough servers of this gateway are not checked"
-                ));
-            }
             let stat_prefix = format!("outbound_{bind_ip}_{port}");
             let (plain, tls): (Vec<_>, Vec<_>) =
                 servers.iter().partition(|(_, s)| !terminates_tls(s));
@@ -825,6 +818,19 @@ impl MeshConfig {
                     "port {port}: no VirtualService routes its connections; no listener"
                 ));
                 continue;
+            }
+            // TCP and TLS-passthrough chains: AuthorizationPolicies as network RBAC filters
+            // before the relay.
+            if !tcp_authz.is_empty() {
+                for chain in &mut chains {
+                    if let Some(filters) = chain["filters"].as_array_mut() {
+                        if filters.first().and_then(|f| f["name"].as_str())
+                            == Some(l4_translate::TCP_PROXY_FILTER)
+                        {
+                            filters.splice(0..0, tcp_authz.iter().cloned());
+                        }
+                    }
+                }
             }
             let mut l = Map::new();
             l.insert("name".into(), json!(name));

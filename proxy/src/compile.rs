@@ -60,6 +60,7 @@ use crate::weighted_pick::WeightedPick;
 
 const TLS_INSPECTOR_TYPE: &str = "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
 const TCP_PROXY_TYPE: &str = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+const NETWORK_RBAC_TYPE: &str = "envoy.extensions.filters.network.rbac.v3.RBAC";
 const HCM_TYPE: &str =
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const ROUTER_TYPE: &str = "envoy.extensions.filters.http.router.v3.Router";
@@ -251,6 +252,33 @@ fn header_matcher(v: &Value, path: &str, errors: &mut Errors) -> Option<HeaderMa
         invert: b(v, "invert_match"),
         treat_missing_as_empty: b(v, "treat_missing_header_as_empty"),
     })
+}
+
+/// A network RBAC filter's `typed_config` (`stat_prefix` required; enforcement once per connection).
+fn network_rbac(
+    config: &Value,
+    path: &str,
+    metrics: &Metrics,
+    errors: &mut Vec<FieldError>,
+) -> Option<crate::rbac::NetworkRbac> {
+    let stat_prefix = s(config, "stat_prefix").unwrap_or("");
+    if stat_prefix.is_empty() {
+        errors.push(FieldError::new(p(path, "stat_prefix"), "required"));
+        return None;
+    }
+    let before = errors.len();
+    let own = rbac_rules(config, path, errors);
+    if errors.len() != before {
+        return None;
+    }
+    let shadow_prefix = s(config, "shadow_rules_stat_prefix").unwrap_or("");
+    match crate::rbac::NetworkRbac::new(own, metrics, stat_prefix, shadow_prefix) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            errors.push(FieldError::new(path, format!("RBAC statistics: {e}")));
+            None
+        }
+    }
 }
 
 /// A `tcp_proxy` network filter's `typed_config`. Its clusters are looked up now; one that does
@@ -2918,20 +2946,42 @@ fn listener(
         };
         let filters = arr(chain, "filters");
         let fpath = format!("{cpath}.filters");
-        if filters.len() != 1 {
+        let type_of = |f: &Value| {
+            let tc = get(f, "typed_config").cloned().unwrap_or(Value::Null);
+            let ty = s(&tc, "@type")
+                .map(|t| t.rsplit('/').next().unwrap_or("").to_string())
+                .unwrap_or_default();
+            (tc, ty)
+        };
+        // Network RBAC filters, then one terminal filter.
+        let Some((last, before)) = filters.split_last() else {
             errors.push(FieldError::new(
                 fpath,
-                "exactly one network filter (the HTTP connection manager or tcp_proxy) is supported",
+                "a network filter (the HTTP connection manager or tcp_proxy) is required",
             ));
             continue;
+        };
+        let mut rbac = Vec::new();
+        for (i, f) in before.iter().enumerate() {
+            let (tc, ty) = type_of(f);
+            let tpath = format!("{fpath}[{i}].typed_config");
+            if ty != NETWORK_RBAC_TYPE {
+                errors.push(FieldError::new(
+                    tpath,
+                    "only network RBAC filters may come before the last filter (the HTTP connection manager or tcp_proxy)",
+                ));
+                continue;
+            }
+            if let Some(r) = network_rbac(&tc, &tpath, metrics, errors) {
+                rbac.push(r);
+            }
         }
-        let tc = get(&filters[0], "typed_config")
-            .cloned()
-            .unwrap_or(Value::Null);
-        let ty = s(&tc, "@type")
-            .map(|t| t.rsplit('/').next().unwrap_or(""))
-            .unwrap_or("");
-        let tpath = format!("{fpath}[0].typed_config");
+        if rbac.len() != before.len() {
+            continue;
+        }
+        let (tc, ty) = type_of(last);
+        let ty = ty.as_str();
+        let tpath = format!("{fpath}[{}].typed_config", before.len());
         let filter = match ty {
             TCP_PROXY_TYPE => match tcp_proxy(&tc, &tpath, res, metrics, errors) {
                 Some(tcp) => NetworkFilter::Tcp(Arc::new(tcp)),
@@ -2951,6 +3001,7 @@ fn listener(
             transport_protocol,
             application_protocols,
             tls,
+            rbac,
             filter,
         });
     }

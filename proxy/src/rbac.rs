@@ -441,6 +441,97 @@ impl RbacFilter {
     }
 }
 
+/// A network RBAC filter (`envoy.filters.network.rbac`) of a filter chain: it decides once per
+/// connection, before the chain's terminal filter (tcp_proxy or the HTTP connection manager),
+/// from what a connection shows (addresses, ports, SNI, client certificate); header and path
+/// rules see an empty request, as in Envoy. A denied connection is closed.
+#[derive(Debug)]
+pub struct NetworkRbac {
+    pub own: RbacRules,
+    stats: [IntCounter; 4],
+}
+
+impl NetworkRbac {
+    /// Envoy's statistics `STAT_PREFIX.rbac.[SHADOW_PREFIX]{allowed,denied,shadow_allowed,
+    /// shadow_denied}`, with Envoy's tag extraction: under the `tcp.` prefix Istio uses they are
+    /// `envoy_tcp_NAME{envoy_tcp_prefix="rbac"}`; under another, `envoy_PREFIX_rbac_NAME`.
+    pub fn new(
+        own: RbacRules,
+        m: &Metrics,
+        stat_prefix: &str,
+        shadow_prefix: &str,
+    ) -> Result<NetworkRbac, prometheus::Error> {
+        let prefix = stat_prefix.trim_end_matches('.');
+        let c = |stat: String| -> Result<IntCounter, prometheus::Error> {
+            if prefix == "tcp" {
+                Ok(m.named_counter(
+                    &format!("envoy_tcp_{stat}"),
+                    "Network RBAC filter statistic (Envoy's)",
+                    &["envoy_tcp_prefix"],
+                )?
+                .with_label_values(&["rbac"]))
+            } else {
+                let name: String = format!("envoy_{prefix}_rbac_{stat}")
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                    .collect();
+                Ok(
+                    m.named_counter(&name, "Network RBAC filter statistic (Envoy's)", &[])?
+                        .with_label_values::<&str>(&[]),
+                )
+            }
+        };
+        Ok(NetworkRbac {
+            own,
+            stats: [
+                c("allowed".into())?,
+                c("denied".into())?,
+                c(format!("{shadow_prefix}shadow_allowed"))?,
+                c(format!("{shadow_prefix}shadow_denied"))?,
+            ],
+        })
+    }
+
+    /// Whether a connection from `peer` to `local` may go on.
+    pub fn allows(&self, peer: SocketAddr, local: SocketAddr, tls: Option<&TlsPeer>) -> bool {
+        let headers = http::HeaderMap::new();
+        let request = RequestView {
+            method: "",
+            scheme: "",
+            authority: "",
+            path: "",
+            query: "",
+            path_and_query: "",
+            headers: &headers,
+        };
+        let s = Subject {
+            request: &request,
+            peer,
+            remote: peer.ip(),
+            local,
+            tls,
+        };
+        let [allowed, denied, shadow_allowed, shadow_denied] = &self.stats;
+        if let Some(shadow) = &self.own.shadow {
+            if shadow.allows(&s) {
+                shadow_allowed.inc();
+            } else {
+                shadow_denied.inc();
+            }
+        }
+        let Some(engine) = &self.own.rules else {
+            return true;
+        };
+        if engine.allows(&s) {
+            allowed.inc();
+            true
+        } else {
+            denied.inc();
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -130,6 +130,12 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ListenerContext>) {
                 return;
             };
             let tls = config.chains.get(chain).and_then(|c| c.tls.clone());
+            // The network RBAC filters decide at the connection's first bytes, with the SNI the
+            // inspector saw; a TLS-terminated connection's, after its handshake.
+            let gate = match tls {
+                None => network_rbac_gate(&config, chain, remote, ctx.local, &seen, None),
+                Some(_) => None,
+            };
             drop(config);
             match tls {
                 // Boxed: a TLS connection's state is large, and a plain connection's task should
@@ -142,11 +148,43 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ListenerContext>) {
                         secure: false,
                         tls: None,
                     };
-                    serve_connection(stream, ctx, conn).await;
+                    serve_connection(stream, ctx, conn, gate).await;
                 }
             }
         });
     }
+}
+
+/// The network RBAC filters of filter chain `chain`, as a decision to take at the connection's
+/// first bytes (`None` without filters). `tls` is the terminated session's SNI and certificate;
+/// without it, the SNI the TLS inspector saw.
+fn network_rbac_gate(
+    config: &Arc<ListenerConfig>,
+    chain: usize,
+    peer: SocketAddr,
+    local: SocketAddr,
+    seen: &Seen,
+    tls: Option<Arc<crate::rbac::TlsPeer>>,
+) -> Option<crate::tcp_proxy::FirstByteGate> {
+    if config.chains.get(chain).is_none_or(|c| c.rbac.is_empty()) {
+        return None;
+    }
+    let tls = tls.or_else(|| {
+        seen.server_name
+            .as_deref()
+            .map(|name| Arc::new(crate::rbac::TlsPeer::new(Some(name), None)))
+    });
+    let config = config.clone();
+    Some(Box::new(move || {
+        let Some(c) = config.chains.get(chain) else {
+            return true;
+        };
+        let allowed = c.rbac.iter().all(|r| r.allows(peer, local, tls.as_deref()));
+        if !allowed {
+            tracing::debug!(%peer, "network RBAC: connection denied");
+        }
+        allowed
+    }))
 }
 
 /// Terminate TLS on a connection whose filter chain is chosen, then serve it like a plain one.
@@ -161,10 +199,13 @@ async fn serve_tls(
     let handshake = async move { acceptor.await?.into_stream(tls).await };
     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok(stream)) => {
-            let keep_tls = matches!(
-                ctx.filter(chain),
-                Some(NetworkFilter::Http(hcm)) if hcm.rbac.iter().any(|r| r.reads_tls)
-            );
+            let config = ctx.listener.load_full();
+            let network_rbac = config.chains.get(chain).is_some_and(|c| !c.rbac.is_empty());
+            let keep_tls = network_rbac
+                || matches!(
+                    ctx.filter(chain),
+                    Some(NetworkFilter::Http(hcm)) if hcm.rbac.iter().any(|r| r.reads_tls)
+                );
             let tls = keep_tls.then(|| {
                 let (_, session) = stream.get_ref();
                 let cert = session
@@ -173,13 +214,19 @@ async fn serve_tls(
                     .map(|c| c.as_ref());
                 Arc::new(crate::rbac::TlsPeer::new(session.server_name(), cert))
             });
+            let gate = if network_rbac {
+                network_rbac_gate(&config, chain, remote, ctx.local, &Seen::raw(), tls.clone())
+            } else {
+                None
+            };
+            drop(config);
             let conn = ConnInfo {
                 remote,
                 chain,
                 secure: true,
                 tls,
             };
-            serve_connection(stream, ctx, conn).await;
+            serve_connection(stream, ctx, conn, gate).await;
         }
         Ok(Err(e)) => tracing::debug!(error = %e, %remote, "TLS handshake failed"),
         Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
@@ -188,16 +235,28 @@ async fn serve_tls(
 
 /// Serve one established connection (plain or TLS) with Sluice's own connection drivers: HTTP/1.1,
 /// or HTTP/2 (by configuration, or by its preface on an AUTO listener).
-async fn serve_connection<T: Transport>(io: T, ctx: Arc<ListenerContext>, conn: ConnInfo) {
+async fn serve_connection<T: Transport>(
+    io: T,
+    ctx: Arc<ListenerContext>,
+    conn: ConnInfo,
+    gate: Option<crate::tcp_proxy::FirstByteGate>,
+) {
     let hcm = match ctx.filter(conn.chain) {
         Some(NetworkFilter::Http(hcm)) => hcm,
         Some(NetworkFilter::Tcp(tcp)) => {
             drop(ctx);
             // Boxed: an HTTP connection's task should not carry room for a relay's state.
-            return Box::pin(crate::tcp_proxy::serve(io, tcp)).await;
+            return Box::pin(crate::tcp_proxy::serve(io, tcp, gate)).await;
         }
         None => return,
     };
+    // Before a connection manager the network RBAC filters decide at once: an HTTP client speaks
+    // first, so its first bytes are already on their way.
+    if let Some(allows) = gate {
+        if !allows() {
+            return;
+        }
+    }
     hcm.stats.cx_active.inc();
     let stats = hcm.stats.cx_active.clone();
     let settings = Http1Settings {

@@ -121,6 +121,8 @@ pub struct FilterChain {
     /// `filter_chain_match.application_protocols`; empty: any.
     pub application_protocols: Vec<String>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Network RBAC filters before the terminal filter, in order: each may close a connection.
+    pub rbac: Vec<crate::rbac::NetworkRbac>,
     pub filter: NetworkFilter,
 }
 

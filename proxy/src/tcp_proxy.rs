@@ -43,8 +43,17 @@ impl TcpProxyConfig {
     }
 }
 
+/// Decides, at the downstream's first bytes (or its end), whether the connection may go on: the
+/// chain's network RBAC filters, which Envoy runs then (`ONE_TIME_ON_FIRST_BYTE`), after the
+/// upstream connection is made.
+pub type FirstByteGate = Box<dyn FnOnce() -> bool + Send>;
+
 /// Relay one downstream connection.
-pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(downstream: T, config: Arc<TcpProxyConfig>) {
+pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(
+    downstream: T,
+    config: Arc<TcpProxyConfig>,
+    gate: Option<FirstByteGate>,
+) {
     config.stats.cx_total.inc();
     let Some(target) = config.pick() else {
         return;
@@ -60,7 +69,14 @@ pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(downstream: T, config: Arc
         };
         match endpoint.pool.connect(None).await {
             Ok(upstream) => {
-                relay(downstream, upstream, config.idle_timeout, &config.stats).await;
+                relay(
+                    downstream,
+                    upstream,
+                    config.idle_timeout,
+                    &config.stats,
+                    gate,
+                )
+                .await;
                 drop(active);
                 return;
             }
@@ -74,8 +90,13 @@ pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(downstream: T, config: Arc
 
 /// Copy bytes both ways until both sides have finished, either fails, or `idle` passes without
 /// bytes.
-async fn relay<A, B>(a: A, b: B, idle: Option<Duration>, stats: &TcpProxyStats)
-where
+async fn relay<A, B>(
+    a: A,
+    b: B,
+    idle: Option<Duration>,
+    stats: &TcpProxyStats,
+    mut gate: Option<FirstByteGate>,
+) where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
@@ -93,6 +114,8 @@ where
         };
         tokio::select! {
             r = a_read.read(&mut a_buf), if a_open => match r {
+                // The downstream's first bytes (or its end) meet the network RBAC filters.
+                _ if gate.take().is_some_and(|allows| !allows()) => return,
                 Ok(0) => {
                     a_open = false;
                     let _ = b_write.shutdown().await;
