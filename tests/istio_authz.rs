@@ -300,7 +300,7 @@ spec:
         ],
     );
     let control = ControlPlane::start(&[("mesh.yaml", mesh)]);
-    let (_envoy, _sluice) = envoy_and_sluice_gateways(&control).await;
+    let (envoy, sluice) = envoy_and_sluice_gateways(&control).await;
     let mut seen = Vec::new();
     for ip in ["127.0.0.2", "127.0.0.1"] {
         for port in [open, closed] {
@@ -339,4 +339,22 @@ spec:
             }
         );
     }
+    // The network RBAC statistics, as Prometheus series: one connection allowed, one denied.
+    let series = |text: String| -> Vec<String> {
+        let mut v: Vec<String> = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && l.contains("rbac"))
+            .map(str::to_string)
+            .collect();
+        v.sort();
+        v
+    };
+    let envoy_rbac = series(envoy.admin("/stats/prometheus").await);
+    assert!(
+        envoy_rbac.contains(
+            &"envoy_denied{envoy_rbac_prefix=\"tcp\",envoy_tcp_prefix=\"rbac\"} 1".to_string()
+        ),
+        "{envoy_rbac:#?}"
+    );
+    assert_eq!(series(sluice.admin("/stats/prometheus").await), envoy_rbac);
 }

@@ -453,8 +453,9 @@ pub struct NetworkRbac {
 
 impl NetworkRbac {
     /// Envoy's statistics `STAT_PREFIX.rbac.[SHADOW_PREFIX]{allowed,denied,shadow_allowed,
-    /// shadow_denied}`, with Envoy's tag extraction: under the `tcp.` prefix Istio uses they are
-    /// `envoy_tcp_NAME{envoy_tcp_prefix="rbac"}`; under another, `envoy_PREFIX_rbac_NAME`.
+    /// shadow_denied}` as Envoy 1.40 tags them: under Istio's `tcp.` prefix
+    /// `envoy_NAME{envoy_rbac_prefix="tcp",envoy_tcp_prefix="rbac"}` (compared with Envoy's in
+    /// `tests/istio_authz.rs`); under another prefix `envoy_rbac_NAME{envoy_rbac_prefix=PREFIX}`.
     pub fn new(
         own: RbacRules,
         m: &Metrics,
@@ -463,21 +464,18 @@ impl NetworkRbac {
     ) -> Result<NetworkRbac, prometheus::Error> {
         let prefix = stat_prefix.trim_end_matches('.');
         let c = |stat: String| -> Result<IntCounter, prometheus::Error> {
+            let help = "Network RBAC filter statistic (Envoy's)";
             if prefix == "tcp" {
                 Ok(m.named_counter(
-                    &format!("envoy_tcp_{stat}"),
-                    "Network RBAC filter statistic (Envoy's)",
-                    &["envoy_tcp_prefix"],
+                    &format!("envoy_{stat}"),
+                    help,
+                    &["envoy_rbac_prefix", "envoy_tcp_prefix"],
                 )?
-                .with_label_values(&["rbac"]))
+                .with_label_values(&["tcp", "rbac"]))
             } else {
-                let name: String = format!("envoy_{prefix}_rbac_{stat}")
-                    .chars()
-                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-                    .collect();
                 Ok(
-                    m.named_counter(&name, "Network RBAC filter statistic (Envoy's)", &[])?
-                        .with_label_values::<&str>(&[]),
+                    m.named_counter(&format!("envoy_rbac_{stat}"), help, &["envoy_rbac_prefix"])?
+                        .with_label_values(&[prefix]),
                 )
             }
         };
