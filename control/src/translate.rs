@@ -371,7 +371,7 @@ impl MeshConfig {
             )]}],
         });
         let mut listeners: BTreeMap<String, Value> = [(OUTBOUND.to_string(), listener)].into();
-        listeners.extend(self.sidecar_l4_listeners(*addr, source, warnings));
+        listeners.extend(self.sidecar_l4_listeners(*addr, source, scope, warnings));
         (listeners, [(OUTBOUND.to_string(), route_config)].into())
     }
 
@@ -383,6 +383,7 @@ impl MeshConfig {
         &self,
         outbound: std::net::SocketAddr,
         source: &Source<'_>,
+        scope: Option<&SidecarScope>,
         warnings: &mut Vec<String>,
     ) -> Vec<(String, Value)> {
         let mesh: BTreeSet<String> = ["mesh".to_string()].into();
@@ -392,9 +393,8 @@ impl MeshConfig {
                 .any(|g| g == "mesh")
         };
         let mut ports = BTreeSet::new();
-        let scope = sidecar_scope::for_proxy(&self.resources, source.labels, source.namespace);
         for (vs, ns) in self.virtual_services(source.namespace) {
-            if !vs_imported(scope.as_ref(), vs, ns) {
+            if !vs_imported(scope, vs, ns) {
                 continue;
             }
             let mut portless = false;
