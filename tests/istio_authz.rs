@@ -300,7 +300,8 @@ spec:
         ],
     );
     let control = ControlPlane::start(&[("mesh.yaml", mesh)]);
-    let (envoy, sluice) = envoy_and_sluice_gateways(&control).await;
+    // TCP servers only: clusters, endpoints and listeners, no route configuration.
+    let (envoy, sluice) = envoy_and_sluice_gateways_of(&control, 3).await;
     let mut seen = Vec::new();
     for ip in ["127.0.0.2", "127.0.0.1"] {
         for port in [open, closed] {

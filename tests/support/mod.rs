@@ -832,6 +832,17 @@ impl ControlPlane {
 
     /// Wait until every proxy has every subscribed type SYNCED (or `timeout` passes).
     pub async fn wait_synced(&self, proxies: usize, timeout: Duration) -> Value {
+        self.wait_synced_types(proxies, 4, timeout).await
+    }
+
+    /// [`Self::wait_synced`] for proxies that subscribe to `types` xDS types (3: a gateway with
+    /// only TCP servers has no route configuration).
+    pub async fn wait_synced_types(
+        &self,
+        proxies: usize,
+        types: usize,
+        timeout: Duration,
+    ) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
             let s = self.status().await;
@@ -839,7 +850,7 @@ impl ControlPlane {
             let synced = list.len() == proxies
                 && list.iter().all(|p| {
                     let st = p["state"].as_object().cloned().unwrap_or_default();
-                    st.len() == 4 && st.values().all(|v| v == "SYNCED")
+                    st.len() == types && st.values().all(|v| v == "SYNCED")
                 });
             if synced || Instant::now() > deadline {
                 return s;
@@ -1069,6 +1080,14 @@ spec:
 /// Real Envoy and `sluice proxy` as gateways of one control plane, Envoy's listeners on
 /// 127.0.0.2 and Sluice's on 127.0.0.1, once both have acknowledged their configuration.
 pub async fn envoy_and_sluice_gateways(control: &ControlPlane) -> (ProxyProcess, ProxyProcess) {
+    envoy_and_sluice_gateways_of(control, 4).await
+}
+
+/// [`envoy_and_sluice_gateways`] for gateways that subscribe to `types` xDS types.
+pub async fn envoy_and_sluice_gateways_of(
+    control: &ControlPlane,
+    types: usize,
+) -> (ProxyProcess, ProxyProcess) {
     let meta =
         |ip: &str| json!({"LABELS": {"istio": "ingressgateway"}, "SLUICE_GATEWAY_ADDRESS": ip});
     let envoy = proxy_of(
@@ -1081,7 +1100,9 @@ pub async fn envoy_and_sluice_gateways(control: &ControlPlane) -> (ProxyProcess,
         &ads_bootstrap(control.xds, GATEWAY_NODE, meta("127.0.0.1")),
     )
     .await;
-    let st = control.wait_synced(2, Duration::from_secs(15)).await;
+    let st = control
+        .wait_synced_types(2, types, Duration::from_secs(15))
+        .await;
     assert_eq!(st["proxies"].as_array().map(Vec::len), Some(2), "{st:#}");
     (envoy, sluice)
 }
