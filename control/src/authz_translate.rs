@@ -28,13 +28,6 @@ const RBAC_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.
 const NETWORK_RBAC_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC";
 const DRY_RUN: &str = "istio.io/dry-run";
 
-/// Whether any resource is an AuthorizationPolicy (then proxies' labels and namespaces matter).
-pub fn any_policy(resources: &[Resource]) -> bool {
-    resources
-        .iter()
-        .any(|r| matches!(r.spec, Spec::AuthorizationPolicy(_)))
-}
-
 /// The RBAC filters (`http_filters` entries, in order) for a workload with `labels` in
 /// `namespace`; empty when no policy applies.
 pub fn rbac_filters(

@@ -69,18 +69,6 @@ pub fn for_proxy(
     })
 }
 
-/// Whether any Sidecar selects workloads by label (then a proxy's labels matter).
-pub fn any_selector(resources: &[Resource]) -> bool {
-    resources
-        .iter()
-        .any(|r| matches!(&r.spec, Spec::Sidecar(s) if s.workload_selector.is_some()))
-}
-
-/// Whether any resource is a Sidecar (then a proxy's namespace matters).
-pub fn any_sidecar(resources: &[Resource]) -> bool {
-    resources.iter().any(|r| matches!(r.spec, Spec::Sidecar(_)))
-}
-
 impl SidecarScope {
     /// Whether `host`, of a service or VirtualService in `namespace`, is imported.
     pub fn imports(&self, namespace: &str, host: &str) -> bool {
