@@ -1213,13 +1213,7 @@ async fn grpc_local_replies(kind: &str) -> Vec<String> {
             .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
             .unwrap();
         let r = send(&c, req).await;
-        let h = |n: &str| {
-            r.headers
-                .get(n)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-")
-                .to_string()
-        };
+        let h = |n: &str| r.header(n);
         out.push(format!(
             "{path} -> {} ct={} grpc-status={} grpc-message={} location={} body={}",
             r.status,

@@ -25,8 +25,8 @@ pub const SUPPORTED: &[&str] = &[
     // xDS: ADS over gRPC (state of the world), to a static cluster
     "envoy.config.bootstrap.v3.Bootstrap.DynamicResources: lds_config cds_config ads_config",
     "envoy.config.core.v3.ApiConfigSource: api_type=GRPC transport_api_version=V3 grpc_services ~set_node_on_first_message_only ~refresh_delay ~request_timeout",
-    "envoy.config.core.v3.GrpcService: envoy_grpc ~timeout",
-    "envoy.config.core.v3.GrpcService.EnvoyGrpc: cluster_name ~authority",
+    "envoy.config.core.v3.GrpcService: envoy_grpc timeout",
+    "envoy.config.core.v3.GrpcService.EnvoyGrpc: cluster_name authority",
     "envoy.config.core.v3.ConfigSource: ads path_config_source path resource_api_version=V3 ~initial_fetch_timeout",
     "envoy.config.core.v3.PathConfigSource: path ~watched_directory",
     "envoy.config.core.v3.AggregatedConfigSource: ",
@@ -104,6 +104,18 @@ pub const SUPPORTED: &[&str] = &[
     "envoy.extensions.matching.common_inputs.network.v3.ServerNameInput: ",
     "envoy.extensions.filters.http.rbac.v3.RBACPerRoute: rbac",
     "envoy.extensions.filters.http.csrf.v3.CsrfPolicy: filter_enabled shadow_enabled additional_origins",
+    // External authorization: an HTTP or gRPC (`envoy_grpc`) service, checked without the body.
+    "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz: grpc_service http_service transport_api_version=V3 \
+        failure_mode_allow failure_mode_allow_header_add status_on_error allowed_headers disallowed_headers \
+        filter_enabled stat_prefix ~metadata_context_namespaces",
+    "envoy.extensions.filters.http.ext_authz.v3.HttpService: server_uri path_prefix authorization_request authorization_response",
+    "envoy.config.core.v3.HttpUri: uri cluster timeout",
+    "envoy.extensions.filters.http.ext_authz.v3.AuthorizationRequest: allowed_headers headers_to_add",
+    "envoy.extensions.filters.http.ext_authz.v3.AuthorizationResponse: allowed_upstream_headers \
+        allowed_upstream_headers_to_append allowed_client_headers allowed_client_headers_on_success",
+    "envoy.type.matcher.v3.ListStringMatcher: patterns",
+    "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute: disabled check_settings",
+    "envoy.extensions.filters.http.ext_authz.v3.CheckSettings: context_extensions",
     "envoy.config.rbac.v3.RBAC: action=ALLOW|DENY|LOG policies",
     "envoy.config.rbac.v3.Policy: permissions principals",
     "envoy.config.rbac.v3.Permission: and_rules or_rules any header url_path destination_ip destination_port \

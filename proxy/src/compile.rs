@@ -25,6 +25,10 @@ use crate::compressor::{
 use crate::cors::CorsPolicy;
 use crate::csrf::{CsrfFilter, CsrfPolicy, CsrfStats};
 use crate::decompressor::{DecoderLibrary, DecompressorChain, DecompressorFilter, Direction};
+use crate::ext_authz::{
+    ExtAuthz, ExtAuthzStats, GrpcService, HttpService, PerRoute as ExtAuthzPerRoute,
+    Service as AuthzService,
+};
 use crate::fault::FaultConfig;
 use crate::hash_policy::{CookieHash, HashPolicy, HashSource};
 use crate::header_ops::{AppendAction, HeaderAdd, HeaderOps, HeaderTemplate};
@@ -77,6 +81,9 @@ const CSRF_TYPE: &str = "envoy.extensions.filters.http.csrf.v3.CsrfPolicy";
 const RBAC_TYPE: &str = "envoy.extensions.filters.http.rbac.v3.RBAC";
 const RBAC_PER_ROUTE_TYPE: &str = "envoy.extensions.filters.http.rbac.v3.RBACPerRoute";
 const DECOMPRESSOR_TYPE: &str = "envoy.extensions.filters.http.decompressor.v3.Decompressor";
+const EXT_AUTHZ_TYPE: &str = "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz";
+const EXT_AUTHZ_PER_ROUTE_TYPE: &str =
+    "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute";
 const GZIP_DECOMPRESSOR_TYPE: &str = "envoy.extensions.compression.gzip.decompressor.v3.Gzip";
 const BROTLI_DECOMPRESSOR_TYPE: &str = "envoy.extensions.compression.brotli.decompressor.v3.Brotli";
 const ZSTD_DECOMPRESSOR_TYPE: &str = "envoy.extensions.compression.zstd.decompressor.v3.Zstd";
@@ -1049,6 +1056,180 @@ fn csrf_policy(v: &Value, path: &str, errors: &mut Errors) -> Option<CsrfPolicy>
     })
 }
 
+/// A `ListStringMatcher` field's patterns.
+fn string_list(v: &Value, k: &str, path: &str, errors: &mut Errors) -> Vec<StringMatcher> {
+    get(v, k)
+        .map(|l| {
+            arr(l, "patterns")
+                .iter()
+                .enumerate()
+                .filter_map(|(i, m)| {
+                    string_matcher(m, &format!("{}.patterns[{i}]", p(path, k)), errors)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `ExtAuthz`, the external authorization filter's configuration.
+fn ext_authz_filter(
+    v: &Value,
+    path: &str,
+    metrics: &Metrics,
+    hcm_prefix: &str,
+    errors: &mut Errors,
+) -> Option<ExtAuthz> {
+    let before = errors.len();
+    let (service, timeout) = if let Some(h) = get(v, "http_service") {
+        let hpath = p(path, "http_service");
+        let uri = get(h, "server_uri");
+        let cluster = uri.and_then(|u| s(u, "cluster")).unwrap_or("");
+        if cluster.is_empty() {
+            errors.push(FieldError::new(p(&hpath, "server_uri.cluster"), "required"));
+        }
+        let Some(timeout) = uri.and_then(|u| dur(u, "timeout")) else {
+            errors.push(FieldError::new(p(&hpath, "server_uri.timeout"), "required"));
+            return None;
+        };
+        let request = get(h, "authorization_request");
+        let response = get(h, "authorization_response");
+        let rpath = p(&hpath, "authorization_request");
+        let spath = p(&hpath, "authorization_response");
+        let list = |v: Option<&Value>, k: &str, path: &str, errors: &mut Errors| {
+            v.map(|v| string_list(v, k, path, errors))
+                .unwrap_or_default()
+        };
+        let mut headers_to_add = Vec::new();
+        for (i, hv) in request
+            .map(|r| arr(r, "headers_to_add"))
+            .unwrap_or(&[])
+            .iter()
+            .enumerate()
+        {
+            let key = s(hv, "key").unwrap_or("");
+            let value = s(hv, "value").unwrap_or("");
+            match (
+                HeaderName::from_bytes(key.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                (Ok(n), Ok(v)) if !value.contains('%') => headers_to_add.push((n, v)),
+                _ => errors.push(FieldError::new(
+                    format!("{rpath}.headers_to_add[{i}]"),
+                    "a header name and a literal value are required (formatters are not supported here)",
+                )),
+            }
+        }
+        let service = HttpService {
+            cluster: cluster.to_string(),
+            path_prefix: s(h, "path_prefix").unwrap_or("").to_string(),
+            request_headers: list(request, "allowed_headers", &rpath, errors),
+            headers_to_add,
+            upstream_set: list(response, "allowed_upstream_headers", &spath, errors),
+            upstream_append: list(
+                response,
+                "allowed_upstream_headers_to_append",
+                &spath,
+                errors,
+            ),
+            client: list(response, "allowed_client_headers", &spath, errors),
+            client_on_success: list(
+                response,
+                "allowed_client_headers_on_success",
+                &spath,
+                errors,
+            ),
+        };
+        (AuthzService::Http(service), Some(timeout))
+    } else if let Some(g) = get(v, "grpc_service") {
+        let gpath = p(path, "grpc_service");
+        let Some(cluster) = get(g, "envoy_grpc")
+            .and_then(|e| s(e, "cluster_name"))
+            .filter(|c| !c.is_empty())
+        else {
+            errors.push(FieldError::new(
+                p(&gpath, "envoy_grpc.cluster_name"),
+                "required",
+            ));
+            return None;
+        };
+        let authority = get(g, "envoy_grpc")
+            .and_then(|e| s(e, "authority"))
+            .filter(|a| !a.is_empty())
+            .unwrap_or(cluster);
+        // Envoy's default for the check call: 200 ms.
+        let timeout = dur(g, "timeout").unwrap_or(Duration::from_millis(200));
+        let service = GrpcService {
+            cluster: cluster.to_string(),
+            authority: authority.to_string(),
+        };
+        (
+            AuthzService::Grpc(service),
+            Some(timeout).filter(|t| !t.is_zero()),
+        )
+    } else {
+        errors.push(FieldError::new(
+            path,
+            "one of grpc_service and http_service is required",
+        ));
+        return None;
+    };
+    let status_on_error = match get(v, "status_on_error").and_then(|st| get(st, "code")) {
+        None => StatusCode::FORBIDDEN,
+        Some(code) => match http_status(code) {
+            Some(c) => c,
+            None => {
+                errors.push(FieldError::new(
+                    p(path, "status_on_error.code"),
+                    format!("unknown status {code}"),
+                ));
+                return None;
+            }
+        },
+    };
+    let allowed_headers =
+        get(v, "allowed_headers").map(|_| string_list(v, "allowed_headers", path, errors));
+    let disallowed_headers = string_list(v, "disallowed_headers", path, errors);
+    if errors.len() > before {
+        return None;
+    }
+    let stats = match ExtAuthzStats::new(metrics, hcm_prefix, s(v, "stat_prefix").unwrap_or("")) {
+        Ok(stats) => stats,
+        Err(e) => {
+            errors.push(FieldError::new(path, format!("statistics: {e}")));
+            return None;
+        }
+    };
+    Some(ExtAuthz {
+        service,
+        timeout,
+        failure_mode_allow: b(v, "failure_mode_allow"),
+        failure_mode_allow_header_add: b(v, "failure_mode_allow_header_add"),
+        status_on_error,
+        allowed_headers,
+        disallowed_headers,
+        enabled: runtime_fraction(v, "filter_enabled"),
+        stats,
+    })
+}
+
+/// A route's or virtual host's `ExtAuthzPerRoute`.
+fn ext_authz_per_route(v: &Value, _path: &str, _errors: &mut Errors) -> Option<ExtAuthzPerRoute> {
+    let mut context_extensions: Vec<(String, String)> = get(v, "check_settings")
+        .and_then(|c| get(c, "context_extensions"))
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    context_extensions.sort();
+    Some(ExtAuthzPerRoute {
+        disabled: b(v, "disabled"),
+        context_extensions,
+    })
+}
+
 /// A route's or virtual host's `RBACPerRoute`: its `rbac` replaces the filter's rules; without
 /// it the filter is off there.
 fn rbac_override(v: &Value, path: &str, errors: &mut Errors) -> Option<Arc<RbacRules>> {
@@ -1842,6 +2023,13 @@ fn route(v: &Value, path: &str, res: &ClusterResolver<'_>, errors: &mut Errors) 
     let compressors = compressor_overrides(v, path, errors);
     let rbac = rbac_override(v, path, errors);
     let csrf = per_filter(v, CSRF_TYPE, path, errors, csrf_policy);
+    let ext_authz = per_filter(
+        v,
+        EXT_AUTHZ_PER_ROUTE_TYPE,
+        path,
+        errors,
+        ext_authz_per_route,
+    );
     if errors.len() > before {
         return None;
     }
@@ -1857,6 +2045,7 @@ fn route(v: &Value, path: &str, res: &ClusterResolver<'_>, errors: &mut Errors) 
         compressors,
         rbac,
         csrf,
+        ext_authz,
     })
 }
 
@@ -1901,6 +2090,13 @@ pub fn route_table(v: &Value, path: &str, res: &ClusterResolver<'_>) -> Result<R
             compressors: compressor_overrides(vh, &vpath, &mut errors),
             rbac: rbac_override(vh, &vpath, &mut errors),
             csrf: per_filter(vh, CSRF_TYPE, &vpath, &mut errors, csrf_policy),
+            ext_authz: per_filter(
+                vh,
+                EXT_AUTHZ_PER_ROUTE_TYPE,
+                &vpath,
+                &mut errors,
+                ext_authz_per_route,
+            ),
             require_tls: match s(vh, "require_tls") {
                 Some("ALL") => RequireTls::All,
                 Some("EXTERNAL_ONLY") => RequireTls::ExternalOnly,
@@ -2521,6 +2717,7 @@ fn hcm(
     let mut decompressors = Vec::new();
     let mut csrf = None;
     let mut csrf_after_cors = false;
+    let mut ext_authz: Option<(Value, String)> = None;
     // Whether the decompressors come before the compressors (they then change the
     // `accept-encoding` the compressors read).
     let mut decompressors_first = false;
@@ -2547,6 +2744,28 @@ fn hcm(
         let is_rbac = is(RBAC_TYPE, "envoy.filters.http.rbac");
         let is_decompressor = is(DECOMPRESSOR_TYPE, "envoy.filters.http.decompressor");
         let is_csrf = is(CSRF_TYPE, "envoy.filters.http.csrf");
+        let is_ext_authz = is(EXT_AUTHZ_TYPE, "envoy.filters.http.ext_authz");
+        if is_ext_authz && ext_authz.is_some() {
+            errors.push(FieldError::new(
+                fpath.clone(),
+                "one external authorization filter per connection manager is supported",
+            ));
+        }
+        if (is_rbac || is_local_limit || is_cors || is_csrf || is_health_check)
+            && ext_authz.is_some()
+        {
+            errors.push(FieldError::new(
+                fpath.clone(),
+                "the health-check, RBAC, local rate limit, CORS and CSRF filters must come before \
+                 the external authorization filter",
+            ));
+        }
+        if is_ext_authz && fault.is_some() {
+            errors.push(FieldError::new(
+                fpath.clone(),
+                "the external authorization filter must come before the fault filter",
+            ));
+        }
         if is_compressor
             && decompressors
                 .iter()
@@ -2593,6 +2812,10 @@ fn hcm(
             let empty = Value::Object(Default::default());
             let config = get(f, "typed_config").unwrap_or(&empty);
             csrf = csrf_policy(config, &p(&fpath, "typed_config"), errors);
+        } else if is_ext_authz {
+            let empty = Value::Object(Default::default());
+            let config = get(f, "typed_config").unwrap_or(&empty).clone();
+            ext_authz = Some((config, p(&fpath, "typed_config")));
         } else if is_decompressor {
             let empty = Value::Object(Default::default());
             let config = get(f, "typed_config").unwrap_or(&empty);
@@ -2705,6 +2928,11 @@ fn hcm(
         }
         None => None,
     };
+    let ext_authz = ext_authz
+        .and_then(|(config, cpath)| {
+            ext_authz_filter(&config, &cpath, metrics, &stat_prefix, errors)
+        })
+        .map(Arc::new);
     for d in &decompressors {
         if let Err(e) = d.resolve_stats(metrics, &stat_prefix) {
             errors.push(FieldError::new(
@@ -2808,6 +3036,7 @@ fn hcm(
         rbac,
         csrf,
         csrf_after_cors,
+        ext_authz,
         server_name: HeaderValue::from_str(server_name)
             .unwrap_or(HeaderValue::from_static("envoy")),
         server_header: match s(v, "server_header_transformation") {

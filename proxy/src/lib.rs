@@ -33,6 +33,7 @@ pub mod demo_upstream;
 pub mod downstream_h2;
 pub mod downstream_http1;
 pub mod edge;
+pub mod ext_authz;
 pub mod fault;
 pub mod filter_chain_match;
 pub mod h2_frame;

@@ -62,6 +62,8 @@ pub struct VirtualHost {
     pub rbac: Option<Arc<crate::rbac::RbacRules>>,
     /// The CSRF filter's policy for this virtual host.
     pub csrf: Option<Arc<crate::csrf::CsrfPolicy>>,
+    /// The external authorization filter's settings for this virtual host (`ExtAuthzPerRoute`).
+    pub ext_authz: Option<Arc<crate::ext_authz::PerRoute>>,
     pub require_tls: RequireTls,
 }
 
@@ -88,6 +90,9 @@ pub struct Route {
     pub rbac: Option<Arc<crate::rbac::RbacRules>>,
     /// The CSRF filter's policy for this route (replaces the virtual host's and the filter's).
     pub csrf: Option<Arc<crate::csrf::CsrfPolicy>>,
+    /// The external authorization filter's settings for this route (`disabled` replaces the
+    /// virtual host's; `context_extensions` are merged over the virtual host's).
+    pub ext_authz: Option<Arc<crate::ext_authz::PerRoute>>,
 }
 
 /// `envoy.config.route.v3.RouteMatch`.

@@ -687,6 +687,7 @@ fn boxed_routed<'a>(routed: Routed<'a>, ctx: &'a ListenerContext) -> BoxedRespon
             let response = boxed_routed(inner, ctx);
             Box::pin(async move { plan.apply(response.await) })
         }
+        Routed::Authorizing(a) => Box::pin(a.run(ctx)),
     }
 }
 
@@ -707,6 +708,83 @@ enum Routed<'a> {
     Compressed(Box<(Routed<'a>, crate::compressor::Plan)>),
     /// A response decoded by the decompressor filters once its head is known.
     Decompressed(Box<(Routed<'a>, crate::decompressor::ResponsePlan)>),
+    /// The external authorization filter checks the request first (`envoy.filters.http.ext_authz`).
+    Authorizing(Box<Authorizing<'a>>),
+}
+
+/// A matched request waiting for the external authorization service's decision.
+struct Authorizing<'a> {
+    m: Matched<'a>,
+    hcm: &'a Arc<HcmConfig>,
+    authz: &'a crate::ext_authz::ExtAuthz,
+    /// The CORS filter's headers, for whatever answers.
+    cors_headers: Option<HeaderMap>,
+}
+
+impl<'a> Authorizing<'a> {
+    async fn run(self, ctx: &'a ListenerContext) -> Response<ResponseBody> {
+        use crate::ext_authz::{Decision, Peers};
+        let Authorizing {
+            mut m,
+            hcm,
+            authz,
+            cors_headers,
+        } = self;
+        // The virtual host's context extensions, then the route's over them.
+        let mut context: Vec<(String, String)> = Vec::new();
+        for per in [
+            m.hit.vhost.ext_authz.as_deref(),
+            m.hit.route.ext_authz.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            for (k, v) in &per.context_extensions {
+                context.retain(|(ck, _)| ck != k);
+                context.push((k.clone(), v.clone()));
+            }
+        }
+        let authority = request_authority(m.req.uri(), m.req.headers()).to_string();
+        let peers = Peers {
+            remote: m.conn.remote,
+            local: ctx.local,
+            secure: m.conn.secure,
+        };
+        let clusters = ctx.snapshot.load_full();
+        let decision = authz
+            .check(&m.req, &authority, peers, &context, &clusters.clusters)
+            .await;
+        drop(clusters);
+        let mut resp = match decision {
+            Decision::Allow(changes) => {
+                changes.apply_to_request(&mut m.req);
+                let routed = route_action(m, ctx, hcm);
+                let mut resp = boxed_routed(routed, ctx).await;
+                changes.apply_to_response(resp.headers_mut());
+                resp
+            }
+            Decision::Deny(status, headers, body) => {
+                let mut resp = local_response(status, body.clone());
+                resp.extensions_mut().insert(LocalReply(body));
+                let h = resp.headers_mut();
+                for (name, _) in &headers {
+                    h.remove(name);
+                }
+                for (name, value) in headers {
+                    h.append(name, value);
+                }
+                set_server(hcm, h);
+                resp
+            }
+        };
+        if let Some(headers) = cors_headers {
+            let h = resp.headers_mut();
+            for (name, value) in &headers {
+                h.insert(name.clone(), value.clone());
+            }
+        }
+        resp
+    }
 }
 
 /// A request the fault filter holds for `delay`, then aborts or forwards.
@@ -1165,6 +1243,22 @@ fn route_matched<'a>(m: Matched<'a>, ctx: &ListenerContext, hcm: &'a Arc<HcmConf
                 Some(headers) => Routed::WithHeaders(Box::new((resp, headers))),
                 None => resp,
             };
+        }
+    }
+    if let Some(authz) = hcm.ext_authz.as_deref() {
+        let per_route = m
+            .hit
+            .route
+            .ext_authz
+            .as_deref()
+            .or(m.hit.vhost.ext_authz.as_deref());
+        if authz.applies(per_route, fast_random()) {
+            return Routed::Authorizing(Box::new(Authorizing {
+                m,
+                hcm,
+                authz,
+                cors_headers,
+            }));
         }
     }
     let inner = route_action(m, ctx, hcm);

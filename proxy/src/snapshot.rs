@@ -80,6 +80,8 @@ pub struct HcmConfig {
     pub csrf: Option<Arc<crate::csrf::CsrfFilter>>,
     /// The CSRF filter comes after the CORS filter: its refusals carry the CORS headers.
     pub csrf_after_cors: bool,
+    /// The external authorization filter (`envoy.filters.http.ext_authz`), when present.
+    pub ext_authz: Option<Arc<crate::ext_authz::ExtAuthz>>,
     /// The RBAC filters (`envoy.filters.http.rbac`), in order: a request must pass each.
     pub rbac: Vec<crate::rbac::RbacFilter>,
     pub server_name: HeaderValue,

@@ -566,6 +566,14 @@ impl Reply {
             .unwrap_or("-")
             .to_string()
     }
+    /// A response header's value, `-` when absent.
+    pub fn header(&self, name: &str) -> String {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_string()
+    }
     /// A header the upstream saw.
     pub fn seen(&self, name: &str) -> Option<String> {
         self.json()["headers"][name].as_str().map(str::to_string)
