@@ -204,6 +204,7 @@ fn routes_with_overrides() -> Value {
     routes(json!([
         {"match": {"prefix": "/public"}, "route": {"cluster": "app"},
          "typed_per_filter_config": {"envoy.filters.http.ext_authz": {"@type": PER_ROUTE, "disabled": true}}},
+        {"match": {"prefix": "/direct"}, "direct_response": {"status": 200, "body": {"inline_string": "direct"}}},
         {"match": {"prefix": "/ctx"}, "route": {"cluster": "app"},
          "typed_per_filter_config": {"envoy.filters.http.ext_authz": {"@type": PER_ROUTE,
             "check_settings": {"context_extensions": {"route": "ctx", "tier": "gold"}}}}},
@@ -283,6 +284,7 @@ const HTTP_CASES: &[Case] = &[
     ("GET", "/orders", &[("authorization", "Bearer slow")]),
     ("GET", "/public/page", &[]),
     ("DELETE", "/orders/7", &[("authorization", "Bearer good")]),
+    ("GET", "/direct", &[]),
 ];
 
 const GRPC_CASES: &[Case] = &[
@@ -376,7 +378,7 @@ async fn http_authorization_service_decides_as_in_envoy() {
     let app = upstream("app").await;
     let (authz, _task) = start_http_authz().await;
     let config = http_config(app.port(), authz);
-    let codes = ["200", "401", "302", "403", "403", "200", "200"];
+    let codes = ["200", "401", "302", "403", "403", "200", "200", "401"];
     let envoy = same_as_envoy(&config, HTTP_CASES, &codes).await;
     assert!(
         envoy[0].contains("GET /check/orders?id=7 host=shop.test tenant=t1 from-proxy=yes length=0 secret=- cookie=-"),
