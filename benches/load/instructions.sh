@@ -5,7 +5,8 @@
 # Each proxy runs under valgrind; after a warm-up the counters are zeroed, a fixed load runs, and
 # the dump is divided by the requests served.
 #   benches/load/instructions.sh [RUN_DIR]   # RUN_DIR: the rendered configs of a run.sh run
-#   SHAPES="h1 h2" PROXIES="sluice haproxy" SLUICE_BIN=target/release/sluice
+#   SHAPES="h1 h2" PROXIES="sluice haproxy nginx" SLUICE_BIN=target/release/sluice
+# nginx runs as one process (`master_process off`), so its worker is the process counted.
 # Needs valgrind, wrk, h2load, nginx, haproxy, and a release build.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
@@ -29,6 +30,8 @@ sleep 0.5
 port_of() {
   case $1 in
     haproxy) grep -o 'bind 127.0.0.1:[0-9]*' "$run/haproxy.cfg" | head -1 | cut -d: -f2 ;;
+    nginx) grep -o "listen 127.0.0.1:[0-9]*$([ "$2" = h2 ] && echo ' http2' || echo ' backlog')" \
+             "$run/nginx-proxy.conf" | head -1 | sed 's/.*:\([0-9]*\).*/\1/' ;;
     *) grep -o 'port_value: [0-9]*' "$run/$1.yaml" | sed -n 2p | cut -d' ' -f2 ;;
   esac
 }
@@ -48,13 +51,22 @@ for shape in $SHAPES; do
     case $proxy in
       sluice) cmd=("$sluice" proxy -c "$run/sluice.yaml" --concurrency 1 -l error) ;;
       haproxy) cmd=(haproxy -f "$run/haproxy.cfg") ;;
+      nginx)
+        sed -e "s|^pid .*|pid $work/nginx-proxy.pid;|" "$run/nginx-proxy.conf" > "$work/nginx-proxy.conf"
+        cmd=(nginx -c "$work/nginx-proxy.conf" -g 'master_process off;') ;;
     esac
     out="$work/cg.$proxy.$shape"
     valgrind --tool=callgrind --callgrind-out-file="$out.%p" "${cmd[@]}" >"$work/$proxy.log" 2>&1 &
     vpid=$!
     pids+=("$vpid")
-    port=$(port_of "$proxy")
-    for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.2; done
+    port=$(port_of "$proxy" "$shape")
+    for _ in $(seq 100); do
+      case $shape in
+        h1) curl -s -o /dev/null "http://127.0.0.1:$port/" && break ;;
+        h2) curl -s -o /dev/null --http2-prior-knowledge "http://127.0.0.1:$port/" && break ;;
+      esac
+      sleep 0.2
+    done
     case $shape in h1) load h1 "$port" 2 >/dev/null ;; h2) load h2 "$port" 2000 >/dev/null ;; esac
     callgrind_control -z "$vpid" >/dev/null 2>&1
     case $shape in h1) n=$(load h1 "$port" 10) ;; h2) n=$(load h2 "$port" 20000) ;; esac

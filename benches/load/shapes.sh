@@ -8,6 +8,8 @@
 #   benches/load/shapes.sh [RUN_DIR]   # RUN_DIR: the rendered configs of a run.sh run (its
 #                                      # OUT_DIR/run); default: the newest under target/bench
 #   ROUNDS=2 DURATION=5 SHAPES="get post close c1000 big h2 h2m10 h2m100" PROXIES="sluice haproxy envoy"
+#   SLUICE_BIN=… (default target/release/sluice); PROXIES="sluice sluice-base" with
+#   SLUICE_BASE_BIN=… compares two Sluice builds
 #   (more shapes: hdrs upload h2big h2post gzip)
 # Needs what run.sh needs (wrk, h2load, nginx, haproxy, envoy) and a release build.
 set -euo pipefail
@@ -19,6 +21,8 @@ DURATION=${DURATION:-5}
 SHAPES=${SHAPES:-"get post close c1000 big h2 h2m10 h2m100"}
 PROXIES=${PROXIES:-"sluice haproxy envoy"}
 sluice=${SLUICE_BIN:-$here/target/release/sluice}
+# A second Sluice build to compare with, alternated like the others: PROXIES="sluice sluice-base".
+sluice_base=${SLUICE_BASE_BIN:-$here/target/release/sluice}
 work=$(mktemp -d)
 chmod 755 "$work" # nginx workers (an unprivileged user) read /big from here
 pids=()
@@ -95,6 +99,7 @@ sleep 0.5
 port_of() { # the listener port of a proxy's config
   case $1 in
     haproxy) grep -o 'bind 127.0.0.1:[0-9]*' "$run/haproxy.cfg" | head -1 | cut -d: -f2 ;;
+    sluice*) grep -o 'port_value: [0-9]*' "$run/sluice.yaml" | sed -n 2p | cut -d' ' -f2 ;;
     *) grep -o 'port_value: [0-9]*' "$run/$1.yaml" | sed -n 2p | cut -d' ' -f2 ;;
   esac
 }
@@ -104,6 +109,7 @@ start() { # proxy shape -> pid of the proxy itself (taskset execs it)
   if [ "$2" = gzip ]; then dir=$work gz=-gz; fi
   case $1 in
     sluice) cmd=("$sluice" proxy -c "$dir/sluice$gz.yaml" --concurrency 1 -l error) ;;
+    sluice-base) cmd=("$sluice_base" proxy -c "$dir/sluice$gz.yaml" --concurrency 1 -l error) ;;
     haproxy) cmd=(haproxy -f "$dir/haproxy$gz.cfg") ;;
     envoy) cmd=(envoy -c "$dir/envoy$gz.yaml" --concurrency 1 --disable-hot-restart -l error) ;;
   esac
@@ -196,12 +202,15 @@ for shape, proxy, _round, n, ticks, tck in rows:
     if int(n or 0) > 0:
         cpu.setdefault((shape, proxy), []).append(int(ticks) / int(tck) * 1e6 / int(n))
 print("CPU µs per request (median of rounds; lower is better)\n")
-print("| load | " + " | ".join(proxies) + " | Sluice ÷ HAProxy | Sluice ÷ Envoy |")
-print("|---" * (len(proxies) + 3) + "|")
+base = "sluice-base" in proxies
+print("| load | " + " | ".join(proxies) + " | Sluice ÷ HAProxy | Sluice ÷ Envoy |"
+      + (" Sluice ÷ sluice-base |" if base else ""))
+print("|---" * (len(proxies) + 3 + base) + "|")
 for s in shapes:
     med = {p: statistics.median(cpu[(s, p)]) for p in proxies if (s, p) in cpu}
     cells = [f"{med[p]:.1f}" if p in med else "-" for p in proxies]
     ratio = lambda a, b: f"{med[a] / med[b]:.2f}" if a in med and b in med else "-"
-    print(f"| {s} | " + " | ".join(cells) + f" | {ratio('sluice', 'haproxy')} | {ratio('sluice', 'envoy')} |")
+    print(f"| {s} | " + " | ".join(cells) + f" | {ratio('sluice', 'haproxy')} | {ratio('sluice', 'envoy')} |"
+          + (f" {ratio('sluice', 'sluice-base')} |" if base else ""))
 EOF
 for s in $SHAPES; do echo "  $s: $(describe "$s")"; done

@@ -3,13 +3,15 @@
 # Sluice and in Envoy, one worker each pinned to CPU 1, wrk pinned to CPU 0, loopback only.
 #   HTTPS req/s     : wrk -t1 -c50 over kept-alive TLS connections
 #   handshakes/s    : wrk -t1 -c50 with "Connection: close" (one full TLS handshake per request)
-# Usage: benches/load/tls.sh   (DURATION=10 ROUNDS=3; needs wrk, envoy, openssl)
+# Usage: benches/load/tls.sh   (DURATION=10 ROUNDS=3 SLUICE_BIN=…; needs wrk, envoy, openssl)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
-cargo build --release --quiet --manifest-path "$here/Cargo.toml"
-bin="$here/target/release/sluice"
+if [ -z "${SLUICE_BIN:-}" ]; then
+  cargo build --release --quiet --manifest-path "$here/Cargo.toml"
+fi
+bin=${SLUICE_BIN:-$here/target/release/sluice}
 work=$(mktemp -d)
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
