@@ -354,15 +354,18 @@ impl ExtAuthz {
         }
     }
 
-    /// Whether a request header goes into a check (beyond an HTTP service's defaults).
-    fn carries(&self, name: &str, default_all: bool) -> bool {
+    /// Whether a request header goes into a check: never when `disallowed_headers` names it;
+    /// else when `named` (by an HTTP service's defaults or its own list), when `allowed_headers`
+    /// names it, or, without that list, when `default_all`.
+    fn carries(&self, name: &str, named: bool, default_all: bool) -> bool {
         if self.disallowed_headers.iter().any(|m| m.matches(name)) {
             return false;
         }
-        match &self.allowed_headers {
-            Some(list) => list.iter().any(|m| m.matches(name)),
-            None => default_all,
-        }
+        named
+            || match &self.allowed_headers {
+                Some(list) => list.iter().any(|m| m.matches(name)),
+                None => default_all,
+            }
     }
 
     /// Send a request to one endpoint of `cluster`, within the timeout; the answer read whole.
@@ -434,10 +437,9 @@ impl ExtAuthz {
             if *name == header::HOST || *name == header::CONTENT_LENGTH {
                 continue;
             }
-            let default = *name == header::AUTHORIZATION;
-            let allowed =
-                default || s.request_headers.iter().any(|m| m.matches(n)) || self.carries(n, false);
-            if allowed && !self.disallowed_headers.iter().any(|m| m.matches(n)) {
+            let named =
+                *name == header::AUTHORIZATION || s.request_headers.iter().any(|m| m.matches(n));
+            if self.carries(n, named, false) {
                 headers.append(name.clone(), value.clone());
             }
         }
@@ -612,7 +614,7 @@ impl ExtAuthz {
             (":path", target),
             (":scheme", scheme),
         ] {
-            if self.carries(name, true) {
+            if self.carries(name, false, true) {
                 add(name, value);
             }
         }
@@ -620,7 +622,7 @@ impl ExtAuthz {
             if *name == header::HOST {
                 continue;
             }
-            if self.carries(name.as_str(), true) {
+            if self.carries(name.as_str(), false, true) {
                 add(name.as_str(), &String::from_utf8_lossy(value.as_bytes()));
             }
         }
