@@ -19,6 +19,7 @@ TRAIN=${TRAIN:-10}
 llvm=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
 profdata=$(command -v "llvm-profdata-$llvm" || command -v llvm-profdata || true)
 [ -n "$profdata" ] || { echo "llvm-profdata for LLVM $llvm not found (apt-get install llvm-$llvm)" >&2; exit 2; }
+. "$here/benches/load/fixtures.sh"
 out=$here/target/pgo
 raw=$out/raw
 work=$(mktemp -d)
@@ -38,18 +39,11 @@ print(*[s.getsockname()[1] for s in socks])')
 # Upstreams: the harness's nginx, plus a 20 KiB JSON document at /text and 100 KiB at /big.
 chmod 755 "$work"
 head -c 102400 /dev/urandom > "$work/big"
-python3 -c '
-import json, random, sys
-random.seed(7)
-words = "alpha beta gamma delta stable canary weight route cluster header ready".split()
-items = [{"id": i, "name": " ".join(random.choices(words, k=3)), "weight": random.randint(0, 100)}
-         for i in range(400)]
-open(sys.argv[1], "w").write(json.dumps(items)[:20480])' "$work/text"
+write_json_text "$work/text"
 for u in stable:$stable:v1 canary:$canary:v2; do
   IFS=: read -r name p body <<<"$u"
   sed -e "s|@RUN_DIR@|$work|g" -e "s|@NAME@|upstream-$name|g" -e "s|@PORT@|$p|g" \
-    -e "s|@BODY@|$body|g" \
-    -e "s|location / {|client_max_body_size 0;\n        location = /big { alias $work/big; default_type application/octet-stream; }\n        location = /text { alias $work/text; default_type application/json; }\n        location / {|" \
+    -e "s|@BODY@|$body|g" -e "$(upstream_extra_locations "$work")" \
     "$bench/conf/upstream-nginx.conf.in" > "$work/upstream-$name.conf"
   nginx -p "$work" -e "$work/upstream-$name.error.log" -c "$work/upstream-$name.conf" >/dev/null 2>&1 &
   pids+=($!)
@@ -60,22 +54,12 @@ sed -e "s|@STABLE_PORT@|$stable|g" -e "s|@CANARY_PORT@|$canary|g" -e "s|@PORT@|$
   -e "s|@ADMIN_PORT@|$admin|g" "$bench/conf/envoy-header.yaml.in" > "$work/plain.yaml"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=pgo.local \
   -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+gzip_filter_yaml > "$work/gzip-filter.yaml"
 python3 - "$work" "$tls_port" "$tls_admin" <<'PY'
 import sys
 work, tls_port, tls_admin = sys.argv[1:]
 plain = open(f"{work}/plain.yaml").read()
-gzip = """          - name: envoy.filters.http.compressor
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.compressor.v3.Compressor
-              response_direction_config:
-                common_config:
-                  content_type: [application/json]
-              compressor_library:
-                name: json
-                typed_config:
-                  "@type": type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip
-                  compression_level: BEST_SPEED
-"""
+gzip = open(f"{work}/gzip-filter.yaml").read()
 open(f"{work}/gzip.yaml", "w").write(plain.replace("          http_filters:\n", "          http_filters:\n" + gzip, 1))
 tls = f"""    - transport_socket:
         name: envoy.transport_sockets.tls
@@ -95,13 +79,7 @@ PY
 grep -q transport_socket "$work/tls.yaml" || { echo "TLS training config not made" >&2; exit 1; }
 printf 'wrk.method = "POST"\nwrk.body = string.rep("x", 4096)\n' > "$work/post.lua"
 printf 'wrk.headers["Connection"] = "close"\n' > "$work/close.lua"
-cat > "$work/browser.lua" <<'LUA'
-wrk.headers["User-Agent"] = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/131.0 Safari/537.36"
-wrk.headers["Accept"] = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
-wrk.headers["Accept-Language"] = "en-GB,en;q=0.9"
-wrk.headers["Accept-Encoding"] = "gzip, deflate, br"
-wrk.headers["Cookie"] = "session=" .. string.rep("a", 300)
-LUA
+write_browser_lua "$work/browser.lua"
 
 # train CONFIG PORT LOAD...: serve CONFIG with the instrumented build under each load in turn.
 # A load is "wrk ARGS..." or "h2load ARGS..." against the proxy (the URL is added).

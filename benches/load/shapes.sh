@@ -23,6 +23,7 @@ PROXIES=${PROXIES:-"sluice haproxy envoy"}
 sluice=${SLUICE_BIN:-$here/target/release/sluice}
 # A second Sluice build to compare with, alternated like the others: PROXIES="sluice sluice-base".
 sluice_base=${SLUICE_BASE_BIN:-$here/target/release/sluice}
+. "$here/benches/load/fixtures.sh"
 work=$(mktemp -d)
 chmod 755 "$work" # nginx workers (an unprivileged user) read /big from here
 pids=()
@@ -36,50 +37,14 @@ printf 'wrk.method = "POST"\nwrk.body = string.rep("x", 4096)\n' > "$work/post.l
 printf 'wrk.headers["Connection"] = "close"\n' > "$work/close.lua"
 head -c 65536 /dev/zero | tr '\0' x > "$work/body64k"
 printf 'wrk.method = "POST"\nwrk.body = string.rep("x", 1048576)\n' > "$work/upload.lua"
-# A browser's request head: 14 headers, 1.3 KiB, a 600-byte cookie.
-cat > "$work/hdrs.lua" <<'LUA'
-wrk.headers["User-Agent"] = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"
-wrk.headers["Accept"] = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
-wrk.headers["Accept-Language"] = "en-GB,en;q=0.9,fr;q=0.8"
-wrk.headers["Accept-Encoding"] = "gzip, deflate, br, zstd"
-wrk.headers["Referer"] = "https://shop.example.com/catalogue/items?page=3&sort=price"
-wrk.headers["Cookie"] = "session=" .. string.rep("a", 300) .. "; prefs=" .. string.rep("b", 280)
-wrk.headers["Sec-Fetch-Dest"] = "document"
-wrk.headers["Sec-Fetch-Mode"] = "navigate"
-wrk.headers["Sec-Fetch-Site"] = "same-origin"
-wrk.headers["Sec-Fetch-User"] = "?1"
-wrk.headers["Upgrade-Insecure-Requests"] = "1"
-wrk.headers["Cache-Control"] = "max-age=0"
-LUA
-# A 20 KiB JSON document that compresses about as well as real API responses do (about 5:1).
-python3 - "$work/text" <<'PY'
-import json, random, sys
-random.seed(7)
-words = "alpha beta gamma delta stable canary weight route cluster header ready".split()
-items, size = [], 0
-while size < 20480:
-    items.append({"id": len(items), "name": " ".join(random.choices(words, k=3)),
-                  "weight": random.randint(0, 100), "ready": random.random() < 0.8,
-                  "token": "%016x" % random.getrandbits(64)})
-    size = len(json.dumps(items))
-open(sys.argv[1], "w").write(json.dumps(items)[:20480])
-PY
+write_browser_lua "$work/hdrs.lua"
+write_json_text "$work/text"
+gzip_filter_yaml > "$work/gzip-filter.yaml"
 # The gzip shape's proxies: each compresses JSON with gzip level 1, HAProxy's default level.
 python3 - "$run" "$work" <<'PY'
 import sys
 run, work = sys.argv[1:]
-filt = '''          - name: envoy.filters.http.compressor
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.compressor.v3.Compressor
-              response_direction_config:
-                common_config:
-                  content_type: [application/json]
-              compressor_library:
-                name: json
-                typed_config:
-                  "@type": type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip
-                  compression_level: BEST_SPEED
-'''
+filt = open(f"{work}/gzip-filter.yaml").read()
 for name in ("sluice", "envoy"):
     text = open(f"{run}/{name}.yaml").read()
     text = text.replace("          http_filters:\n", "          http_filters:\n" + filt, 1)
@@ -89,8 +54,7 @@ cfg = cfg.replace("backend be_split\n", "backend be_split\n    compression algo 
 open(f"{work}/haproxy-gz.cfg", "w").write(cfg)
 PY
 for u in stable canary; do
-  sed -e "s|location / {|client_max_body_size 0;\n        location = /big { alias $work/big; default_type application/octet-stream; }\n        location = /text { alias $work/text; default_type application/json; }\n        location / {|" \
-      -e "s|^pid .*|pid $work/$u.pid;|" "$run/upstream-$u.conf" > "$work/upstream-$u.conf"
+  sed -e "$(upstream_extra_locations "$work")" -e "s|^pid .*|pid $work/$u.pid;|" "$run/upstream-$u.conf" > "$work/upstream-$u.conf"
   taskset -c 0 nginx -c "$work/upstream-$u.conf" >/dev/null 2>&1 &
   pids+=($!)
 done

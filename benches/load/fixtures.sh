@@ -1,0 +1,60 @@
+# Inputs the load scripts share (sourced by shapes.sh and pgo.sh): what the upstreams serve besides
+# the harness's answer, the compressor filter the gzip loads add, and a browser's request head.
+
+# A 20 KiB JSON document that compresses about as well as real API responses do (about 5:1).
+write_json_text() { # FILE
+  python3 - "$1" <<'PY'
+import json, random, sys
+random.seed(7)
+words = "alpha beta gamma delta stable canary weight route cluster header ready".split()
+items, size = [], 0
+while size < 20480:
+    items.append({"id": len(items), "name": " ".join(random.choices(words, k=3)),
+                  "weight": random.randint(0, 100), "ready": random.random() < 0.8,
+                  "token": "%016x" % random.getrandbits(64)})
+    size = len(json.dumps(items))
+open(sys.argv[1], "w").write(json.dumps(items)[:20480])
+PY
+}
+
+# The sed expression that gives a harness nginx upstream config /big and /text from DIR (and any
+# body size), before its catch-all location.
+upstream_extra_locations() { # DIR
+  echo "s|location / {|client_max_body_size 0;\n        location = /big { alias $1/big; default_type application/octet-stream; }\n        location = /text { alias $1/text; default_type application/json; }\n        location / {|"
+}
+
+# The compressor filter of the gzip loads: JSON responses, gzip level 1 (HAProxy's default level),
+# as http_filters entries of the harness bootstrap's indentation.
+gzip_filter_yaml() {
+  cat <<'YAML'
+          - name: envoy.filters.http.compressor
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.compressor.v3.Compressor
+              response_direction_config:
+                common_config:
+                  content_type: [application/json]
+              compressor_library:
+                name: json
+                typed_config:
+                  "@type": type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip
+                  compression_level: BEST_SPEED
+YAML
+}
+
+# A wrk script sending a browser's request head: 14 headers, 1.3 KiB, a 600-byte cookie.
+write_browser_lua() { # FILE
+  cat > "$1" <<'LUA'
+wrk.headers["User-Agent"] = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"
+wrk.headers["Accept"] = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
+wrk.headers["Accept-Language"] = "en-GB,en;q=0.9,fr;q=0.8"
+wrk.headers["Accept-Encoding"] = "gzip, deflate, br, zstd"
+wrk.headers["Referer"] = "https://shop.example.com/catalogue/items?page=3&sort=price"
+wrk.headers["Cookie"] = "session=" .. string.rep("a", 300) .. "; prefs=" .. string.rep("b", 280)
+wrk.headers["Sec-Fetch-Dest"] = "document"
+wrk.headers["Sec-Fetch-Mode"] = "navigate"
+wrk.headers["Sec-Fetch-Site"] = "same-origin"
+wrk.headers["Sec-Fetch-User"] = "?1"
+wrk.headers["Upgrade-Insecure-Requests"] = "1"
+wrk.headers["Cache-Control"] = "max-age=0"
+LUA
+}
