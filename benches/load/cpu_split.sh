@@ -15,16 +15,13 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
 PROXIES=${PROXIES:-"nginx haproxy sluice"}
 sluice=${SLUICE_BIN:-$here/target/release/sluice}
+. "$here/benches/load/fixtures.sh"
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-for u in stable canary; do
-  sed -e "s|^pid .*|pid $work/$u.pid;|" "$run/upstream-$u.conf" > "$work/upstream-$u.conf"
-  taskset -c 0 nginx -c "$work/upstream-$u.conf" >/dev/null 2>&1 &
-  pids+=($!)
-done
+start_run_upstreams "$run" "$work"
 sed -e "s|^pid .*|pid $work/proxy.pid;|" "$run/nginx-proxy.conf" > "$work/nginx-proxy.conf"
 sleep 0.5
 

@@ -1,5 +1,17 @@
-# Inputs the load scripts share (sourced by shapes.sh and pgo.sh): what the upstreams serve besides
-# the harness's answer, the compressor filter the gzip loads add, and a browser's request head.
+# What the load scripts share (sourced by shapes.sh, pgo.sh, cpu_split.sh and instructions.sh):
+# starting a run's upstreams, what the upstreams serve besides the harness's answer, the
+# compressor filter the gzip loads add, and a browser's request head.
+
+# Start the two nginx upstreams of a run.sh run (its rendered configs in RUN) on CPU 0, with their
+# pid files in WORK; their pids join the caller's `pids` array.
+start_run_upstreams() { # RUN WORK
+  local u
+  for u in stable canary; do
+    sed -e "s|^pid .*|pid $2/$u.pid;|" "$1/upstream-$u.conf" > "$2/upstream-$u.conf"
+    taskset -c 0 nginx -c "$2/upstream-$u.conf" >/dev/null 2>&1 &
+    pids+=($!)
+  done
+}
 
 # A 20 KiB JSON document that compresses about as well as real API responses do (about 5:1).
 write_json_text() { # FILE

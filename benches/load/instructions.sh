@@ -15,16 +15,13 @@ run=${1:-$(ls -d "$here"/target/bench/*/run 2>/dev/null | tail -1)}
 SHAPES=${SHAPES:-"h1 h2"}
 PROXIES=${PROXIES:-"sluice haproxy"}
 sluice=${SLUICE_BIN:-$here/target/release/sluice}
+. "$here/benches/load/fixtures.sh"
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-for u in stable canary; do
-  sed -e "s|^pid .*|pid $work/$u.pid;|" "$run/upstream-$u.conf" > "$work/upstream-$u.conf"
-  taskset -c 0 nginx -c "$work/upstream-$u.conf" >/dev/null 2>&1 &
-  pids+=($!)
-done
+start_run_upstreams "$run" "$work"
 sleep 0.5
 
 port_of() {
