@@ -2440,11 +2440,14 @@ fn cluster(
         )),
         None => None,
     };
+    // A `Percent` of 0 is `{}` in canonical JSON: a threshold given without a value is 0.
     let panic_threshold = get(v, "common_lb_config")
         .and_then(|c| get(c, "healthy_panic_threshold"))
-        .and_then(|t| t.get("value"))
-        .and_then(Value::as_f64)
-        .map_or(50, |v| v.clamp(0.0, 100.0) as u64);
+        .map_or(50, |t| {
+            t.get("value")
+                .and_then(Value::as_f64)
+                .map_or(0, |v| v.clamp(0.0, 100.0) as u64)
+        });
     Some(Cluster::new(
         name.clone(),
         lb,
