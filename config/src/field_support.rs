@@ -64,7 +64,7 @@ pub const SUPPORTED: &[&str] = &[
         always_set_request_id_in_response \
         path_with_escaped_slashes_action=KEEP_UNCHANGED|REJECT_REQUEST|UNESCAPE_AND_REDIRECT|UNESCAPE_AND_FORWARD \
         upgrade_configs server_name server_header_transformation=OVERWRITE|APPEND_IF_ABSENT|PASS_THROUGH \
-        ~access_log ~http2_protocol_options ~tracing",
+        access_log ~http2_protocol_options ~tracing",
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter: name typed_config",
     // TCP proxying (a filter chain that relays bytes to a cluster or weighted clusters).
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy: stat_prefix cluster weighted_clusters idle_timeout max_connect_attempts ~access_log ~access_log_options",
@@ -105,6 +105,23 @@ pub const SUPPORTED: &[&str] = &[
     "envoy.extensions.filters.http.rbac.v3.RBACPerRoute: rbac",
     "envoy.extensions.filters.http.csrf.v3.CsrfPolicy: filter_enabled shadow_enabled additional_origins",
     // External authorization: an HTTP or gRPC (`envoy_grpc`) service, checked without the body.
+    // Access logs of a connection manager: stdout, stderr and file loggers.
+    "envoy.config.accesslog.v3.AccessLog: name typed_config filter",
+    "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog: log_format",
+    "envoy.extensions.access_loggers.stream.v3.StderrAccessLog: log_format",
+    "envoy.extensions.access_loggers.file.v3.FileAccessLog: path format json_format typed_json_format log_format",
+    "envoy.config.core.v3.SubstitutionFormatString: text_format text_format_source json_format omit_empty_values ~content_type",
+    "envoy.config.accesslog.v3.AccessLogFilter: status_code_filter duration_filter not_health_check_filter \
+        response_flag_filter header_filter and_filter or_filter",
+    "envoy.config.accesslog.v3.StatusCodeFilter: comparison",
+    "envoy.config.accesslog.v3.DurationFilter: comparison",
+    "envoy.config.accesslog.v3.ComparisonFilter: op=EQ|GE|LE|NE value",
+    "envoy.config.core.v3.RuntimeUInt32: default_value ~runtime_key",
+    "envoy.config.accesslog.v3.NotHealthCheckFilter: ",
+    "envoy.config.accesslog.v3.ResponseFlagFilter: flags",
+    "envoy.config.accesslog.v3.HeaderFilter: header",
+    "envoy.config.accesslog.v3.AndFilter: filters",
+    "envoy.config.accesslog.v3.OrFilter: filters",
     "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz: grpc_service http_service transport_api_version=V3 \
         failure_mode_allow failure_mode_allow_header_add status_on_error allowed_headers disallowed_headers \
         filter_enabled stat_prefix ~metadata_context_namespaces",

@@ -3,11 +3,13 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
+use http::Request;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
@@ -31,6 +33,36 @@ pub enum RequestBody {
     Empty,
     /// Decoded as it streams by the decompressor filter.
     Decompressed(Box<crate::decompressor::DecompressedBody<RequestBody>>),
+    /// A streamed body whose bytes an access log counts (`%BYTES_RECEIVED%`).
+    Counted(Box<CountedBody>),
+}
+
+/// A request body that adds the bytes it passes to a counter.
+#[derive(Debug)]
+pub struct CountedBody {
+    inner: RequestBody,
+    count: Arc<AtomicU64>,
+}
+
+/// Count the request's body bytes into `count`: at once when the body came whole with its head,
+/// else as it streams (a body that can be sent again, for retries, stays as it is).
+pub fn count_request_body(
+    req: Request<RequestBody>,
+    count: &Arc<AtomicU64>,
+) -> Request<RequestBody> {
+    match req.body() {
+        RequestBody::Empty | RequestBody::Full(None) => req,
+        RequestBody::Full(Some(b)) => {
+            count.store(b.len() as u64, Ordering::Relaxed);
+            req
+        }
+        _ => req.map(|inner| {
+            RequestBody::Counted(Box::new(CountedBody {
+                inner,
+                count: count.clone(),
+            }))
+        }),
+    }
 }
 
 /// Frames of a request body, sent by the connection that reads them.
@@ -118,6 +150,15 @@ impl Body for RequestBody {
             RequestBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             RequestBody::Empty => Poll::Ready(None),
             RequestBody::Decompressed(b) => b.poll_frame(cx),
+            RequestBody::Counted(c) => {
+                let polled = Pin::new(&mut c.inner).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(frame))) = &polled {
+                    if let Some(d) = frame.data_ref() {
+                        c.count.fetch_add(d.len() as u64, Ordering::Relaxed);
+                    }
+                }
+                polled
+            }
         }
     }
 
@@ -128,6 +169,7 @@ impl Body for RequestBody {
             RequestBody::Full(data) => data.is_none(),
             RequestBody::Empty => true,
             RequestBody::Decompressed(b) => b.is_end_stream(),
+            RequestBody::Counted(c) => c.inner.is_end_stream(),
         }
     }
 
@@ -140,6 +182,7 @@ impl Body for RequestBody {
             }
             RequestBody::Empty => SizeHint::with_exact(0),
             RequestBody::Decompressed(b) => b.size_hint(),
+            RequestBody::Counted(c) => c.inner.size_hint(),
         }
     }
 }
@@ -157,6 +200,28 @@ pub enum ResponseBody {
     Compressed(Box<crate::compressor::CompressedBody>),
     /// Decoded as it streams by the decompressor filter.
     Decompressed(Box<crate::decompressor::DecompressedBody<ResponseBody>>),
+    /// Counted for the access logs, which are written when it ends or is dropped.
+    Logged(Box<LoggedBody>),
+}
+
+/// A response body carrying its request's access log entry.
+#[derive(Debug)]
+pub struct LoggedBody {
+    inner: ResponseBody,
+    entry: crate::access_log::LogEntry,
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        self.entry.finish();
+    }
+}
+
+impl ResponseBody {
+    /// `body`, writing `entry`'s lines when it ends.
+    pub fn logged(body: ResponseBody, entry: crate::access_log::LogEntry) -> ResponseBody {
+        ResponseBody::Logged(Box::new(LoggedBody { inner: body, entry }))
+    }
 }
 
 /// The route timeout, still running while an upstream body streams: Envoy's route `timeout`
@@ -244,6 +309,15 @@ impl Body for ResponseBody {
             ResponseBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ResponseBody::Compressed(c) => c.poll_frame(cx),
             ResponseBody::Decompressed(d) => d.poll_frame(cx),
+            ResponseBody::Logged(l) => {
+                let polled = Pin::new(&mut l.inner).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(frame))) = &polled {
+                    if let Some(d) = frame.data_ref() {
+                        l.entry.sent_bytes += d.len() as u64;
+                    }
+                }
+                polled
+            }
         }
     }
 
@@ -254,6 +328,7 @@ impl Body for ResponseBody {
             ResponseBody::Full(b) => b.is_none(),
             ResponseBody::Compressed(c) => c.is_end_stream(),
             ResponseBody::Decompressed(d) => d.is_end_stream(),
+            ResponseBody::Logged(l) => l.inner.is_end_stream(),
         }
     }
 
@@ -266,6 +341,7 @@ impl Body for ResponseBody {
             }
             ResponseBody::Compressed(c) => c.size_hint(),
             ResponseBody::Decompressed(d) => d.size_hint(),
+            ResponseBody::Logged(l) => l.inner.size_hint(),
         }
     }
 }

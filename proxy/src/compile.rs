@@ -15,6 +15,7 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use serde_json::Value;
 use sluice_config::FieldError;
 
+use crate::access_log::AccessLogs;
 use crate::cluster::{
     Breakers, Cluster, Discovery, DnsFamily, EndpointSpec, HealthSettings, LbPolicy,
 };
@@ -2972,6 +2973,7 @@ fn hcm(
     }
     let server_name = s(v, "server_name").unwrap_or("envoy");
     let http2 = http2_options(v, path, errors);
+    let access_log = access_logs(v, path, errors);
     Some(HcmConfig {
         stats: HcmStats::new(metrics, &stat_prefix),
         unrouted: identity.istio_stats(
@@ -3040,6 +3042,7 @@ fn hcm(
         csrf,
         csrf_after_cors,
         ext_authz,
+        access_log,
         server_name: HeaderValue::from_str(server_name)
             .unwrap_or(HeaderValue::from_static("envoy")),
         server_header: match s(v, "server_header_transformation") {
@@ -3048,6 +3051,183 @@ fn hcm(
             _ => ServerHeader::Overwrite,
         },
     })
+}
+
+/// The `access_log` entries of a connection manager.
+fn access_logs(v: &Value, path: &str, errors: &mut Errors) -> Option<Arc<AccessLogs>> {
+    use crate::access_log::{AccessLog, LogFormat, DEFAULT_FORMAT};
+    use crate::access_log_sink::{open, Destination};
+    let entries = arr(v, "access_log");
+    if entries.is_empty() {
+        return None;
+    }
+    let mut logs = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        let epath = format!("{path}.access_log[{i}]");
+        let empty = Value::Null;
+        let config = get(entry, "typed_config").unwrap_or(&empty);
+        let tpath = p(&epath, "typed_config");
+        let destination = match type_name(config) {
+            "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog" => Destination::Stdout,
+            "envoy.extensions.access_loggers.stream.v3.StderrAccessLog" => Destination::Stderr,
+            "envoy.extensions.access_loggers.file.v3.FileAccessLog" => match s(config, "path") {
+                Some(f) if !f.is_empty() => Destination::File(f.into()),
+                _ => {
+                    errors.push(FieldError::new(p(&tpath, "path"), "required"));
+                    continue;
+                }
+            },
+            other => {
+                errors.push(FieldError::new(
+                    tpath,
+                    format!(
+                        "access logger `{other}` not supported (stdout, stderr and file loggers are)"
+                    ),
+                ));
+                continue;
+            }
+        };
+        let format = if let Some(f) = get(config, "log_format") {
+            substitution_format(f, &p(&tpath, "log_format"), errors)
+        } else if let Some(text) = s(config, "format") {
+            LogFormat::text(text, false)
+                .map_err(|e| errors.push(FieldError::new(p(&tpath, "format"), e)))
+                .ok()
+        } else if let Some(Value::Object(o)) =
+            get(config, "json_format").or_else(|| get(config, "typed_json_format"))
+        {
+            LogFormat::json(o, false)
+                .map_err(|e| errors.push(FieldError::new(p(&tpath, "json_format"), e)))
+                .ok()
+        } else {
+            LogFormat::text(DEFAULT_FORMAT, false).ok()
+        };
+        let filter = match get(entry, "filter") {
+            Some(f) => match log_filter(f, &p(&epath, "filter"), errors) {
+                Some(f) => Some(f),
+                None => continue,
+            },
+            None => None,
+        };
+        let Some(format) = format else { continue };
+        match open(destination) {
+            Ok(sink) => logs.push(AccessLog {
+                filter,
+                format,
+                sink,
+            }),
+            Err(e) => errors.push(FieldError::new(p(&tpath, "path"), e)),
+        }
+    }
+    Some(Arc::new(AccessLogs::new(logs)))
+}
+
+/// A `SubstitutionFormatString` (`text_format`, `text_format_source`, `json_format`).
+fn substitution_format(
+    v: &Value,
+    path: &str,
+    errors: &mut Errors,
+) -> Option<crate::access_log::LogFormat> {
+    use crate::access_log::LogFormat;
+    let omit_empty = b(v, "omit_empty_values");
+    let result = if let Some(text) = s(v, "text_format") {
+        LogFormat::text(text, omit_empty).map_err(|e| FieldError::new(p(path, "text_format"), e))
+    } else if let Some(src) = get(v, "text_format_source") {
+        let spath = p(path, "text_format_source");
+        crate::data_source::read(src, &spath).and_then(|bytes| {
+            let text = String::from_utf8_lossy(&bytes);
+            LogFormat::text(&text, omit_empty).map_err(|e| FieldError::new(spath.clone(), e))
+        })
+    } else if let Some(Value::Object(o)) = get(v, "json_format") {
+        LogFormat::json(o, omit_empty).map_err(|e| FieldError::new(p(path, "json_format"), e))
+    } else {
+        Err(FieldError::new(
+            path,
+            "one of text_format, text_format_source, json_format is required",
+        ))
+    };
+    result.map_err(|e| errors.push(e)).ok()
+}
+
+/// Envoy's response flags, as `response_flag_filter` accepts them (Sluice sets some of them).
+const ENVOY_RESPONSE_FLAGS: &[&str] = &[
+    "LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "RL", "UAEX", "RLSE", "DC",
+    "URX", "SI", "IH", "DPE", "UMSDR", "RFCF", "NFCF", "DT", "UPE", "NC", "OM", "DF", "DO", "DR",
+];
+
+/// An `AccessLogFilter`.
+fn log_filter(v: &Value, path: &str, errors: &mut Errors) -> Option<crate::access_log::LogFilter> {
+    use crate::access_log::{CompareOp, Comparison, LogFilter};
+    let comparison = |f: &Value, fpath: &str, errors: &mut Errors| {
+        let c = get(f, "comparison");
+        let op = match c.and_then(|c| s(c, "op")).unwrap_or("EQ") {
+            "GE" => CompareOp::Ge,
+            "LE" => CompareOp::Le,
+            "NE" => CompareOp::Ne,
+            _ => CompareOp::Eq,
+        };
+        match c
+            .and_then(|c| get(c, "value"))
+            .and_then(|v| u(v, "default_value"))
+        {
+            Some(value) => Some(Comparison { op, value }),
+            None => {
+                errors.push(FieldError::new(
+                    p(fpath, "comparison.value.default_value"),
+                    "required",
+                ));
+                None
+            }
+        }
+    };
+    let list = |k: &str, errors: &mut Errors| {
+        let fpath = p(path, k);
+        let filters = get(v, k).map(|f| arr(f, "filters")).unwrap_or(&[]);
+        let mut out = Vec::with_capacity(filters.len());
+        for (i, f) in filters.iter().enumerate() {
+            out.push(log_filter(f, &format!("{fpath}.filters[{i}]"), errors)?);
+        }
+        Some(out)
+    };
+    if let Some(f) = get(v, "status_code_filter") {
+        comparison(f, &p(path, "status_code_filter"), errors).map(LogFilter::Status)
+    } else if let Some(f) = get(v, "duration_filter") {
+        comparison(f, &p(path, "duration_filter"), errors).map(LogFilter::Duration)
+    } else if get(v, "not_health_check_filter").is_some() {
+        Some(LogFilter::NotHealthCheck)
+    } else if let Some(f) = get(v, "response_flag_filter") {
+        let mut flags = Vec::new();
+        for (i, flag) in arr(f, "flags").iter().enumerate() {
+            let name = flag.as_str().unwrap_or("");
+            if !ENVOY_RESPONSE_FLAGS.contains(&name) {
+                errors.push(FieldError::new(
+                    format!("{path}.response_flag_filter.flags[{i}]"),
+                    format!("response flag `{name}` not supported"),
+                ));
+                return None;
+            }
+            flags.push(name.to_string());
+        }
+        Some(LogFilter::ResponseFlags(flags))
+    } else if let Some(f) = get(v, "header_filter") {
+        let m = get(f, "header").unwrap_or(&Value::Null);
+        header_matcher(m, &p(path, "header_filter.header"), errors)
+            .map(|m| LogFilter::Header(Box::new(m)))
+    } else if get(v, "and_filter").is_some() {
+        list("and_filter", errors).map(LogFilter::And)
+    } else if get(v, "or_filter").is_some() {
+        list("or_filter", errors).map(LogFilter::Or)
+    } else {
+        let which = v
+            .as_object()
+            .and_then(|o| o.keys().next().cloned())
+            .unwrap_or_default();
+        errors.push(FieldError::new(
+            p(path, &which),
+            "access log filter not supported",
+        ));
+        None
+    }
 }
 
 /// `http2_protocol_options` of a connection manager, in the ranges Envoy's proto allows.

@@ -18,6 +18,8 @@
 //! balancer → pooled upstream connection ([`upstream_pool`]; HTTP/1.1 spoken inline by
 //! [`upstream_http1`], HTTP/2 by hyper) → response streamed back.
 
+pub mod access_log;
+pub mod access_log_sink;
 pub mod admin;
 pub mod ads_client;
 pub mod body;

@@ -18,6 +18,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use tokio::net::TcpListener;
 
+use crate::access_log::{AccessLogs, LogEntry, LogSlot, SentHead};
 use crate::body::{RequestBody, ResponseBody};
 use crate::cluster::{Cluster, PickError};
 use crate::cors::{CorsDecision, Policies};
@@ -205,6 +206,7 @@ async fn serve_tls(
                 || matches!(
                     ctx.filter(chain),
                     Some(NetworkFilter::Http(hcm)) if hcm.rbac.iter().any(|r| r.reads_tls)
+                        || hcm.access_log.as_ref().is_some_and(|l| l.reads_tls)
                 );
             let tls = keep_tls.then(|| {
                 let (_, session) = stream.get_ref();
@@ -291,6 +293,7 @@ async fn serve_connection<T: Transport>(
 
 /// Envoy's response flags.
 #[derive(Debug, Clone, Copy)]
+#[repr(u8)]
 pub enum Flag {
     None,
     NoRoute,
@@ -309,6 +312,29 @@ pub enum Flag {
 }
 
 impl Flag {
+    /// Every flag, in declaration order (`ALL[flag as usize]` is `flag`).
+    pub const ALL: [Flag; 14] = [
+        Flag::None,
+        Flag::NoRoute,
+        Flag::NoCluster,
+        Flag::NoHealthyUpstream,
+        Flag::UpstreamConnectFailure,
+        Flag::UpstreamOverflow,
+        Flag::UpstreamTimeout,
+        Flag::UpstreamReset,
+        Flag::UpstreamProtocolError,
+        Flag::RequestTimeout,
+        Flag::StreamIdleTimeout,
+        Flag::FaultInjected,
+        Flag::DelayInjected,
+        Flag::RetryLimitExceeded,
+    ];
+
+    /// The flag whose `flag as u8` is `i` (`None` for any other value).
+    pub fn from_index(i: u8) -> Flag {
+        Flag::ALL.get(i as usize).copied().unwrap_or(Flag::None)
+    }
+
     /// The short code in access logs and `response_flags` labels.
     pub fn code(self) -> &'static str {
         match self {
@@ -573,27 +599,98 @@ pub async fn handle(
         *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
         return r;
     };
+    if let Some(logs) = &hcm.access_log {
+        // Boxed: the logged path must not grow every request's future.
+        return Box::pin(handle_logged(req, ctx, conn, &hcm, logs)).await;
+    }
+    handle_with(req, ctx, conn, &hcm).await
+}
+
+/// A request of a connection manager with access logs: its [`LogEntry`] is made from its head
+/// and rides on its response body, which writes the lines when it ends.
+async fn handle_logged(
+    mut req: Request<RequestBody>,
+    ctx: &ListenerContext,
+    conn: ConnInfo,
+    hcm: &Arc<HcmConfig>,
+    logs: &Arc<AccessLogs>,
+) -> Response<ResponseBody> {
+    let wall = std::time::SystemTime::now();
+    let start = Instant::now();
+    // The id routing gives the request, settled now so that the log sees it.
+    if hcm.generate_request_id {
+        settle_request_id(hcm, &mut req);
+    }
+    let slot = Arc::new(LogSlot::default());
+    req.extensions_mut().insert(slot.clone());
+    let mut headers = req.headers().clone();
+    edge::sanitize_request(&mut headers, hcm, conn.remote, conn.secure);
+    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let req = crate::body::count_request_body(req, &received);
+    let health_check = hcm.health_check.as_ref().is_some_and(|h| {
+        let mut buf = String::new();
+        let raw = request_authority(req.uri(), req.headers());
+        let host = match_host(raw, hcm, ctx.local.port(), &mut buf);
+        h.matches(&request_view(&req, host, conn.secure))
+    });
+    let mut entry = LogEntry {
+        logs: logs.clone(),
+        slot,
+        wall,
+        start,
+        method: req.method().clone(),
+        path: req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        authority: HeaderValue::from_str(request_authority(req.uri(), req.headers())).ok(),
+        secure: conn.secure,
+        version: req.version(),
+        headers,
+        remote: conn.remote,
+        local: ctx.local,
+        server_name: conn.tls.as_ref().and_then(|t| t.server_name.clone()),
+        health_check,
+        received,
+        status: 0,
+        response: HeaderMap::new(),
+        sent_bytes: 0,
+    };
+    let resp = handle_with(req, ctx, conn, hcm).await;
+    entry.status = resp.status().as_u16();
+    entry.response = resp.headers().clone();
+    resp.map(|body| ResponseBody::logged(body, entry))
+}
+
+/// Handle one request of connection manager `hcm`.
+async fn handle_with(
+    req: Request<RequestBody>,
+    ctx: &ListenerContext,
+    conn: ConnInfo,
+    hcm: &Arc<HcmConfig>,
+) -> Response<ResponseBody> {
     let grpc = is_grpc(req.headers());
     // `always_set_request_id_in_response`: the request's id is settled here, before routing
     // (which then keeps it), so that the response can carry it.
     let mut req = req;
     let response_id = hcm
         .always_set_request_id_in_response
-        .then(|| settle_request_id(&hcm, &mut req))
+        .then(|| settle_request_id(hcm, &mut req))
         .flatten();
     // Pinned where it is made, so that the timeout holds a reference rather than a copy.
-    let route = std::pin::pin!(route_request(req, ctx, &hcm, conn));
+    let route = std::pin::pin!(route_request(req, ctx, hcm, conn));
     let resp = match hcm.request_timeout {
         Some(t) => match tokio::time::timeout(t, route).await {
             Ok(r) => r,
-            Err(_) => local_reply(&hcm, StatusCode::REQUEST_TIMEOUT, "request timeout"),
+            Err(_) => local_reply(hcm, StatusCode::REQUEST_TIMEOUT, "request timeout"),
         },
         None => route.await,
     };
     let mut resp = resp;
     if grpc {
         if let Some(LocalReply(text)) = resp.extensions().get::<LocalReply>().cloned() {
-            grpc_local_reply(&hcm, &mut resp, &text);
+            grpc_local_reply(hcm, &mut resp, &text);
         }
     }
     hcm.stats.record(resp.status().as_u16());
@@ -606,6 +703,12 @@ pub async fn handle(
     resp
 }
 
+/// The request's access log slot, when its connection manager has access logs.
+fn log_slot<'r>(hcm: &HcmConfig, req: &'r Request<RequestBody>) -> Option<&'r Arc<LogSlot>> {
+    hcm.access_log.as_ref()?;
+    req.extensions().get::<Arc<LogSlot>>()
+}
+
 /// Marks a request whose `x-request-id` is settled already (routing must not replace it).
 #[derive(Debug, Clone, Copy)]
 struct RequestIdSettled;
@@ -613,6 +716,9 @@ struct RequestIdSettled;
 /// Give the request the id routing would give it, now; the id.
 #[cold]
 fn settle_request_id(hcm: &HcmConfig, req: &mut Request<RequestBody>) -> Option<HeaderValue> {
+    if req.extensions().get::<RequestIdSettled>().is_some() {
+        return req.headers().get(REQUEST_ID).cloned();
+    }
     let regenerate = hcm.generate_request_id
         && ((hcm.use_remote_address && !hcm.preserve_external_request_id)
             || !req.headers().contains_key(REQUEST_ID));
@@ -809,7 +915,8 @@ impl<'a> Delayed<'a> {
         tokio::time::sleep(self.delay).await;
         let grpc = is_grpc(self.req.headers());
         if let Some(abort) = self.abort {
-            return fault_abort(self.hcm, &self.cluster, abort, grpc, self.start);
+            let log = log_slot(self.hcm, &self.req).map(|l| &**l);
+            return fault_abort(self.hcm, &self.cluster, abort, grpc, self.start, log);
         }
         match prepare_forward(
             self.req,
@@ -878,15 +985,23 @@ fn fault_abort(
     abort: Abort,
     grpc: bool,
     start: Instant,
+    log: Option<&LogSlot>,
 ) -> Response<ResponseBody> {
     hcm.stats.fault_aborts.inc();
     match abort {
         Abort::Http(status) => {
-            record(cluster, status.as_u16(), grpc, Flag::FaultInjected, start);
+            record(
+                cluster,
+                status.as_u16(),
+                grpc,
+                Flag::FaultInjected,
+                start,
+                log,
+            );
             local_reply(hcm, status, "fault filter abort")
         }
         Abort::Grpc(code) => {
-            record(cluster, 200, true, Flag::FaultInjected, start);
+            record(cluster, 200, true, Flag::FaultInjected, start, log);
             grpc_reply(hcm, code, b"fault filter abort")
         }
     }
@@ -948,8 +1063,9 @@ fn inject_fault<'a>(
         let abort = plan.abort.unwrap_or(Abort::Http(StatusCode::OK));
         let _active = ActiveFault::new(&hcm.stats.fault_active);
         let grpc = is_grpc(req.headers());
+        let log = log_slot(hcm, &req).map(|l| &**l);
         return Ok(Routed::Respond(fault_abort(
-            hcm, &cluster, abort, grpc, start,
+            hcm, &cluster, abort, grpc, start, log,
         )));
     };
     hcm.stats.fault_delays.inc();
@@ -1005,7 +1121,7 @@ fn route_request_to<'a>(
     let new_id = (hcm.generate_request_id
         && ((hcm.use_remote_address && !hcm.preserve_external_request_id)
             || !req.headers().contains_key(REQUEST_ID))
-        && !(hcm.always_set_request_id_in_response
+        && !((hcm.always_set_request_id_in_response || hcm.access_log.is_some())
             && req.extensions().get::<RequestIdSettled>().is_some()))
     .then(request_id::generate);
     let random = fast_random();
@@ -1027,9 +1143,15 @@ fn route_request_to<'a>(
         }
     }
     let Some(hit) = hit else {
+        if let Some(log) = log_slot(hcm, &req) {
+            log.set_flag(Flag::NoRoute);
+        }
         hcm.unrouted.record(404, false, Flag::NoRoute.code(), 0.0);
         return Routed::Respond(local_reply(hcm, StatusCode::NOT_FOUND, ""));
     };
+    if let Some(log) = log_slot(hcm, &req) {
+        log.set_route(&hit.route.name);
+    }
     let rctx = RequestContext {
         remote,
         local: ctx.local,
@@ -1312,6 +1434,9 @@ fn route_action<'a>(m: Matched<'a>, ctx: &ListenerContext, hcm: &'a Arc<HcmConfi
     } = m;
     match &hit.route.action {
         RouteAction::Direct(d) => {
+            if let Some(log) = log_slot(hcm, &req) {
+                log.set_details("direct_response");
+            }
             let body = d.body.clone().unwrap_or_default();
             let mut resp = local_response(d.status, body.clone());
             resp.extensions_mut().insert(LocalReply(body));
@@ -1325,6 +1450,9 @@ fn route_action<'a>(m: Matched<'a>, ctx: &ListenerContext, hcm: &'a Arc<HcmConfi
             Routed::Respond(resp)
         }
         RouteAction::Redirect(r) => {
+            if let Some(log) = log_slot(hcm, &req) {
+                log.set_details("direct_response");
+            }
             let location = redirect_location(r, &req, conn.secure, hit);
             let mut resp = local_reply(hcm, r.status, "");
             if let Ok(v) = HeaderValue::from_str(&location) {
@@ -1559,6 +1687,8 @@ struct Exchange<'a> {
     request_headers: Option<Box<HeaderMap>>,
     /// A cookie made by a cookie hash policy, for the response.
     set_cookie: Option<Box<HeaderValue>>,
+    /// What the access logs write of the request, when the connection manager has any.
+    log: Option<Arc<LogSlot>>,
 }
 
 /// Pick the cluster and endpoint of a forward action and build the upstream request (headers,
@@ -1580,6 +1710,7 @@ fn prepare_forward<'a>(
 ) -> Result<Exchange<'a>, Response<ResponseBody>> {
     let remote = conn.remote;
     let snapshot = ctx.snapshot.load();
+    let log = log_slot(hcm, &req).cloned();
     // The request hash (route `hash_policy`) serves both the sticky weighted pick and
     // consistent-hash clusters; it is computed once, and only when the route has a policy.
     let mut set_cookie = None;
@@ -1596,11 +1727,17 @@ fn prepare_forward<'a>(
     };
     let (cluster, entry) = choose_cluster(f, &snapshot, req.headers(), hash, random);
     let Some(cluster) = cluster else {
+        if let Some(log) = &log {
+            log.set_flag(Flag::NoCluster);
+        }
         let status = f.cluster_not_found_status;
         hcm.unrouted
             .record(status.as_u16(), false, Flag::NoCluster.code(), 0.0);
         return Err(local_reply(hcm, status, ""));
     };
+    if let Some(log) = &log {
+        log.set_cluster(&cluster);
+    }
     let grpc = is_grpc(req.headers());
     let upgrade = is_websocket(req.headers());
     if upgrade && !f.websocket.unwrap_or(hcm.websocket) {
@@ -1609,7 +1746,14 @@ fn prepare_forward<'a>(
     let (endpoint, active) = match cluster.acquire(hash) {
         Ok(x) => x,
         Err(PickError::NoHealthyUpstream) => {
-            record(&cluster, 503, grpc, Flag::NoHealthyUpstream, start);
+            record(
+                &cluster,
+                503,
+                grpc,
+                Flag::NoHealthyUpstream,
+                start,
+                log.as_deref(),
+            );
             return Err(local_reply(
                 hcm,
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -1618,7 +1762,14 @@ fn prepare_forward<'a>(
         }
         Err(PickError::Overflow) => {
             cluster.stats.rq_pending_overflow.inc();
-            record(&cluster, 503, grpc, Flag::UpstreamOverflow, start);
+            record(
+                &cluster,
+                503,
+                grpc,
+                Flag::UpstreamOverflow,
+                start,
+                log.as_deref(),
+            );
             return Err(local_reply(
                 hcm,
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -1627,6 +1778,9 @@ fn prepare_forward<'a>(
         }
     };
     rctx.upstream_host = Some(endpoint.pool.addr);
+    if let Some(log) = &log {
+        log.set_host(endpoint.pool.addr);
+    }
 
     // ---- build the upstream request ----
     let (parts, body) = req.into_parts();
@@ -1839,7 +1993,22 @@ fn prepare_forward<'a>(
     .flatten()
     .any(HeaderOps::reads_request);
     let request_headers = reads_request.then(|| Box::new(up.headers().clone()));
+    if let Some(log) = &log {
+        log.set_sent(SentHead {
+            path: up
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+            authority: up
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+            headers: up.headers().clone(),
+        });
+    }
     Ok(Exchange {
+        log,
         request_headers,
         set_cookie,
         hcm,
@@ -1879,6 +2048,7 @@ impl Exchange<'_> {
             hash,
             request_headers,
             set_cookie,
+            log,
         } = self;
         cluster.stats.rq_total.inc();
         // The wait for the response head ends at the route timeout or, when it comes first, at
@@ -1892,11 +2062,25 @@ impl Exchange<'_> {
         };
         let timed_out = |cluster: &Cluster| {
             if head_limit.is_some_and(|(_, idle)| idle) {
-                record(cluster, 504, grpc, Flag::StreamIdleTimeout, start);
+                record(
+                    cluster,
+                    504,
+                    grpc,
+                    Flag::StreamIdleTimeout,
+                    start,
+                    log.as_deref(),
+                );
                 return local_reply(hcm, StatusCode::GATEWAY_TIMEOUT, "stream timeout");
             }
             cluster.stats.rq_timeout.inc();
-            record(cluster, 504, grpc, Flag::UpstreamTimeout, start);
+            record(
+                cluster,
+                504,
+                grpc,
+                Flag::UpstreamTimeout,
+                start,
+                log.as_deref(),
+            );
             local_reply(hcm, StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")
         };
         // A route with a retry policy keeps what it needs to send the request again; a streamed
@@ -1971,18 +2155,30 @@ impl Exchange<'_> {
                     UpstreamError::PerTryTimeout => (Flag::UpstreamTimeout, "upstream request timeout"),
                 };
                 tracing::debug!(cluster = %cluster.name, error = %e, "upstream request failed");
+                if let Some(log) = &log {
+                    match &e {
+                        UpstreamError::Connect(io) => log.set_connect_failure(io),
+                        UpstreamError::ConnectTimeout => log.set_details(
+                            "upstream_reset_before_response_started{connection_timeout}",
+                        ),
+                        _ => {}
+                    }
+                }
                 // Envoy answers an upstream protocol error with 502, every other failure with 503.
                 let status = if matches!(flag, Flag::UpstreamProtocolError) {
                     StatusCode::BAD_GATEWAY
                 } else {
                     StatusCode::SERVICE_UNAVAILABLE
                 };
-                record(&cluster, status.as_u16(), grpc, flag, start);
+                record(&cluster, status.as_u16(), grpc, flag, start, log.as_deref());
                 return local_reply(hcm, status, body);
             }
         };
         let status = response.status();
-        record(&cluster, status.as_u16(), grpc, flag, start);
+        record(&cluster, status.as_u16(), grpc, flag, start, log.as_deref());
+        if let Some(log) = &log {
+            log.set_details("via_upstream");
+        }
         drop(active);
 
         if status == StatusCode::SWITCHING_PROTOCOLS {
@@ -2193,7 +2389,17 @@ async fn send_with_retries(
     }
 }
 
-fn record(cluster: &Cluster, code: u16, grpc: bool, flag: Flag, start: Instant) {
+fn record(
+    cluster: &Cluster,
+    code: u16,
+    grpc: bool,
+    flag: Flag,
+    start: Instant,
+    log: Option<&LogSlot>,
+) {
+    if let Some(log) = log {
+        log.set_flag(flag);
+    }
     let ms = start.elapsed().as_secs_f64() * 1000.0;
     if !matches!(flag, Flag::None) || code < 600 {
         cluster.stats.record_code(code);

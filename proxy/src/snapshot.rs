@@ -82,6 +82,8 @@ pub struct HcmConfig {
     pub csrf_after_cors: bool,
     /// The external authorization filter (`envoy.filters.http.ext_authz`), when present.
     pub ext_authz: Option<Arc<crate::ext_authz::ExtAuthz>>,
+    /// The access logs (`access_log`), when there are any.
+    pub access_log: Option<Arc<crate::access_log::AccessLogs>>,
     /// The RBAC filters (`envoy.filters.http.rbac`), in order: a request must pass each.
     pub rbac: Vec<crate::rbac::RbacFilter>,
     pub server_name: HeaderValue,
