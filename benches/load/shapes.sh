@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CPU per request under load shapes that run.sh does not cover: request bodies (4 KiB and 1 MiB),
 # browser-sized request heads, a new connection per request, 1,000 connections, 100 KiB responses,
-# gzip-compressed 20 KiB JSON responses, and h2c multiplexed, uploading and downloading. Sluice, HAProxy and
+# gzip-compressed 20 KiB JSON responses, an access log line per request written to a file, and
+# h2c multiplexed, uploading and downloading. Sluice, HAProxy and
 # Envoy run one at a time, alternated, each on one worker pinned to CPU 1, with the load generator
 # and the nginx upstreams on CPU 0; a proxy's CPU time (user + system, from /proc/PID/stat) is read
 # before and after a 5 s run and divided by the requests served. Lower is better.
@@ -10,7 +11,7 @@
 #   ROUNDS=2 DURATION=5 SHAPES="get post close c1000 big h2 h2m10 h2m100" PROXIES="sluice haproxy envoy"
 #   SLUICE_BIN=… (default target/release/sluice); PROXIES="sluice sluice-base" with
 #   SLUICE_BASE_BIN=… compares two Sluice builds
-#   (more shapes: hdrs upload h2big h2post gzip)
+#   (more shapes: hdrs upload h2big h2post gzip alog)
 # Needs what run.sh needs (wrk, h2load, nginx, haproxy, envoy) and a release build.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
@@ -52,6 +53,19 @@ for name in ("sluice", "envoy"):
 cfg = open(f"{run}/haproxy.cfg").read()
 cfg = cfg.replace("backend be_split\n", "backend be_split\n    compression algo gzip\n    compression type application/json\n", 1)
 open(f"{work}/haproxy-gz.cfg", "w").write(cfg)
+# The alog shape's proxies: one access log line per request in Envoy's default format, to a file
+# (HAProxy: its HTTP log format, to its standard output, which goes to a file).
+for name in ("sluice", "envoy"):
+    text = open(f"{run}/{name}.yaml").read()
+    log = ("          access_log:\n"
+           "          - name: envoy.access_loggers.file\n"
+           "            typed_config:\n"
+           '              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n'
+           f"              path: {work}/{name}-access.log\n")
+    text = text.replace("          http_filters:\n", log + "          http_filters:\n", 1)
+    open(f"{work}/{name}-log.yaml", "w").write(text)
+cfg = cfg.replace("defaults\n", "defaults\n    log stdout format raw local0\n    option httplog\n", 1)
+open(f"{work}/haproxy-log.cfg", "w").write(cfg)
 PY
 for u in stable canary; do
   sed -e "$(upstream_extra_locations "$work")" -e "s|^pid .*|pid $work/$u.pid;|" "$run/upstream-$u.conf" > "$work/upstream-$u.conf"
@@ -69,15 +83,16 @@ port_of() { # the listener port of a proxy's config
 }
 
 start() { # proxy shape -> pid of the proxy itself (taskset execs it)
-  local cmd dir=$run gz=""
+  local cmd dir=$run gz="" out=/dev/null
   if [ "$2" = gzip ]; then dir=$work gz=-gz; fi
+  if [ "$2" = alog ]; then dir=$work gz=-log out=$work/$1-stdout.log; fi
   case $1 in
     sluice) cmd=("$sluice" proxy -c "$dir/sluice$gz.yaml" --concurrency 1 -l error) ;;
     sluice-base) cmd=("$sluice_base" proxy -c "$dir/sluice$gz.yaml" --concurrency 1 -l error) ;;
     haproxy) cmd=(haproxy -f "$dir/haproxy$gz.cfg") ;;
     envoy) cmd=(envoy -c "$dir/envoy$gz.yaml" --concurrency 1 --disable-hot-restart -l error) ;;
   esac
-  taskset -c 1 "${cmd[@]}" >/dev/null 2>&1 &
+  taskset -c 1 "${cmd[@]}" >"$out" 2>/dev/null &
   echo $!
 }
 
@@ -96,6 +111,7 @@ load() { # shape port seconds -> requests served
     c1000) taskset -c 0 wrk -t1 -c1000 -d${d}s "$url/" ;;
     big) taskset -c 0 wrk -t1 -c50 -d${d}s "$url/big" ;;
     gzip) taskset -c 0 wrk -t1 -c50 -d${d}s -H "Accept-Encoding: gzip" "$url/text" ;;
+    alog) taskset -c 0 wrk -t1 -c50 -d${d}s "$url/" ;;
     hdrs) taskset -c 0 wrk -t1 -c50 -d${d}s -s "$work/hdrs.lua" "$url/" ;;
     upload) taskset -c 0 wrk -t1 -c10 -d${d}s -s "$work/upload.lua" "$url/" ;;
     h2big) taskset -c 0 h2load -t1 -c50 -m1 -D "$d" "$url/big" ;;
@@ -127,6 +143,7 @@ describe() {
     c1000) echo "GET, keep-alive, 1,000 connections" ;;
     big) echo "GET of a 100 KiB response, keep-alive, 50 connections" ;;
     gzip) echo "GET of a 20 KiB JSON response compressed with gzip level 1, 50 connections" ;;
+    alog) echo "GET, keep-alive, 50 connections, an access log line per request to a file" ;;
     hdrs) echo "GET with a browser's request head (14 headers, 1.3 KiB), 50 connections" ;;
     upload) echo "POST 1 MiB body, keep-alive, 10 connections" ;;
     h2big) echo "h2c GET of a 100 KiB response, 50 connections x 1 stream" ;;

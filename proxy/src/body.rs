@@ -208,7 +208,7 @@ pub enum ResponseBody {
 #[derive(Debug)]
 pub struct LoggedBody {
     inner: ResponseBody,
-    entry: crate::access_log::LogEntry,
+    entry: Box<crate::access_log::LogEntry>,
 }
 
 impl Drop for LoggedBody {
@@ -219,7 +219,7 @@ impl Drop for LoggedBody {
 
 impl ResponseBody {
     /// `body`, writing `entry`'s lines when it ends.
-    pub fn logged(body: ResponseBody, entry: crate::access_log::LogEntry) -> ResponseBody {
+    pub fn logged(body: ResponseBody, entry: Box<crate::access_log::LogEntry>) -> ResponseBody {
         ResponseBody::Logged(Box::new(LoggedBody { inner: body, entry }))
     }
 }

@@ -599,41 +599,77 @@ pub async fn handle(
         *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
         return r;
     };
-    if let Some(logs) = &hcm.access_log {
-        // Boxed: the logged path must not grow every request's future.
-        return Box::pin(handle_logged(req, ctx, conn, &hcm, logs)).await;
+    let mut req = req;
+    // With access logs, the request's entry (boxed: it must not grow every request's future).
+    let log = hcm
+        .access_log
+        .as_ref()
+        .map(|logs| start_log(&mut req, ctx, &conn, &hcm, logs));
+    let grpc = is_grpc(req.headers());
+    // `always_set_request_id_in_response`: the request's id is settled here, before routing
+    // (which then keeps it), so that the response can carry it.
+    let response_id = hcm
+        .always_set_request_id_in_response
+        .then(|| settle_request_id(&hcm, &mut req))
+        .flatten();
+    // Pinned where it is made, so that the timeout holds a reference rather than a copy.
+    let route = std::pin::pin!(route_request(req, ctx, &hcm, conn));
+    let resp = match hcm.request_timeout {
+        Some(t) => match tokio::time::timeout(t, route).await {
+            Ok(r) => r,
+            Err(_) => local_reply(&hcm, StatusCode::REQUEST_TIMEOUT, "request timeout"),
+        },
+        None => route.await,
+    };
+    let mut resp = resp;
+    if grpc {
+        if let Some(LocalReply(text)) = resp.extensions().get::<LocalReply>().cloned() {
+            grpc_local_reply(&hcm, &mut resp, &text);
+        }
     }
-    handle_with(req, ctx, conn, &hcm).await
+    hcm.stats.record(resp.status().as_u16());
+    if let Some(via) = &hcm.via {
+        append_via(resp.headers_mut(), via);
+    }
+    if let Some(id) = response_id {
+        resp.headers_mut().insert(REQUEST_ID, id);
+    }
+    match log {
+        Some(entry) => end_log(resp, entry),
+        None => resp,
+    }
 }
 
-/// A request of a connection manager with access logs: its [`LogEntry`] is made from its head
-/// and rides on its response body, which writes the lines when it ends.
-async fn handle_logged(
-    mut req: Request<RequestBody>,
+/// The access log entry of a request, made from its head. The request gets the `LogSlot` that
+/// routing fills in, its settled id, and a body that counts its bytes.
+#[cold]
+fn start_log(
+    req: &mut Request<RequestBody>,
     ctx: &ListenerContext,
-    conn: ConnInfo,
+    conn: &ConnInfo,
     hcm: &Arc<HcmConfig>,
     logs: &Arc<AccessLogs>,
-) -> Response<ResponseBody> {
+) -> Box<LogEntry> {
     let wall = std::time::SystemTime::now();
     let start = Instant::now();
     // The id routing gives the request, settled now so that the log sees it.
     if hcm.generate_request_id {
-        settle_request_id(hcm, &mut req);
+        settle_request_id(hcm, req);
     }
     let slot = Arc::new(LogSlot::default());
     req.extensions_mut().insert(slot.clone());
     let mut headers = req.headers().clone();
     edge::sanitize_request(&mut headers, hcm, conn.remote, conn.secure);
     let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let req = crate::body::count_request_body(req, &received);
+    let taken = std::mem::replace(req, Request::new(RequestBody::Empty));
+    *req = crate::body::count_request_body(taken, &received);
     let health_check = hcm.health_check.as_ref().is_some_and(|h| {
         let mut buf = String::new();
         let raw = request_authority(req.uri(), req.headers());
         let host = match_host(raw, hcm, ctx.local.port(), &mut buf);
-        h.matches(&request_view(&req, host, conn.secure))
+        h.matches(&request_view(req, host, conn.secure))
     });
-    let mut entry = LogEntry {
+    Box::new(LogEntry {
         logs: logs.clone(),
         slot,
         wall,
@@ -656,51 +692,16 @@ async fn handle_logged(
         status: 0,
         response: HeaderMap::new(),
         sent_bytes: 0,
-    };
-    let resp = handle_with(req, ctx, conn, hcm).await;
+    })
+}
+
+/// The response, carrying its request's access log entry: the lines are written when its body
+/// ends.
+#[cold]
+fn end_log(resp: Response<ResponseBody>, mut entry: Box<LogEntry>) -> Response<ResponseBody> {
     entry.status = resp.status().as_u16();
     entry.response = resp.headers().clone();
     resp.map(|body| ResponseBody::logged(body, entry))
-}
-
-/// Handle one request of connection manager `hcm`.
-async fn handle_with(
-    req: Request<RequestBody>,
-    ctx: &ListenerContext,
-    conn: ConnInfo,
-    hcm: &Arc<HcmConfig>,
-) -> Response<ResponseBody> {
-    let grpc = is_grpc(req.headers());
-    // `always_set_request_id_in_response`: the request's id is settled here, before routing
-    // (which then keeps it), so that the response can carry it.
-    let mut req = req;
-    let response_id = hcm
-        .always_set_request_id_in_response
-        .then(|| settle_request_id(hcm, &mut req))
-        .flatten();
-    // Pinned where it is made, so that the timeout holds a reference rather than a copy.
-    let route = std::pin::pin!(route_request(req, ctx, hcm, conn));
-    let resp = match hcm.request_timeout {
-        Some(t) => match tokio::time::timeout(t, route).await {
-            Ok(r) => r,
-            Err(_) => local_reply(hcm, StatusCode::REQUEST_TIMEOUT, "request timeout"),
-        },
-        None => route.await,
-    };
-    let mut resp = resp;
-    if grpc {
-        if let Some(LocalReply(text)) = resp.extensions().get::<LocalReply>().cloned() {
-            grpc_local_reply(hcm, &mut resp, &text);
-        }
-    }
-    hcm.stats.record(resp.status().as_u16());
-    if let Some(via) = &hcm.via {
-        append_via(resp.headers_mut(), via);
-    }
-    if let Some(id) = response_id {
-        resp.headers_mut().insert(REQUEST_ID, id);
-    }
-    resp
 }
 
 /// The request's access log slot, when its connection manager has access logs.
