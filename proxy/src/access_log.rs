@@ -8,8 +8,8 @@
 //! reads the request after its filters and router changed it: generated ids, `x-forwarded-for`,
 //! rewritten paths and hosts). The response body then carries a [`LogEntry`] that counts the bytes
 //! sent and, when the body ends or is dropped (a client that goes away is logged too), renders one
-//! line per access log whose filter admits the request and hands it to the log's
-//! [`Sink`](crate::access_log_sink::Sink). A connection manager without access logs pays one
+//! line per access log whose filter admits the request and appends it to the log's
+//! [`Sink`](crate::access_log_sink::Sink), written out within a second. A connection manager without access logs pays one
 //! field test per request.
 //!
 //! Command operators: `START_TIME` (Envoy's default format, or a `strftime`-style one with `%s`,
@@ -606,7 +606,7 @@ impl LogEntry {
                     line.push('\n');
                 }
             }
-            log.sink.write(line.into_bytes());
+            log.sink.write(line.as_bytes());
         }
     }
 

@@ -1,21 +1,24 @@
 //! Where access log lines go: standard output, standard error or a file, each written by one
 //! thread of its own.
 //!
-//! A request never waits on the disk. Its line is handed to the sink's channel, and the sink's
-//! thread writes whatever has queued in one system call, then flushes; under load many lines go
-//! out together, and when idle each line is out as soon as it is made. All access logs that name
-//! the same file share one sink (and one open file), across reloads, as Envoy's access log
-//! manager shares them. Files are opened for appending when the configuration is compiled, so a
-//! path that cannot be opened refuses that configuration.
+//! A request never waits on the disk, and never wakes another thread. Its line is appended to
+//! the sink's buffer (a lock held for one copy); the sink's thread writes the buffer out once a
+//! second, as Envoy flushes its access log files, or as soon as it holds 64 KiB. All access
+//! logs that name the same file share one sink (and one open file), across reloads, as Envoy's
+//! access log manager shares them. Files are opened for appending when the configuration is
+//! compiled, so a path that cannot be opened refuses that configuration. [`flush_all`] writes
+//! what is buffered before the process exits.
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::mpsc::{Receiver, Sender};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::Duration;
 
-/// Most bytes written in one system call.
+/// Buffered bytes that get written at once, without waiting for the interval.
 const BATCH_BYTES: usize = 64 * 1024;
+/// The longest a line waits in the buffer (Envoy's default file flush interval).
+const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Where lines are written.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -25,31 +28,78 @@ pub enum Destination {
     File(PathBuf),
 }
 
-/// The sending end of one destination's writer.
-#[derive(Debug)]
+/// One destination's buffer and its writer.
 pub struct Sink {
-    tx: Sender<Vec<u8>>,
+    buffer: Mutex<Vec<u8>>,
+    /// Wakes the writer when the buffer is full, or for a flush.
+    wake: Condvar,
+    /// The writer's output, behind a lock so that [`flush_all`] can write from another thread.
+    out: Mutex<Box<dyn Write + Send>>,
     destination: Destination,
 }
 
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sink")
+            .field("destination", &self.destination)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Sink {
-    /// Queue one line (with its newline, when the format has one).
-    pub fn write(&self, line: Vec<u8>) {
-        // The writer thread lives as long as the process: a send cannot fail while it runs.
-        let _ = self.tx.send(line);
+    /// Append one line (with its newline, when the format has one).
+    pub fn write(&self, line: &[u8]) {
+        let mut buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
+        buffer.extend_from_slice(line);
+        if buffer.len() >= BATCH_BYTES {
+            self.wake.notify_one();
+        }
     }
 
     pub fn destination(&self) -> &Destination {
         &self.destination
     }
+
+    /// Write out what is buffered now.
+    fn flush(&self, spare: &mut Vec<u8>) {
+        {
+            let mut buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
+            std::mem::swap(&mut *buffer, spare);
+        }
+        if spare.is_empty() {
+            return;
+        }
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = out.write_all(spare).and_then(|()| out.flush()) {
+            tracing::warn!(error = %e, destination = ?self.destination, "access log write failed");
+        }
+        spare.clear();
+    }
+
+    /// The writer thread: wait for a full buffer or the interval, then write it out.
+    fn write_loop(&self) {
+        let mut spare = Vec::with_capacity(BATCH_BYTES);
+        loop {
+            {
+                let buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
+                let _ = self
+                    .wake
+                    .wait_timeout_while(buffer, FLUSH_INTERVAL, |b| b.len() < BATCH_BYTES);
+            }
+            self.flush(&mut spare);
+        }
+    }
+}
+
+fn sinks() -> &'static Mutex<HashMap<Destination, Arc<Sink>>> {
+    static SINKS: OnceLock<Mutex<HashMap<Destination, Arc<Sink>>>> = OnceLock::new();
+    SINKS.get_or_init(Default::default)
 }
 
 /// The sink of `destination`, shared with every access log that names it.
 pub fn open(destination: Destination) -> Result<Arc<Sink>, String> {
-    static SINKS: OnceLock<Mutex<HashMap<Destination, Arc<Sink>>>> = OnceLock::new();
-    let sinks = SINKS.get_or_init(Default::default);
-    // Held only while a configuration is compiled, never by a request.
-    let mut sinks = sinks.lock().unwrap_or_else(|e| e.into_inner());
+    // Held only while a configuration is compiled or at exit, never by a request.
+    let mut sinks = sinks().lock().unwrap_or_else(|e| e.into_inner());
     if let Some(sink) = sinks.get(&destination) {
         return Ok(sink.clone());
     }
@@ -64,34 +114,32 @@ pub fn open(destination: Destination) -> Result<Arc<Sink>, String> {
                 .map_err(|e| format!("cannot open access log file {}: {e}", path.display()))?,
         ),
     };
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name("access-log".into())
-        .spawn(move || write_lines(out, rx))
-        .map_err(|e| format!("cannot start the access log writer: {e}"))?;
     let sink = Arc::new(Sink {
-        tx,
+        buffer: Mutex::new(Vec::with_capacity(BATCH_BYTES)),
+        wake: Condvar::new(),
+        out: Mutex::new(out),
         destination: destination.clone(),
     });
+    let writer = sink.clone();
+    std::thread::Builder::new()
+        .name("access-log".into())
+        .spawn(move || writer.write_loop())
+        .map_err(|e| format!("cannot start the access log writer: {e}"))?;
     sinks.insert(destination, sink.clone());
     Ok(sink)
 }
 
-/// The writer thread: block for a line, take whatever else has queued, write it all at once.
-fn write_lines(mut out: Box<dyn Write + Send>, rx: Receiver<Vec<u8>>) {
-    let mut batch = Vec::with_capacity(BATCH_BYTES);
-    while let Ok(line) = rx.recv() {
-        batch.extend_from_slice(&line);
-        while batch.len() < BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(more) => batch.extend_from_slice(&more),
-                Err(_) => break,
-            }
-        }
-        if let Err(e) = out.write_all(&batch).and_then(|()| out.flush()) {
-            tracing::warn!(error = %e, "access log write failed");
-        }
-        batch.clear();
+/// Write out every sink's buffer (at exit).
+pub fn flush_all() {
+    let sinks: Vec<Arc<Sink>> = sinks()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .cloned()
+        .collect();
+    let mut spare = Vec::new();
+    for sink in sinks {
+        sink.flush(&mut spare);
     }
 }
 
@@ -108,9 +156,10 @@ mod tests {
         let b = open(Destination::File(path.clone())).unwrap();
         assert!(Arc::ptr_eq(&a, &b));
         for i in 0..100 {
-            a.write(format!("line {i}\n").into_bytes());
+            a.write(format!("line {i}\n").as_bytes());
         }
         let want: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        flush_all();
         let mut got = String::new();
         for _ in 0..200 {
             got = std::fs::read_to_string(&path).unwrap();

@@ -732,6 +732,7 @@ impl Proxy {
                 }
             }
         }
+        crate::access_log_sink::flush_all();
         tracing::info!("shutting down");
     }
 
