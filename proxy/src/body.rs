@@ -9,7 +9,6 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::Request;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
@@ -44,24 +43,19 @@ pub struct CountedBody {
     count: Arc<AtomicU64>,
 }
 
-/// Count the request's body bytes into `count`: at once when the body came whole with its head,
+/// Count the request body's bytes into `count`: at once when the body came whole with its head,
 /// else as it streams (a body that can be sent again, for retries, stays as it is).
-pub fn count_request_body(
-    req: Request<RequestBody>,
-    count: &Arc<AtomicU64>,
-) -> Request<RequestBody> {
-    match req.body() {
-        RequestBody::Empty | RequestBody::Full(None) => req,
-        RequestBody::Full(Some(b)) => {
-            count.store(b.len() as u64, Ordering::Relaxed);
-            req
-        }
-        _ => req.map(|inner| {
-            RequestBody::Counted(Box::new(CountedBody {
+pub fn count_request_body(body: &mut RequestBody, count: &Arc<AtomicU64>) {
+    match body {
+        RequestBody::Empty | RequestBody::Full(None) => {}
+        RequestBody::Full(Some(b)) => count.store(b.len() as u64, Ordering::Relaxed),
+        _ => {
+            let inner = std::mem::replace(body, RequestBody::Empty);
+            *body = RequestBody::Counted(Box::new(CountedBody {
                 inner,
                 count: count.clone(),
-            }))
-        }),
+            }));
+        }
     }
 }
 

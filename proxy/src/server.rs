@@ -661,8 +661,7 @@ fn start_log(
     let mut headers = req.headers().clone();
     edge::sanitize_request(&mut headers, hcm, conn.remote, conn.secure);
     let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let taken = std::mem::replace(req, Request::new(RequestBody::Empty));
-    *req = crate::body::count_request_body(taken, &received);
+    crate::body::count_request_body(req.body_mut(), &received);
     let health_check = hcm.health_check.as_ref().is_some_and(|h| {
         let mut buf = String::new();
         let raw = request_authority(req.uri(), req.headers());
