@@ -42,6 +42,7 @@ use crate::body::{BodyError, RequestBody, ResponseBody};
 use crate::buffer_pool;
 use crate::downstream_http1::read_more;
 use crate::h2_frame::{self as frame, flag, kind, setting, FrameHead, Reason};
+use crate::handler_pool::PooledHandler;
 use crate::hpack::{self, Field, Pseudo};
 use crate::server::{self, ConnInfo, ListenerContext};
 use crate::transport::Transport;
@@ -100,12 +101,12 @@ async fn run_stream(
     conn: ConnInfo,
 ) -> Option<(u32, Response<ResponseBody>)> {
     // Boxed, so that this future (which `FuturesUnordered` moves on push) stays small.
-    let mut handle = Box::pin(server::handle(req, &ctx, conn));
+    let mut handle = PooledHandler::new(server::handle(req, ctx, conn));
     poll_fn(|cx| {
         if shared.cancelled(cx) {
             return Poll::Ready(None);
         }
-        handle.as_mut().poll(cx).map(|r| Some((id, r)))
+        Pin::new(&mut handle).poll(cx).map(|r| Some((id, r)))
     })
     .await
 }

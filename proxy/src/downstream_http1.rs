@@ -31,6 +31,7 @@ use tokio::time::Instant;
 
 use crate::body::{BodyStream, FrameSender, RequestBody, ResponseBody};
 use crate::buffer_pool;
+use crate::handler_pool::PooledHandler;
 use crate::header_pool;
 use crate::http1_codec::{
     self, BodyFraming, ChunkedDecoder, CodecError, Decoded, HeadExtras, RequestHead, H2_PREFACE,
@@ -207,7 +208,7 @@ pub async fn serve<T: Transport>(
         let req = Request::from_parts(parts, body);
 
         let (written, body_read) = {
-            let mut handler = Box::pin(server::handle(req, &ctx, conn.clone()));
+            let mut handler = PooledHandler::new(server::handle(req, ctx.clone(), conn.clone()));
             let has_body = pump.is_some();
             let mut pumped = !has_body;
             let mut pump_ok = true;

@@ -39,6 +39,7 @@ pub mod ext_authz;
 pub mod fault;
 pub mod filter_chain_match;
 pub mod h2_frame;
+pub mod handler_pool;
 pub mod hash_policy;
 pub mod hash_ring;
 pub mod header_ops;

@@ -591,9 +591,11 @@ fn is_websocket(h: &HeaderMap) -> bool {
 /// Handle one request (with `request_timeout` when set).
 pub async fn handle(
     req: Request<RequestBody>,
-    ctx: &ListenerContext,
+    ctx: Arc<ListenerContext>,
     conn: ConnInfo,
 ) -> Response<ResponseBody> {
+    // Owned, so that the future is `'static` and its box can be pooled (`handler_pool`).
+    let ctx = &*ctx;
     let Some(hcm) = ctx.hcm(conn.chain) else {
         let mut r = Response::new(ResponseBody::empty());
         *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
