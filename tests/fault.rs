@@ -29,6 +29,18 @@ fn config(a: u16, b: u16) -> String {
         }
         r
     };
+    // A delay longer than the route's timeout: Envoy's router starts its timer after the
+    // fault filter, so the request is delayed and then answered, not timed out.
+    let slow_delay = {
+        let mut r = route(
+            "/slow-delay",
+            Some(fault(
+                json!({"delay": {"fixed_delay": "0.3s", "percentage": pct(100)}}),
+            )),
+        );
+        r["route"]["timeout"] = json!("0.2s");
+        r
+    };
     let routes_json = json!([
         route(
             "/abort",
@@ -42,6 +54,7 @@ fn config(a: u16, b: u16) -> String {
                 json!({"delay": {"fixed_delay": "0.3s", "percentage": pct(100)}})
             ))
         ),
+        slow_delay,
         route(
             "/both",
             Some(fault(json!({
@@ -151,6 +164,7 @@ fn cases() -> Vec<Case> {
     vec![
         ("/abort", vec![], None),
         ("/delay", vec![], ms(300)),
+        ("/slow-delay", vec![], ms(300)),
         ("/both", vec![], ms(200)),
         ("/no-percentage", vec![], None),
         ("/header", vec![], None),
@@ -217,10 +231,10 @@ async fn faults_are_injected_as_envoy_injects_them() {
     let status = |i: usize| got[i]["answer"]["status"].as_u64().unwrap_or(0);
     assert_eq!(
         (0..cases().len()).map(status).collect::<Vec<_>>(),
-        vec![503, 200, 418, 200, 200, 429, 451, 200, 200, 500, 200, 200, 200, 502]
+        vec![503, 200, 200, 418, 200, 200, 429, 451, 200, 200, 500, 200, 200, 200, 502]
     );
     assert_eq!(got[0]["answer"]["body"], "fault filter abort");
-    assert_eq!(got[11]["answer"]["grpc-status"], "14");
+    assert_eq!(got[12]["answer"]["grpc-status"], "14");
 
     // A 50 % abort, over 400 requests to each proxy.
     let mut sluice_aborted = 0;
@@ -246,7 +260,7 @@ async fn faults_are_injected_as_envoy_injects_them() {
             "envoy_http_fault_aborts_injected{{envoy_http_conn_manager_prefix=\"ingress_http\"}} {}",
             7 + sluice_aborted
         ),
-        "envoy_http_fault_delays_injected{envoy_http_conn_manager_prefix=\"ingress_http\"} 3".into(),
+        "envoy_http_fault_delays_injected{envoy_http_conn_manager_prefix=\"ingress_http\"} 4".into(),
         "envoy_http_fault_active_faults{envoy_http_conn_manager_prefix=\"ingress_http\"} 0".into(),
     ] {
         assert!(stats.contains(&line), "{line} missing from:\n{stats}");

@@ -2062,6 +2062,18 @@ impl Exchange<'_> {
             (None, Some(i)) => Some((i, true)),
             (None, None) => None,
         };
+        // The limit counts from the instant routing read the clock (no second reading), or from
+        // now after a fault delay, which Envoy's router does not count.
+        // A limit too far out to represent is no limit.
+        let head_limit = head_limit.and_then(|(t, idle)| {
+            let from = if matches!(flag, Flag::DelayInjected) {
+                Instant::now()
+            } else {
+                start
+            };
+            let at = from.checked_add(t)?;
+            Some((tokio::time::Instant::from_std(at), idle))
+        });
         let timed_out = |cluster: &Cluster| {
             if head_limit.is_some_and(|(_, idle)| idle) {
                 record(
@@ -2105,7 +2117,7 @@ impl Exchange<'_> {
                 replay,
             ));
             let (result, last, exhausted) = match head_limit {
-                Some((t, _)) => match tokio::time::timeout(t, retried).await {
+                Some((t, _)) => match tokio::time::timeout_at(t, retried).await {
                     Ok(r) => r,
                     Err(_) => return timed_out(&cluster),
                 },
@@ -2121,7 +2133,7 @@ impl Exchange<'_> {
             // timeout and then into this future's state would copy it each time.
             let send = std::pin::pin!(endpoint.pool.send(up, upgrade));
             let result = match head_limit {
-                Some((t, _)) => match tokio::time::timeout(t, send).await {
+                Some((t, _)) => match tokio::time::timeout_at(t, send).await {
                     Ok(r) => r,
                     Err(_) => {
                         observe(&cluster, &endpoint, &Err(UpstreamError::PerTryTimeout));
@@ -2177,7 +2189,8 @@ impl Exchange<'_> {
             }
         };
         let status = response.status();
-        record(&cluster, status.as_u16(), grpc, flag, start, log.as_deref());
+        // One reading of the clock for the histograms and `x-envoy-upstream-service-time`.
+        let service_time = record(&cluster, status.as_u16(), grpc, flag, start, log.as_deref());
         if let Some(log) = &log {
             log.set_details("via_upstream");
         }
@@ -2199,7 +2212,7 @@ impl Exchange<'_> {
         if !hcm.suppress_envoy_headers {
             rp.headers.insert(
                 UPSTREAM_SERVICE_TIME,
-                millis_value(start.elapsed().as_millis() as u64),
+                millis_value(service_time.as_millis() as u64),
             );
         }
         set_server(hcm, &mut rp.headers);
@@ -2398,16 +2411,18 @@ fn record(
     flag: Flag,
     start: Instant,
     log: Option<&LogSlot>,
-) {
+) -> std::time::Duration {
     if let Some(log) = log {
         log.set_flag(flag);
     }
-    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = start.elapsed();
+    let ms = elapsed.as_secs_f64() * 1000.0;
     if !matches!(flag, Flag::None) || code < 600 {
         cluster.stats.record_code(code);
         cluster.stats.rq_time.observe(ms);
     }
     cluster.istio.record(code, grpc, flag.code(), ms);
+    elapsed
 }
 
 #[cfg(test)]
