@@ -104,8 +104,8 @@ pub fn parse_request(
     max_head: usize,
 ) -> Result<Option<RequestHead>, CodecError> {
     // Offsets into `buf` of the target and of each header's name and value.
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
-    let (head_len, method, target, version, count) = {
+    let mut spans = Spans::default();
+    let (head_len, method, target, version) = {
         // httparse fills the headers it finds: the array needs no zeroing first.
         let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut []);
@@ -126,15 +126,15 @@ pub fn parse_request(
         let path = req.path.ok_or(CodecError::Malformed("request target"))?;
         let target = (path.as_ptr() as usize - base, path.len());
         let version = http1_version(req.version)?;
-        let count = header_spans(req.headers, base, &mut spans);
-        (head_len, method, target, version, count)
+        spans.record(req.headers, base);
+        (head_len, method, target, version)
     };
     let head = buf.split_to(head_len).freeze();
 
     let uri = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
         .map_err(|_| CodecError::Malformed("request target"))?;
     let mut framing = BodyFraming::Empty;
-    let (headers, f) = collect_headers(&head, &spans[..count])?;
+    let (headers, f) = collect_headers(&head, spans.as_slice())?;
     let FramingHeaders {
         chunked,
         length,
@@ -197,21 +197,50 @@ fn http1_version(minor: Option<u8>) -> Result<Version, CodecError> {
 /// Offsets of a header's name and value in the buffer that was parsed.
 type Span = (u32, u32, u32, u32);
 
-/// Record where each parsed header lies in the buffer starting at `base`; returns the count.
-fn header_spans(headers: &[httparse::Header<'_>], base: usize, spans: &mut [Span]) -> usize {
-    let mut count = 0;
-    for (h, slot) in headers.iter().zip(spans.iter_mut()) {
-        let name = h.name.as_ptr() as usize - base;
-        let value = h.value.as_ptr() as usize - base;
-        *slot = (
-            name as u32,
-            (name + h.name.len()) as u32,
-            value as u32,
-            (value + h.value.len()) as u32,
-        );
-        count += 1;
+/// Headers kept inline by [`Spans`]; a head with more (rare: browsers send about a dozen) puts
+/// its spans on the heap.
+const INLINE_SPANS: usize = 16;
+
+/// Where each parsed header lies in the buffer. Inline for the usual head: an array for the
+/// largest head allowed ([`MAX_HEADERS`]) would be zeroed on every parse (1.6 KiB, twice per
+/// proxied request).
+#[derive(Default)]
+struct Spans {
+    inline: [Span; INLINE_SPANS],
+    len: usize,
+    heap: Vec<Span>,
+}
+
+impl Spans {
+    /// Record the spans of `headers`, parsed from the buffer starting at `base`.
+    fn record(&mut self, headers: &[httparse::Header<'_>], base: usize) {
+        let span = |h: &httparse::Header<'_>| {
+            let name = h.name.as_ptr() as usize - base;
+            let value = h.value.as_ptr() as usize - base;
+            (
+                name as u32,
+                (name + h.name.len()) as u32,
+                value as u32,
+                (value + h.value.len()) as u32,
+            )
+        };
+        if headers.len() <= INLINE_SPANS {
+            for (h, slot) in headers.iter().zip(self.inline.iter_mut()) {
+                *slot = span(h);
+            }
+            self.len = headers.len();
+        } else {
+            self.heap = headers.iter().map(span).collect();
+        }
     }
-    count
+
+    fn as_slice(&self) -> &[Span] {
+        if self.heap.is_empty() {
+            &self.inline[..self.len]
+        } else {
+            &self.heap
+        }
+    }
 }
 
 /// The header at `span` of a frozen head; the value shares the head's bytes.
@@ -332,8 +361,8 @@ pub fn parse_response(
     head_request: bool,
     max_head: usize,
 ) -> Result<Option<ResponseHead>, CodecError> {
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
-    let (head_len, code, version, count) = {
+    let mut spans = Spans::default();
+    let (head_len, code, version) = {
         let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut []);
         let base = buf.as_ptr() as usize;
@@ -351,12 +380,12 @@ pub fn parse_response(
         };
         let version = http1_version(resp.version)?;
         let code = resp.code.ok_or(CodecError::Malformed("status"))?;
-        let count = header_spans(resp.headers, base, &mut spans);
-        (head_len, code, version, count)
+        spans.record(resp.headers, base);
+        (head_len, code, version)
     };
     let status = StatusCode::from_u16(code).map_err(|_| CodecError::Malformed("status"))?;
     let head = buf.split_to(head_len).freeze();
-    let (headers, f) = collect_headers(&head, &spans[..count])?;
+    let (headers, f) = collect_headers(&head, spans.as_slice())?;
     let mut keep_alive = !f.close && (version == Version::HTTP_11 || f.keep_alive_token);
     let framing = if head_request
         || status.is_informational()
@@ -921,6 +950,26 @@ mod tests {
         let many: String = (0..=MAX_HEADERS).map(|i| format!("h{i}: v\r\n")).collect();
         let e = parse(&format!("GET / HTTP/1.1\r\n{many}\r\n")).unwrap_err();
         assert_eq!(e.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    }
+
+    #[test]
+    fn heads_with_more_headers_than_kept_inline_keep_them_all() {
+        for n in [INLINE_SPANS, INLINE_SPANS + 1, MAX_HEADERS - 1] {
+            let extra: String = (1..n).map(|i| format!("h{i}: v{i}\r\n")).collect();
+            let head = parse(&format!("GET / HTTP/1.1\r\nHost: x\r\n{extra}\r\n"))
+                .unwrap()
+                .unwrap();
+            let h = head.request.headers();
+            assert_eq!(h.len(), n, "{n} headers");
+            assert_eq!(h["host"], "x");
+            assert_eq!(h[format!("h{}", n - 1).as_str()], format!("v{}", n - 1));
+
+            let mut buf = BytesMut::from(
+                format!("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n{extra}\r\n").as_str(),
+            );
+            let resp = parse_response(&mut buf, false, 64 * 1024).unwrap().unwrap();
+            assert_eq!(resp.headers.len(), n, "{n} response headers");
+        }
     }
 
     #[test]
