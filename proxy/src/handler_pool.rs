@@ -7,52 +7,89 @@
 //! allocator's slow path (`_int_malloc`, `_int_free`, and the consolidation of free chunks): about
 //! 2 % of a proxy core under load.
 //!
-//! Here a request's future goes into a box taken from the worker thread's pool, and the box goes
-//! back once the future has finished (the response head is ready; the body streams on without it).
+//! Here a request's future is written into memory taken from the worker thread's pool, and the
+//! memory goes back once the future has finished (the response head is ready; the body streams on without it).
 //! A busy worker cycles through as many boxes as it has requests in flight, and an idle connection
 //! holds none. A future dropped before it finished (the client went away) is freed with its box.
 //! Each pool keeps at most [`MAX_POOLED`] boxes.
 
+use std::alloc::{self, Layout};
 use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
+use std::ptr::NonNull;
 use std::task::{Context, Poll};
 
 use http::Response;
-use tokio_util::sync::ReusableBoxFuture;
 
 use crate::body::ResponseBody;
 
 /// Boxes kept per thread.
 pub const MAX_POOLED: usize = 64;
 
-type Slot = ReusableBoxFuture<'static, Response<ResponseBody>>;
+type Handler = Pin<Box<dyn Future<Output = Response<ResponseBody>> + Send>>;
+
+/// The memory of a box whose future has finished and been dropped: allocated by the global
+/// allocator with `layout`, holding no value, owned by this block alone.
+struct Block {
+    ptr: NonNull<u8>,
+    layout: Layout,
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        // SAFETY: a block is only made (in `recycle`) from a box's allocation of non-zero size,
+        // made by the global allocator with `layout` (`Layout::for_value` of the value it held is
+        // the layout `Box` allocated it with); nothing else refers to it, so it is freed once.
+        unsafe { alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+    }
+}
 
 thread_local! {
-    static POOL: RefCell<Vec<Slot>> = const { RefCell::new(Vec::new()) };
+    static POOL: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A request's future in a pooled box.
 pub struct PooledHandler {
-    /// `None` once the future has finished and the box has gone back to the pool.
-    slot: Option<Slot>,
+    /// `None` once the future has finished and its box has gone back to the pool.
+    future: Option<Handler>,
 }
 
 impl PooledHandler {
     /// Put `future` in a box from this thread's pool (a new box when the pool is empty, or when
-    /// the pooled box was made for a future of another size).
+    /// the pooled box was made for a future of another layout).
     pub fn new<F>(future: F) -> Self
     where
         F: Future<Output = Response<ResponseBody>> + Send + 'static,
     {
-        let slot = match POOL.with(|p| p.borrow_mut().pop()) {
-            Some(mut slot) => {
-                slot.set(future);
-                slot
+        let layout = Layout::new::<F>();
+        let block = POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            match p.last() {
+                Some(b) if b.layout == layout => p.pop(),
+                _ => None,
             }
-            None => ReusableBoxFuture::new(future),
+        });
+        let boxed = match block {
+            Some(block) => {
+                let ptr = block.ptr.cast::<F>().as_ptr();
+                // The memory now belongs to the box made below.
+                std::mem::forget(block);
+                // SAFETY: `ptr` is valid for a write of an `F` and aligned for it: the block was
+                // allocated by the global allocator with `Layout::new::<F>()` (its layout is
+                // equal, checked above) and holds no value, so the write drops nothing. After it
+                // the memory holds a valid `F` and was allocated with `F`'s layout by the global
+                // allocator, which is what `Box::from_raw` requires; the box is its only owner.
+                unsafe {
+                    ptr.write(future);
+                    Box::from_raw(ptr)
+                }
+            }
+            None => Box::new(future),
         };
-        PooledHandler { slot: Some(slot) }
+        PooledHandler {
+            future: Some(Box::into_pin(boxed)),
+        }
     }
 }
 
@@ -60,29 +97,38 @@ impl Future for PooledHandler {
     type Output = Response<ResponseBody>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let Some(slot) = self.slot.as_mut() else {
+        let Some(future) = self.future.as_mut() else {
             // Polled again after it finished: a caller's bug, answered as a stalled future
             // rather than a panic on the request path.
             return Poll::Pending;
         };
-        let out = slot.poll(cx);
+        let out = future.as_mut().poll(cx);
         if out.is_ready() {
-            // The finished future holds nothing: its box can serve the next request.
-            if let Some(slot) = self.slot.take() {
-                give(slot);
+            if let Some(future) = self.future.take() {
+                recycle(future);
             }
         }
         out
     }
 }
 
-fn give(slot: Slot) {
-    POOL.with(|p| {
-        let mut p = p.borrow_mut();
-        if p.len() < MAX_POOLED {
-            p.push(slot);
-        }
-    });
+/// Drop a finished future in place and keep its box's memory for the next request.
+fn recycle(future: Handler) {
+    let layout = Layout::for_value::<dyn Future<Output = Response<ResponseBody>> + Send>(&*future);
+    let full = POOL.with(|p| p.borrow().len() >= MAX_POOLED);
+    if full || layout.size() == 0 {
+        // A zero-sized future has no allocation to keep.
+        return;
+    }
+    // SAFETY: the value is dropped in place just below, before its memory is reused or freed,
+    // and is never used again; that is all `Pin` asks of memory that held a pinned value.
+    let raw = Box::into_raw(unsafe { Pin::into_inner_unchecked(future) });
+    // SAFETY: `raw` comes from `Box::into_raw`: valid, aligned, holding a live value that nothing
+    // else refers to; it is dropped exactly once, here, and the memory is kept only as a block.
+    unsafe { std::ptr::drop_in_place(raw) };
+    if let Some(ptr) = NonNull::new(raw.cast::<u8>()) {
+        POOL.with(|p| p.borrow_mut().push(Block { ptr, layout }));
+    }
 }
 
 #[cfg(test)]
@@ -135,6 +181,34 @@ mod tests {
             "the future's state was dropped"
         );
         assert_eq!(pooled(), 0, "an unfinished box is not pooled");
+    }
+
+    #[tokio::test]
+    async fn a_future_of_another_layout_gets_a_box_of_its_own() {
+        POOL.with(|p| p.borrow_mut().clear());
+        PooledHandler::new(async { ok() }).await;
+        assert_eq!(pooled(), 1);
+        // A larger state: the pooled block does not fit it and stays pooled.
+        let big = [7u8; 512];
+        let other = PooledHandler::new(async move {
+            tokio::task::yield_now().await;
+            let mut r = ok();
+            *r.status_mut() = http::StatusCode::from_u16(200 + u16::from(big[511] % 2)).unwrap();
+            r
+        });
+        assert_eq!(pooled(), 1, "the other layout's block was left in the pool");
+        assert_eq!(other.await.status(), 201);
+        assert_eq!(pooled(), 2);
+        // A future of the same layout (even of another type) reuses the block on top.
+        let again = PooledHandler::new(async move {
+            tokio::task::yield_now().await;
+            let mut r = ok();
+            *r.status_mut() = http::StatusCode::from_u16(200 + u16::from(big[0] % 2)).unwrap();
+            r
+        });
+        assert_eq!(pooled(), 1, "the same layout's block was taken");
+        assert_eq!(again.await.status(), 201);
+        assert_eq!(pooled(), 2);
     }
 
     #[tokio::test]
