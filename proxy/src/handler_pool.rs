@@ -8,10 +8,10 @@
 //! 2 % of a proxy core under load.
 //!
 //! Here a request's future is written into memory taken from the worker thread's pool, and the
-//! memory goes back once the future has finished (the response head is ready; the body streams on without it).
-//! A busy worker cycles through as many boxes as it has requests in flight, and an idle connection
-//! holds none. A future dropped before it finished (the client went away) is freed with its box.
-//! Each pool keeps at most [`MAX_POOLED`] boxes.
+//! memory goes back once the future has finished (the response head is ready; the body streams on
+//! without it). A busy worker cycles through as many boxes as it has requests in flight, and an
+//! idle connection holds none. A future dropped before it finished (the client went away) is freed
+//! with its box. Each pool keeps at most [`MAX_POOLED`] boxes.
 
 use std::alloc::{self, Layout};
 use std::cell::RefCell;
