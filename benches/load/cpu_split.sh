@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Where each proxy's CPU per request goes: user space against the kernel, and the system calls it
 # makes, under run.sh's HTTP/1.1 load (wrk -c50, one worker pinned to CPU 1, the load generator and
-# the nginx upstreams on CPU 0). nginx, HAProxy and Sluice run one at a time, ROUNDS times each.
+# the nginx upstreams on CPU 0). nginx, HAProxy and Sluice (and Envoy when PROXIES names it) run
+# one at a time, ROUNDS times each.
 # User and system time come from /proc/PID/stat (clock ticks) over a DURATION-second window; the
 # system calls from `perf stat` tracepoints over the same window, when perf is there.
 #   benches/load/cpu_split.sh [RUN_DIR]      # RUN_DIR: the rendered configs of a run.sh run
-#   ROUNDS=3 DURATION=5 PROXIES="nginx haproxy sluice"
+#   ROUNDS=3 DURATION=5 PROXIES="nginx haproxy sluice"   # or "nginx haproxy envoy sluice"
 # Needs what run.sh needs, and linux-perf for the system-call columns.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
@@ -29,7 +30,7 @@ port_of() {
   case $1 in
     nginx) grep -o 'listen 127.0.0.1:[0-9]*' "$run/nginx-proxy.conf" | head -1 | cut -d: -f2 ;;
     haproxy) grep -o 'bind 127.0.0.1:[0-9]*' "$run/haproxy.cfg" | head -1 | cut -d: -f2 ;;
-    sluice) grep -o 'port_value: [0-9]*' "$run/sluice.yaml" | sed -n 2p | cut -d' ' -f2 ;;
+    sluice|envoy) grep -o 'port_value: [0-9]*' "$run/$1.yaml" | sed -n 2p | cut -d' ' -f2 ;;
   esac
 }
 
@@ -43,6 +44,7 @@ start() {
       pgrep -P "$(cat "$work/proxy.pid")" | head -1 ;;
     haproxy) taskset -c 1 haproxy -f "$run/haproxy.cfg" >/dev/null 2>&1 & echo $! ;;
     sluice) taskset -c 1 "$sluice" proxy -c "$run/sluice.yaml" --concurrency 1 -l error >/dev/null 2>&1 & echo $! ;;
+    envoy) taskset -c 1 envoy -c "$run/envoy.yaml" --concurrency 1 --disable-hot-restart -l error >/dev/null 2>&1 & echo $! ;;
   esac
 }
 
@@ -54,8 +56,9 @@ stop() {
   while kill -0 "$2" 2>/dev/null; do sleep 0.1; done
 }
 
+# PERF=0: no system-call counts (perf's tracepoints add to the system time they measure).
 have_perf=0
-perf stat -e raw_syscalls:sys_enter -- true >/dev/null 2>&1 && have_perf=1
+[ "${PERF:-1}" = 1 ] && perf stat -e raw_syscalls:sys_enter -- true >/dev/null 2>&1 && have_perf=1
 events="raw_syscalls:sys_enter,syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendto,syscalls:sys_enter_writev,syscalls:sys_enter_epoll_wait"
 tick=$(getconf CLK_TCK)
 results="$work/results.tsv"
