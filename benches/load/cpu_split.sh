@@ -7,7 +7,8 @@
 # system calls from `perf stat` tracepoints over the same window, when perf is there.
 #   benches/load/cpu_split.sh [RUN_DIR]      # RUN_DIR: the rendered configs of a run.sh run
 #   ROUNDS=3 DURATION=5 PROXIES="nginx haproxy sluice"   # or "nginx haproxy envoy sluice"
-# Needs what run.sh needs, and linux-perf for the system-call columns.
+# Needs what run.sh needs, and linux-perf for the system-call columns. Envoy reads with readv,
+# which only the total of system calls counts (its recvfrom column stays 0).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
 run=${1:-$(ls -d "$here"/target/bench/*/run 2>/dev/null | tail -1)}
