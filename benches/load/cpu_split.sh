@@ -7,6 +7,7 @@
 # system calls from `perf stat` tracepoints over the same window, when perf is there.
 #   benches/load/cpu_split.sh [RUN_DIR]      # RUN_DIR: the rendered configs of a run.sh run
 #   ROUNDS=3 DURATION=5 PROXIES="nginx haproxy sluice"   # or "nginx haproxy envoy sluice"
+#   LOAD=h2c: h2load -c50 -m1 (run.sh's h2c load) instead of wrk; nginx on its `http2` listener
 # Needs what run.sh needs, and linux-perf for the system-call columns. Envoy reads with readv,
 # which only the total of system calls counts (its recvfrom column stays 0).
 set -euo pipefail
@@ -16,6 +17,8 @@ run=${1:-$(ls -d "$here"/target/bench/*/run 2>/dev/null | tail -1)}
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
 PROXIES=${PROXIES:-"nginx haproxy sluice"}
+LOAD=${LOAD:-h1}
+case $LOAD in h1|h2c) ;; *) echo "LOAD is h1 or h2c, not '$LOAD'" >&2; exit 2 ;; esac
 sluice=${SLUICE_BIN:-$here/target/release/sluice}
 . "$here/benches/load/fixtures.sh"
 work=$(mktemp -d)
@@ -29,7 +32,12 @@ sleep 0.5
 
 port_of() {
   case $1 in
-    nginx) grep -o 'listen 127.0.0.1:[0-9]*' "$run/nginx-proxy.conf" | head -1 | cut -d: -f2 ;;
+    nginx)
+      if [ "$LOAD" = h2c ]; then
+        grep -o 'listen 127.0.0.1:[0-9]* http2' "$run/nginx-proxy.conf" | head -1 | cut -d: -f2 | cut -d' ' -f1
+      else
+        grep -o 'listen 127.0.0.1:[0-9]*' "$run/nginx-proxy.conf" | head -1 | cut -d: -f2
+      fi ;;
     haproxy) grep -o 'bind 127.0.0.1:[0-9]*' "$run/haproxy.cfg" | head -1 | cut -d: -f2 ;;
     sluice|envoy) grep -o 'port_value: [0-9]*' "$run/$1.yaml" | sed -n 2p | cut -d' ' -f2 ;;
   esac
@@ -57,6 +65,15 @@ stop() {
   while kill -0 "$2" 2>/dev/null; do sleep 0.1; done
 }
 
+# load SECONDS PORT: run the load on CPU 0 and print how many requests succeeded.
+load() {
+  if [ "$LOAD" = h2c ]; then
+    taskset -c 0 h2load -t1 -c50 -m1 -D "$1" "http://127.0.0.1:$2/" | awk '/^requests:/ {print $8}'
+  else
+    taskset -c 0 wrk -t1 -c50 -d"$1s" "http://127.0.0.1:$2/" | awk '/requests in/ {print $1}'
+  fi
+}
+
 # PERF=0: no system-call counts (perf's tracepoints add to the system time they measure).
 have_perf=0
 [ "${PERF:-1}" = 1 ] && perf stat -e raw_syscalls:sys_enter -- true >/dev/null 2>&1 && have_perf=1
@@ -68,13 +85,13 @@ for round in $(seq "$ROUNDS"); do
     pid=$(start "$proxy")
     sleep 1
     port=$(port_of "$proxy")
-    taskset -c 0 wrk -t1 -c50 -d2s "http://127.0.0.1:$port/" >/dev/null
+    load 2 "$port" >/dev/null
     read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
     if [ "$have_perf" = 1 ]; then
       perf stat -x, -e "$events" -p "$pid" -o "$work/perf.txt" -- sleep "$DURATION" &
       perf_pid=$!
     fi
-    n=$(taskset -c 0 wrk -t1 -c50 -d"${DURATION}s" "http://127.0.0.1:$port/" | awk '/requests in/ {print $1}')
+    n=$(load "$DURATION" "$port")
     [ "$have_perf" = 1 ] && wait "$perf_pid"
     read -r u2 s2 < <(awk '{print $14, $15}' "/proc/$pid/stat")
     calls="- - - - -"
@@ -86,11 +103,11 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
-python3 - "$results" "$PROXIES" <<'EOF'
+python3 - "$results" "$PROXIES" "$LOAD" <<'EOF'
 import sys, statistics
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
 proxies = sys.argv[2].split()
-print("µs of CPU per request and system calls per request (median of rounds)\n")
+print(f"µs of CPU per request and system calls per request ({sys.argv[3]}, median of rounds)\n")
 print("| proxy | user µs | system µs | total µs | system calls | recvfrom | sendto | writev | epoll_wait |")
 print("|---|---|---|---|---|---|---|---|---|")
 for p in proxies:

@@ -6,6 +6,7 @@
 # the dump is divided by the requests served.
 #   benches/load/instructions.sh [RUN_DIR]   # RUN_DIR: the rendered configs of a run.sh run
 #   SHAPES="h1 h2" PROXIES="sluice haproxy nginx" SLUICE_BIN=target/release/sluice
+#   KEEP=DIR keeps the callgrind files there, for `callgrind_annotate --inclusive=yes FILE`
 # nginx runs as one process (`master_process off`), so its worker is the process counted.
 # Needs valgrind, wrk, h2load, nginx, haproxy, and a release build.
 set -euo pipefail
@@ -71,6 +72,7 @@ for shape in $SHAPES; do
     kill "$vpid"
     wait "$vpid" 2>/dev/null || true
     ir=$(awk '/^summary:/ {print $2}' "$out".*.1)
+    if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$out".*.1 "$KEEP/$proxy.$shape.callgrind"; fi
     row="$row $(python3 -c "print(f'{$ir / $n:,.0f}')") |"
   done
   echo "$row"
