@@ -1,8 +1,8 @@
 //! Per-thread pools of the boxes that hold requests' futures.
 //!
-//! A request's future ([`crate::server::handle`]) is about 4 KiB: routing, the upstream exchange
-//! and its retries all live in it. The connection boxes it so that its own future stays small
-//! (ten thousand idle connections would otherwise each carry 4 KiB more). A box that size is past
+//! A request's future ([`crate::server::handle`]) is about 2 KiB: the request, routing and the
+//! upstream exchange live in it. The connection boxes it so that its own future stays small
+//! (ten thousand idle connections would otherwise each carry 2 KiB more). A box that size is past
 //! what the C allocator serves from its per-thread cache, so boxing per request went through the
 //! allocator's slow path (`_int_malloc`, `_int_free`, and the consolidation of free chunks): about
 //! 2 % of a proxy core under load.

@@ -144,6 +144,19 @@ impl std::fmt::Debug for EndpointPool {
     }
 }
 
+/// What an HTTP/1.1 exchange needs to know of its request once the head is encoded.
+#[derive(Clone, Copy)]
+struct H1Request {
+    /// The body goes in chunks (`transfer-encoding: chunked`).
+    chunked: bool,
+    /// A HEAD request: its response has no body whatever its framing says.
+    head_request: bool,
+    /// It may be sent again on another connection (RFC 9110 9.2.2).
+    idempotent: bool,
+    /// It asks for a fresh connection that may be upgraded.
+    upgrade: bool,
+}
+
 impl EndpointPool {
     /// A new, empty pool.
     pub fn new(addr: SocketAddr, settings: PoolSettings) -> Arc<Self> {
@@ -201,14 +214,20 @@ impl EndpointPool {
     }
 
     /// Send a request. `upgrade` asks for a fresh HTTP/1.1 connection that may be upgraded.
-    pub async fn send(
+    ///
+    /// Not an `async fn`: an async function keeps its arguments in its future for as long as it
+    /// runs, so the request (264 bytes) would stay in every request's future, beside the copy
+    /// the protocol's own future holds. The choice of protocol needs no waiting.
+    pub fn send(
         self: &Arc<Self>,
         req: Request<RequestBody>,
         upgrade: bool,
-    ) -> Result<Response<ResponseBody>, UpstreamError> {
+    ) -> impl std::future::Future<Output = Result<Response<ResponseBody>, UpstreamError>> + Send + '_
+    {
+        use futures_util::future::Either;
         match self.settings.protocol {
-            UpstreamProtocol::Http2 if !upgrade => self.send_h2(req).await,
-            _ => self.send_h1(req, upgrade).await,
+            UpstreamProtocol::Http2 if !upgrade => Either::Left(self.send_h2(req)),
+            _ => Either::Right(self.send_h1(req, upgrade)),
         }
     }
 
@@ -287,19 +306,69 @@ impl EndpointPool {
         }
     }
 
-    async fn send_h1(
+    /// Write the request's head (and a body that came whole with it) into a buffer, then send it
+    /// over an HTTP/1.1 connection. The head is encoded here, before any waiting, so that the
+    /// returned future holds the encoded bytes and the body rather than the request.
+    fn send_h1(
         self: &Arc<Self>,
         req: Request<RequestBody>,
         upgrade: bool,
-    ) -> Result<Response<ResponseBody>, UpstreamError> {
+    ) -> impl std::future::Future<Output = Result<Response<ResponseBody>, UpstreamError>> + Send + '_
+    {
         let head_request = req.method() == http::Method::HEAD;
         // RFC 9110 9.2.2: only an idempotent request may be sent again by itself.
         let idempotent = req.method().is_idempotent();
         let mut head = buffer_pool::take_write();
         let framing = upstream_http1::encode_head(&mut head, &req);
         let chunked = framing == crate::http1_codec::RequestBodyFraming::Chunked;
-        let (parts, mut body) = req.into_parts();
+        let (parts, body) = req.into_parts();
         crate::header_pool::give(parts.headers);
+        self.exchange_h1(
+            head,
+            body,
+            H1Request {
+                chunked,
+                head_request,
+                idempotent,
+                upgrade,
+            },
+        )
+    }
+
+    /// An idle HTTP/1.1 connection, or a new one when there is none (or `upgrade` wants a fresh
+    /// one).
+    async fn connection_h1(
+        self: &Arc<Self>,
+        upgrade: bool,
+    ) -> Result<Http1Connection, UpstreamError> {
+        let idle = if upgrade { None } else { self.take_idle() };
+        if let Some(c) = idle {
+            return Ok(c);
+        }
+        if let Some(c) = self.wait_for_connection(!upgrade).await? {
+            return Ok(c);
+        }
+        let (open, budget) = (&self.open_connections, &self.settings.budget);
+        self.open(
+            |stream| async move { Ok(Http1Connection::new(stream, open.clone(), budget.clone())) },
+        )
+        .await
+    }
+
+    /// Send an encoded head and its body, on another kept-alive connection when one turns out
+    /// to have been closed by the upstream (idempotent requests only).
+    async fn exchange_h1(
+        self: &Arc<Self>,
+        mut head: Vec<u8>,
+        mut body: RequestBody,
+        req: H1Request,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        let H1Request {
+            chunked,
+            head_request,
+            idempotent,
+            upgrade,
+        } = req;
         // A body taken whole with the head leaves the request retryable.
         if !chunked {
             if let Err(e) = upstream_http1::take_ready_body(&mut head, &mut body).await {
@@ -310,28 +379,9 @@ impl EndpointPool {
         let mut attempts = 0;
         let result = loop {
             attempts += 1;
-            let idle = if upgrade { None } else { self.take_idle() };
-            let idle = match idle {
-                Some(c) => Some(c),
-                None => match self.wait_for_connection(!upgrade).await {
-                    Ok(c) => c,
-                    Err(e) => break Err(e),
-                },
-            };
-            let mut conn = match idle {
-                Some(c) => c,
-                None => {
-                    let (open, budget) = (&self.open_connections, &self.settings.budget);
-                    let opened = self
-                        .open(|stream| async move {
-                            Ok(Http1Connection::new(stream, open.clone(), budget.clone()))
-                        })
-                        .await;
-                    match opened {
-                        Ok(c) => c,
-                        Err(e) => break Err(e),
-                    }
-                }
+            let mut conn = match self.connection_h1(upgrade).await {
+                Ok(c) => c,
+                Err(e) => break Err(e),
             };
             let reused = conn.uses > 0;
             conn.uses = conn.uses.saturating_add(1);
@@ -359,39 +409,46 @@ impl EndpointPool {
         result
     }
 
-    async fn send_h2(
+    /// Send a request over the endpoint's HTTP/2 connection, made first when there is none.
+    /// An `async move` block rather than an `async fn`, which would keep a second copy of the
+    /// request in its future.
+    #[allow(clippy::manual_async_fn)] // deliberately not an `async fn`: see above
+    fn send_h2(
         self: &Arc<Self>,
         req: Request<RequestBody>,
-    ) -> Result<Response<ResponseBody>, UpstreamError> {
-        let current = self.h2.load_full().filter(|s| !s.is_closed());
-        let mut sender = match current {
-            Some(s) => (*s).clone(),
-            None => {
-                self.wait_for_connection(false).await?;
-                let (sender, conn) = self
-                    .open(|stream| async move {
-                        http2::Builder::new(TokioExecutor::new())
-                            .timer(TokioTimer::new())
-                            .handshake(TokioIo::new(stream))
-                            .await
-                            .map_err(UpstreamError::Reset)
-                    })
-                    .await?;
-                let pool = self.clone();
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                    pool.connection_closed();
-                });
-                self.h2.store(Some(Arc::new(sender.clone())));
-                sender
-            }
-        };
-        sender.ready().await.map_err(UpstreamError::Reset)?;
-        let response = sender
-            .send_request(req)
-            .await
-            .map_err(UpstreamError::Reset)?;
-        Ok(response.map(|b| ResponseBody::Http2(b, Default::default())))
+    ) -> impl std::future::Future<Output = Result<Response<ResponseBody>, UpstreamError>> + Send + '_
+    {
+        async move {
+            let current = self.h2.load_full().filter(|s| !s.is_closed());
+            let mut sender = match current {
+                Some(s) => (*s).clone(),
+                None => {
+                    self.wait_for_connection(false).await?;
+                    let (sender, conn) = self
+                        .open(|stream| async move {
+                            http2::Builder::new(TokioExecutor::new())
+                                .timer(TokioTimer::new())
+                                .handshake(TokioIo::new(stream))
+                                .await
+                                .map_err(UpstreamError::Reset)
+                        })
+                        .await?;
+                    let pool = self.clone();
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                        pool.connection_closed();
+                    });
+                    self.h2.store(Some(Arc::new(sender.clone())));
+                    sender
+                }
+            };
+            sender.ready().await.map_err(UpstreamError::Reset)?;
+            let response = sender
+                .send_request(req)
+                .await
+                .map_err(UpstreamError::Reset)?;
+            Ok(response.map(|b| ResponseBody::Http2(b, Default::default())))
+        }
     }
 
     /// Dial and set the connection up (an HTTP/2 handshake, or wrapping it for HTTP/1.1) on a
