@@ -30,19 +30,6 @@ start_run_upstreams "$run" "$work"
 sed -e "s|^pid .*|pid $work/proxy.pid;|" "$run/nginx-proxy.conf" > "$work/nginx-proxy.conf"
 sleep 0.5
 
-port_of() {
-  case $1 in
-    nginx)
-      if [ "$LOAD" = h2c ]; then
-        grep -o 'listen 127.0.0.1:[0-9]* http2' "$run/nginx-proxy.conf" | head -1 | cut -d: -f2 | cut -d' ' -f1
-      else
-        grep -o 'listen 127.0.0.1:[0-9]*' "$run/nginx-proxy.conf" | head -1 | cut -d: -f2
-      fi ;;
-    haproxy) grep -o 'bind 127.0.0.1:[0-9]*' "$run/haproxy.cfg" | head -1 | cut -d: -f2 ;;
-    sluice|envoy) grep -o 'port_value: [0-9]*' "$run/$1.yaml" | sed -n 2p | cut -d' ' -f2 ;;
-  esac
-}
-
 # proxy -> the pid doing the work (nginx: its worker)
 start() {
   case $1 in
@@ -84,7 +71,7 @@ for round in $(seq "$ROUNDS"); do
   for proxy in $PROXIES; do
     pid=$(start "$proxy")
     sleep 1
-    port=$(port_of "$proxy")
+    port=$(run_proxy_port "$run" "$proxy" "$LOAD")
     load 2 "$port" >/dev/null
     read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
     if [ "$have_perf" = 1 ]; then

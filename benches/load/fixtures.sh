@@ -1,5 +1,5 @@
 # What the load scripts share (sourced by shapes.sh, pgo.sh, cpu_split.sh and instructions.sh):
-# starting a run's upstreams, what the upstreams serve besides the harness's answer, the
+# starting a run's upstreams and finding its proxies' ports, what the upstreams serve besides the harness's answer, the
 # compressor filter the gzip loads add, and a browser's request head.
 
 # Start the two nginx upstreams of a run.sh run (its rendered configs in RUN) on CPU 0, with their
@@ -11,6 +11,19 @@ start_run_upstreams() { # RUN WORK
     taskset -c 0 nginx -c "$2/upstream-$u.conf" >/dev/null 2>&1 &
     pids+=($!)
   done
+}
+
+# The port a proxy of a run.sh run (its rendered configs in RUN) listens on: nginx's `http2`
+# listener when LOAD is h2 or h2c; any Sluice variant (sluice-pgo, ...) has sluice.yaml.
+run_proxy_port() { # RUN PROXY [LOAD]
+  case $2 in
+    nginx)
+      case ${3:-h1} in h2|h2c) local kind=http2 ;; *) local kind=backlog ;; esac
+      grep -o "listen 127.0.0.1:[0-9]* $kind" "$1/nginx-proxy.conf" | head -1 | sed 's/.*:\([0-9]*\).*/\1/' ;;
+    haproxy) grep -o 'bind 127.0.0.1:[0-9]*' "$1/haproxy.cfg" | head -1 | cut -d: -f2 ;;
+    sluice*) grep -o 'port_value: [0-9]*' "$1/sluice.yaml" | sed -n 2p | cut -d' ' -f2 ;;
+    *) grep -o 'port_value: [0-9]*' "$1/$2.yaml" | sed -n 2p | cut -d' ' -f2 ;;
+  esac
 }
 
 # A 20 KiB JSON document that compresses about as well as real API responses do (about 5:1).

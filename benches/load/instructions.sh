@@ -25,15 +25,6 @@ trap cleanup EXIT
 start_run_upstreams "$run" "$work"
 sleep 0.5
 
-port_of() {
-  case $1 in
-    haproxy) grep -o 'bind 127.0.0.1:[0-9]*' "$run/haproxy.cfg" | head -1 | cut -d: -f2 ;;
-    nginx) grep -o "listen 127.0.0.1:[0-9]*$([ "$2" = h2 ] && echo ' http2' || echo ' backlog')" \
-             "$run/nginx-proxy.conf" | head -1 | sed 's/.*:\([0-9]*\).*/\1/' ;;
-    *) grep -o 'port_value: [0-9]*' "$run/$1.yaml" | sed -n 2p | cut -d' ' -f2 ;;
-  esac
-}
-
 # shape port requests -> requests served (10 connections, one request at a time on each)
 load() {
   case $1 in
@@ -57,7 +48,7 @@ for shape in $SHAPES; do
     valgrind --tool=callgrind --callgrind-out-file="$out.%p" "${cmd[@]}" >"$work/$proxy.log" 2>&1 &
     vpid=$!
     pids+=("$vpid")
-    port=$(port_of "$proxy" "$shape")
+    port=$(run_proxy_port "$run" "$proxy" "$shape")
     for _ in $(seq 100); do
       case $shape in
         h1) curl -s -o /dev/null "http://127.0.0.1:$port/" && break ;;

@@ -74,14 +74,6 @@ for u in stable canary; do
 done
 sleep 0.5
 
-port_of() { # the listener port of a proxy's config
-  case $1 in
-    haproxy) grep -o 'bind 127.0.0.1:[0-9]*' "$run/haproxy.cfg" | head -1 | cut -d: -f2 ;;
-    sluice*) grep -o 'port_value: [0-9]*' "$run/sluice.yaml" | sed -n 2p | cut -d' ' -f2 ;;
-    *) grep -o 'port_value: [0-9]*' "$run/$1.yaml" | sed -n 2p | cut -d' ' -f2 ;;
-  esac
-}
-
 start() { # proxy shape -> pid of the proxy itself (taskset execs it)
   local cmd dir=$run gz="" out=/dev/null
   if [ "$2" = gzip ]; then dir=$work gz=-gz; fi
@@ -158,7 +150,7 @@ results="$work/results.tsv"
 for shape in $SHAPES; do
   for round in $(seq "$ROUNDS"); do
     for proxy in $PROXIES; do
-      port=$(port_of "$proxy")
+      port=$(run_proxy_port "$run" "$proxy")
       pid=$(start "$proxy" "$shape")
       pids+=("$pid")
       sleep 1.5
