@@ -2126,8 +2126,8 @@ impl<'a> Exchange<'a> {
                     result
                 }
                 Err(up) => {
-                    // Pinned where it is made: the exchange's future is large, and moving it into the
-                    // timeout and then into this future's state would copy it each time.
+                    // Pinned where it is made: the exchange's future is large, and moving it into
+                    // the timeout and then into this future's state would copy it each time.
                     let send = std::pin::pin!(endpoint.pool.send(up, upgrade));
                     let result = match head_limit {
                         Some((t, _)) => match tokio::time::timeout_at(t, send).await {
@@ -2240,8 +2240,9 @@ impl<'a> Exchange<'a> {
 }
 
 /// The retry loop of a route with a retry policy, boxed so that it does not grow the future of
-/// requests without one (it holds its own reference to the cluster); or the request back when it gets one try (an upgrade, or a streamed
-/// body, which cannot be sent twice). The loop keeps what it needs to send the request again.
+/// requests without one (it holds its own reference to the cluster); or the request back when it
+/// gets one try (an upgrade, or a streamed body, which cannot be sent twice). The loop keeps what
+/// it needs to send the request again.
 #[allow(clippy::result_large_err)]
 fn with_retries<'c>(
     f: &'c ForwardAction,
