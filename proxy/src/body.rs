@@ -223,23 +223,37 @@ impl ResponseBody {
 /// for the upstream, so a body that arrives with its head costs nothing.
 #[derive(Debug, Default)]
 pub struct BodyDeadline {
-    at: Option<Instant>,
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// One field for the instant and, once made, its timer (which then holds the instant): a
+    /// response carries this, and a response of at most 256 bytes is copied from layer to layer
+    /// by `memcpy`'s short path.
+    when: Deadline,
     /// The cluster whose `upstream_rq_timeout` counts an expiry (the request's own reference,
     /// moved here rather than cloned).
     cluster: Option<Arc<Cluster>>,
 }
 
+/// Where a [`BodyDeadline`] stands.
+#[derive(Debug, Default)]
+enum Deadline {
+    /// No deadline, or it has fired.
+    #[default]
+    None,
+    /// A deadline no wait has needed a timer for yet.
+    At(Instant),
+    /// The body waited: the timer runs.
+    Timer(Pin<Box<tokio::time::Sleep>>),
+}
+
 impl BodyDeadline {
     /// Whether the deadline has passed; registers `cx` to be woken when it does.
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(at) = self.at else {
-            return false;
-        };
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at.into())));
-        timer.as_mut().poll(cx).is_ready()
+        if let Deadline::At(at) = self.when {
+            self.when = Deadline::Timer(Box::pin(tokio::time::sleep_until(at.into())));
+        }
+        match &mut self.when {
+            Deadline::Timer(timer) => timer.as_mut().poll(cx).is_ready(),
+            Deadline::None | Deadline::At(_) => false,
+        }
     }
 
     /// Poll `body`; past the deadline, a body still waiting ends with an error (the downstream
@@ -255,7 +269,7 @@ impl BodyDeadline {
     {
         match body.poll_frame(cx) {
             Poll::Pending if self.expired(cx) => {
-                self.at = None;
+                self.when = Deadline::None;
                 if let Some(c) = self.cluster.take() {
                     c.stats.rq_timeout.inc();
                 }
@@ -271,7 +285,7 @@ impl ResponseBody {
     /// ignore it.
     pub fn with_deadline(mut self, at: Instant, cluster: Arc<Cluster>) -> Self {
         if let ResponseBody::Http1(_, d) | ResponseBody::Http2(_, d) = &mut self {
-            d.at = Some(at);
+            d.when = Deadline::At(at);
             d.cluster = Some(cluster);
         }
         self
@@ -337,5 +351,22 @@ impl Body for ResponseBody {
             ResponseBody::Decompressed(d) => d.size_hint(),
             ResponseBody::Logged(l) => l.inner.size_hint(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A response moves by value through every layer between the upstream codec and the
+    /// downstream writer: each `.await` of a result copies it. glibc's `memcpy` copies up to 256
+    /// bytes with eight vector loads and stores; past that it takes its loop. Under callgrind a
+    /// 280-byte response cost 52 instructions a copy, about 20 copies per request.
+    #[test]
+    fn a_response_is_copied_by_memcpys_short_path() {
+        let size = std::mem::size_of::<http::Response<ResponseBody>>();
+        let body = std::mem::size_of::<ResponseBody>();
+        eprintln!("a response: {size} bytes, of which the body {body}");
+        assert!(size <= 256, "a response grew to {size} bytes");
     }
 }

@@ -250,9 +250,17 @@ fn header_at(
 ) -> Result<(HeaderName, HeaderValue), CodecError> {
     let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
         .map_err(|_| CodecError::Malformed("header name"))?;
-    // httparse accepted the value's bytes, which are exactly the bytes a HeaderValue allows.
-    let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
-        .map_err(|_| CodecError::Malformed("header value"))?;
+    let raw = head.slice(vs as usize..ve as usize);
+    let value = if raw.is_ascii() {
+        // SAFETY: `from_maybe_shared_unchecked` requires UTF-8, and ASCII is UTF-8. It also
+        // skips the check of the bytes a `HeaderValue` allows (HTAB, 0x20..=0x7e, 0x80..=0xff),
+        // which is the very set httparse's default configuration (no obsolete line folding, the
+        // only configuration this module uses) accepted in this value: checking again would
+        // only cost a second pass over every value of every message.
+        unsafe { HeaderValue::from_maybe_shared_unchecked(raw) }
+    } else {
+        HeaderValue::from_maybe_shared(raw).map_err(|_| CodecError::Malformed("header value"))?
+    };
     Ok((name, value))
 }
 

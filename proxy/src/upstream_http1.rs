@@ -19,7 +19,6 @@ use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -47,7 +46,10 @@ pub struct Http1Connection {
     budget: Arc<ConnectionBudget>,
     /// Requests sent on this connection, including the one in flight.
     pub(crate) uses: u32,
-    pub(crate) idle_since: Instant,
+    /// The exchange in flight leaves it able to carry another request once its response body
+    /// has been read: kept here, in the room `uses` leaves, rather than beside the connection
+    /// in every response body.
+    reusable: bool,
 }
 
 impl std::fmt::Debug for Http1Connection {
@@ -84,7 +86,7 @@ impl Http1Connection {
             open,
             budget,
             uses: 0,
-            idle_since: Instant::now(),
+            reusable: false,
         }
     }
 
@@ -320,13 +322,13 @@ impl UpgradedUpstream {
 /// Build the response for a head read from `conn`: its body streams from the connection, which
 /// returns to `pool` once the body has been read to its end.
 pub(crate) fn into_response(
-    conn: Http1Connection,
+    mut conn: Http1Connection,
     mut buf: BytesMut,
     head: ResponseHead,
     request_complete: bool,
     pool: &Arc<EndpointPool>,
 ) -> Response<Http1Body> {
-    let reusable = head.keep_alive && request_complete;
+    conn.reusable = head.keep_alive && request_complete;
     let mut response = Response::new(Http1Body::done());
     *response.status_mut() = head.status;
     *response.version_mut() = head.version;
@@ -343,7 +345,6 @@ pub(crate) fn into_response(
         conn: Some(Active {
             conn,
             buf,
-            reusable,
             pool: pool.clone(),
         }),
         state: State::Done,
@@ -371,8 +372,6 @@ struct Active {
     conn: Http1Connection,
     /// Bytes read from the connection and not yet handed on.
     buf: BytesMut,
-    /// The connection may carry another request once this body has ended.
-    reusable: bool,
     pool: Arc<EndpointPool>,
 }
 
@@ -407,7 +406,7 @@ impl Http1Body {
     fn finish(&mut self) {
         self.state = State::Done;
         if let Some(a) = self.conn.take() {
-            if a.reusable && a.buf.is_empty() {
+            if a.conn.reusable && a.buf.is_empty() {
                 a.pool.release(a.conn);
             }
             buffer_pool::give_read(a.buf);

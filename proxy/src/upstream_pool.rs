@@ -127,7 +127,7 @@ pub struct EndpointPool {
     pub addr: SocketAddr,
     /// Unbounded: a cap below the peak concurrency would close connections only to dial new
     /// ones for the next burst.
-    idle: SegQueue<Http1Connection>,
+    idle: SegQueue<IdleConnection>,
     h2: ArcSwapOption<http2::SendRequest<RequestBody>>,
     /// Open connections (for `/clusters`); shared with each HTTP/1.1 connection, which counts
     /// itself out when it closes.
@@ -142,6 +142,14 @@ impl std::fmt::Debug for EndpointPool {
             .field("addr", &self.addr)
             .finish()
     }
+}
+
+/// An HTTP/1.1 connection waiting in a pool, and since when (read only with an `idle_timeout`).
+/// The instant is kept here rather than in the connection, which a response body carries from
+/// layer to layer.
+struct IdleConnection {
+    conn: Http1Connection,
+    since: Option<Instant>,
 }
 
 /// What an HTTP/1.1 exchange needs to know of its request once the head is encoded.
@@ -235,19 +243,20 @@ impl EndpointPool {
     fn take_idle(&self) -> Option<Http1Connection> {
         while let Some(mut c) = self.idle.pop() {
             if self.still_usable(&mut c) {
-                return Some(c);
+                return Some(c.conn);
             }
         }
         None
     }
 
     /// An idle connection within `idle_timeout` that the upstream has not closed.
-    fn still_usable(&self, c: &mut Http1Connection) -> bool {
+    fn still_usable(&self, c: &mut IdleConnection) -> bool {
         let expired = self
             .settings
             .idle_timeout
-            .is_some_and(|t| c.idle_since.elapsed() > t);
-        !expired && c.is_usable()
+            .zip(c.since)
+            .is_some_and(|(t, since)| since.elapsed() > t);
+        !expired && c.conn.is_usable()
     }
 
     /// Close the idle connections that the upstream has closed or that outlived `idle_timeout`;
@@ -265,14 +274,14 @@ impl EndpointPool {
 
     /// Give an HTTP/1.1 connection back after a complete exchange; it closes instead when it has
     /// served `max_requests_per_connection`.
-    pub(crate) fn release(&self, mut conn: Http1Connection) {
+    pub(crate) fn release(&self, conn: Http1Connection) {
         idle_sweep::ensure_running();
         let limit = self.settings.max_requests_per_connection;
         if limit.is_some_and(|l| conn.uses >= l) {
             return;
         }
-        conn.idle_since = Instant::now();
-        self.idle.push(conn);
+        let since = self.settings.idle_timeout.map(|_| Instant::now());
+        self.idle.push(IdleConnection { conn, since });
         self.settings.budget.released.notify_one();
     }
 
