@@ -515,6 +515,9 @@ struct Connection<T: Transport, F> {
     reset_budget: u32,
     idle_timer: Option<Pin<Box<Sleep>>>,
     idle_since: Instant,
+    /// The last request's `:authority`, parsed: a connection's requests nearly always name the
+    /// same one, and a byte comparison costs less than parsing it again.
+    authority: Option<Authority>,
 }
 
 impl<T: Transport, F> Connection<T, F>
@@ -585,6 +588,7 @@ where
                 .idle_timeout
                 .map(|t| Box::pin(tokio::time::sleep(t))),
             idle_since: Instant::now(),
+            authority: None,
             settings,
         }
     }
@@ -1069,7 +1073,7 @@ where
         }
         // A malformed request ends the connection, as in Envoy by default
         // (`stream_error_on_invalid_http_messaging` false), not only its stream.
-        let Some(built) = parts.build() else {
+        let Some(built) = parts.build(&mut self.authority) else {
             return Err(ConnError(Reason::ProtocolError));
         };
         let BuiltRequest {
@@ -1481,6 +1485,18 @@ fn connection_specific(name: &HeaderName) -> bool {
         || name == "proxy-connection"
 }
 
+/// `raw` as an authority: `last` when it has the same bytes (parsing keeps them as they are, so
+/// the result would be the same), else parsed and kept as the new `last`. The kept one owns a
+/// copy of its bytes, so that it does not hold on to the buffer the header block came in.
+fn authority(raw: Bytes, last: &mut Option<Authority>) -> Option<Authority> {
+    if let Some(a) = last.as_ref().filter(|a| a.as_str().as_bytes() == raw) {
+        return Some(a.clone());
+    }
+    let parsed = Authority::from_maybe_shared(Bytes::copy_from_slice(&raw)).ok()?;
+    *last = Some(parsed.clone());
+    Some(parsed)
+}
+
 /// The fields of a request's header block, checked as they are decoded.
 struct RequestParts {
     method: Option<Bytes>,
@@ -1589,8 +1605,9 @@ impl RequestParts {
         Some(headers)
     }
 
-    /// The request, or `None` when it is malformed (RFC 9113 §8.1.1).
-    fn build(mut self) -> Option<BuiltRequest> {
+    /// The request, or `None` when it is malformed (RFC 9113 §8.1.1). `last` is the
+    /// connection's previous `:authority`, reused when this one is the same.
+    fn build(mut self, last: &mut Option<Authority>) -> Option<BuiltRequest> {
         if self.malformed || self.protocol.is_some() {
             // `:protocol` needs SETTINGS_ENABLE_CONNECT_PROTOCOL, which this server does not offer.
             return None;
@@ -1601,12 +1618,12 @@ impl RequestParts {
             if self.scheme.is_some() || self.path.is_some() {
                 return None;
             }
-            uri.authority = Some(Authority::from_maybe_shared(self.authority?).ok()?);
+            uri.authority = Some(authority(self.authority?, last)?);
         } else {
             let path = self.path.filter(|p| !p.is_empty())?;
             uri.scheme = Some(Scheme::try_from(self.scheme.as_deref()?).ok()?);
             match self.authority {
-                Some(a) => uri.authority = Some(Authority::from_maybe_shared(a).ok()?),
+                Some(a) => uri.authority = Some(authority(a, last)?),
                 None => uri.scheme = None,
             }
             uri.path_and_query = Some(PathAndQuery::from_maybe_shared(path).ok()?);
@@ -1657,5 +1674,26 @@ impl RequestParts {
             content_length,
             expect_continue,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_authority_is_reused_and_any_other_parsed_as_it_is() {
+        let mut last = None;
+        let a = authority(Bytes::from_static(b"a.example:80"), &mut last);
+        assert_eq!(a.as_ref().map(Authority::as_str), Some("a.example:80"));
+        let again = authority(Bytes::from_static(b"a.example:80"), &mut last);
+        assert_eq!(again.as_ref().map(Authority::as_str), Some("a.example:80"));
+        // Authorities compare without case; the bytes forwarded must still be the request's own.
+        let upper = authority(Bytes::from_static(b"A.example:80"), &mut last);
+        assert_eq!(upper.as_ref().map(Authority::as_str), Some("A.example:80"));
+        assert_eq!(last.as_ref().map(Authority::as_str), Some("A.example:80"));
+        // A malformed one is refused and leaves the last good one in place.
+        assert!(authority(Bytes::from_static(b"a b"), &mut last).is_none());
+        assert_eq!(last.as_ref().map(Authority::as_str), Some("A.example:80"));
     }
 }
