@@ -248,7 +248,7 @@ fn header_at(
     head: &Bytes,
     (ns, ne, vs, ve): Span,
 ) -> Result<(HeaderName, HeaderValue), CodecError> {
-    let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
+    let name = crate::header_name::from_wire(&head[ns as usize..ne as usize])
         .map_err(|_| CodecError::Malformed("header name"))?;
     let raw = head.slice(vs as usize..ve as usize);
     let value = if raw.is_ascii() {
