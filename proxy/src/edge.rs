@@ -128,7 +128,8 @@ pub fn sanitize_request(
         if let Ok(v) = HeaderValue::from_str(&client.to_string()) {
             headers.insert(EXTERNAL_ADDRESS, v);
         }
-    } else if !headers.contains_key(&XFP) {
-        headers.insert(XFP, proto);
+    } else {
+        // One lookup: kept when present, added when not.
+        headers.entry(XFP).or_insert(proto);
     }
 }

@@ -141,6 +141,7 @@ pub fn parse_request(
         close,
         keep_alive_token,
         expect_continue,
+        host,
     } = f;
     match (chunked, length) {
         (Some(true), None) if version == Version::HTTP_11 => framing = BodyFraming::Chunked,
@@ -152,10 +153,7 @@ pub fn parse_request(
         (None, Some(n)) => framing = BodyFraming::Length(n),
     }
     let keep_alive = !close && (version == Version::HTTP_11 || keep_alive_token);
-    if version == Version::HTTP_11
-        && uri.authority().is_none()
-        && !headers.contains_key(header::HOST)
-    {
+    if version == Version::HTTP_11 && uri.authority().is_none() && !host {
         return Err(CodecError::MissingHost);
     }
 
@@ -276,6 +274,8 @@ struct FramingHeaders {
     keep_alive_token: bool,
     /// `Expect: 100-continue`.
     expect_continue: bool,
+    /// A `Host` header is present.
+    host: bool,
 }
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -334,6 +334,8 @@ fn collect_headers(
             continue;
         } else if name == header::EXPECT {
             f.expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+        } else if name == header::HOST {
+            f.host = true;
         }
         headers.append(name, value);
     }

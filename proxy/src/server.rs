@@ -1794,9 +1794,14 @@ fn prepare_forward<'a>(
     let mut headers = parts.headers;
     // The authority as received: from the target (absolute form, HTTP/2) or the Host header,
     // which is then reused without copying.
-    let mut received_host: Option<HeaderValue> = match parts.uri.authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => headers.get(header::HOST).cloned(),
+    // When it is the map's one `Host` and goes upstream unchanged, the map is left as it is.
+    let (mut received_host, mut host_in_place) = match parts.uri.authority() {
+        Some(a) => (HeaderValue::from_str(a.as_str()).ok(), false),
+        None => {
+            let mut hosts = headers.get_all(header::HOST).iter();
+            let first = hosts.next().cloned();
+            (first, hosts.next().is_none())
+        }
     };
     strip_hop_by_hop(&mut headers, upgrade);
     let orig_path_and_query = parts
@@ -1830,6 +1835,7 @@ fn prepare_forward<'a>(
             // Keep the original case; only drop the port.
             if kept < h.len() {
                 received_host = HeaderValue::from_str(&h[..kept]).ok();
+                host_in_place = false;
             }
         }
     }
@@ -1854,12 +1860,13 @@ fn prepare_forward<'a>(
                     headers.insert(ORIGINAL_HOST, v);
                 }
             }
+            host_in_place = false;
             Some(rewritten)
         }
         None => received_host,
     };
     // From here on the map's `host` is the upstream authority.
-    if let Some(h) = host_value {
+    if let Some(h) = host_value.filter(|_| !host_in_place) {
         headers.insert(header::HOST, h);
     }
     edge::sanitize_request(&mut headers, hcm, remote, conn.secure);
