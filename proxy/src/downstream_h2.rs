@@ -1193,9 +1193,10 @@ where
         let bodiless =
             stream.head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
         let end = bodiless || body.is_end_stream();
-        let length = (!bodiless && !parts.headers.contains_key(header::CONTENT_LENGTH))
-            .then(|| body.size_hint().exact())
-            .flatten();
+        let length = (!bodiless
+            && !crate::header_lookup::contains(&parts.headers, &header::CONTENT_LENGTH))
+        .then(|| body.size_hint().exact())
+        .flatten();
         let buf = self.out.buf();
         let start = begin_header_block(buf);
         hpack::encode_status(buf, status.as_u16());

@@ -484,7 +484,7 @@ async fn write_response<W: AsyncWrite + Unpin>(
     };
     let mut chunked = false;
     let mut has_body = !bodiless;
-    if has_body && !parts.headers.contains_key(header::CONTENT_LENGTH) {
+    if has_body && !crate::header_lookup::contains(&parts.headers, &header::CONTENT_LENGTH) {
         if body.is_end_stream() {
             extras.content_length = Some(0);
             has_body = false;

@@ -644,16 +644,20 @@ pub fn encode_response_head(
     dst.extend_from_slice(b"\r\n");
     // 1xx and 204 responses never carry framing headers (RFC 9110 8.6; Envoy and hyper drop them).
     let no_framing = status.is_informational() || status == StatusCode::NO_CONTENT;
+    // Noted on the way rather than looked up after: a comparison per header costs less than
+    // hashing the name.
+    let mut dated = false;
     for (name, value) in headers {
         if no_framing && (name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING) {
             continue;
         }
+        dated |= name == header::DATE;
         dst.extend_from_slice(name.as_str().as_bytes());
         dst.extend_from_slice(b": ");
         dst.extend_from_slice(value.as_bytes());
         dst.extend_from_slice(b"\r\n");
     }
-    if !headers.contains_key(header::DATE) {
+    if !dated {
         dst.extend_from_slice(b"date: ");
         http_date::write(dst);
         dst.extend_from_slice(b"\r\n");

@@ -42,6 +42,7 @@ pub mod h2_frame;
 pub mod handler_pool;
 pub mod hash_policy;
 pub mod hash_ring;
+pub mod header_lookup;
 pub mod header_name;
 pub mod header_ops;
 pub mod header_pool;

@@ -27,6 +27,7 @@ use crate::downstream_http1::{self, Http1Settings};
 use crate::fault::{Abort, FaultConfig, FaultDecision, FaultInput};
 use crate::filter_chain_match::Seen;
 use crate::hash_policy::request_hash;
+use crate::header_lookup;
 use crate::header_ops::{HeaderOps, RequestContext};
 use crate::health_check_filter::{HealthCheckFilter, HEALTHCHECKED_CLUSTER};
 use crate::local_ratelimit::Decision as RateDecision;
@@ -466,7 +467,7 @@ fn protocol_name(v: Version) -> &'static str {
 fn request_authority<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> &'a str {
     uri.authority()
         .map(|a| a.as_str())
-        .or_else(|| headers.get(header::HOST).and_then(|v| v.to_str().ok()))
+        .or_else(|| header_lookup::get(headers, &header::HOST).and_then(|v| v.to_str().ok()))
         .unwrap_or("")
 }
 
@@ -583,7 +584,7 @@ fn millis_value(ms: u64) -> HeaderValue {
 }
 
 fn is_websocket(h: &HeaderMap) -> bool {
-    h.get(header::UPGRADE)
+    header_lookup::get(h, &header::UPGRADE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
@@ -978,8 +979,7 @@ fn request_view<'r>(req: &'r Request<RequestBody>, host: &'r str, secure: bool) 
 }
 
 fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
+    header_lookup::get(headers, &header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/grpc"))
 }
@@ -1127,7 +1127,7 @@ fn route_request_to<'a>(
     // cluster choice, as Envoy's stream random value does (so the two are correlated the same way).
     let new_id = (hcm.generate_request_id
         && ((hcm.use_remote_address && !hcm.preserve_external_request_id)
-            || !req.headers().contains_key(REQUEST_ID))
+            || !header_lookup::contains(req.headers(), &REQUEST_ID))
         && !((hcm.always_set_request_id_in_response || hcm.access_log.is_some())
             && req.extensions().get::<RequestIdSettled>().is_some()))
     .then(request_id::generate);
