@@ -1093,6 +1093,7 @@ fn inject_fault<'a>(
     })))
 }
 
+#[inline(always)]
 fn route<'a>(
     req: Request<RequestBody>,
     ctx: &ListenerContext,
@@ -2047,6 +2048,7 @@ impl<'a> Exchange<'a> {
     ///
     /// Not an `async fn`: its future would keep the exchange twice, as the argument and as the
     /// fields taken out of it.
+    #[inline(always)]
     fn run(self) -> impl std::future::Future<Output = Response<ResponseBody>> + 'a {
         let Exchange {
             hcm,
