@@ -114,4 +114,17 @@ for p in proxies:
         except (ValueError, IndexError):
             calls.append("-")
     print(f"| {p} | {user:.2f} | {sys_:.2f} | {tot:.2f} | " + " | ".join(calls) + " |")
+# Each round runs every proxy once, back to back: the ratio within a round is the steadier figure
+# on a host whose speed drifts.
+if "sluice" in proxies and len(proxies) > 1:
+    others = [p for p in proxies if p != "sluice"]
+    total = {(r[0], r[1]): (int(r[3]) + int(r[4])) / int(r[5]) * 1e6 / int(r[2])
+             for r in rows if int(r[2] or 0) > 0}
+    print("\nSluice's requests per CPU-second ÷ each proxy's, by round (total µs per request)\n")
+    print("| round | " + " | ".join(others) + " |")
+    print("|---|" + "---|" * len(others))
+    for rnd in sorted({r[1] for r in rows}, key=int):
+        mine = total.get(("sluice", rnd))
+        cells = [f"{total[(p, rnd)] / mine:.3f}" if mine and (p, rnd) in total else "-" for p in others]
+        print(f"| {rnd} | " + " | ".join(cells) + " |")
 EOF
