@@ -30,7 +30,8 @@ struct Known {
     /// The name's bytes, zero beyond its end.
     word: [u64; WORDS],
     /// 0x20 at each letter of the name: a byte ORed with it is the letter only when it is that
-    /// letter in either case. 0 elsewhere (`-`, and beyond the end), where the byte must be exact.
+    /// letter in either case. 0 elsewhere (`-`, digits, and beyond the end), where the byte must be
+    /// exact.
     fold: [u64; WORDS],
 }
 

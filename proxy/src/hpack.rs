@@ -101,7 +101,7 @@ impl Name {
         if raw.iter().any(u8::is_ascii_uppercase) {
             return Name::Invalid(raw.len());
         }
-        match HeaderName::from_bytes(raw) {
+        match crate::header_name::from_wire(raw) {
             Ok(n) => Name::Header(n),
             Err(_) => Name::Invalid(raw.len()),
         }
