@@ -533,3 +533,69 @@ async fn a_client_that_resets_streams_faster_than_it_lets_them_finish_is_closed(
     // ENHANCE_YOUR_CALM.
     assert_eq!(raw.outcome(id).await, Outcome::GoAway(11));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_authority_goes_upstream_as_the_one_host_as_in_envoy() {
+    // An HTTP/2 request's `:authority` is the HTTP/1.1 upstream's `Host`; a `host` field that
+    // differs from it (RFC 9113 §8.3.1) does not get through beside it. Routing, host rewrites
+    // and the stripped port work from the same value.
+    let up = upstream("app").await;
+    let rc = json!({"virtual_hosts": [
+        {"name": "a", "domains": ["a.example"], "routes": [
+            {"match": {"prefix": "/rewrite"},
+             "route": {"cluster": "app", "host_rewrite_literal": "rewritten.example"}},
+            {"match": {"prefix": "/"}, "route": {"cluster": "app"}}]},
+        {"name": "other", "domains": ["*"], "routes": [
+            {"match": {"prefix": "/"}, "direct_response": {"status": 404}}]}
+    ]});
+    let config = bootstrap(
+        rc,
+        vec![cluster("app", &[up.port()])],
+        json!({"codec_type": "HTTP2", "strip_any_host_port": true}),
+    );
+    let envoy = envoy(&config).await;
+    let sluice = sluice(&config).await;
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+    let cases: [Case; 5] = [
+        ("plain", "http://a.example/", &[]),
+        ("with its port", "http://a.example:8080/", &[]),
+        ("mixed case", "http://A.Example/", &[]),
+        (
+            "a host beside it",
+            "http://a.example/",
+            &[("host", "b.example")],
+        ),
+        ("rewritten", "http://a.example:9/rewrite", &[]),
+    ];
+    for (name, url, headers) in cases {
+        let mut seen = Vec::new();
+        for p in [&envoy, &sluice] {
+            let mut b = Request::get(url);
+            for (k, v) in headers {
+                b = b.header(*k, *v);
+            }
+            // The connection goes to the proxy; the URL's authority is the request's.
+            let req = b.body(Full::new(Bytes::new())).unwrap();
+            let io = TcpStream::connect(p.listener("main")).await.unwrap();
+            let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .handshake(TokioIo::new(io))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let r = send.send_request(req).await.unwrap();
+            let status = r.status().as_u16();
+            let body = r.into_body().collect().await.unwrap().to_bytes();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            seen.push((
+                status,
+                v["host"].clone(),
+                v["headers"]["x-envoy-original-host"].clone(),
+                v["headers"]["host"].clone(),
+            ));
+        }
+        assert_eq!(seen[0], seen[1], "{name}: envoy, then sluice");
+        if name == "plain" {
+            assert_eq!(seen[1].1, "a.example", "{name}");
+        }
+    }
+}

@@ -517,7 +517,7 @@ struct Connection<T: Transport, F> {
     idle_since: Instant,
     /// The last request's `:authority`, parsed: a connection's requests nearly always name the
     /// same one, and a byte comparison costs less than parsing it again.
-    authority: Option<Authority>,
+    authority: Option<KnownAuthority>,
 }
 
 impl<T: Transport, F> Connection<T, F>
@@ -1486,14 +1486,30 @@ fn connection_specific(name: &HeaderName) -> bool {
         || name == "proxy-connection"
 }
 
+/// A parsed `:authority` and the same bytes as the `host` value it becomes: both share one
+/// buffer, so a request takes either by a reference count, not a copy.
+#[derive(Clone)]
+struct KnownAuthority {
+    authority: Authority,
+    host: HeaderValue,
+}
+
 /// `raw` as an authority: `last` when it has the same bytes (parsing keeps them as they are, so
 /// the result would be the same), else parsed and kept as the new `last`. The kept one owns a
 /// copy of its bytes, so that it does not hold on to the buffer the header block came in.
-fn authority(raw: Bytes, last: &mut Option<Authority>) -> Option<Authority> {
-    if let Some(a) = last.as_ref().filter(|a| a.as_str().as_bytes() == raw) {
+fn authority(raw: Bytes, last: &mut Option<KnownAuthority>) -> Option<KnownAuthority> {
+    if let Some(a) = last
+        .as_ref()
+        .filter(|a| a.authority.as_str().as_bytes() == raw)
+    {
         return Some(a.clone());
     }
-    let parsed = Authority::from_maybe_shared(Bytes::copy_from_slice(&raw)).ok()?;
+    let owned = Bytes::copy_from_slice(&raw);
+    let host = HeaderValue::from_maybe_shared(owned.clone()).ok()?;
+    let parsed = KnownAuthority {
+        authority: Authority::from_maybe_shared(owned).ok()?,
+        host,
+    };
     *last = Some(parsed.clone());
     Some(parsed)
 }
@@ -1608,7 +1624,9 @@ impl RequestParts {
 
     /// The request, or `None` when it is malformed (RFC 9113 §8.1.1). `last` is the
     /// connection's previous `:authority`, reused when this one is the same.
-    fn build(mut self, last: &mut Option<Authority>) -> Option<BuiltRequest> {
+    /// The `:authority` also becomes the request's one `host` (RFC 9113 §8.3.1: a `host` that
+    /// differs from it is not forwarded), as an HTTP/1.1 upstream needs it.
+    fn build(mut self, last: &mut Option<KnownAuthority>) -> Option<BuiltRequest> {
         if self.malformed || self.protocol.is_some() {
             // `:protocol` needs SETTINGS_ENABLE_CONNECT_PROTOCOL, which this server does not offer.
             return None;
@@ -1619,12 +1637,18 @@ impl RequestParts {
             if self.scheme.is_some() || self.path.is_some() {
                 return None;
             }
-            uri.authority = Some(authority(self.authority?, last)?);
+            let known = authority(self.authority?, last)?;
+            self.headers.insert(header::HOST, known.host);
+            uri.authority = Some(known.authority);
         } else {
             let path = self.path.filter(|p| !p.is_empty())?;
             uri.scheme = Some(Scheme::try_from(self.scheme.as_deref()?).ok()?);
             match self.authority {
-                Some(a) => uri.authority = Some(authority(a, last)?),
+                Some(a) => {
+                    let known = authority(a, last)?;
+                    self.headers.insert(header::HOST, known.host);
+                    uri.authority = Some(known.authority);
+                }
                 None => uri.scheme = None,
             }
             uri.path_and_query = Some(PathAndQuery::from_maybe_shared(path).ok()?);
@@ -1684,17 +1708,23 @@ mod tests {
 
     #[test]
     fn a_repeated_authority_is_reused_and_any_other_parsed_as_it_is() {
+        let text = |a: &Option<KnownAuthority>| {
+            a.as_ref().map(|a| {
+                assert_eq!(a.authority.as_str().as_bytes(), a.host.as_bytes());
+                a.authority.as_str().to_string()
+            })
+        };
         let mut last = None;
         let a = authority(Bytes::from_static(b"a.example:80"), &mut last);
-        assert_eq!(a.as_ref().map(Authority::as_str), Some("a.example:80"));
+        assert_eq!(text(&a).as_deref(), Some("a.example:80"));
         let again = authority(Bytes::from_static(b"a.example:80"), &mut last);
-        assert_eq!(again.as_ref().map(Authority::as_str), Some("a.example:80"));
+        assert_eq!(text(&again).as_deref(), Some("a.example:80"));
         // Authorities compare without case; the bytes forwarded must still be the request's own.
         let upper = authority(Bytes::from_static(b"A.example:80"), &mut last);
-        assert_eq!(upper.as_ref().map(Authority::as_str), Some("A.example:80"));
-        assert_eq!(last.as_ref().map(Authority::as_str), Some("A.example:80"));
+        assert_eq!(text(&upper).as_deref(), Some("A.example:80"));
+        assert_eq!(text(&last).as_deref(), Some("A.example:80"));
         // A malformed one is refused and leaves the last good one in place.
         assert!(authority(Bytes::from_static(b"a b"), &mut last).is_none());
-        assert_eq!(last.as_ref().map(Authority::as_str), Some("A.example:80"));
+        assert_eq!(text(&last).as_deref(), Some("A.example:80"));
     }
 }

@@ -1794,14 +1794,18 @@ fn prepare_forward<'a>(
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
     // The authority as received: from the target (absolute form, HTTP/2) or the Host header,
-    // which is then reused without copying.
+    // which is then reused without copying. (The HTTP/2 codec puts `:authority` in the map as
+    // the one `Host`, sharing its bytes.)
     // When it is the map's one `Host` and goes upstream unchanged, the map is left as it is.
-    let (mut received_host, mut host_in_place) = match parts.uri.authority() {
-        Some(a) => (HeaderValue::from_str(a.as_str()).ok(), false),
-        None => {
-            let mut hosts = headers.get_all(header::HOST).iter();
-            let first = hosts.next().cloned();
-            (first, hosts.next().is_none())
+    let (mut received_host, mut host_in_place) = {
+        let host = header_lookup::first(&headers, &header::HOST);
+        match (parts.uri.authority(), host) {
+            (Some(a), Some((h, true))) if h.as_bytes() == a.as_str().as_bytes() => {
+                (Some(h.clone()), true)
+            }
+            (Some(a), _) => (HeaderValue::from_str(a.as_str()).ok(), false),
+            (None, Some((h, only))) => (Some(h.clone()), only),
+            (None, None) => (None, true),
         }
     };
     strip_hop_by_hop(&mut headers, upgrade);
