@@ -8,6 +8,9 @@
 #   benches/load/cpu_split.sh [RUN_DIR]      # RUN_DIR: the rendered configs of a run.sh run
 #   ROUNDS=3 DURATION=5 PROXIES="nginx haproxy sluice"   # or "nginx haproxy envoy sluice"
 #   LOAD=h2c: h2load -c50 -m1 (run.sh's h2c load) instead of wrk; nginx on its `http2` listener
+# Each window also reads CPU 1's steal time from /proc/stat (time the hypervisor ran something
+# else on that vCPU): rounds where it passes STEAL_MAX % (default 5) are marked, and the ratios by
+# round are summed up over the unmarked rounds too, each with a confidence interval for its median.
 # Needs what run.sh needs, and linux-perf for the system-call columns. Envoy reads with readv,
 # which only the total of system calls counts (its recvfrom column stays 0).
 set -euo pipefail
@@ -66,6 +69,8 @@ have_perf=0
 [ "${PERF:-1}" = 1 ] && perf stat -e raw_syscalls:sys_enter -- true >/dev/null 2>&1 && have_perf=1
 events="raw_syscalls:sys_enter,syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendto,syscalls:sys_enter_writev,syscalls:sys_enter_epoll_wait"
 tick=$(getconf CLK_TCK)
+# CPU 1's steal and total clock ticks so far.
+cpu1_ticks() { awk '$1 == "cpu1" {t = 0; for (i = 2; i <= 9; i++) t += $i; print $9, t}' /proc/stat; }
 results="$work/results.tsv"
 for round in $(seq "$ROUNDS"); do
   for proxy in $PROXIES; do
@@ -74,6 +79,7 @@ for round in $(seq "$ROUNDS"); do
     port=$(run_proxy_port "$run" "$proxy" "$LOAD")
     load 2 "$port" >/dev/null
     read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+    read -r st1 all1 < <(cpu1_ticks)
     if [ "$have_perf" = 1 ]; then
       perf stat -x, -e "$events" -p "$pid" -o "$work/perf.txt" -- sleep "$DURATION" &
       perf_pid=$!
@@ -81,17 +87,20 @@ for round in $(seq "$ROUNDS"); do
     n=$(load "$DURATION" "$port")
     [ "$have_perf" = 1 ] && wait "$perf_pid"
     read -r u2 s2 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+    read -r st2 all2 < <(cpu1_ticks)
     calls="- - - - -"
     if [ "$have_perf" = 1 ]; then
       calls=$(awk -F, '/^[0-9]/ {printf "%s ", $1}' "$work/perf.txt")
     fi
-    echo -e "$proxy\t$round\t$n\t$((u2 - u1))\t$((s2 - s1))\t$tick\t$calls" >> "$results"
+    steal=$(python3 -c "print(f'{100 * ($st2 - $st1) / max(1, $all2 - $all1):.1f}')")
+    echo -e "$proxy\t$round\t$n\t$((u2 - u1))\t$((s2 - s1))\t$tick\t$calls\t$steal" >> "$results"
     stop "$proxy" "$pid"
   done
 done
 
-python3 - "$results" "$PROXIES" "$LOAD" <<'EOF'
+python3 - "$results" "$PROXIES" "$LOAD" "${STEAL_MAX:-5}" <<'EOF'
 import sys, statistics
+from math import comb
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
 proxies = sys.argv[2].split()
 print(f"µs of CPU per request and system calls per request ({sys.argv[3]}, median of rounds)\n")
@@ -120,11 +129,54 @@ if "sluice" in proxies and len(proxies) > 1:
     others = [p for p in proxies if p != "sluice"]
     total = {(r[0], r[1]): (int(r[3]) + int(r[4])) / int(r[5]) * 1e6 / int(r[2])
              for r in rows if int(r[2] or 0) > 0}
+    steal_max = float(sys.argv[4])
+    # The most CPU 1 steal in any of a round's windows.
+    steal = {}
+    for r in rows:
+        steal[r[1]] = max(steal.get(r[1], 0.0), float(r[7]) if len(r) > 7 else 0.0)
     print("\nSluice's requests per CPU-second ÷ each proxy's, by round (total µs per request)\n")
-    print("| round | " + " | ".join(others) + " |")
-    print("|---|" + "---|" * len(others))
+    print("| round | " + " | ".join(others) + " | CPU 1 steal % |")
+    print("|---|" + "---|" * (len(others) + 1))
+    ratios = {p: [] for p in others}
+    quiet = {p: [] for p in others}
     for rnd in sorted({r[1] for r in rows}, key=int):
         mine = total.get(("sluice", rnd))
-        cells = [f"{total[(p, rnd)] / mine:.3f}" if mine and (p, rnd) in total else "-" for p in others]
-        print(f"| {rnd} | " + " | ".join(cells) + " |")
+        cells = []
+        for p in others:
+            if mine and (p, rnd) in total:
+                x = total[(p, rnd)] / mine
+                ratios[p].append(x)
+                if steal[rnd] <= steal_max:
+                    quiet[p].append(x)
+                cells.append(f"{x:.3f}")
+            else:
+                cells.append("-")
+        mark = "" if steal[rnd] <= steal_max else f" (over {steal_max:g})"
+        print(f"| {rnd} | " + " | ".join(cells) + f" | {steal[rnd]:.1f}{mark} |")
+
+    def median_interval(xs):
+        # Distribution-free interval for the median: the k-th smallest and k-th largest values,
+        # with k as large as keeps the binomial confidence at 90 % or more (none under 5 rounds).
+        xs = sorted(xs)
+        n = len(xs)
+        best = None
+        for k in range(1, n // 2 + 1):
+            conf = 1 - 2 * sum(comb(n, i) for i in range(k)) / 2 ** n
+            if conf >= 0.90:
+                best = (xs[k - 1], xs[n - k], conf)
+        return best
+
+    print("\nMedian of the ratios by round, with an interval for it\n")
+    print("| proxy | rounds | median | interval | rounds under the steal limit | median | interval |")
+    print("|---|---|---|---|---|---|---|")
+    for p in others:
+        cells = []
+        for xs in (ratios[p], quiet[p]):
+            if not xs:
+                cells += ["0", "-", "-"]
+                continue
+            iv = median_interval(xs)
+            ivs = f"{iv[0]:.3f}–{iv[1]:.3f} ({iv[2]:.0%})" if iv else "-"
+            cells += [str(len(xs)), f"{statistics.median(xs):.3f}", ivs]
+        print(f"| {p} | " + " | ".join(cells) + " |")
 EOF
