@@ -1632,26 +1632,25 @@ impl RequestParts {
             return None;
         }
         let method = Method::from_bytes(self.method.as_deref()?).ok()?;
+        let known = match self.authority.take() {
+            Some(a) => Some(authority(a, last)?),
+            None => None,
+        };
         let mut uri = http::uri::Parts::default();
         if method == Method::CONNECT {
-            if self.scheme.is_some() || self.path.is_some() {
+            if self.scheme.is_some() || self.path.is_some() || known.is_none() {
                 return None;
             }
-            let known = authority(self.authority?, last)?;
+        } else {
+            let path = self.path.take().filter(|p| !p.is_empty())?;
+            let scheme = Scheme::try_from(self.scheme.as_deref()?).ok()?;
+            // Without an authority the target is origin-form: no scheme either.
+            uri.scheme = known.is_some().then_some(scheme);
+            uri.path_and_query = Some(PathAndQuery::from_maybe_shared(path).ok()?);
+        }
+        if let Some(known) = known {
             self.headers.insert(header::HOST, known.host);
             uri.authority = Some(known.authority);
-        } else {
-            let path = self.path.filter(|p| !p.is_empty())?;
-            uri.scheme = Some(Scheme::try_from(self.scheme.as_deref()?).ok()?);
-            match self.authority {
-                Some(a) => {
-                    let known = authority(a, last)?;
-                    self.headers.insert(header::HOST, known.host);
-                    uri.authority = Some(known.authority);
-                }
-                None => uri.scheme = None,
-            }
-            uri.path_and_query = Some(PathAndQuery::from_maybe_shared(path).ok()?);
         }
         let uri = Uri::from_parts(uri).ok()?;
         // Cookie crumbs are joined for HTTP/1.1 upstreams (RFC 9113 §8.2.3).
