@@ -48,7 +48,7 @@ fn config(good: u16, bad: u16) -> String {
     ejecting["outlier_detection"] = json!({
         "consecutive_5xx": 3,
         "interval": "0.1s",
-        "base_ejection_time": "1s",
+        "base_ejection_time": "2s",
         "max_ejection_percent": 100,
         "enforcing_success_rate": 0
     });
@@ -74,31 +74,43 @@ async fn statuses(p: &ProxyProcess, path: &str, n: usize) -> Vec<u16> {
     out
 }
 
+/// Prometheus lines of `p`'s stats that mention outlier detection.
+async fn outlier_stats(p: &ProxyProcess) -> String {
+    let stats = p.admin("/stats/prometheus").await;
+    stats
+        .lines()
+        .filter(|l| l.contains("outlier"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 async fn check(kind: &str, p: &ProxyProcess) {
-    // Round robin over the broken and the good endpoint: three 503s in a row from the broken
-    // one eject it, then only the good one answers.
-    let first = statuses(p, "/", 20).await;
+    // Round robin over the broken and the good endpoint: the broken one answers three of the
+    // first six requests, and its third 503 in a row ejects it.
+    let first = statuses(p, "/", 6).await;
     let failed = first.iter().filter(|s| **s == 503).count();
     assert_eq!(failed, 3, "{kind}: {first:?}");
+    // Envoy ejects on its main thread and then tells its workers, so on a loaded machine the
+    // ejection can land some milliseconds after the third 503: wait for it to be counted, and
+    // give the workers a moment to see the new host set, before asserting that only the good
+    // endpoint answers. No request is sent meanwhile, so a fourth 503 cannot be what ejects it.
+    let enforced = "envoy_cluster_outlier_detection_ejections_enforced_total{envoy_cluster_name=\"ejecting\"} 1";
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut outlier = outlier_stats(p).await;
+    while !outlier.contains(enforced) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        outlier = outlier_stats(p).await;
+    }
+    assert!(outlier.contains(enforced), "{kind}: {outlier}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = statuses(p, "/", 12).await;
     assert!(
-        first[8..].iter().all(|s| *s == 200),
-        "{kind}: ejected after its third 503: {first:?}"
+        after.iter().all(|s| *s == 200),
+        "{kind}: ejected after its third 503: {after:?}"
     );
-    let stats = p.admin("/stats/prometheus").await;
-    assert!(
-        stats.contains(
-            "envoy_cluster_outlier_detection_ejections_enforced_total{envoy_cluster_name=\"ejecting\"} 1"
-        ),
-        "{kind}: {}",
-        stats
-            .lines()
-            .filter(|l| l.contains("outlier"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    // Back after `base_ejection_time` (1 s; Envoy returns it at its next `interval` tick): it
+    // Back after `base_ejection_time` (2 s; Envoy returns it at its next `interval` tick): it
     // gets requests again. Polled, as a loaded machine delays Envoy's timers.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let second = loop {
         let batch = statuses(p, "/", 6).await;
