@@ -15,19 +15,15 @@
 # which only the total of system calls counts (its recvfrom column stays 0).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
-run=${1:-$(ls -d "$here"/target/bench/*/run 2>/dev/null | tail -1)}
-[ -f "$run/sluice.yaml" ] || { echo "no run.sh configs in '$run': run benches/load/run.sh first" >&2; exit 2; }
+. "$here/benches/load/fixtures.sh"
+run=$(find_run_dir "$here" "${1:-}")
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
 PROXIES=${PROXIES:-"nginx haproxy sluice"}
 LOAD=${LOAD:-h1}
 case $LOAD in h1|h2c) ;; *) echo "LOAD is h1 or h2c, not '$LOAD'" >&2; exit 2 ;; esac
 sluice=${SLUICE_BIN:-$here/target/release/sluice}
-. "$here/benches/load/fixtures.sh"
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+scratch_dir
 
 start_run_upstreams "$run" "$work"
 sed -e "s|^pid .*|pid $work/proxy.pid;|" "$run/nginx-proxy.conf" > "$work/nginx-proxy.conf"

@@ -1,6 +1,23 @@
-# What the load scripts share (sourced by shapes.sh, pgo.sh, cpu_split.sh and instructions.sh):
-# starting a run's upstreams and finding its proxies' ports, what the upstreams serve besides the harness's answer, the
+# What the load scripts share (sourced by shapes.sh, pgo.sh, cpu_split.sh, instructions.sh and
+# latency.sh): finding a run's configs, a scratch directory cleared at exit with the processes
+# started, starting a run's upstreams and finding its proxies' ports, what the upstreams serve besides the harness's answer, the
 # compressor filter the gzip loads add, and a browser's request head.
+
+# The configs a run.sh run rendered: RUN_DIR if given, else the newest under target/bench. Prints
+# the directory, or says what is missing and fails.
+find_run_dir() { # HERE [RUN_DIR]
+  local run=${2:-$(ls -d "$1"/target/bench/*/run 2>/dev/null | tail -1)}
+  [ -f "$run/sluice.yaml" ] || { echo "no run.sh configs in '$run': run benches/load/run.sh first" >&2; return 2; }
+  echo "$run"
+}
+
+# Sets `work` to a new scratch directory and `pids` to an empty array for the processes the
+# caller starts; at exit each of them is stopped and the directory removed.
+scratch_dir() {
+  work=$(mktemp -d)
+  pids=()
+  trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+}
 
 # Start the two nginx upstreams of a run.sh run (its rendered configs in RUN) on CPU 0, with their
 # pid files in WORK; their pids join the caller's `pids` array.

@@ -11,16 +11,12 @@
 # Needs valgrind, wrk, h2load, nginx, haproxy, and a release build.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
-run=${1:-$(ls -d "$here"/target/bench/*/run 2>/dev/null | tail -1)}
-[ -f "$run/sluice.yaml" ] || { echo "no run.sh configs in '$run': run benches/load/run.sh first" >&2; exit 2; }
+. "$here/benches/load/fixtures.sh"
+run=$(find_run_dir "$here" "${1:-}")
 SHAPES=${SHAPES:-"h1 h2"}
 PROXIES=${PROXIES:-"sluice haproxy"}
 sluice=${SLUICE_BIN:-$here/target/release/sluice}
-. "$here/benches/load/fixtures.sh"
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+scratch_dir
 
 start_run_upstreams "$run" "$work"
 sleep 0.5

@@ -22,10 +22,7 @@ profdata=$(command -v "llvm-profdata-$llvm" || command -v llvm-profdata || true)
 . "$here/benches/load/fixtures.sh"
 out=$here/target/pgo
 raw=$out/raw
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+scratch_dir
 
 rm -rf "$raw" && mkdir -p "$raw" "$work/tmp"
 RUSTFLAGS="-Cprofile-generate=$raw" cargo build --profile dist --bin sluice \

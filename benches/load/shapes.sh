@@ -15,8 +15,8 @@
 # Needs what run.sh needs (wrk, h2load, nginx, haproxy, envoy) and a release build.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
-run=${1:-$(ls -d "$here"/target/bench/*/run 2>/dev/null | tail -1)}
-[ -f "$run/sluice.yaml" ] || { echo "no run.sh configs in '$run': run benches/load/run.sh first" >&2; exit 2; }
+. "$here/benches/load/fixtures.sh"
+run=$(find_run_dir "$here" "${1:-}")
 ROUNDS=${ROUNDS:-2}
 DURATION=${DURATION:-5}
 SHAPES=${SHAPES:-"get post close c1000 big h2 h2m10 h2m100"}
@@ -24,12 +24,8 @@ PROXIES=${PROXIES:-"sluice haproxy envoy"}
 sluice=${SLUICE_BIN:-$here/target/release/sluice}
 # A second Sluice build to compare with, alternated like the others: PROXIES="sluice sluice-base".
 sluice_base=${SLUICE_BASE_BIN:-$here/target/release/sluice}
-. "$here/benches/load/fixtures.sh"
-work=$(mktemp -d)
+scratch_dir
 chmod 755 "$work" # nginx workers (an unprivileged user) read /big from here
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
 
 # Upstreams: the harness's nginx configs, plus a 100 KiB file at /big.
 head -c 102400 /dev/urandom > "$work/big"
