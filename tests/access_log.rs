@@ -3,7 +3,8 @@
 //! nulls, nested objects) and a filtered log, for an upstream answer, a rewritten path, a POST
 //! with a body, a direct response, a request with no route, an upstream that refuses
 //! connections, a cluster without a healthy endpoint and an HTTP/2 request. The lines must be the same, apart from the times and the
-//! generated request ids, which are checked for their shape.
+//! generated request ids, which are checked for their shape. After a log rotation, both reopen
+//! their files on `POST /reopen_logs` and on SIGUSR1.
 
 mod support;
 
@@ -210,4 +211,93 @@ async fn unsupported_access_log_settings_are_refused_by_name() {
     let e = refused(json!({"name": "otel", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig"}}));
     assert!(e.contains("HttpGrpcAccessLogConfig"), "{e}");
+}
+
+/// A log rotator renames the file and asks the proxy to reopen it: first with `POST
+/// /reopen_logs` (a GET is refused), then with SIGUSR1. Lines logged before go to the renamed
+/// file, lines logged after to a new file at the configured path, in Envoy as in Sluice.
+#[tokio::test]
+async fn access_logs_are_reopened_after_rotation_as_envoy_reopens_them() {
+    let app = upstream("app").await;
+    for kind in ["envoy", "sluice"] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let log = file_log(
+            &path,
+            json!({"log_format": {"text_format_source": {"inline_string": "%REQ(:PATH)%\n"}}}),
+        );
+        let config = bootstrap(
+            routes(json!([{"match": {"prefix": "/"}, "route": {"cluster": "app"}}])),
+            vec![cluster("app", &[app.port()])],
+            json!({"access_log": [log]}),
+        );
+        // Envoy writes its log files every 10 s unless told otherwise; Sluice every second.
+        let p = if kind == "envoy" {
+            envoy_with(&config, &["--file-flush-interval-msec", "100"]).await
+        } else {
+            sluice(&config).await
+        };
+        let client = client_h1();
+        get(&client, &p.url("main", "/one"), &[]).await;
+        assert_eq!(lines(&path, 1).await, ["/one"], "{kind}");
+
+        let first = dir.path().join("access.log.1");
+        std::fs::rename(&path, &first).unwrap();
+        let (status, body) = p.admin_call("GET", "/reopen_logs").await;
+        assert_eq!(status, 405, "{kind}: {body}");
+        assert!(body.contains("POST required"), "{kind}: {body}");
+        assert_eq!(
+            p.admin_call("POST", "/reopen_logs").await,
+            (200, "OK\n".to_string()),
+            "{kind}"
+        );
+        get(&client, &p.url("main", "/two"), &[]).await;
+        assert_eq!(lines(&path, 1).await, ["/two"], "{kind}");
+        assert_eq!(lines(&first, 1).await, ["/one"], "{kind}");
+
+        // SIGUSR1 is handled asynchronously: keep logging until a new file appears. The lines
+        // logged before it did stay in the renamed file, after "/two".
+        let second = dir.path().join("access.log.2");
+        std::fs::rename(&path, &second).unwrap();
+        let sent = std::process::Command::new("kill")
+            .args(["-USR1", &p.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut n = 0;
+        while !path.exists() && Instant::now() < deadline {
+            n += 1;
+            get(&client, &p.url("main", &format!("/three/{n}")), &[]).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(path.exists(), "{kind}: no new file after SIGUSR1");
+        get(&client, &p.url("main", "/four"), &[]).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut new = lines(&path, 1).await;
+        while new.last().map(String::as_str) != Some("/four") && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            new = lines(&path, 1).await;
+        }
+        assert_eq!(
+            new.last().map(String::as_str),
+            Some("/four"),
+            "{kind}: {new:?}"
+        );
+        assert!(
+            new.iter().all(|l| l.starts_with("/three/") || l == "/four"),
+            "{kind}: {new:?}"
+        );
+        let old = lines(&second, 1).await;
+        assert_eq!(
+            old.first().map(String::as_str),
+            Some("/two"),
+            "{kind}: {old:?}"
+        );
+        assert!(
+            old[1..].iter().all(|l| l.starts_with("/three/")),
+            "{kind}: {old:?}"
+        );
+        assert_eq!(old.len() - 1 + new.len() - 1, n, "{kind}: every line once");
+    }
 }

@@ -1,5 +1,5 @@
 //! The admin server, on Envoy's paths: `/ready`, `/stats/prometheus`, `/config_dump`, `/clusters`,
-//! `/server_info`.
+//! `/server_info`, and `POST /reopen_logs`.
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -35,9 +35,14 @@ pub async fn serve(listener: TcpListener, state: AdminState) {
         };
         let state = state.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| {
+            let svc = service_fn(move |req: Request<Incoming>| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(respond(&req, &state)) }
+                async move {
+                    if req.uri().path() == "/reopen_logs" {
+                        return Ok::<_, Infallible>(reopen_logs(req.method()).await);
+                    }
+                    Ok(respond(&req, &state))
+                }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
@@ -52,6 +57,29 @@ fn text(status: StatusCode, ct: &'static str, body: String) -> Response<Full<Byt
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
     r
+}
+
+/// `POST /reopen_logs`: open every access log file again at its path, as after a log rotation.
+/// Like Envoy's, the endpoint changes state and takes POST only.
+async fn reopen_logs(method: &http::Method) -> Response<Full<Bytes>> {
+    if method != http::Method::POST {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            format!("Method {method} not allowed, POST required.\n"),
+        );
+    }
+    match crate::access_log_sink::reopen_all_off_thread().await {
+        Ok(_) => text(StatusCode::OK, "text/plain", "OK\n".into()),
+        Err(e) => {
+            tracing::warn!(error = %e, "reopening access logs");
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                format!("{e}\n"),
+            )
+        }
+    }
 }
 
 fn respond(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
@@ -162,7 +190,7 @@ fn respond(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>>
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "admin paths: /ready /stats/prometheus /config_dump /clusters /server_info\n".into(),
+            "admin paths: /ready /stats/prometheus /config_dump /clusters /server_info /reopen_logs (POST)\n".into(),
         ),
     }
 }

@@ -391,6 +391,8 @@ async fn next_update(rx: &mut Option<mpsc::Receiver<XdsUpdate>>) -> Option<XdsUp
 /// starts must reload, not kill it with the default action.
 struct Signals {
     hangup: tokio::signal::unix::Signal,
+    /// SIGUSR1: reopen the access log files, as Envoy does.
+    user1: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
     interrupt: tokio::signal::unix::Signal,
 }
@@ -400,6 +402,7 @@ impl Signals {
         use tokio::signal::unix::{signal, SignalKind};
         Ok(Signals {
             hangup: signal(SignalKind::hangup()).map_err(RunError::Signals)?,
+            user1: signal(SignalKind::user_defined1()).map_err(RunError::Signals)?,
             terminate: signal(SignalKind::terminate()).map_err(RunError::Signals)?,
             interrupt: signal(SignalKind::interrupt()).map_err(RunError::Signals)?,
         })
@@ -709,13 +712,20 @@ impl Proxy {
         let _ = update.reply.send(outcome);
     }
 
-    /// Serve until SIGINT/SIGTERM, reloading on SIGHUP and (with `--watch-config`) on file change.
+    /// Serve until SIGINT/SIGTERM, reloading on SIGHUP and (with `--watch-config`) on file change,
+    /// reopening the access log files on SIGUSR1.
     pub async fn run_until_signalled(mut self) {
         let mut last_mtime = mtime(&self.options.config_path);
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             tokio::select! {
                 _ = self.signals.hangup.recv() => self.reload_logged("SIGHUP").await,
+                _ = self.signals.user1.recv() => {
+                    tracing::info!("caught SIGUSR1, reopening access logs");
+                    if let Err(e) = crate::access_log_sink::reopen_all_off_thread().await {
+                        tracing::warn!(error = %e, "reopening access logs");
+                    }
+                }
                 _ = self.signals.terminate.recv() => break,
                 _ = self.signals.interrupt.recv() => break,
                 Some(update) = next_update(&mut self.xds_updates) => self.apply_xds(update).await,

@@ -502,7 +502,25 @@ pub async fn envoy(config: &str) -> ProxyProcess {
     start("envoy", config, &[]).await
 }
 
+/// Start real Envoy with extra flags.
+pub async fn envoy_with(config: &str, extra: &[&str]) -> ProxyProcess {
+    start("envoy", config, extra).await
+}
+
 impl ProxyProcess {
+    /// The status and body of an admin request with `method`.
+    pub async fn admin_call(&self, method: &str, path: &str) -> (u16, String) {
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.admin))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = client_h1().request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).to_string())
+    }
+
     pub async fn admin(&self, path: &str) -> String {
         admin_get(self.admin, path)
             .await
