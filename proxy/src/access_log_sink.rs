@@ -4,9 +4,8 @@
 //! A request never waits on the disk, and never wakes another thread. Its line is appended to
 //! the sink's buffer (a lock held for one copy); the sink's thread writes the buffer out once a
 //! second (Envoy flushes its files on a timer too, every 10 s by default), or as soon as it
-//! holds 64 KiB. All access
-//! logs that name the same file share one sink (and one open file), across reloads, as Envoy's
-//! access log manager shares them. Files are opened for appending when the configuration is
+//! holds 64 KiB. All access logs that name the same file share one sink (and one open file),
+//! across reloads, as Envoy's access log manager shares them. Files are opened for appending when the configuration is
 //! compiled, so a path that cannot be opened refuses that configuration. [`flush_all`] writes
 //! what is buffered before the process exits. [`reopen_all`] opens every file again at its path
 //! (Envoy's `POST /reopen_logs` and SIGUSR1), so that after a log rotator renamed a file, new
@@ -84,6 +83,18 @@ impl Sink {
             tracing::warn!(error = %e, destination = ?self.destination, "access log write failed");
         }
         spare.clear();
+    }
+
+    /// Open this sink's file again at its path, after writing out what is buffered (see
+    /// [`reopen_all`]); false for standard output and standard error.
+    fn reopen(&self, spare: &mut Vec<u8>) -> Result<bool, String> {
+        let Destination::File(path) = &self.destination else {
+            return Ok(false);
+        };
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        self.flush_to(&mut out, spare);
+        *out = Box::new(open_file(path)?);
+        Ok(true)
     }
 
     /// The writer thread: wait for a full buffer or the interval, then write it out.
@@ -188,20 +199,6 @@ pub async fn reopen_all_off_thread() -> Result<usize, String> {
     tokio::task::spawn_blocking(reopen_all)
         .await
         .unwrap_or_else(|e| Err(format!("reopening access logs did not finish: {e}")))
-}
-
-impl Sink {
-    /// Open this sink's file again at its path, after writing out what is buffered (see
-    /// [`reopen_all`]); false for standard output and standard error.
-    fn reopen(&self, spare: &mut Vec<u8>) -> Result<bool, String> {
-        let Destination::File(path) = &self.destination else {
-            return Ok(false);
-        };
-        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-        self.flush_to(&mut out, spare);
-        *out = Box::new(open_file(path)?);
-        Ok(true)
-    }
 }
 
 #[cfg(test)]

@@ -396,9 +396,17 @@ fn wait_for_admin(child: &mut Child, path: &Path, dir: &Path) -> SocketAddr {
 }
 
 async fn admin_get(admin: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let client = client_h1();
-    let uri: http::Uri = format!("http://{admin}{path}").parse().ok()?;
-    let resp = client.get(uri).await.ok()?;
+    admin_request(admin, "GET", path).await
+}
+
+/// The status and body of an admin request, or None when it could not be made.
+async fn admin_request(admin: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("http://{admin}{path}"))
+        .body(Full::new(Bytes::new()))
+        .ok()?;
+    let resp = client_h1().request(req).await.ok()?;
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await.ok()?.to_bytes();
     Some((status, String::from_utf8_lossy(&body).to_string()))
@@ -510,15 +518,9 @@ pub async fn envoy_with(config: &str, extra: &[&str]) -> ProxyProcess {
 impl ProxyProcess {
     /// The status and body of an admin request with `method`.
     pub async fn admin_call(&self, method: &str, path: &str) -> (u16, String) {
-        let req = Request::builder()
-            .method(method)
-            .uri(format!("http://{}{path}", self.admin))
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let resp = client_h1().request(req).await.unwrap();
-        let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        (status, String::from_utf8_lossy(&body).to_string())
+        admin_request(self.admin, method, path)
+            .await
+            .unwrap_or_else(|| panic!("{} {method} {path}: no answer", self.kind))
     }
 
     pub async fn admin(&self, path: &str) -> String {
